@@ -1,0 +1,1 @@
+"""The real-time node (ROS 2 messages, transport, sensor sync, streaming state). Not built yet."""
