@@ -1,0 +1,181 @@
+"""Sample transforms. Each records what it did as a matrix so camera geometry stays consistent:
+image resize/crop/flip/rotate in `Sample.image_aug`, global rotation/scale/flip/translation of
+points and boxes in `Sample.lidar_aug` (docs/frames.md).
+
+A transform is called as `transform(sample, rng)` with a `numpy.random.Generator`; the
+dataset derives `rng` from (seed, epoch, index), so augmentation is reproducible.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from ..config.schema import ImageAugConfig, LidarAugConfig
+from ..structures import Sample
+
+
+def _rotation_z(angle: float) -> np.ndarray:
+    c, s = math.cos(angle), math.sin(angle)
+    m = np.eye(4)
+    m[:2, :2] = [[c, -s], [s, c]]
+    return m
+
+
+@dataclass(frozen=True)
+class ImageAug:
+    """Resize by a factor, crop to `final_size`, optionally flip left-right and rotate, per
+    camera (the same for every frame of a camera's clip, so temporal models see a steady view).
+
+    Train mode draws the factor, crop, flip and angle; test mode resizes by the middle of
+    `resize_lim` (or `test_resize`), centre-crops horizontally and does not flip or rotate.
+    """
+
+    config: ImageAugConfig
+    train: bool
+    test_resize: float | None = None
+
+    def _affine(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+        cfg = self.config
+        final_w, final_h = cfg.final_size
+        if self.train:
+            resize = rng.uniform(*cfg.resize_lim)
+            bottom = rng.uniform(*cfg.bottom_crop_lim)
+        else:
+            resize = self.test_resize or sum(cfg.resize_lim) / 2
+            bottom = sum(cfg.bottom_crop_lim) / 2
+        new_w, new_h = width * resize, height * resize
+        crop_h = int((1 - bottom) * new_h) - final_h
+        crop_w = (
+            int(rng.uniform(0, max(0.0, new_w - final_w)))
+            if self.train
+            else int(max(0.0, new_w - final_w) / 2)
+        )
+        flip = bool(self.train and cfg.flip and rng.uniform() < 0.5)
+        angle = math.radians(rng.uniform(*cfg.rotate_lim_deg)) if self.train else 0.0
+        m = np.eye(3)
+        m[:2, :2] *= resize
+        m[:2, 2] -= [crop_w, crop_h]
+        if flip:
+            m = np.array([[-1.0, 0, final_w], [0, 1, 0], [0, 0, 1]]) @ m
+        if angle:
+            center = np.array([final_w / 2, final_h / 2])
+            c, s = math.cos(angle), math.sin(angle)
+            rot = np.eye(3)
+            rot[:2, :2] = [[c, -s], [s, c]]
+            rot[:2, 2] = center - rot[:2, :2] @ center
+            m = rot @ m
+        return m
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        n, t, _, h, w = sample.images.shape
+        final_w, final_h = self.config.final_size
+        out = np.zeros((n, t, 3, final_h, final_w), np.uint8)
+        image_aug = sample.image_aug.clone()
+        images = sample.images.numpy()
+        for c in range(n):
+            m = self._affine(w, h, rng)
+            if bool(sample.camera_mask[c]) and (h, w) != (1, 1):
+                for j in range(t):
+                    hwc = np.ascontiguousarray(images[c, j].transpose(1, 2, 0))
+                    warped = cv2.warpAffine(hwc, m[:2], (final_w, final_h), flags=cv2.INTER_LINEAR)
+                    out[c, j] = warped.transpose(2, 0, 1)
+            m4 = np.eye(4)
+            m4[:2, :2] = m[:2, :2]
+            m4[:2, 3] = m[:2, 2]
+            image_aug[c] = torch.from_numpy(m4).float() @ image_aug[c]
+        return sample.replace(images=torch.from_numpy(out), image_aug=image_aug)
+
+
+@dataclass(frozen=True)
+class LidarAug:
+    """Global rotation about z, uniform scale, flips of x and/or y, and a translation, applied
+    to points and GT boxes together and recorded in `lidar_aug` (new = A @ old)."""
+
+    config: LidarAugConfig
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        cfg = self.config
+        angle = math.radians(rng.uniform(*cfg.rotate_lim_deg))
+        scale = rng.uniform(*cfg.scale_lim)
+        flip = np.eye(4)
+        if rng.uniform() < cfg.flip_x_prob:
+            flip[0, 0] = -1
+        if rng.uniform() < cfg.flip_y_prob:
+            flip[1, 1] = -1
+        shift = np.eye(4)
+        shift[:3, 3] = rng.normal(0.0, cfg.translation_std, 3)
+        a = shift @ flip @ np.diag([scale, scale, scale, 1.0]) @ _rotation_z(angle)
+        return apply_lidar_transform(sample, torch.from_numpy(a).float())
+
+
+def apply_lidar_transform(sample: Sample, matrix: torch.Tensor) -> Sample:
+    """Applies a 4x4 transform (rotation about z, uniform scale, flips, translation) to the
+    points and boxes of `sample` and records it in `lidar_aug`."""
+    points = sample.points.clone()
+    points[:, :3] = points[:, :3] @ matrix[:3, :3].T + matrix[:3, 3]
+    return sample.replace(
+        points=points,
+        gt_boxes=sample.gt_boxes.transform(matrix),
+        lidar_aug=matrix @ sample.lidar_aug,
+    )
+
+
+@dataclass(frozen=True)
+class PointsRangeFilter:
+    """Keeps points inside `point_range` (x_min, y_min, z_min, x_max, y_max, z_max)."""
+
+    point_range: Sequence[float]
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        lo = torch.tensor(self.point_range[:3])
+        hi = torch.tensor(self.point_range[3:])
+        xyz = sample.points[:, :3]
+        keep = ((xyz >= lo) & (xyz < hi)).all(dim=1)
+        return sample.replace(points=sample.points[keep])
+
+
+@dataclass(frozen=True)
+class BoxesRangeFilter:
+    """Keeps GT boxes whose centre lies inside the x/y extent of `point_range`."""
+
+    point_range: Sequence[float]
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        r = self.point_range
+        xy = sample.gt_boxes.center[:, :2]
+        keep = (xy[:, 0] >= r[0]) & (xy[:, 0] < r[3]) & (xy[:, 1] >= r[1]) & (xy[:, 1] < r[4])
+        return sample.replace(
+            gt_boxes=sample.gt_boxes[keep],
+            gt_labels=sample.gt_labels[keep],
+            gt_attributes=sample.gt_attributes[keep],
+            gt_num_points=sample.gt_num_points[keep],
+        )
+
+
+@dataclass(frozen=True)
+class DropSensors:
+    """Removes sensors as if they had failed: the named cameras' images become zeros with
+    `camera_mask` False; `lidar=True` empties the point cloud and clears `lidar_present`."""
+
+    cameras: Sequence[str] = ()
+    lidar: bool = False
+
+    def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
+        unknown = [c for c in self.cameras if c not in sample.camera_names]
+        if unknown:
+            raise ValueError(f"DropSensors: cameras {unknown} not in {list(sample.camera_names)}")
+        images, mask = sample.images.clone(), sample.camera_mask.clone()
+        for name in self.cameras:
+            c = sample.camera_names.index(name)
+            images[c] = 0
+            mask[c] = False
+        changes = {"images": images, "camera_mask": mask}
+        if self.lidar:
+            changes.update(points=sample.points[:0], lidar_present=False)
+        return sample.replace(**changes)

@@ -1,0 +1,54 @@
+import pytest
+
+from perception.config import ConfigError, load_config, parse_config, save_config
+
+
+def test_defaults_validate():
+    config = parse_config({})
+    assert config.data.sweeps == 10
+
+
+def test_overrides_are_typed():
+    config = parse_config({}, ["data.sweeps=3", "augment.image.final_size=[352, 128]", "seed=7"])
+    assert config.data.sweeps == 3
+    assert config.augment.image.final_size == (352, 128)
+    assert config.seed == 7
+
+
+@pytest.mark.parametrize(
+    ("raw", "overrides", "message"),
+    [
+        ({"data": {"sweepz": 3}}, [], "data.sweepz: unknown key"),
+        ({"data": {"sweeps": "many"}}, [], "data.sweeps: Input should be a valid integer"),
+        ({}, ["data.sweeps=0"], "data.sweeps: Input should be greater than 0"),
+        ({}, ["augment.lidar.flip_x_prob=2"], "augment.lidar.flip_x_prob"),
+        ({}, ["data.sweeps"], "expected key.path=value"),
+        ({"seed": 3}, ["seed.x=1"], "seed is a value, not a section"),
+        ({"data": {"cameras": ["CAM_TOP"]}}, [], "unknown camera"),
+    ],
+)
+def test_errors_name_the_key(raw, overrides, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[")):
+        parse_config(raw, overrides, source="cfg.yaml")
+
+
+def test_yaml_is_data_not_code(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo hacked']\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(path)
+
+
+def test_save_and_reload_round_trip(tmp_path):
+    config = parse_config({"name": "x"}, ["data.clip_frames=3"])
+    path = save_config(config, tmp_path / "resolved.yaml")
+    assert load_config(path) == config
+
+
+def test_every_shipped_config_validates():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[3] / "configs").glob("*.yaml"))
+    assert configs, "configs/ holds no YAML"
+    for path in configs:
+        load_config(path)
