@@ -67,7 +67,9 @@ def assert_parity(
     for i, (a, b) in enumerate(zip(fast_out, ref_out)):
         assert a.shape == b.shape, f"output {i}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
         assert a.dtype == b.dtype, f"output {i}: dtype {a.dtype} vs {b.dtype}"
-        torch.testing.assert_close(a, b, atol=atol, rtol=rtol, msg=lambda m, i=i: f"output {i}: {m}")
+        torch.testing.assert_close(
+            a, b, atol=atol, rtol=rtol, msg=lambda m, i=i: f"output {i}: {m}"
+        )
     if not grad_inputs:
         return
     generator = torch.Generator().manual_seed(seed)
@@ -79,9 +81,13 @@ def assert_parity(
             fast_loss = fast_loss + (a * upstream).sum()
             ref_loss = ref_loss + (b * upstream).sum()
     assert isinstance(fast_loss, torch.Tensor), "no differentiable output to compare gradients on"
-    fast_grads = torch.autograd.grad(fast_loss, [fast_in[n] for n in grad_inputs], allow_unused=True)
+    fast_grads = torch.autograd.grad(
+        fast_loss, [fast_in[n] for n in grad_inputs], allow_unused=True
+    )
     ref_grads = torch.autograd.grad(ref_loss, [ref_in[n] for n in grad_inputs], allow_unused=True)
     for name, ga, gb in zip(grad_inputs, fast_grads, ref_grads):
         assert (ga is None) == (gb is None), f"grad of {name}: one path gives none"
         if ga is not None:
-            torch.testing.assert_close(ga, gb, atol=atol, rtol=rtol, msg=lambda m, n=name: f"grad {n}: {m}")
+            torch.testing.assert_close(
+                ga, gb, atol=atol, rtol=rtol, msg=lambda m, n=name: f"grad {n}: {m}"
+            )
