@@ -1,0 +1,77 @@
+"""Benchmarks: every figure a ratio against a named baseline measured in the same run.
+
+python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|bev] [--out F]
+python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+
+from perception.benchmarks.common import BenchRow
+from perception.benchmarks.report import machine_description, markdown_table, write_report
+
+
+def run_ops(args: argparse.Namespace) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    if args.only in (None, "sparse"):
+        from perception.benchmarks import sparse_ops
+
+        rows += sparse_ops.run(device=args.device, quick=args.quick)
+    if args.only in (None, "bev"):
+        from perception.benchmarks import bev_ops
+
+        rows += bev_ops.run(device=args.device, quick=args.quick)
+    return rows
+
+
+def run_synth(args: argparse.Namespace) -> list[BenchRow]:
+    from perception.datasets.synth import generate_world
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        summary = generate_world(
+            tmp,
+            version=args.version,
+            scenes=args.scenes,
+            samples_per_scene=args.samples_per_scene,
+            seed=args.seed,
+            workers=args.workers,
+        )
+        seconds = time.perf_counter() - start
+    shape = f"{args.version}, {args.scenes} scenes x {args.samples_per_scene} samples, {summary}"
+    return [BenchRow(group="synth", name="generate_world", shape=shape, ms=seconds * 1e3)]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    ops = sub.add_parser("ops", help="operator benchmarks against reference and peer libraries")
+    ops.add_argument("--device", default="cpu")
+    ops.add_argument("--quick", action="store_true", help="small inputs (a smoke test)")
+    ops.add_argument("--only", choices=["sparse", "bev"])
+    synth = sub.add_parser("synth", help="time the synthetic world generator")
+    synth.add_argument("--version", default="v1.0-mini")
+    synth.add_argument("--scenes", type=int, default=10)
+    synth.add_argument("--samples-per-scene", type=int, default=10)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--workers", type=int, default=None)
+    for p in (ops, synth):
+        p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
+    args = parser.parse_args(argv)
+    device = getattr(args, "device", "cpu")
+    print(f"machine: {machine_description(device)}", flush=True)
+    rows = run_ops(args) if args.command == "ops" else run_synth(args)
+    print(markdown_table(rows))
+    if args.out:
+        print(f"wrote {write_report(rows, args.out, device)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
