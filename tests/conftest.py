@@ -15,3 +15,20 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "cuda" in item.keywords:
             item.add_marker(skip_cuda)
+
+
+@pytest.fixture(scope="session")
+def tiny_world(tmp_path_factory):
+    """A small synthetic v1.0-mini world, generated once per session; returns its dataroot.
+
+    3 scenes (scene-0103 and scene-0916 of mini_val, scene-0061 of mini_train), 4 samples each,
+    320x180 images, seed 0. Load with NuScenes("v1.0-mini", str(tiny_world)).
+    """
+    from perception.datasets.synth import generate_world
+
+    root = tmp_path_factory.mktemp("tiny_world")
+    generate_world(
+        root, version="v1.0-mini", scenes=3, samples_per_scene=4, seed=0,
+        image_size=(320, 180), workers=2,
+    )  # fmt: skip
+    return root

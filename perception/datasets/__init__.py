@@ -1,0 +1,1 @@
+"""Datasets: readers for nuScenes-format data and the embedded synthetic world generator."""

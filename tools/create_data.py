@@ -1,0 +1,128 @@
+"""Create and check datasets in nuScenes format.
+
+    python tools/create_data.py synth --out data/synth --scenes 10 --samples-per-scene 10 --seed 0
+    python tools/create_data.py nuscenes --root data/synth --version v1.0-mini
+    python tools/create_data.py check --root data/synth --version v1.0-mini
+
+Subcommands: `synth` writes a synthetic world (see perception.datasets.synth); `nuscenes` builds
+the dataset index of any nuScenes dataroot; `check` reports every problem in a dataroot at once.
+Each subcommand is one function taking the parsed arguments and returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from perception.datasets.checks import check_dataroot
+from perception.datasets.index import IndexFileError, build_index
+from perception.datasets.synth import generate_world
+from perception.datasets.synth.writer import (
+    DEFAULT_IMAGE_SIZE,
+    DEFAULT_SAMPLES_PER_SCENE,
+    VERSIONS,
+)
+
+
+def synth(args: argparse.Namespace) -> int:
+    """Generate a synthetic nuScenes-format world and print where it went."""
+    summary = generate_world(
+        args.out,
+        version=args.version,
+        scenes=args.scenes,
+        samples_per_scene=args.samples_per_scene,
+        seed=args.seed,
+        val_scenes=args.val_scenes,
+        image_size=tuple(args.image_size),
+        workers=args.workers,
+        overwrite=args.overwrite,
+        progress=True,
+    )
+    print(f"wrote {summary.version} world to {summary.out_dir.resolve()}")
+    print(
+        f"  {summary.scenes} scenes, {summary.samples} samples, {summary.lidar_sweeps} lidar "
+        f"sweeps, {summary.images} images, {summary.instances} instances, "
+        f"{summary.annotations} annotations in {summary.seconds:.1f} s"
+    )
+    per_class = ", ".join(f"{k} {v}" for k, v in summary.annotations_per_class.items())
+    print(f"  annotations per class: {per_class}")
+    print(f"  load with NuScenes(version={summary.version!r}, dataroot={str(summary.out_dir)!r})")
+    return 0
+
+
+def nuscenes(args: argparse.Namespace) -> int:
+    """Build the dataset index of a nuScenes dataroot (real or synthetic)."""
+    out = build_index(
+        args.root,
+        args.version,
+        out=args.out,
+        max_sweeps=args.max_sweeps,
+        max_clip_frames=args.max_clip_frames,
+        progress=True,
+    )
+    print(f"wrote index {out}")
+    return 0
+
+
+def check(args: argparse.Namespace) -> int:
+    """Report every problem in a dataroot; exit 1 if there is any."""
+    problems = check_dataroot(args.root, args.version, all_files=args.all_files, progress=True)
+    for problem in problems:
+        print(problem)
+    scope = "all files" if args.all_files else "keyframe files"
+    if problems:
+        print(f"{len(problems)} problem(s) in {args.root} ({args.version}, {scope})")
+        return 1
+    print(f"{args.root} ({args.version}): no problems found ({scope} checked)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    p = commands.add_parser("synth", help="generate a synthetic world in nuScenes format")
+    p.add_argument("--out", required=True, help="dataroot to write (tables go in OUT/VERSION)")
+    p.add_argument("--version", choices=VERSIONS, default="v1.0-mini")
+    p.add_argument("--scenes", type=int, default=10)
+    p.add_argument("--samples-per-scene", type=int, default=DEFAULT_SAMPLES_PER_SCENE)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--val-scenes", type=int, default=None, help="scenes named from the val split (default: "
+        "2 for v1.0-mini with >= 3 scenes, else 1; 20%% for v1.0-trainval)",
+    )  # fmt: skip
+    p.add_argument(
+        "--image-size", type=int, nargs=2, metavar=("W", "H"), default=list(DEFAULT_IMAGE_SIZE)
+    )
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing world in OUT")
+    p.set_defaults(handler=synth)
+
+    p = commands.add_parser("nuscenes", help="build the dataset index of a nuScenes dataroot")
+    p.add_argument("--root", required=True, help="the dataroot (holds samples/, sweeps/, VERSION/)")
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--out", help="index file (default ROOT/perception_index_VERSION.json.gz)")
+    p.add_argument("--max-sweeps", type=int, default=10, help="LiDAR sweeps per keyframe")
+    p.add_argument("--max-clip-frames", type=int, default=6, help="camera frames per clip")
+    p.set_defaults(handler=nuscenes)
+
+    p = commands.add_parser("check", help="report every problem in a nuScenes dataroot")
+    p.add_argument("--root", required=True)
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--all-files", action="store_true", help="also check every sweep's files")
+    p.set_defaults(handler=check)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.handler(args)
+    except (ValueError, FileExistsError, IndexFileError) as error:
+        parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
