@@ -36,7 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     picture = draw_sample(sample, camera_width=args.camera_width)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(
+        str(out), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_PNG_COMPRESSION, 9]
+    )
     print(
         f"sample {sample.token} ({len(sample.points)} points, {len(sample.gt_boxes)} boxes) -> {out}"
     )
