@@ -42,8 +42,15 @@ def run_synth(args: argparse.Namespace) -> list[BenchRow]:
             workers=args.workers,
         )
         seconds = time.perf_counter() - start
-    shape = f"{args.version}, {args.scenes} scenes x {args.samples_per_scene} samples, {summary}"
-    return [BenchRow(group="synth", name="generate_world", shape=shape, ms=seconds * 1e3)]
+    shape = (
+        f"{args.version}, {summary.scenes} scenes x {args.samples_per_scene} samples: "
+        f"{summary.lidar_sweeps} LiDAR sweeps, {summary.images} images, "
+        f"{summary.annotations} annotations"
+    )
+    note = f"{args.workers or 'all'} worker processes"
+    return [
+        BenchRow(group="synth", name="generate_world", shape=shape, ms=seconds * 1e3, note=note)
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
