@@ -1,0 +1,173 @@
+"""Point <-> voxel transforms of SPVConv: scatter-mean into voxels, trilinear back to points.
+
+Conventions: point coordinates are ``[N, 4]`` float ``(batch, x, y, z)`` in stride-1 voxel units
+(metres minus the range origin, divided by the voxel size). A voxel with coordinates ``c`` at
+stride ``s`` covers ``[c, c + s)`` per axis and its centre is ``c + s / 2``; a point falls in
+voxel ``floor(p / s) * s``. Interpolation weights are trilinear in the distance to the centres
+of the 8 surrounding voxels; neighbours that are not active drop out and the remaining weights
+are renormalized to sum to 1 (all 8 missing: zeros). Both transforms are differentiable in the
+features (coordinates are not differentiated).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .sparse.kernel_map import Triple, as_triple
+from .sparse.tensor import SparseTensor
+
+
+def _check_points(point_feats: torch.Tensor, point_coords: torch.Tensor) -> None:
+    if point_coords.dim() != 2 or point_coords.shape[1] != 4:
+        raise ValueError(f"point_coords must be [N, 4], got {tuple(point_coords.shape)}")
+    if not point_coords.is_floating_point():
+        raise ValueError("point_coords must be floating point (batch, x, y, z)")
+    if point_feats is not None and (
+        point_feats.dim() != 2 or point_feats.shape[0] != point_coords.shape[0]
+    ):
+        raise ValueError(
+            f"point_feats must be [N={point_coords.shape[0]}, C], got {tuple(point_feats.shape)}"
+        )
+    if point_coords.shape[0] and bool((point_coords < 0).any()):
+        raise ValueError("point_coords must be non-negative")
+
+
+def _voxel_of(point_coords: torch.Tensor, stride: Triple) -> torch.Tensor:
+    """``[N, 4]`` float -> ``[N, 4]`` int64 voxel coordinates at ``stride``."""
+    s = torch.tensor(stride, dtype=point_coords.dtype, device=point_coords.device)
+    xyz = torch.floor(point_coords[:, 1:] / s).to(torch.int64) * s.to(torch.int64)
+    return torch.cat([point_coords[:, :1].to(torch.int64), xyz], dim=1)
+
+
+def point_to_voxel(
+    point_feats: torch.Tensor,
+    point_coords: torch.Tensor,
+    target: int | tuple[int, int, int] | SparseTensor,
+) -> SparseTensor:
+    """Average point features per voxel.
+
+    Args:
+        point_feats: ``[N, C]`` float.
+        point_coords: ``[N, 4]`` float ``(batch, x, y, z)``, stride-1 voxel units.
+        target: a stride (int or 3 ints): the output holds every voxel with at least one point
+            (coords sorted by (batch, x, y, z), a fresh cache); or a :class:`SparseTensor`: the
+            output has exactly its coordinates, stride and cache (voxels without points get
+            zeros; points outside its voxels are ignored).
+
+    Returns:
+        SparseTensor with ``feats [M, C]`` (dtype of ``point_feats``), the mean per voxel.
+    """
+    _check_points(point_feats, point_coords)
+    n, c = point_feats.shape
+    if isinstance(target, SparseTensor):
+        stride = target.stride
+        voxels = _voxel_of(point_coords, stride)
+        zero = torch.zeros(1, dtype=torch.int64, device=voxels.device)
+        index = target.cache.index(target.coord_id)
+        rows = index.lookup(voxels, zero, zero, zero).squeeze(1)  # [N], M where missing
+        num_voxels = len(target)
+    else:
+        stride = as_triple(target, "stride")
+        voxels = _voxel_of(point_coords, stride)
+        unique, rows = torch.unique(voxels, dim=0, return_inverse=True)
+        num_voxels = unique.shape[0]
+    sums = point_feats.new_zeros(num_voxels + 1, c).index_add(0, rows, point_feats)
+    counts = torch.zeros(num_voxels + 1, dtype=point_feats.dtype, device=point_feats.device)
+    counts.index_add_(0, rows, torch.ones(n, dtype=point_feats.dtype, device=point_feats.device))
+    mean = sums[:num_voxels] / counts[:num_voxels].clamp(min=1).unsqueeze(1)
+    if isinstance(target, SparseTensor):
+        return target.replace_feats(mean)
+    return SparseTensor(mean, unique.to(torch.int32), stride)
+
+
+def _corner_weights(
+    point_coords: torch.Tensor, stride: Triple
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Lower corner voxel ``[N, 4]`` int64 and trilinear weights ``[N, 8]`` (x slowest)."""
+    s = torch.tensor(stride, dtype=point_coords.dtype, device=point_coords.device)
+    u = point_coords[:, 1:] / s - 0.5  # in voxel-centre units
+    base = torch.floor(u)
+    frac = u - base  # [N, 3]
+    w = torch.stack([1 - frac, frac], dim=2)  # [N, 3, 2]
+    weights = w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]
+    corner = base.to(torch.int64) * s.to(torch.int64)
+    corner = torch.cat([point_coords[:, :1].to(torch.int64), corner], dim=1)
+    return corner, weights.reshape(-1, 8)
+
+
+def voxel_to_point(x: SparseTensor, point_coords: torch.Tensor) -> torch.Tensor:
+    """Trilinear interpolation of voxel features at points.
+
+    Args:
+        x: sparse tensor with ``feats [M, C]`` at stride ``s``.
+        point_coords: ``[N, 4]`` float ``(batch, x, y, z)``, stride-1 voxel units.
+
+    Returns:
+        ``[N, C]`` (dtype of ``x.feats``): weighted sum over the active voxels among the 8 whose
+        centres surround the point, weights renormalized over those present; zeros where none is.
+    """
+    _check_points(None, point_coords)  # type: ignore[arg-type]
+    n = point_coords.shape[0]
+    c = x.feats.shape[1]
+    if n == 0:
+        return x.feats.new_zeros(0, c)
+    corner, weights = _corner_weights(point_coords, x.stride)
+    offs = [torch.tensor([0, s], dtype=torch.int64, device=corner.device) for s in x.stride]
+    rows = x.cache.index(x.coord_id).lookup(corner, *offs)  # [N, 8], M where missing
+    weights = torch.where(rows < len(x), weights.to(x.feats.dtype), 0.0)
+    total = weights.sum(1, keepdim=True)
+    weights = weights / torch.where(total > 0, total, 1.0)
+    src = torch.cat([x.feats, x.feats.new_zeros(1, c)])
+    gathered = src.index_select(0, rows.reshape(-1)).view(n, 8, c)
+    return torch.einsum("nk,nkc->nc", weights, gathered)
+
+
+def point_to_voxel_reference(
+    point_feats: torch.Tensor, point_coords: torch.Tensor, voxel_coords: torch.Tensor, stride: int
+) -> torch.Tensor:
+    """Brute-force scatter-mean onto given voxels: ``[M, C]`` for ``voxel_coords [M, 4]``."""
+    rows = []
+    for v in voxel_coords.tolist():
+        members = [
+            i
+            for i, p in enumerate(point_coords.tolist())
+            if int(p[0]) == v[0] and all(int(p[a] // stride) * stride == v[a] for a in (1, 2, 3))
+        ]
+        if members:
+            rows.append(point_feats[members].mean(0))
+        else:
+            rows.append(point_feats.new_zeros(point_feats.shape[1]))
+    return torch.stack(rows) if rows else point_feats.new_zeros(0, point_feats.shape[1])
+
+
+def voxel_to_point_reference(
+    voxel_feats: torch.Tensor, voxel_coords: torch.Tensor, stride: int, point_coords: torch.Tensor
+) -> torch.Tensor:
+    """Brute-force trilinear interpolation (the docstring convention of this module)."""
+    lookup = {tuple(v): i for i, v in enumerate(voxel_coords.tolist())}
+    out = []
+    for p in point_coords.tolist():
+        u = [p[a] / stride - 0.5 for a in (1, 2, 3)]
+        base = [int(torch.floor(torch.tensor(v)).item()) for v in u]
+        terms, total = [], 0.0
+        for dx in (0, 1):
+            for dy in (0, 1):
+                for dz in (0, 1):
+                    key = (
+                        int(p[0]),
+                        (base[0] + dx) * stride,
+                        (base[1] + dy) * stride,
+                        (base[2] + dz) * stride,
+                    )
+                    w = 1.0
+                    for a, d in enumerate((dx, dy, dz)):
+                        f = u[a] - base[a]
+                        w *= f if d else 1 - f
+                    if key in lookup:
+                        terms.append((w, lookup[key]))
+                        total += w
+        acc = voxel_feats.new_zeros(voxel_feats.shape[1])
+        for w, i in terms:
+            acc = acc + (w / total) * voxel_feats[i] if total > 0 else acc
+        out.append(acc)
+    return torch.stack(out) if out else voxel_feats.new_zeros(0, voxel_feats.shape[1])

@@ -1,0 +1,400 @@
+"""Coordinate hashing and kernel maps for sparse 3-D convolution.
+
+Conventions (shared by the whole ``perception.ops.sparse`` package):
+
+- coordinates are ``[N, 4]`` integers ``(batch, x, y, z)`` in stride-1 voxel units; a tensor at
+  stride ``s`` (3 ints) has ``x % s[0] == 0`` etc.
+- a kernel of size ``K = (kx, ky, kz)`` and dilation ``d`` has the offsets
+  ``(k - c) * d`` per axis for ``k in range(kx)`` with centre ``c = (kx - 1) // 2``, in units of
+  the input stride; offsets are flattened row-major (x slowest, z fastest), the same order as the
+  spatial dims of a dense ``torch.nn.Conv3d`` weight ``[out, in, kx, ky, kz]``. This matches a
+  dense convolution with padding ``c * d`` per axis.
+- a kernel map is a neighbour table ``nbr [N_out, K]`` (int64): ``nbr[j, k]`` is the input row
+  read by output row ``j`` at offset ``k``, or ``N_in`` where that input is not active; plus its
+  transpose ``nbr_t [N_in, K]``: the output row that reads input ``i`` at offset ``k``, or
+  ``N_out``. Index ``N_in`` / ``N_out`` points at an appended zero row, so gathers need no mask.
+
+Hashing: a :class:`CoordIndex` per coordinate set, either a two-level dense table (a column
+table over ``(batch, x, y)`` and a per-column table over ``z``; two gathers per lookup) or, when
+the extent makes those tables too large, sorted int64 keys with ``torch.searchsorted``. Kernel
+offsets form a product of per-axis offsets, so one column lookup serves all ``kz`` offsets.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+Triple = tuple[int, int, int]
+
+
+def as_triple(value: int | tuple[int, ...] | list[int], name: str) -> Triple:
+    """``3 -> (3, 3, 3)``; a 3-sequence of positive ints is returned as a tuple."""
+    if isinstance(value, int):
+        value = (value, value, value)
+    value = tuple(int(v) for v in value)
+    if len(value) != 3 or any(v < 1 for v in value):
+        raise ValueError(f"{name} must be a positive int or 3 positive ints, got {value}")
+    return value  # type: ignore[return-value]
+
+
+def kernel_offsets(kernel_size: Triple, dilation: Triple) -> torch.Tensor:
+    """Offsets of a kernel, in units of the input stride.
+
+    Returns:
+        ``[K, 3]`` int64, ``K = kx * ky * kz``, row-major over ``(kx, ky, kz)``.
+    """
+    axes = [
+        (torch.arange(k, dtype=torch.int64) - (k - 1) // 2) * d
+        for k, d in zip(kernel_size, dilation)
+    ]
+    grid = torch.meshgrid(*axes, indexing="ij")
+    return torch.stack([g.reshape(-1) for g in grid], dim=1)
+
+
+@dataclass
+class KernelMap:
+    """Neighbour tables of one convolution (see the module docstring).
+
+    Attributes:
+        nbr: ``[N_out, K]`` int64, input row per (output, offset), ``N_in`` where missing.
+        nbr_t: ``[N_in, K]`` int64, output row per (input, offset), ``N_out`` where missing.
+        num_in: ``N_in``.
+        num_out: ``N_out``.
+    """
+
+    nbr: torch.Tensor
+    nbr_t: torch.Tensor
+    num_in: int
+    num_out: int
+    _pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+
+    def transposed(self) -> KernelMap:
+        """The map of the transposed convolution: inputs and outputs swap roles."""
+        return KernelMap(self.nbr_t, self.nbr, self.num_out, self.num_in)
+
+    def pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Per kernel offset ``(in_idx [M_k] int64, out_idx [M_k] int64)`` of the active pairs."""
+        if self._pairs is None:
+            pairs = []
+            for k in range(self.nbr.shape[1]):
+                column = self.nbr[:, k]
+                out_idx = torch.nonzero(column < self.num_in).squeeze(1)
+                pairs.append((column[out_idx], out_idx))
+            self._pairs = pairs
+        return self._pairs
+
+    @property
+    def num_pairs(self) -> int:
+        """Number of active (input, output, offset) triples."""
+        return int((self.nbr < self.num_in).sum())
+
+
+def _axis_queries(
+    base: torch.Tensor, offs: torch.Tensor, stride: int, lo: int, ext: int, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-axis grid index of ``base + offs`` and whether it is a site of the indexed set's grid.
+
+    Offset-major layout (``[k, M]``) keeps the long axis innermost, so the broadcasting integer
+    arithmetic below vectorizes.
+
+    Args:
+        base: ``[M]`` int coordinates (stride-1 units); offs: ``[k]`` int64 offsets.
+
+    Returns:
+        ``[k, M]`` grid index relative to ``lo`` (clamped into range) and ``[k, M]`` bool.
+    """
+    q = base.to(dtype).unsqueeze(0) + offs.to(dtype).unsqueeze(1)
+    if stride == 1:
+        g = q - lo
+        valid = (g >= 0) & (g < ext)
+    else:
+        g = torch.div(q, stride, rounding_mode="floor") - lo
+        valid = (q % stride == 0) & (g >= 0) & (g < ext)
+    return g.clamp_(0, ext - 1), valid
+
+
+class CoordIndex:
+    """Looks up rows of one coordinate set (unique rows, multiples of ``stride``).
+
+    Two layouts, chosen by :func:`make_coord_index`:
+
+    - ``"dense"``: a two-level table, a dense column table over ``(batch, x, y)`` giving a column
+      id, then a dense ``[num_columns + 1, Z]`` table of row ids. Lookups are two gathers, no
+      search. Used when both tables are small (LiDAR scenes: a few tens of MB at stride 1).
+    - ``"sorted"``: sorted int64 keys and ``torch.searchsorted``, for any extent.
+
+    Missing sites map to ``num_rows`` (the appended zero row of a gather).
+    """
+
+    def __init__(self, coords: torch.Tensor, stride: Triple, layout: str) -> None:
+        self.num_rows = coords.shape[0]
+        self.stride = stride
+        self.layout = layout
+        device = coords.device
+        c = coords.to(torch.int64)
+        self.device = device
+        if self.num_rows == 0:
+            self.lo, self.ext, self.batches = [0, 0, 0], [1, 1, 1], 0
+            return
+        grid = torch.stack([c[:, 1 + a] // stride[a] for a in range(3)], dim=1)
+        lo = grid.min(0).values.tolist()
+        hi = grid.max(0).values.tolist()
+        self.lo = lo
+        self.ext = [h - l_ + 1 for h, l_ in zip(hi, lo)]
+        self.batches = int(c[:, 0].max()) + 1
+        ex, ey, ez = self.ext
+        gx, gy, gz = (grid[:, a] - lo[a] for a in range(3))
+        rows = torch.arange(self.num_rows, device=device)
+        if layout == "dense":
+            colkey = (c[:, 0] * ex + gx) * ey + gy
+            # Rows sorted by (column, z); each column owns the z span [zlo, zlo + zext) of a
+            # compact row table, so the tables stay cache sized for thin LiDAR columns.
+            order = torch.argsort(colkey * ez + gz)
+            columns, col_of_row, counts = torch.unique_consecutive(
+                colkey[order], return_inverse=True, return_counts=True
+            )
+            gz_sorted = gz[order]
+            ends = torch.cumsum(counts, 0)
+            zlo = gz_sorted[ends - counts]
+            zext = gz_sorted[ends - 1] - zlo + 1
+            self.num_columns = columns.shape[0]
+            self.column_table = torch.full(
+                (self.batches * ex * ey,), self.num_columns, dtype=torch.int32, device=device
+            )
+            self.column_table[columns] = torch.arange(
+                self.num_columns, dtype=torch.int32, device=device
+            )
+            zero = torch.zeros(1, dtype=torch.int64, device=device)
+            span_start = torch.cumsum(torch.cat([zero, zext]), 0)  # [num_columns + 1]
+            # Per column (start, zlo, zext); the extra last column is empty (zext 0).
+            self.col_start = span_start.to(torch.int32)
+            self.col_zlo = torch.cat([zlo, zero]).to(torch.int32)
+            self.col_zext = torch.cat([zext, zero]).to(torch.int32)
+            # One extra entry at the end: the "missing" row id.
+            self.row_table = torch.full(
+                (int(span_start[-1]) + 1,), self.num_rows, dtype=torch.int64, device=device
+            )
+            self.row_table[span_start[col_of_row] + gz_sorted - zlo[col_of_row]] = rows[order]
+        else:
+            keys = ((c[:, 0] * ex + gx) * ey + gy) * ez + gz
+            self.sorted_keys, self.order = torch.sort(keys)
+
+    def lookup(
+        self,
+        base: torch.Tensor,
+        x_offs: torch.Tensor,
+        y_offs: torch.Tensor,
+        z_offs: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rows at ``base + (dx, dy, dz)`` for the product of the per-axis offsets.
+
+        Args:
+            base: ``[M, 4]`` int ``(batch, x, y, z)`` in stride-1 units.
+            x_offs, y_offs, z_offs: ``[kx]``, ``[ky]``, ``[kz]`` int64 offsets, stride-1 units.
+
+        Returns:
+            ``[M, kx * ky * kz]`` int64 row ids, offsets row-major (x slowest), ``num_rows``
+            where the site is not in the set.
+        """
+        m = base.shape[0]
+        kx, ky, kz = x_offs.numel(), y_offs.numel(), z_offs.numel()
+        if self.num_rows == 0 or m == 0:
+            return torch.full(
+                (m, kx * ky * kz), self.num_rows, dtype=torch.int64, device=base.device
+            )
+        out = torch.empty((m, kx * ky * kz), dtype=torch.int64, device=base.device)
+        # Chunks keep the temporaries small: cache resident, and reused by the allocator instead
+        # of being freshly page-faulted on every call (which dominated the unchunked version).
+        for start in range(0, m, self.chunk_rows):
+            end = min(start + self.chunk_rows, m)
+            out[start:end] = self._lookup_chunk(base[start:end], x_offs, y_offs, z_offs).t()
+        return out
+
+    chunk_rows = 8192
+
+    def _lookup_chunk(
+        self,
+        base: torch.Tensor,
+        x_offs: torch.Tensor,
+        y_offs: torch.Tensor,
+        z_offs: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rows for a chunk, offset-major: ``[K, M]`` int64."""
+        m = base.shape[0]
+        kx, ky, kz = x_offs.numel(), y_offs.numel(), z_offs.numel()
+        # Dense tables have < 2**31 entries (see make_coord_index), so int32 arithmetic is exact.
+        dtype = torch.int32 if self.layout == "dense" else torch.int64
+        ex, ey, ez = self.ext
+        qx, vx = _axis_queries(base[:, 1], x_offs, self.stride[0], self.lo[0], ex, dtype)
+        qy, vy = _axis_queries(base[:, 2], y_offs, self.stride[1], self.lo[1], ey, dtype)
+        qz, vz = _axis_queries(base[:, 3], z_offs, self.stride[2], self.lo[2], ez, dtype)
+        b = base[:, 0].to(dtype)
+        vb = b < self.batches
+        b = b.clamp(max=self.batches - 1)
+        # [kx, ky, M] column keys and validity.
+        colkey = (b * ex + qx.view(kx, 1, m)) * ey + qy.view(1, ky, m)
+        valid = (vb & vx.view(kx, 1, m) & vy.view(1, ky, m)).view(kx, ky, 1, m)
+        valid = valid & vz.view(1, 1, kz, m)  # [kx, ky, kz, M]
+        if self.layout == "dense":
+            col = self.column_table[colkey].long()  # [kx, ky, M]
+            start = self.col_start[col].view(kx, ky, 1, m)
+            dz = qz.view(1, 1, kz, m) - self.col_zlo[col].view(kx, ky, 1, m)
+            valid = valid & (dz >= 0) & (dz < self.col_zext[col].view(kx, ky, 1, m))
+            idx = torch.where(valid, start + dz, self.row_table.numel() - 1)
+            rows = self.row_table[idx.view(-1)]
+        else:
+            keys = (colkey.view(kx, ky, 1, m) * ez + qz.view(1, 1, kz, m)).view(-1)
+            pos = torch.searchsorted(self.sorted_keys, keys).clamp_(max=self.num_rows - 1)
+            found = (self.sorted_keys[pos] == keys) & valid.view(-1)
+            rows = torch.where(found, self.order[pos], self.num_rows)
+        return rows.view(kx * ky * kz, m)
+
+
+def make_coord_index(
+    coords: torch.Tensor, stride: Triple, layout: str = "auto", max_table: int = 1 << 26
+) -> CoordIndex:
+    """A :class:`CoordIndex` of ``coords [N, 4]``; ``layout`` "auto" picks "dense" when its
+    tables stay under ``max_table`` entries, else "sorted"."""
+    if layout not in ("auto", "dense", "sorted"):
+        raise ValueError(f"unknown coordinate index layout {layout!r}")
+    if layout == "auto":
+        layout = "sorted"
+        if coords.shape[0]:
+            c = coords.to(torch.int64)
+            ext = [int(c[:, 1 + a].max() - c[:, 1 + a].min()) // stride[a] + 1 for a in range(3)]
+            batches = int(c[:, 0].max()) + 1
+            # The row table is at most N * Z entries.
+            if batches * ext[0] * ext[1] <= max_table and coords.shape[0] * ext[2] <= max_table:
+                layout = "dense"
+    return CoordIndex(coords, stride, layout)
+
+
+def _transpose_table(nbr: torch.Tensor, num_in: int) -> torch.Tensor:
+    """``nbr [N_out, K]`` -> ``nbr_t [N_in, K]`` (each (input, offset) has at most one output)."""
+    num_out, k = nbr.shape
+    nbr_t = torch.full((num_in * k,), num_out, dtype=torch.int64, device=nbr.device)
+    out_idx, k_idx = torch.nonzero(nbr < num_in, as_tuple=True)
+    nbr_t[nbr[out_idx, k_idx] * k + k_idx] = out_idx
+    return nbr_t.view(num_in, k)
+
+
+def axis_offsets(kernel_size: Triple, dilation: Triple, unit: Triple) -> list[torch.Tensor]:
+    """Per-axis kernel offsets ``(k - c) * d * unit`` as three ``[k_a]`` int64 tensors."""
+    return [
+        (torch.arange(k, dtype=torch.int64) - (k - 1) // 2) * d * u
+        for k, d, u in zip(kernel_size, dilation, unit)
+    ]
+
+
+def build_kernel_map(
+    in_index: CoordIndex,
+    out_index: CoordIndex,
+    in_coords: torch.Tensor,
+    out_coords: torch.Tensor,
+    kernel_size: Triple,
+    dilation: Triple,
+    in_stride: Triple,
+) -> KernelMap:
+    """Neighbour tables of a convolution from ``in_coords`` to ``out_coords``.
+
+    Output ``j`` reads the input at ``out_coords[j] + offset_k * in_stride``; the transposed
+    table is looked up the other way (``in_coords[i] - offset_k * in_stride`` in the outputs),
+    which avoids scattering the forward table.
+
+    Args:
+        in_index, out_index: indexes of ``in_coords [N_in, 4]`` and ``out_coords [N_out, 4]``.
+        kernel_size, dilation: of the convolution; in_stride: stride of the input tensor.
+    """
+    device = in_coords.device
+    offs = [o.to(device) for o in axis_offsets(kernel_size, dilation, in_stride)]
+    nbr = in_index.lookup(out_coords, *offs)
+    if in_index is out_index and all(k % 2 == 1 for k in kernel_size):
+        # Submanifold with a symmetric kernel: offset K-1-k is offset k negated.
+        nbr_t = nbr.flip(1)
+    else:
+        nbr_t = out_index.lookup(in_coords, *[-o.flip(0) for o in offs]).flip(1)
+    return KernelMap(nbr, nbr_t, in_coords.shape[0], out_coords.shape[0])
+
+
+def downsample_coords(
+    coords: torch.Tensor,
+    in_stride: Triple,
+    kernel_size: Triple,
+    stride: Triple,
+    dilation: Triple,
+) -> torch.Tensor:
+    """Output sites of a strided convolution: every site whose window holds an active input.
+
+    Args:
+        coords: ``[N, 4]`` int32/int64, multiples of ``in_stride``.
+
+    Returns:
+        ``[M, 4]`` int32, unique, sorted by (batch, x, y, z), spatial parts multiples of
+        ``in_stride * stride`` and non-negative (as a dense conv with padding ``c * d``).
+    """
+    device = coords.device
+    if coords.shape[0] == 0:
+        return torch.zeros((0, 4), dtype=torch.int32, device=device)
+    c = coords.to(torch.int64)
+    cand, valid = [], []
+    for a in range(3):
+        grid = c[:, 1 + a] // in_stride[a]  # [N] in input-grid units
+        offs = torch.arange(kernel_size[a], device=device) - (kernel_size[a] - 1) // 2
+        offs = offs * dilation[a]
+        j = grid.unsqueeze(1) - offs.unsqueeze(0)  # [N, k_a]: output grid index * stride
+        valid.append((j % stride[a] == 0) & (j >= 0))
+        cand.append(j // stride[a])
+    n = c.shape[0]
+    kx, ky, kz = kernel_size
+    mask = valid[0].view(n, kx, 1, 1) & valid[1].view(n, 1, ky, 1) & valid[2].view(n, 1, 1, kz)
+    # Keys in output-grid units; the box below is tight so no margin is needed.
+    hi = [int(cand[a].max()) + 1 for a in range(3)]
+    key = (c[:, 0].view(n, 1, 1, 1) * hi[0] + cand[0].view(n, kx, 1, 1)) * hi[1]
+    key = (key + cand[1].view(n, 1, ky, 1)) * hi[2] + cand[2].view(n, 1, 1, kz)
+    keys = torch.unique(key[mask])  # sorted
+    z = keys % hi[2]
+    rest = keys // hi[2]
+    y = rest % hi[1]
+    rest = rest // hi[1]
+    x = rest % hi[0]
+    b = rest // hi[0]
+    out_stride = [in_stride[a] * stride[a] for a in range(3)]
+    return torch.stack([b, x * out_stride[0], y * out_stride[1], z * out_stride[2]], dim=1).to(
+        torch.int32
+    )
+
+
+def build_kernel_map_reference(
+    in_coords: torch.Tensor, out_coords: torch.Tensor, offsets: torch.Tensor
+) -> KernelMap:
+    """Plain-Python oracle for :func:`build_kernel_map` (a dict of coordinates; tiny inputs)."""
+    lookup = {tuple(row): i for i, row in enumerate(in_coords.tolist())}
+    num_in, num_out, k = in_coords.shape[0], out_coords.shape[0], offsets.shape[0]
+    nbr = torch.full((num_out, k), num_in, dtype=torch.int64)
+    for j, (b, x, y, z) in enumerate(out_coords.tolist()):
+        for o, (dx, dy, dz) in enumerate(offsets.tolist()):
+            nbr[j, o] = lookup.get((b, x + dx, y + dy, z + dz), num_in)
+    nbr = nbr.to(in_coords.device)
+    return KernelMap(nbr, _transpose_table(nbr, num_in), num_in, num_out)
+
+
+def downsample_coords_reference(
+    coords: torch.Tensor,
+    in_stride: Triple,
+    kernel_size: Triple,
+    stride: Triple,
+    dilation: Triple,
+) -> torch.Tensor:
+    """Plain-Python oracle for :func:`downsample_coords`."""
+    out = set()
+    offs = kernel_offsets(kernel_size, dilation).tolist()
+    out_stride = [in_stride[a] * stride[a] for a in range(3)]
+    for b, *xyz in coords.tolist():
+        for off in offs:
+            o = [xyz[a] - off[a] * in_stride[a] for a in range(3)]
+            if all(o[a] >= 0 and o[a] % out_stride[a] == 0 for a in range(3)):
+                out.add((b, *o))
+    rows = sorted(out)
+    return torch.tensor(rows, dtype=torch.int32).view(-1, 4).to(coords.device)

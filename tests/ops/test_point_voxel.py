@@ -1,0 +1,116 @@
+"""point_to_voxel / voxel_to_point against brute-force loops, gradients included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from perception.ops.point_voxel import (
+    point_to_voxel,
+    point_to_voxel_reference,
+    voxel_to_point,
+    voxel_to_point_reference,
+)
+from perception.ops.sparse import SparseTensor, conv3d
+from tests.ops.harness import DEVICES, assert_parity
+
+
+def random_points(n: int, batch: int, seed: int, extent: float = 6.0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    b = torch.randint(0, batch, (n, 1), generator=g).double()
+    return torch.cat([b, torch.rand(n, 3, generator=g, dtype=torch.float64) * extent], 1)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [1, 40])
+@pytest.mark.parametrize("stride", [1, 2])
+def test_point_to_voxel_matches_loops(device, n, stride):
+    coords = random_points(n, 2, seed=n + stride).to(device)
+    feats = torch.randn(n, 3, dtype=torch.float64, device=device)
+
+    def fast(point_feats, point_coords):
+        x = point_to_voxel(point_feats, point_coords, stride)
+        return x.feats, x.coords
+
+    def ref(point_feats, point_coords):
+        voxels = fast(point_feats.detach(), point_coords)[1]
+        return point_to_voxel_reference(point_feats, point_coords, voxels, stride), voxels
+
+    assert_parity(
+        fast, ref, {"point_feats": feats, "point_coords": coords}, grad_inputs=["point_feats"]
+    )
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_point_to_voxel_onto_target(stride):
+    points = random_points(50, 2, seed=3)
+    vox = point_to_voxel(torch.randn(50, 2, dtype=torch.float64), points, stride)
+    # Drop a few target voxels and add one with no points.
+    keep = vox.coords[::2]
+    extra = torch.tensor([[1, 20 * stride, 20 * stride, 20 * stride]], dtype=torch.int32)
+    target = SparseTensor(
+        torch.zeros(keep.shape[0] + 1, 1, dtype=torch.float64), torch.cat([keep, extra]), stride
+    )
+    feats = torch.randn(50, 4, dtype=torch.float64, requires_grad=True)
+    out = point_to_voxel(feats, points, target)
+    assert out.coord_id == target.coord_id and out.cache is target.cache
+    ref = point_to_voxel_reference(feats, points, target.coords, stride)
+    torch.testing.assert_close(out.feats, ref)
+    up = torch.randn_like(ref)
+    g1 = torch.autograd.grad((out.feats * up).sum(), feats)[0]
+    g2 = torch.autograd.grad((ref * up).sum(), feats)[0]
+    torch.testing.assert_close(g1, g2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2, 4])
+@pytest.mark.parametrize("density", [0.3, 1.0])
+def test_voxel_to_point_matches_loops(device, stride, density):
+    g = torch.Generator().manual_seed(stride)
+    grid = torch.stack(torch.meshgrid(*[torch.arange(4)] * 3, indexing="ij"), -1).view(-1, 3)
+    grid = grid[torch.rand(grid.shape[0], generator=g) < density]
+    coords = torch.cat([torch.zeros(grid.shape[0], 1, dtype=torch.int64), grid * stride], 1)
+    coords = torch.cat([coords, coords + torch.tensor([1, 0, 0, 0])]).to(torch.int32).to(device)
+    feats = torch.randn(coords.shape[0], 3, dtype=torch.float64, device=device)
+    points = random_points(30, 2, seed=11, extent=4.0 * stride).to(device)
+
+    def fast(voxel_feats, point_coords):
+        return voxel_to_point(SparseTensor(voxel_feats, coords, stride), point_coords)
+
+    def ref(voxel_feats, point_coords):
+        return voxel_to_point_reference(voxel_feats, coords, stride, point_coords)
+
+    assert_parity(
+        fast, ref, {"voxel_feats": feats, "point_coords": points}, grad_inputs=["voxel_feats"]
+    )
+
+
+def test_voxel_to_point_at_voxel_centre_returns_that_voxel():
+    coords = torch.tensor([[0, 0, 0, 0], [0, 2, 0, 0]], dtype=torch.int32)
+    x = SparseTensor(torch.tensor([[1.0], [5.0]]), coords, stride=2)
+    points = torch.tensor([[0.0, 1.0, 1.0, 1.0], [0.0, 2.0, 1.0, 1.0], [0.0, 30.0, 30.0, 30.0]])
+    out = voxel_to_point(x, points)
+    torch.testing.assert_close(out, torch.tensor([[1.0], [3.0], [0.0]]))
+
+
+def test_round_trip_through_a_conv():
+    points = random_points(200, 2, seed=1, extent=10.0).float()
+    feats = torch.randn(200, 4)
+    vox = point_to_voxel(feats, points, 1)
+    down = conv3d(vox, torch.randn(27, 4, 8), stride=2)
+    back = voxel_to_point(down, points)
+    assert back.shape == (200, 8)
+    again = point_to_voxel(torch.randn(200, 8), points, down)
+    assert again.coord_id == down.coord_id
+
+
+def test_empty_and_bad_inputs():
+    empty = point_to_voxel(torch.zeros(0, 3), torch.zeros(0, 4), 1)
+    assert empty.feats.shape == (0, 3) and empty.coords.shape == (0, 4)
+    assert voxel_to_point(empty, torch.zeros(0, 4)).shape == (0, 3)
+    with pytest.raises(ValueError, match=r"\[N, 4\]"):
+        point_to_voxel(torch.zeros(2, 3), torch.zeros(2, 3), 1)
+    with pytest.raises(ValueError, match="point_feats"):
+        point_to_voxel(torch.zeros(3, 3), torch.zeros(2, 4), 1)
+    with pytest.raises(ValueError, match="non-negative"):
+        point_to_voxel(torch.zeros(1, 3), torch.tensor([[0.0, -1.0, 0.0, 0.0]]), 1)

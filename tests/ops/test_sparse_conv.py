@@ -1,0 +1,321 @@
+"""Sparse conv against dense torch convs, the plain reference, gradcheck, caching, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from perception.ops.sparse import SparseCache, SparseTensor, conv3d, conv3d_reference, functional
+from perception.ops.sparse.kernel_map import (
+    build_kernel_map,
+    build_kernel_map_reference,
+    downsample_coords,
+    downsample_coords_reference,
+    kernel_offsets,
+    make_coord_index,
+)
+from tests.ops.harness import DEVICES, assert_parity
+
+IMPLS = ["gather", "scatter"]
+
+
+@pytest.fixture
+def force_impl(request, monkeypatch):
+    """Forces one compute variant of the fast path (the default picks by table fill)."""
+    threshold = {"gather": 0.0, "scatter": 1.1}[request.param]
+    monkeypatch.setattr(functional, "_GATHER_MIN_FILL", threshold)
+    return request.param
+
+
+GRID = 10  # dense grid side; inputs stay GRID - MARGIN away from the far border
+MARGIN = 3
+
+
+def random_coords(n: int, batch: int, seed: int, stride: int = 1, grid: int = GRID) -> torch.Tensor:
+    """``[<=n, 4]`` int32 unique coordinates in ``[0, grid - MARGIN)``, multiples of stride."""
+    g = torch.Generator().manual_seed(seed)
+    side = (grid - MARGIN) // stride
+    b = torch.randint(0, batch, (n,), generator=g)
+    xyz = torch.randint(0, side, (n, 3), generator=g) * stride
+    return torch.unique(torch.cat([b[:, None], xyz], 1), dim=0).to(torch.int32)
+
+
+def dense_weight_to_sparse(w: torch.Tensor) -> torch.Tensor:
+    """nn.Conv3d weight ``[out, in, kx, ky, kz]`` -> ``[K, in, out]``."""
+    return w.permute(2, 3, 4, 1, 0).reshape(-1, w.shape[1], w.shape[0])
+
+
+def scatter_dense(feats, coords, batch, stride=1):
+    dense = feats.new_zeros(batch, feats.shape[1], GRID, GRID, GRID)
+    c = coords.long()
+    dense[c[:, 0], :, c[:, 1] // stride, c[:, 2] // stride, c[:, 3] // stride] = feats
+    return dense
+
+
+def read_dense(dense, coords, stride):
+    c = coords.long()
+    return dense[c[:, 0], :, c[:, 1] // stride, c[:, 2] // stride, c[:, 3] // stride]
+
+
+@pytest.mark.parametrize("kernel", [1, 2, 3])
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("channels", [(1, 3), (4, 8)])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
+def test_conv_matches_dense(kernel, stride, dilation, channels, batch, force_impl):
+    c_in, c_out = channels
+    coords = random_coords(60, batch, seed=kernel * 100 + stride * 10 + dilation)
+    feats = torch.randn(coords.shape[0], c_in, dtype=torch.float64, requires_grad=True)
+    w_dense = torch.randn(c_out, c_in, kernel, kernel, kernel, dtype=torch.float64)
+    w_dense.requires_grad_(True)
+    weight = dense_weight_to_sparse(w_dense)
+
+    x = SparseTensor(feats, coords)
+    y = conv3d(x, weight, kernel_size=kernel, stride=stride, dilation=dilation)
+    pad = (kernel - 1) // 2 * dilation
+    dense_out = F.conv3d(
+        scatter_dense(feats, coords, batch), w_dense, stride=stride, padding=pad, dilation=dilation
+    )
+    # Output sites: the input sites (stride 1) or every site whose window holds an input.
+    if stride == 1:
+        assert torch.equal(y.coords, coords)
+    else:
+        assert y.stride == (stride,) * 3
+        in_mask = scatter_dense(torch.ones(coords.shape[0], 1, dtype=torch.float64), coords, batch)
+        covered = F.conv3d(
+            in_mask,
+            torch.ones(1, 1, kernel, kernel, kernel, dtype=torch.float64),
+            stride=stride,
+            padding=pad,
+            dilation=dilation,
+        )
+        expected = torch.nonzero(covered[:, 0] > 0)
+        got = y.coords.long().clone()
+        got[:, 1:] //= stride
+        assert torch.equal(got, expected)  # both sorted by (b, x, y, z)
+    expected_feats = read_dense(dense_out, y.coords, stride)
+    torch.testing.assert_close(y.feats, expected_feats)
+
+    upstream = torch.randn_like(y.feats)
+    grads = torch.autograd.grad((y.feats * upstream).sum(), [feats, w_dense])
+    ref_grads = torch.autograd.grad((expected_feats * upstream).sum(), [feats, w_dense])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+@pytest.mark.parametrize("kernel", [2, 3])
+@pytest.mark.parametrize("dilation", [1, 2])
+@pytest.mark.parametrize("batch", [1, 2])
+@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
+def test_transposed_matches_dense(kernel, dilation, batch, force_impl):
+    """Down (stride 2) then up (transposed) lands on the input sites = dense ConvTranspose3d."""
+    coords = random_coords(60, batch, seed=7 * kernel + dilation)
+    x = SparseTensor(torch.randn(coords.shape[0], 2, dtype=torch.float64), coords)
+    down = conv3d(
+        x,
+        torch.randn(kernel**3, 2, 3, dtype=torch.float64),
+        kernel_size=kernel,
+        stride=2,
+        dilation=dilation,
+    )
+    feats = down.feats.detach().requires_grad_(True)
+    down_leaf = down.replace_feats(feats)
+    w_t = torch.randn(3, 4, kernel, kernel, kernel, dtype=torch.float64, requires_grad=True)
+    weight = w_t.permute(2, 3, 4, 0, 1).reshape(-1, 3, 4)
+    up = conv3d(down_leaf, weight, kernel_size=kernel, stride=2, dilation=dilation, transposed=True)
+    assert torch.equal(up.coords, coords) and up.stride == (1, 1, 1)
+    pad = (kernel - 1) // 2 * dilation
+    dense_in = scatter_dense(feats, down.coords, batch, stride=2)
+    dense_out = F.conv_transpose3d(dense_in, w_t, stride=2, padding=pad, dilation=dilation)
+    # Pad to GRID: the transposed output may be shorter than the grid at the far border.
+    dense_out = F.pad(dense_out, [0, GRID - dense_out.shape[-1]] * 3)
+    expected = read_dense(dense_out, coords, 1)
+    torch.testing.assert_close(up.feats, expected)
+    upstream = torch.randn_like(expected)
+    grads = torch.autograd.grad((up.feats * upstream).sum(), [feats, w_t])
+    ref_grads = torch.autograd.grad((expected * upstream).sum(), [feats, w_t])
+    for a, b in zip(grads, ref_grads):
+        torch.testing.assert_close(a, b)
+
+
+def _fast_conv(feats, coords, weight, kernel_size, stride, dilation):
+    y = conv3d(
+        SparseTensor(feats, coords),
+        weight,
+        kernel_size=kernel_size,
+        stride=stride,
+        dilation=dilation,
+    )
+    return y.feats, y.coords
+
+
+def _ref_conv(feats, coords, weight, kernel_size, stride, dilation):
+    return conv3d_reference(
+        feats, coords, weight, kernel_size=kernel_size, stride=stride, dilation=dilation
+    )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [0, 1, 80])
+@pytest.mark.parametrize("kernel_size", [3, (3, 1, 2)])
+@pytest.mark.parametrize("stride", [1, 2, (2, 2, 1)])
+@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
+def test_fast_path_matches_reference(device, n, kernel_size, stride, force_impl):
+    coords = random_coords(n, 2, seed=n + 1, grid=14).to(device)
+    k = 27 if kernel_size == 3 else 6
+    inputs = {
+        "feats": torch.randn(coords.shape[0], 5, device=device),
+        "coords": coords,
+        "weight": torch.randn(k, 5, 7, device=device),
+        "kernel_size": kernel_size,
+        "stride": stride,
+        "dilation": 1,
+    }
+    # A single voxel may have no output site (odd y under a 1-wide window with stride 2).
+    nonempty = _ref_conv(**inputs)[0].shape[0] > 0
+    grads = ["feats", "weight"] if nonempty else []
+    assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=grads)
+
+
+@pytest.mark.parametrize("layout", ["dense", "sorted"])
+@pytest.mark.parametrize("in_stride", [1, 2])
+@pytest.mark.parametrize("conv", [(3, 1, 1), (3, 2, 1), (2, 2, 1), (3, 2, 2), (3, 1, 2)])
+def test_kernel_map_matches_reference(layout, in_stride, conv):
+    kernel, stride, dilation = ((c,) * 3 for c in conv)
+    s3 = (in_stride,) * 3
+    coords = random_coords(200, 3, seed=5, stride=in_stride, grid=24)
+    out = downsample_coords(coords, s3, kernel, stride, dilation) if stride[0] > 1 else coords
+    if stride[0] > 1:
+        assert torch.equal(out, downsample_coords_reference(coords, s3, kernel, stride, dilation))
+    out_stride = tuple(a * b for a, b in zip(s3, stride))
+    in_index = make_coord_index(coords, s3, layout)
+    out_index = in_index if stride[0] == 1 else make_coord_index(out, out_stride, layout)
+    kmap = build_kernel_map(in_index, out_index, coords, out, kernel, dilation, s3)
+    offsets = kernel_offsets(kernel, dilation) * in_stride
+    ref = build_kernel_map_reference(coords, out, offsets)
+    assert torch.equal(kmap.nbr, ref.nbr)
+    assert torch.equal(kmap.nbr_t, ref.nbr_t)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
+def test_gradcheck(stride, transposed, force_impl):
+    coords = random_coords(12, 2, seed=3, grid=8)
+    feats = torch.randn(coords.shape[0], 2, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(27, 2, 3, dtype=torch.float64, requires_grad=True)
+    x = SparseTensor(feats.detach(), coords)
+    if transposed and stride == 2:
+        x = conv3d(x, torch.randn(27, 2, 2, dtype=torch.float64), stride=2)
+
+    def fn(f, w):
+        return conv3d(x.replace_feats(f), w, stride=stride, transposed=transposed).feats
+
+    f0 = torch.randn(len(x), 2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(fn, (f0, weight))
+
+
+def test_kernel_map_cache_is_reused():
+    coords = random_coords(100, 2, seed=1)
+    x = SparseTensor(torch.randn(coords.shape[0], 4), coords)
+    w = torch.randn(27, 4, 4)
+    y = conv3d(x, w)
+    assert x.cache.num_builds == 1
+    z = conv3d(y, w)  # same coordinates, same parameters: reuse
+    assert y.cache is x.cache and z.cache is x.cache
+    assert x.cache.num_builds == 1 and x.cache.num_hits == 1
+    conv3d(z, w, dilation=2)  # new parameters: one more build
+    assert x.cache.num_builds == 2
+
+
+def test_independent_tensors_do_not_share_caches():
+    coords = random_coords(50, 1, seed=2)
+    a = SparseTensor(torch.randn(coords.shape[0], 2), coords)
+    b = SparseTensor(torch.randn(coords.shape[0], 2), coords)
+    assert isinstance(a.cache, SparseCache) and a.cache is not b.cache
+    conv3d(a, torch.randn(27, 2, 2))
+    assert a.cache.num_builds == 1 and b.cache.num_builds == 0
+
+
+def test_transposed_without_matching_downsample_raises():
+    coords = random_coords(30, 1, seed=4, stride=2)
+    x = SparseTensor(torch.randn(coords.shape[0], 2), coords, stride=2)
+    with pytest.raises(ValueError, match="matching downsampling"):
+        conv3d(x, torch.randn(27, 2, 2), stride=2, transposed=True)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
+def test_deterministic_is_bitwise_reproducible(device, stride, force_impl):
+    coords = random_coords(300, 2, seed=9, grid=20).to(device)
+    feats = torch.randn(coords.shape[0], 16, device=device)
+    weight = torch.randn(27, 16, 16, device=device)
+    results = []
+    for _ in range(2):
+        f = feats.clone().requires_grad_(True)
+        w = weight.clone().requires_grad_(True)
+        y = conv3d(SparseTensor(f, coords), w, stride=stride, deterministic=True)
+        y.feats.square().sum().backward()
+        results.append((y.feats.detach(), f.grad, w.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+@pytest.mark.parametrize("transposed", [False, True])
+def test_empty_input(stride, transposed):
+    x = SparseTensor(torch.zeros(0, 3), torch.zeros(0, 4, dtype=torch.int32))
+    if transposed and stride == 2:
+        x = conv3d(x, torch.randn(27, 3, 3), stride=2)
+    w = torch.randn(27, 3, 5, requires_grad=True)
+    y = conv3d(x, w, stride=stride, transposed=transposed)
+    assert y.feats.shape == (0, 5) and y.coords.shape == (0, 4)
+    y.feats.sum().backward()
+    assert torch.equal(w.grad, torch.zeros_like(w))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: SparseTensor(torch.zeros(2, 3), torch.zeros(2, 4)), "int32 or int64"),
+        (
+            lambda: SparseTensor(torch.zeros(2, 3), torch.zeros(2, 3, dtype=torch.int32)),
+            r"\[N, 4\]",
+        ),
+        (lambda: SparseTensor(torch.zeros(3, 3), torch.zeros(2, 4, dtype=torch.int32)), "length"),
+        (lambda: SparseTensor(torch.zeros(1, 3), torch.tensor([[0, -1, 0, 0]])), "non-negative"),
+        (
+            lambda: SparseTensor(torch.zeros(1, 3), torch.tensor([[0, 1, 0, 0]]), stride=2),
+            "multiples",
+        ),
+        (
+            lambda: conv3d(
+                SparseTensor(torch.zeros(1, 3), torch.zeros(1, 4, dtype=torch.int32)),
+                torch.zeros(27, 4, 2),
+            ),
+            "channels",
+        ),
+        (
+            lambda: conv3d(
+                SparseTensor(torch.zeros(1, 3), torch.zeros(1, 4, dtype=torch.int32)),
+                torch.zeros(8, 3, 2),
+            ),
+            "weight must be",
+        ),
+    ],
+)
+def test_bad_input_raises(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_custom_op_is_registered_with_fake():
+    op = torch.ops.perception.sparse_conv.default
+    feats = torch.randn(5, 2)
+    weight = torch.randn(27, 2, 3)
+    nbr = torch.full((4, 27), 5, dtype=torch.int64)
+    nbr_t = torch.full((5, 27), 4, dtype=torch.int64)
+    torch.library.opcheck(op, (feats, weight, nbr, nbr_t, True))
