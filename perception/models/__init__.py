@@ -1,0 +1,1 @@
+"""Models: camera and LiDAR encoders, fusion, BEV decoder and detection heads."""
