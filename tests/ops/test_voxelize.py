@@ -1,0 +1,190 @@
+"""Voxelization: vectorized path vs the Python-loop reference, budgets, drops, spconv."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from perception.ops import dynamic_voxelize, voxelize, voxelize_batch
+from perception.ops.voxelize_reference import dynamic_voxelize_reference, voxelize_reference
+from tests.ops.harness import DEVICES
+
+PC_RANGE = (-4.0, -4.0, -2.0, 4.0, 4.0, 2.0)
+
+
+def make_points(n: int, d: int = 4, seed: int = 0, bad: bool = True) -> torch.Tensor:
+    """``[n, d]`` float32 points, ~20% outside PC_RANGE, plus a few non-finite rows."""
+    g = torch.Generator().manual_seed(seed)
+    pts = torch.rand(n, d, generator=g)
+    pts[:, :3] = (pts[:, :3] - 0.5) * torch.tensor([9.0, 9.0, 4.4])
+    # cluster half the points so voxels overflow
+    half = n // 2
+    pts[:half, :3] = pts[:half, :3] * 0.1
+    if bad and n >= 8:
+        pts[1, 0] = float("nan")
+        pts[3, 2] = float("inf")
+        pts[5, d - 1] = float("nan")  # a non-finite feature column also drops the point
+        pts[7, 1] = -float("inf")
+    return pts
+
+
+def assert_same_voxels(a, b) -> None:
+    assert torch.equal(a.coords.cpu(), b.coords.cpu())
+    assert torch.equal(a.num_points.cpu(), b.num_points.cpu())
+    assert torch.equal(a.points.cpu(), b.points.cpu())
+    torch.testing.assert_close(a.mean.cpu(), b.mean.cpu())
+    assert a.num_dropped == b.num_dropped
+    assert a.num_overflow == b.num_overflow
+    assert a.coords.dtype == torch.int32 and a.num_points.dtype == torch.int32
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [0, 1, 9, 300, 3000])
+@pytest.mark.parametrize(
+    "voxel_size,max_points,max_voxels",
+    [(0.5, 5, 10_000), (0.25, 3, 40), ((0.4, 0.3, 0.5), 1, 100_000), (1.0, 64, 7)],
+)
+def test_voxelize_matches_reference(device, n, voxel_size, max_points, max_voxels):
+    pts = make_points(n, seed=n)
+    fast = voxelize(pts.to(device), voxel_size, PC_RANGE, max_points, max_voxels)
+    ref = voxelize_reference(pts, voxel_size, PC_RANGE, max_points, max_voxels)
+    assert_same_voxels(fast, ref)
+
+
+def test_dropped_counts_nonfinite_and_out_of_range():
+    pts = torch.tensor(
+        [
+            [0.1, 0.1, 0.1, 1.0],  # kept
+            [float("nan"), 0.0, 0.0, 1.0],  # NaN coordinate
+            [0.0, float("inf"), 0.0, 1.0],  # inf coordinate
+            [0.0, 0.0, 0.0, float("nan")],  # NaN feature
+            [4.0, 0.0, 0.0, 1.0],  # exactly on x_max: outside
+            [-4.0, -4.0, -2.0, 1.0],  # exactly on the min corner: inside
+            [0.0, 0.0, -2.01, 1.0],  # below z_min
+            [1e30, 0.0, 0.0, 1.0],  # far away
+        ]
+    )
+    v = voxelize(pts, 0.5, PC_RANGE, 4, 100)
+    assert v.num_dropped == 6
+    assert v.num_overflow == 0
+    assert v.coords.tolist() == [[8, 8, 4], [0, 0, 0]]
+    point_to_voxel, coords, dropped = dynamic_voxelize(pts, 0.5, PC_RANGE)
+    assert dropped == 6
+    assert point_to_voxel.tolist() == [0, -1, -1, -1, -1, 1, -1, -1]
+    assert torch.equal(coords, v.coords)
+
+
+def test_max_points_keeps_first_points_in_input_order():
+    pts = torch.tensor([[0.1 * i, 0.1, 0.1, float(i)] for i in range(5)])  # one voxel of 1 m
+    v = voxelize(pts, 1.0, PC_RANGE, 3, 10)
+    assert v.num_points.tolist() == [3]
+    assert v.points[0, :, 3].tolist() == [0.0, 1.0, 2.0]
+    assert v.num_overflow == 2
+    torch.testing.assert_close(v.mean, pts[:3].mean(dim=0, keepdim=True))
+
+
+def test_max_voxels_keeps_first_come_voxels():
+    # voxels first seen in the order c, a, b, a, d: budget 2 keeps c and a
+    x = [3.5, -3.5, 0.5, -3.4, 1.5]
+    pts = torch.tensor([[xi, 0.0, 0.0] for xi in x])
+    v = voxelize(pts, 1.0, PC_RANGE, 10, 2)
+    assert v.coords[:, 0].tolist() == [7, 0]
+    assert v.num_points.tolist() == [1, 2]
+    assert v.num_overflow == 2 and v.num_dropped == 0
+
+
+def test_deterministic():
+    pts = make_points(5000, seed=3)
+    a = voxelize(pts, 0.25, PC_RANGE, 4, 500)
+    b = voxelize(pts.clone(), 0.25, PC_RANGE, 4, 500)
+    assert_same_voxels(a, b)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [0, 1, 200, 4000])
+@pytest.mark.parametrize("voxel_size", [0.3, (1.0, 0.5, 2.0)])
+def test_dynamic_voxelize_matches_reference(device, n, voxel_size):
+    pts = make_points(n, seed=n + 1)
+    p2v, coords, dropped = dynamic_voxelize(pts.to(device), voxel_size, PC_RANGE)
+    r_p2v, r_coords, r_dropped = dynamic_voxelize_reference(pts, voxel_size, PC_RANGE)
+    assert torch.equal(p2v.cpu(), r_p2v)
+    assert torch.equal(coords.cpu(), r_coords)
+    assert dropped == r_dropped
+    assert p2v.dtype == torch.int64 and coords.dtype == torch.int32
+    # unlimited hard voxelization gives the same voxel rows
+    hard = voxelize(pts, voxel_size, PC_RANGE, max(n, 1), max(n, 1))
+    assert torch.equal(hard.coords, r_coords)
+
+
+def test_empty_input():
+    v = voxelize(torch.zeros(0, 5), 0.1, PC_RANGE, 10, 100)
+    assert v.points.shape == (0, 10, 5) and v.coords.shape == (0, 3)
+    assert v.num_points.shape == (0,) and v.mean.shape == (0, 5) and v.num_dropped == 0
+    p2v, coords, dropped = dynamic_voxelize(torch.zeros(0, 3), 0.1, PC_RANGE)
+    assert p2v.shape == (0,) and coords.shape == (0, 3) and dropped == 0
+
+
+def test_voxelize_batch_adds_batch_column():
+    clouds = [make_points(500, seed=1), make_points(0), make_points(300, d=4, seed=2)]
+    out = voxelize_batch(clouds, 0.5, PC_RANGE, 4, 200)
+    singles = [voxelize(c, 0.5, PC_RANGE, 4, 200) for c in clouds]
+    assert out.coords.shape[1] == 4
+    expected = torch.cat(
+        [
+            torch.cat([torch.full_like(s.coords[:, :1], b), s.coords], 1)
+            for b, s in enumerate(singles)
+        ]
+    )
+    assert torch.equal(out.coords, expected)
+    assert torch.equal(out.points, torch.cat([s.points for s in singles]))
+    assert out.num_dropped == tuple(s.num_dropped for s in singles)
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(points=torch.zeros(4, 3, dtype=torch.int64)), "points"),
+        (dict(points=torch.zeros(4, 2)), "points"),
+        (dict(points=torch.zeros(4)), "points"),
+        (dict(voxel_size=0.0), "voxel_size"),
+        (dict(voxel_size=(0.1, 0.1)), "voxel_size"),
+        (dict(pc_range=(0, 0, 0, -1, 1, 1)), "pc_range"),
+        (dict(max_points_per_voxel=0), "max_points_per_voxel"),
+        (dict(max_voxels=0), "max_voxels"),
+    ],
+)
+def test_bad_input(kwargs, match):
+    args = dict(
+        points=torch.zeros(4, 3), voxel_size=0.1, pc_range=PC_RANGE, max_points_per_voxel=2,
+        max_voxels=10,
+    )  # fmt: skip
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        voxelize(**args)
+
+
+def lidar_like(n: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    r = 1 + 50 * torch.rand(n, generator=g) ** 2
+    a = 2 * math.pi * torch.rand(n, generator=g)
+    z = -1.8 + 3 * torch.rand(n, generator=g) ** 3
+    return torch.stack([r * a.cos(), r * a.sin(), z, torch.rand(n, generator=g)], dim=1)
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("max_points,max_voxels", [(5, 20_000), (2, 3_000)])
+def test_matches_spconv_point_to_voxel(seed, max_points, max_voxels):
+    spconv_utils = pytest.importorskip("spconv.pytorch.utils", reason="spconv not installed")
+    pts = lidar_like(30_000, seed)
+    voxel_size, pc_range = (0.2, 0.2, 0.4), (-40.0, -40.0, -3.0, 40.0, 40.0, 1.0)
+    ours = voxelize(pts, voxel_size, pc_range, max_points, max_voxels)
+    gen = spconv_utils.PointToVoxel(
+        vsize_xyz=list(voxel_size), coors_range_xyz=list(pc_range), num_point_features=4,
+        max_num_voxels=max_voxels, max_num_points_per_voxel=max_points,
+    )  # fmt: skip
+    voxels, coords_zyx, num_points = gen(pts)
+    assert torch.equal(ours.coords, coords_zyx.flip(1).to(torch.int32))  # spconv: (z, y, x)
+    assert torch.equal(ours.num_points, num_points.to(torch.int32))
+    assert torch.equal(ours.points, voxels)
