@@ -53,6 +53,15 @@ def run_synth(args: argparse.Namespace) -> list[BenchRow]:
     ]
 
 
+def run_model(args: argparse.Namespace) -> list[BenchRow]:
+    from perception.benchmarks import model
+
+    rows: list[BenchRow] = []
+    for config in args.config:
+        rows += model.run(config, root=args.root, repeat=args.repeat)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -68,12 +77,17 @@ def main(argv: list[str] | None = None) -> int:
     synth.add_argument("--samples-per-scene", type=int, default=10)
     synth.add_argument("--seed", type=int, default=0)
     synth.add_argument("--workers", type=int, default=None)
-    for p in (ops, synth):
+    model = sub.add_parser("model", help="per-stage latency, parameters and MACs of a detector")
+    model.add_argument("--config", nargs="+", required=True, help="one or more config files")
+    model.add_argument("--root", help="dataroot for a real sample (default: the config's)")
+    model.add_argument("--repeat", type=int, default=3)
+    for p in (ops, synth, model):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     args = parser.parse_args(argv)
     device = getattr(args, "device", "cpu")
     print(f"machine: {machine_description(device)}", flush=True)
-    rows = run_ops(args) if args.command == "ops" else run_synth(args)
+    runners = {"ops": run_ops, "synth": run_synth, "model": run_model}
+    rows = runners[args.command](args)
     print(markdown_table(rows))
     if args.out:
         print(f"wrote {write_report(rows, args.out, device)}")

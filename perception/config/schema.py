@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -89,14 +89,83 @@ class EvalConfig(StrictModel):
     max_boxes_per_sample: Annotated[int, Field(gt=0, le=500)] = 500
 
 
+class CameraModelConfig(StrictModel):
+    """EfficientViT(+TSM) encoder, FPN neck and the LSS view transform."""
+
+    variant: Literal["b0", "b1", "b2", "b3"] = "b0"
+    tsm_mode: Literal["off", "bidirectional", "unidirectional"] = "unidirectional"
+    tsm_stages: tuple[int, ...] = (0, 1, 2, 3)
+    neck_channels: PositiveInt = 64
+    context_channels: PositiveInt = 32
+    out_channels: PositiveInt = 64
+    depth_bins: tuple[float, float, float] = (1.0, 60.0, 0.5)  # (min, max, step) m
+    bev_cell: float = Field(0.3, gt=0, description="camera BEV cell (m) before downsampling")
+    bev_downsample: PositiveInt = 2
+    z_range: tuple[float, float] = (-10.0, 10.0)  # one height cell spanning this, m
+    depth_loss_weight: float = Field(0.0, ge=0)
+
+
+class LidarModelConfig(StrictModel):
+    """Voxelization and the SPVConv encoder (output stride 2 ** len(stage_channels))."""
+
+    voxel_size: tuple[float, float, float] = (0.075, 0.075, 0.2)
+    stem_channels: PositiveInt = 16
+    stage_channels: tuple[PositiveInt, ...] = (32, 64, 128)
+    stage_blocks: tuple[int, ...] = (1, 1, 1)
+    z_strides: tuple[int, ...] = (2, 2, 2)
+    out_channels: PositiveInt = 256
+    deterministic: bool = False
+
+
+class DecoderConfig(StrictModel):
+    """SECOND backbone + SECONDFPN neck on the fused BEV map."""
+
+    channels: tuple[PositiveInt, ...] = (128, 256)
+    layers: tuple[int, ...] = (5, 5)
+    strides: tuple[PositiveInt, ...] = (1, 2)
+    neck_channels: tuple[PositiveInt, ...] = (256, 256)
+    upsample_strides: tuple[float, ...] = (1.0, 2.0)
+
+
+class HeadConfig(StrictModel):
+    """CenterPoint head (nuScenes task grouping) and its decoding."""
+
+    shared_channels: PositiveInt = 64
+    head_channels: PositiveInt = 64
+    score_threshold: float = Field(0.1, ge=0, le=1)
+    pre_max_size: PositiveInt = 1000
+    post_max_size: PositiveInt = 83
+    min_radius: PositiveInt = 2
+    max_objects: PositiveInt = 500
+
+
+class ModelConfig(StrictModel):
+    """A BEVFusion-style detector; `camera: null` or `lidar: null` for a single-sensor model."""
+
+    camera: CameraModelConfig | None = CameraModelConfig()
+    lidar: LidarModelConfig | None = LidarModelConfig()
+    fuser_channels: PositiveInt = 256
+    decoder: DecoderConfig = DecoderConfig()
+    head: HeadConfig = HeadConfig()
+    # training: probability of dropping (camera, LiDAR) for a sample, never both
+    modality_dropout: tuple[float, float] = (0.0, 0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelConfig:
+        if self.camera is None and self.lidar is None:
+            raise ValueError("a model needs camera, lidar or both")
+        return self
+
+
 class ExperimentConfig(StrictModel):
-    """A whole experiment. Later sections (model, train) join as they are built."""
+    """A whole experiment. The train section joins with the training tools."""
 
     format_version: int = CONFIG_FORMAT_VERSION
     name: str = "experiment"
     seed: int = 0
     data: DataConfig = DataConfig()
     augment: AugmentConfig = AugmentConfig()
+    model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
 
     @model_validator(mode="after")

@@ -21,9 +21,10 @@ class OracleNoise:
 
 
 def oracle_detections(
-    sample: Sample, noise: OracleNoise = OracleNoise(), generator: torch.Generator | None = None
+    sample: Sample, noise: OracleNoise | None = None, generator: torch.Generator | None = None
 ) -> Detections:
     """The sample's GT boxes (un-augmented LiDAR frame) as detections with score 1, noised."""
+    noise = noise or OracleNoise()
     t = sample.gt_boxes.tensor.clone().double()
     n = len(t)
 

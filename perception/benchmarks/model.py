@@ -1,0 +1,145 @@
+"""Per-stage latency, parameters and MACs of a detector built from a config, and the per-frame
+cost of streaming TSM against clip mode.
+
+Inputs: a real sample of the config's dataset when its index exists (LiDAR structure matters
+for the sparse branch), else a fixed random batch of the config's shapes (`random_batch`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from ..config import load_config
+from ..config.schema import ExperimentConfig
+from ..datasets.collate import collate_samples
+from ..datasets.index import default_index_path
+from ..datasets.random_batch import random_batch
+from ..models.builder import build_model
+from ..structures import Batch
+from .common import BenchRow, time_ms
+
+
+def _inputs(config: ExperimentConfig, root: str | None) -> tuple[Batch, str]:
+    from ..datasets.nuscenes import NuScenesDataset
+    from ..datasets.transforms import BoxesRangeFilter, ImageAug, PointsRangeFilter
+
+    root = root or config.data.root
+    if default_index_path(root, config.data.version).is_file():
+        r = config.data.point_range
+        dataset = NuScenesDataset(
+            root,
+            config.data.version,
+            config.data.val_split,
+            sweeps=config.data.sweeps,
+            clip_frames=config.data.clip_frames,
+            transforms=[
+                ImageAug(config.augment.image, train=False, test_resize=config.augment.test_resize),
+                PointsRangeFilter(r),
+                BoxesRangeFilter(r),
+            ],
+        )
+        batch = collate_samples([dataset[len(dataset) // 2]])
+        return batch, f"{root} sample, {len(batch.points)} points"
+    return random_batch(config, batch_size=1, points_per_sample=30000), "random batch, 30k points"
+
+
+def _macs(module: torch.nn.Module, *args) -> float:
+    """Multiply-accumulates (FLOPs / 2) counted by torch's flop counter (dense aten ops only)."""
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        module(*args)
+    return counter.get_total_flops() / 2
+
+
+def _params(module: torch.nn.Module | None) -> int:
+    return 0 if module is None else sum(p.numel() for p in module.parameters())
+
+
+def run(config_path: str, *, root: str | None = None, repeat: int = 3) -> list[BenchRow]:
+    config = load_config(config_path)
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    batch, source = _inputs(config, root)
+    name = Path(config_path).stem
+    group = f"model:{name}"
+    shape = f"B=1, {source}"
+    timings: dict[str, float] = {}
+    notes: dict[str, str] = {}
+    with torch.no_grad():
+        cam_bev = lidar_bev = None
+        if model.camera is not None:
+            images = model.camera.normalize(batch.images)
+            timings["camera encoder"] = time_ms(lambda: model.camera.encoder(images), repeat=repeat)
+            feats = model.camera.encoder(images)
+            timings["view transform"] = time_ms(
+                lambda: model.camera.view_transform(feats, batch), repeat=repeat
+            )
+            notes["view transform"] = "pooling plan cached (fixed calibration)"
+            cam_bev, _ = model.camera.view_transform(feats, batch)
+        if model.lidar is not None:
+            timings["lidar (voxelize + SPVConv)"] = time_ms(
+                lambda: model.lidar(batch.points, 1, batch.lidar_mask), repeat=repeat
+            )
+            lidar_bev = model.lidar(batch.points, 1, batch.lidar_mask)
+        maps = [m for m in (cam_bev, lidar_bev) if m is not None]
+        present = model._presence(batch)
+        timings["fuser"] = time_ms(lambda: model.fuser(maps, present), repeat=repeat)
+        fused = model.fuser(maps, present)
+        timings["BEV decoder"] = time_ms(lambda: model.decoder(fused), repeat=repeat)
+        decoded = model.decoder(fused)
+        timings["head"] = time_ms(lambda: model.head(decoded), repeat=repeat)
+        outputs = model.head(decoded)
+        timings["decode + NMS"] = time_ms(lambda: model.head.predict(outputs, batch), repeat=repeat)
+        timings["whole model"] = time_ms(lambda: model(batch), repeat=repeat)
+    total = timings["whole model"]
+    rows = [
+        BenchRow(
+            group=group,
+            name=stage,
+            shape=shape,
+            ms=ms,
+            note=f"{100 * ms / total:.0f}% of the whole; {notes.get(stage, '')}".rstrip("; "),
+        )
+        for stage, ms in timings.items()
+    ]
+    # parameters and MACs
+    parts = {
+        "camera": model.camera,
+        "lidar": model.lidar,
+        "fuser + decoder + head": torch.nn.ModuleList([model.fuser, model.decoder, model.head]),
+    }
+    params = ", ".join(f"{k} {_params(v) / 1e6:.2f}M" for k, v in parts.items() if v is not None)
+    macs = []
+    if model.camera is not None:
+        macs.append(f"camera encoder {_macs(model.camera.encoder, images) / 1e9:.1f}G")
+        macs.append(f"view transform {_macs(model.camera.view_transform, feats, batch) / 1e9:.1f}G")
+    macs.append(f"decoder {_macs(model.decoder, fused) / 1e9:.1f}G")
+    macs.append(f"head {_macs(model.head, decoded) / 1e9:.1f}G")
+    rows.append(
+        BenchRow(
+            group=group, name="parameters / MACs", shape=shape, ms=0.0,
+            note=f"params: {_params(model) / 1e6:.2f}M ({params}); dense MACs: {', '.join(macs)} "
+            "(sparse convs and BEV pooling are custom ops the counter does not see)",
+        )
+    )  # fmt: skip
+    # streaming (one new frame a camera) against clip mode (T frames a camera) per keyframe
+    if model.camera is not None and config.data.clip_frames > 1:
+        encoder = model.camera.encoder
+        frames = images[:, :, -1]  # [B, Ncam, 3, H, W]
+        state = encoder.initial_state(1, frames.shape[1], tuple(frames.shape[-2:]))
+        with torch.no_grad():
+            clip_ms = time_ms(lambda: encoder(images), repeat=repeat)
+            stream_ms = time_ms(lambda: encoder.forward_stream(frames, state), repeat=repeat)
+        T = config.data.clip_frames
+        rows.append(
+            BenchRow(group=group, name=f"camera encoder, clip (T={T})", shape=shape, ms=clip_ms)
+        )
+        rows.append(
+            BenchRow(
+                group=group, name="camera encoder, streaming (1 frame)", shape=shape, ms=stream_ms,
+                baseline=f"camera encoder, clip (T={T})", ratio=clip_ms / stream_ms,
+            )
+        )  # fmt: skip
+    return rows

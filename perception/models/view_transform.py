@@ -1,0 +1,195 @@
+"""LSS-style depth view transform: lift camera features into 3-D with a predicted depth
+distribution, pool them into the BEV grid (fused pool, never materializing the frustum).
+
+Geometry uses every recorded matrix (intrinsics, camera -> LiDAR, image augmentation, LiDAR
+augmentation; docs/frames.md), so augmented training stays consistent. The pooling plan (which
+BEV cell each frustum point falls in, sorted) depends on geometry only, and is reused while
+calibration and augmentation are unchanged (a per-module cache, not global state).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..geometry import lidar_to_image
+from ..ops.bev_pool import BEVPoolPlanCache, bev_pool_depth
+from ..structures import Batch
+from .bev_grid import BEVGrid
+
+
+def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False),
+        nn.BatchNorm2d(out_ch),
+        nn.ReLU(inplace=True),
+    )
+
+
+class LSSViewTransform(nn.Module):
+    """Camera features `[B, Ncam, C_in, fH, fW]` -> camera BEV `[B, out_channels, X, Y]`.
+
+    Args:
+        in_channels: channels of the camera features.
+        out_channels: channels of the BEV map it returns.
+        context_channels: channels lifted per depth bin.
+        image_size: `(W, H)` of the (augmented) images the features come from.
+        feature_stride: image pixels per feature cell (8 for the stride-8 neck).
+        depth_bins: `(min, max, step)` metres along the optical axis (BEVFusion: 1, 60, 0.5).
+        grid: the BEV grid the frustum is pooled into (stride 1, a single height cell or a few).
+        downsample: stride of a final conv (BEVFusion pools at 0.3 m and downsamples x2 to the
+            LiDAR map's 0.6 m), 1 for none.
+        depth_loss_weight: > 0 supervises the depth distribution with LiDAR points projected
+            into the images (returned as the auxiliary loss `depth`).
+    """
+
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        out_channels: int,
+        context_channels: int,
+        image_size: tuple[int, int],
+        feature_stride: int,
+        depth_bins: tuple[float, float, float],
+        grid: BEVGrid,
+        downsample: int = 1,
+        depth_loss_weight: float = 0.0,
+    ):
+        super().__init__()
+        d_min, d_max, d_step = depth_bins
+        if not (0 < d_min < d_max and d_step > 0):
+            raise ValueError(f"depth_bins must be (min > 0, max > min, step > 0), got {depth_bins}")
+        width, height = image_size
+        if width % feature_stride or height % feature_stride:
+            raise ValueError(f"image_size {image_size} is not a multiple of {feature_stride}")
+        self.image_size = (int(width), int(height))
+        self.feature_stride = feature_stride
+        self.depth_bins = (float(d_min), float(d_max), float(d_step))
+        self.grid = grid
+        self.context_channels = context_channels
+        self.depth_loss_weight = depth_loss_weight
+        self.num_depth = int(round((d_max - d_min) / d_step))
+        f_h, f_w = height // feature_stride, width // feature_stride
+        # (u, v, d) of every frustum point in augmented-image pixels and metres: [D, fH, fW, 3]
+        depths = d_min + d_step * torch.arange(self.num_depth, dtype=torch.float32)
+        us = torch.linspace(0, width - 1, f_w)
+        vs = torch.linspace(0, height - 1, f_h)
+        d, v, u = torch.meshgrid(depths, vs, us, indexing="ij")
+        self.register_buffer("frustum", torch.stack([u, v, d], dim=-1), persistent=False)
+        self.depth_net = nn.Sequential(
+            _conv_bn_relu(in_channels, in_channels),
+            nn.Conv2d(in_channels, self.num_depth + context_channels, 1),
+        )
+        num_z = grid.voxel_shape[2]
+        layers: list[nn.Module] = [_conv_bn_relu(context_channels * num_z, out_channels)]
+        if downsample > 1:
+            layers.append(_conv_bn_relu(out_channels, out_channels, stride=downsample))
+        self.bev_conv = nn.Sequential(*layers)
+        self.out_channels = out_channels
+        self.plan_cache = BEVPoolPlanCache()
+
+    # -- geometry ---------------------------------------------------------------------------
+
+    def image_from_lidar(self, batch: Batch) -> torch.Tensor:
+        """`[B, Ncam, 4, 4]`: augmented LiDAR point -> (u*d, v*d, d, 1) in the augmented image of
+        each camera's keyframe (the clip's last frame)."""
+        return lidar_to_image(
+            batch.intrinsics.float(),  # [B, Ncam, 3, 3]
+            batch.camera_to_lidar[:, :, -1].float(),  # [B, Ncam, 4, 4]
+            batch.image_aug.float(),  # [B, Ncam, 4, 4]
+            batch.lidar_aug.float()[:, None],  # [B, 1, 4, 4]
+        )
+
+    def frustum_cells(self, image_from_lidar: torch.Tensor) -> torch.Tensor:
+        """`[B*Ncam, D, fH, fW, 4]` int64 (batch, z, x, y) BEV cell of every frustum point;
+        points outside the grid get coordinates outside it (the pool drops them)."""
+        B, N = image_from_lidar.shape[:2]
+        lidar_from_image = torch.linalg.inv(image_from_lidar.double())  # [B, N, 4, 4]
+        u, v, d = self.frustum.double().unbind(-1)  # [D, fH, fW] each
+        homogeneous = torch.stack([u * d, v * d, d, torch.ones_like(d)], dim=-1)  # [D, fH, fW, 4]
+        points = torch.einsum("bnij,dhwj->bndhwi", lidar_from_image, homogeneous)[..., :3]
+        (x0, y0, z0), (cx, cy, cz) = self.grid.point_range[:3], self.grid.voxel_size
+        ix = torch.floor((points[..., 0] - x0) / cx)
+        iy = torch.floor((points[..., 1] - y0) / cy)
+        iz = torch.floor((points[..., 2] - z0) / cz)
+        batch_index = torch.arange(B, dtype=torch.float64, device=points.device)
+        batch_index = batch_index.view(B, 1, 1, 1, 1).expand_as(ix)
+        cells = torch.stack([batch_index, iz, ix, iy], dim=-1).long()  # [B, N, D, fH, fW, 4]
+        return cells.flatten(0, 1)  # [B*N, D, fH, fW, 4]
+
+    # -- depth supervision ------------------------------------------------------------------
+
+    def depth_targets(self, batch: Batch, image_from_lidar: torch.Tensor) -> torch.Tensor:
+        """`[B*Ncam, fH, fW]` int64 depth-bin index of the nearest LiDAR point projecting into
+        each feature cell, -1 where none does."""
+        B, N = image_from_lidar.shape[:2]
+        D, f_h, f_w = self.frustum.shape[:3]
+        d_min, d_max, d_step = self.depth_bins
+        target = torch.full((B * N, f_h * f_w), float("inf"), device=batch.points.device)
+        points = batch.points  # [P, 6] (batch, x, y, z, ...)
+        for b in range(B):
+            xyz = points[points[:, 0] == b, 1:4]  # [P_b, 3]
+            if not len(xyz):
+                continue
+            homogeneous = torch.cat([xyz, torch.ones_like(xyz[:, :1])], 1)  # [P_b, 4]
+            projected = torch.einsum("nij,pj->npi", image_from_lidar[b], homogeneous)  # [N, P_b, 4]
+            depth = projected[..., 2]
+            uv = projected[..., :2] / depth.clamp(min=1e-3)[..., None]
+            col = torch.floor(uv[..., 0] / self.feature_stride).long()
+            row = torch.floor(uv[..., 1] / self.feature_stride).long()
+            ok = (
+                (depth >= d_min)
+                & (depth < d_max)
+                & (col >= 0)
+                & (col < f_w)
+                & (row >= 0)
+                & (row < f_h)
+            )
+            cam = torch.arange(N, device=xyz.device)[:, None].expand_as(col)
+            flat = (b * N + cam)[ok] * (f_h * f_w) + (row * f_w + col)[ok]
+            target.view(-1).scatter_reduce_(0, flat, depth[ok], reduce="amin")
+        bins = torch.floor((target - d_min) / d_step)
+        bins = torch.where(torch.isfinite(target), bins, torch.full_like(bins, -1)).long()
+        return bins.clamp(max=D - 1).view(B * N, f_h, f_w)
+
+    # -- forward -----------------------------------------------------------------------------
+
+    def forward(
+        self, features: torch.Tensor, batch: Batch
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        B, N, C, f_h, f_w = features.shape
+        D = self.num_depth
+        if (f_h, f_w) != tuple(self.frustum.shape[1:3]):
+            raise ValueError(
+                f"camera features are {f_h}x{f_w}, the view transform expects "
+                f"{self.frustum.shape[1]}x{self.frustum.shape[2]} (image_size {self.image_size} "
+                f"/ stride {self.feature_stride})"
+            )
+        image_from_lidar = self.image_from_lidar(batch)  # [B, N, 4, 4]
+        plan = self.plan_cache.get(
+            (image_from_lidar,),
+            lambda: self.frustum_cells(image_from_lidar),
+            batch_size=B,
+            grid=(self.grid.voxel_shape[2], *self.grid.voxel_shape[:2]),
+        )
+        x = self.depth_net(features.flatten(0, 1))  # [B*N, D + C_ctx, fH, fW]
+        depth_logits = x[:, :D]  # [B*N, D, fH, fW]
+        depth = depth_logits.softmax(dim=1)
+        present = batch.camera_mask.flatten().to(depth.dtype)  # [B*N]
+        depth = depth * present[:, None, None, None]  # a missing camera lifts nothing
+        context = x[:, D:]  # [B*N, C_ctx, fH, fW]
+        bev = bev_pool_depth(depth, context, plan)  # [B, C_ctx, Z, X, Y]
+        bev = bev.flatten(1, 2)  # [B, C_ctx * Z, X, Y]
+        aux: dict[str, torch.Tensor] = {}
+        if self.training and self.depth_loss_weight > 0:
+            with torch.no_grad():
+                target = self.depth_targets(batch, image_from_lidar)  # [B*N, fH, fW]
+            valid = (target >= 0) & (present[:, None, None] > 0)
+            if valid.any():
+                logits = depth_logits.permute(0, 2, 3, 1)[valid]  # [V, D]
+                aux["depth"] = self.depth_loss_weight * F.cross_entropy(logits, target[valid])
+            else:
+                aux["depth"] = depth_logits.sum() * 0.0
+        return self.bev_conv(bev), aux

@@ -1,0 +1,144 @@
+"""The whole detector built from configs: losses, gradients, detections, missing sensors,
+a golden output on fixed inputs and a one-batch overfit."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from perception.config import load_config, parse_config
+from perception.datasets.random_batch import random_batch
+from perception.models.builder import build_model
+from perception.structures import Batch, Detections
+
+REPO = Path(__file__).resolve().parents[3]
+GOLDEN = Path(__file__).parent / "golden" / "bevfusion_micro.safetensors"
+
+# A micro detector for fast tests: 16 x 16 BEV cells of 3.2 m over +-25.6 m.
+MICRO = {
+    "data": {"sweeps": 1, "clip_frames": 2, "point_range": [-25.6, -25.6, -4.0, 25.6, 25.6, 2.4]},
+    "augment": {"image": {"final_size": [176, 64]}},
+    "model": {
+        "camera": {"variant": "b0", "neck_channels": 16, "context_channels": 8, "out_channels": 16,
+                   "depth_bins": [1.0, 26.0, 1.0], "bev_cell": 1.6, "bev_downsample": 2},
+        "lidar": {"voxel_size": [0.4, 0.4, 0.4], "stem_channels": 8, "stage_channels": [8, 16, 16],
+                  "stage_blocks": [0, 1, 0], "z_strides": [2, 2, 2], "out_channels": 16},
+        "fuser_channels": 16,
+        "decoder": {"channels": [16, 16], "layers": [1, 1], "strides": [1, 2],
+                    "neck_channels": [16, 16], "upsample_strides": [1.0, 2.0]},
+        "head": {"shared_channels": 16, "head_channels": 16, "min_radius": 1},
+    },
+}  # fmt: skip
+
+
+def micro_config(*overrides: str):
+    return parse_config(MICRO, list(overrides))
+
+
+def synthetic_batch(config, batch_size: int = 2, seed: int = 0) -> Batch:
+    return random_batch(config, batch_size=batch_size, seed=seed)
+
+
+def test_every_config_builds():
+    for path in sorted((REPO / "configs").glob("bevfusion_*.yaml")):
+        model = build_model(load_config(path))
+        assert sum(p.numel() for p in model.parameters()) > 0, path
+
+
+@pytest.mark.parametrize("modalities", ["fused", "camera", "lidar"])
+def test_train_losses_and_gradients(modalities):
+    overrides = {"fused": [], "camera": ["model.lidar=null"], "lidar": ["model.camera=null"]}
+    torch.manual_seed(0)
+    config = micro_config(*overrides[modalities])
+    model = build_model(config).train()
+    losses = model(synthetic_batch(config))
+    assert losses and all(v.ndim == 0 and torch.isfinite(v) for v in losses.values())
+    assert any(k.startswith("heatmap/") for k in losses) and any(
+        k.startswith("bbox/") for k in losses
+    )
+    sum(losses.values()).backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+
+
+def test_eval_returns_detections_per_sample():
+    torch.manual_seed(0)
+    config = micro_config()
+    model = build_model(config).eval()
+    batch = synthetic_batch(config)
+    with torch.no_grad():
+        detections = model(batch)
+    assert len(detections) == 2
+    assert all(
+        isinstance(d, Detections) and d.sample_token == t for d, t in zip(detections, batch.tokens)
+    )
+
+
+@pytest.mark.parametrize("drop", ["one_camera", "all_cameras", "lidar"])
+def test_runs_with_a_missing_sensor(drop):
+    torch.manual_seed(0)
+    config = micro_config()
+    model = build_model(config).eval()
+    batch = synthetic_batch(config)
+    camera_mask, lidar_mask = batch.camera_mask.clone(), batch.lidar_mask.clone()
+    points = batch.points
+    if drop == "one_camera":
+        camera_mask[:, 0] = False
+    elif drop == "all_cameras":
+        camera_mask[:] = False
+    else:
+        lidar_mask[:] = False
+        points = points[:0]
+    degraded = Batch(
+        **{**batch.__dict__, "camera_mask": camera_mask, "lidar_mask": lidar_mask, "points": points}
+    )
+    with torch.no_grad():
+        full, _ = model.bev_features(batch)
+        partial, _ = model.bev_features(degraded)
+        detections = model(degraded)
+    assert torch.isfinite(partial).all() and len(detections) == 2
+    assert not torch.allclose(full, partial)
+
+
+def test_golden_output():
+    """Fixed seed, fixed inputs -> the same head outputs as recorded (UPDATE_GOLDEN=1 rewrites)."""
+    torch.manual_seed(1234)
+    config = micro_config()
+    model = build_model(config).eval()
+    with torch.no_grad():
+        features, _ = model.bev_features(synthetic_batch(config, seed=7))
+        outputs = model.head(features)
+    got = {"bev": features[:, :4].contiguous()}
+    for t, out in enumerate(outputs):
+        got[f"heatmap{t}"] = out.heatmap.contiguous()
+        got[f"regression{t}"] = out.regression().contiguous()
+    if os.environ.get("UPDATE_GOLDEN"):
+        GOLDEN.parent.mkdir(exist_ok=True)
+        save_file(got, str(GOLDEN))
+    expected = load_file(str(GOLDEN))
+    assert set(expected) == set(got)
+    for name, value in expected.items():
+        torch.testing.assert_close(
+            got[name], value, atol=2e-4, rtol=1e-3, msg=lambda m, n=name: f"{n}: {m}"
+        )
+
+
+@pytest.mark.slow
+def test_one_batch_overfit():
+    torch.manual_seed(0)
+    config = micro_config("model.modality_dropout=[0.0, 0.0]")
+    model = build_model(config).train()
+    batch = synthetic_batch(config, batch_size=1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    first = None
+    for _ in range(150):
+        loss = sum(model(batch).values())
+        first = first if first is not None else float(loss.detach())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < first / 10, (first, float(loss))

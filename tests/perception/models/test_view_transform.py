@@ -1,0 +1,89 @@
+"""LSS view transform: frustum geometry, plan reuse, depth targets, missing cameras."""
+
+from __future__ import annotations
+
+import torch
+
+from perception.models.bev_grid import BEVGrid
+from perception.models.view_transform import LSSViewTransform
+from perception.structures import Batch
+
+from .test_detector import micro_config, synthetic_batch
+
+
+def make_transform(**kwargs) -> LSSViewTransform:
+    grid = BEVGrid(point_range=(-25.6, -25.6, -10.0, 25.6, 25.6, 10.0), voxel_size=(0.8, 0.8, 20.0))
+    args = dict(in_channels=8, out_channels=8, context_channels=4, image_size=(176, 64),
+                feature_stride=8, depth_bins=(1.0, 25.0, 1.0), grid=grid)  # fmt: skip
+    args.update(kwargs)
+    return LSSViewTransform(**args)
+
+
+def test_frustum_lands_where_the_camera_looks():
+    vt = make_transform()
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    cells = vt.frustum_cells(vt.image_from_lidar(batch))  # [6, D, fH, fW, 4]
+    # CAM_FRONT looks along LiDAR +x (yaw 0), f = 0.6 * 176 px, principal point (88, 32): a
+    # pixel column u at depth d sits at x = d, y = -(u - 88) / f * d (camera right = LiDAR -y).
+    _, D, f_h, f_w, _ = cells.shape
+    u = float(vt.frustum[0, 0, f_w // 2, 0])
+    centre = cells[0, :, f_h // 2, f_w // 2]  # [D, 4] (batch, z, x, y)
+    depths = 1.0 + torch.arange(D, dtype=torch.float64)
+    expected_x = torch.floor((depths + 25.6) / 0.8).long()
+    expected_y = torch.floor((-(u - 88.0) / (0.6 * 176) * depths + 25.6) / 0.8).long()
+    assert torch.equal(centre[:, 2], expected_x)
+    assert torch.equal(centre[:, 3], expected_y)
+    assert (centre[:, 0] == 0).all() and (centre[:, 1] == 0).all()
+    # the LiDAR augmentation moves the frustum with the points: flip y -> mirrored cells
+    flipped = Batch(
+        **{**batch.__dict__, "lidar_aug": torch.diag(torch.tensor([1.0, -1.0, 1.0, 1.0]))[None]}
+    )
+    mirrored = vt.frustum_cells(vt.image_from_lidar(flipped))
+    left = cells[2]  # CAM_FRONT_LEFT (yaw +0.96): y > 0
+    assert (left[..., 3].float().mean() > 32) and (mirrored[2][..., 3].float().mean() < 32)
+
+
+def test_plan_is_reused_while_geometry_is_unchanged():
+    vt = make_transform().eval()
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    features = torch.randn(1, 6, 8, 8, 22)
+    with torch.no_grad():
+        vt(features, batch)
+        vt(features, batch)
+        assert (vt.plan_cache.misses, vt.plan_cache.hits) == (1, 1)
+        moved = Batch(
+            **{**batch.__dict__, "lidar_aug": torch.diag(torch.tensor([2.0, 2.0, 2.0, 1.0]))[None]}
+        )
+        vt(features, moved)
+    assert vt.plan_cache.misses == 2
+
+
+def test_depth_targets_from_a_lidar_point():
+    vt = make_transform()
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    point = torch.tensor([[0.0, 10.3, 0.0, 1.5, 0.0, 0.0]])  # 10.3 m straight ahead of CAM_FRONT
+    batch = Batch(**{**batch.__dict__, "points": point})
+    targets = vt.depth_targets(batch, vt.image_from_lidar(batch))  # [6, fH, fW]
+    hits = (targets >= 0).nonzero()
+    assert len(hits) == 1
+    camera, row, col = hits[0].tolist()
+    assert camera == 0 and col == 22 // 2 and row == 8 // 2
+    assert int(targets[camera, row, col]) == 9  # bin [10, 11) m with bins from 1 m
+
+
+def test_depth_supervision_gives_a_loss():
+    vt = make_transform(depth_loss_weight=1.0).train()
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    _, aux = vt(torch.randn(1, 6, 8, 8, 22), batch)
+    assert "depth" in aux and torch.isfinite(aux["depth"]) and float(aux["depth"].detach()) > 0
+
+
+def test_a_masked_camera_lifts_nothing():
+    vt = make_transform().eval()
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    pooled = {}
+    vt.bev_conv.register_forward_pre_hook(lambda module, args: pooled.setdefault("x", args[0]))
+    no_cameras = Batch(**{**batch.__dict__, "camera_mask": torch.zeros(1, 6, dtype=torch.bool)})
+    with torch.no_grad():
+        vt(torch.randn(1, 6, 8, 8, 22), no_cameras)
+    assert pooled["x"].abs().max() == 0
