@@ -142,3 +142,32 @@ def test_one_batch_overfit():
         loss.backward()
         optimizer.step()
     assert float(loss) < first / 10, (first, float(loss))
+
+
+@pytest.mark.parametrize(
+    "name", ["bevfusion_tiny.yaml", "bevfusion_tiny_camera.yaml", "bevfusion_tiny_lidar.yaml"]
+)
+def test_tiny_configs_train_forward_backward(name):
+    torch.manual_seed(0)
+    config = load_config(REPO / "configs" / name)
+    model = build_model(config).train()
+    losses = model(random_batch(config, batch_size=1, points_per_sample=4000))
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_camera_branch_streaming_matches_clip():
+    """Streaming one frame at a time gives the camera BEV of the uni-directional clip model."""
+    torch.manual_seed(0)
+    config = micro_config("model.camera.tsm_mode=unidirectional")
+    camera = build_model(config).camera.eval()
+    batch = synthetic_batch(config, batch_size=1)
+    with torch.no_grad():
+        clip_bev, _ = camera(batch)
+        state = None
+        for t in range(config.data.clip_frames):
+            frame = Batch(**{**batch.__dict__, "images": batch.images[:, :, t : t + 1]})
+            stream_bev, state = camera.forward_stream(frame, state)
+    torch.testing.assert_close(stream_bev, clip_bev, atol=1e-4, rtol=1e-4)
