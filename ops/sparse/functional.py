@@ -9,7 +9,7 @@ reduction has a fixed order for fixed shapes, so results are bitwise reproducibl
 
 Where few neighbours are active (strided LiDAR layers fill ~10% of the table) a per-offset
 gather - GEMM - ``index_add_`` variant does far less work; ``_select_impl`` is the one place
-that chooses (by table fill and device). ``index_add_`` is deterministic on CPU; on CUDA it
+that chooses (by estimated cost and device). ``index_add_`` is deterministic on CPU; on CUDA it
 uses atomics, so ``deterministic=True`` forces the gather variant there.
 """
 
@@ -71,10 +71,17 @@ def _im2col_t_gemm(feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tenso
 
 def _pairs(nbr: torch.Tensor, num_in: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """Per offset ``(in_idx, out_idx)`` int64 of the active entries of ``nbr [N_out, K]``."""
-    k_idx, out_idx = torch.nonzero((nbr < num_in).t(), as_tuple=True)  # sorted by offset
-    counts = torch.bincount(k_idx, minlength=nbr.shape[1]).tolist()
-    in_idx = nbr[out_idx, k_idx]
-    return list(zip(in_idx.split(counts), out_idx.split(counts)))
+    num_out, k = nbr.shape
+    by_offset = nbr.t().contiguous().view(-1)  # [K * N_out], entry k * N_out + j
+    active = by_offset < num_in
+    flat = torch.nonzero(active).squeeze(1)  # sorted: by offset, then output
+    bounds = torch.searchsorted(flat, torch.arange(k + 1, device=nbr.device) * num_out)
+    counts = bounds.diff().tolist()
+    in_idx = by_offset.index_select(0, flat)
+    return [
+        (i, f - o * num_out)
+        for o, (i, f) in enumerate(zip(in_idx.split(counts), flat.split(counts)))
+    ]
 
 
 def _scatter_conv(
@@ -106,26 +113,37 @@ def _scatter_grad_weight(
     return grad_w
 
 
-# Below this fraction of active (output, offset) entries the dense im2col GEMM does more
-# wasted work than per-offset gathers cost (strided LiDAR layers: ~0.1; submanifold ~0.3).
-_GATHER_MIN_FILL = 0.5
+# Fixed "gather" / "scatter" threshold on the table fill for tests (None: the cost model).
+_GATHER_MIN_FILL: float | None = None
 
 
-def _select_impl(device: torch.device, deterministic: bool, fill: float) -> str:
+def _select_impl(
+    device: torch.device, deterministic: bool, fill: float, c_in: int, c_out: int
+) -> str:
     """The compute variant: "gather" (im2col GEMM) or "scatter" (per-offset ``index_add_``).
 
     ``fill`` is the fraction of active entries of the neighbour table. On CPU both variants
-    are deterministic, so the denser-or-sparser choice is free. On CUDA ``deterministic``
-    forces "gather" (no atomics). A CUDA kernel would be slotted in here; until one is written
-    and tested on a GPU, CUDA runs the same torch code.
+    are deterministic, so the choice is by estimated cost, per table entry (ns, one CPU thread,
+    fitted on the SECOND-like benchmark stack): im2col pays a row gather for every entry and
+    multiplies zeros; the per-offset variant extracts the pairs (every entry) and pays a
+    latency-bound gather and ``index_add_`` per active pair. On CUDA ``deterministic`` forces
+    "gather" (no atomics). A CUDA kernel would be slotted in here; until one is written and
+    tested on a GPU, CUDA runs the same torch code.
     """
     if device.type == "cuda" and deterministic:
         return "gather"
-    return "gather" if fill >= _GATHER_MIN_FILL else "scatter"
+    if _GATHER_MIN_FILL is not None:
+        return "gather" if fill >= _GATHER_MIN_FILL else "scatter"
+    macs = 0.02 * c_in * c_out
+    gather = 5.0 + 1.0 * c_in + macs
+    scatter = 5.0 + fill * (40.0 + 1.2 * (c_in + c_out) + macs)
+    return "gather" if gather <= scatter else "scatter"
 
 
 def _fill(nbr: torch.Tensor, num_in: int) -> float:
-    return float((nbr < num_in).sum()) / max(1, nbr.numel())
+    """Fraction of active entries of ``nbr``."""
+    # count_nonzero: a bool sum would first copy the mask to int64.
+    return int(torch.count_nonzero(nbr < num_in)) / max(1, nbr.numel())
 
 
 @torch.library.custom_op("perception::sparse_conv", mutates_args=())
@@ -149,7 +167,8 @@ def sparse_conv_op(
         ``[N_out, C_out]`` float.
     """
     k, c_in, c_out = weight.shape
-    if _select_impl(feats.device, deterministic, _fill(nbr, feats.shape[0])) == "scatter":
+    fill = _fill(nbr, feats.shape[0])
+    if _select_impl(feats.device, deterministic, fill, c_in, c_out) == "scatter":
         return _scatter_conv(feats, weight, nbr, c_out)
     return _gather_gemm(feats, weight.reshape(k * c_in, c_out), nbr)
 
@@ -174,7 +193,8 @@ def sparse_conv_backward_op(
     grad_out = grad_out.contiguous()
     # grad_in[i] = sum_k grad_out[nbr_t[i, k]] @ W[k]^T
     w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
-    if _select_impl(feats.device, deterministic, _fill(nbr, feats.shape[0])) == "scatter":
+    fill = _fill(nbr, feats.shape[0])
+    if _select_impl(feats.device, deterministic, fill, c_in, c_out) == "scatter":
         grad_feats = _scatter_conv(grad_out, weight.transpose(1, 2), nbr_t, c_in)
         grad_weight = _scatter_grad_weight(feats, nbr, grad_out)
     else:

@@ -12,7 +12,7 @@ from .kernel_map import (
     Triple,
     as_triple,
     build_kernel_map,
-    downsample_coords,
+    build_strided_kernel_map,
     make_coord_index,
 )
 
@@ -86,31 +86,31 @@ class SparseCache:
             kmap, _ = self.kernel_map(parent, kernel_size, stride, dilation, False)
             return kmap.transposed(), parent
         key = (coord_id, kernel_size, stride, dilation)
-        if stride == (1, 1, 1):
-            out_id = coord_id
-        elif key in self._children:
-            out_id = self._children[key]
-        else:
-            out_coords = downsample_coords(
-                self._sets[coord_id].coords, in_stride, kernel_size, stride, dilation
-            )
-            out_stride = tuple(a * b for a, b in zip(in_stride, stride))
-            out_id = self.register(out_coords, out_stride)  # type: ignore[arg-type]
-            self._children[key] = out_id
-            self._parents[(out_id, kernel_size, stride, dilation)] = coord_id
         if key in self._maps:
             self.num_hits += 1
-        else:
+            out_id = coord_id if stride == (1, 1, 1) else self._children[key]
+        elif stride == (1, 1, 1):
+            out_id = coord_id
             self.num_builds += 1
             self._maps[key] = build_kernel_map(
                 self.index(coord_id),
-                self.index(out_id),
+                self.index(coord_id),
                 self._sets[coord_id].coords,
-                self._sets[out_id].coords,
+                self._sets[coord_id].coords,
                 kernel_size,
                 dilation,
                 in_stride,
             )
+        else:
+            # Output sites and the map come from one enumeration of the input pairs.
+            out_coords, self._maps[key] = build_strided_kernel_map(
+                self._sets[coord_id].coords, in_stride, kernel_size, stride, dilation
+            )
+            self.num_builds += 1
+            out_stride = tuple(a * b for a, b in zip(in_stride, stride))
+            out_id = self.register(out_coords, out_stride)  # type: ignore[arg-type]
+            self._children[key] = out_id
+            self._parents[(out_id, kernel_size, stride, dilation)] = coord_id
         kmap = self._maps[key]
         return (kmap.transposed() if transposed else kmap), out_id
 

@@ -8,11 +8,14 @@ backward, and a dense ``nn.Conv3d`` stack on a crop small enough to run densely.
 from __future__ import annotations
 
 import math
+import statistics
+import time
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
-from perception.benchmarks.common import BenchRow, compare, time_ms
+from perception.benchmarks.common import BenchRow, compare
 from perception.ops.sparse import Conv3d, SparseTensor
 
 # (in, out, stride) of the stack; kernel 3 everywhere.
@@ -118,19 +121,45 @@ def _spconv_stack(ours: nn.Sequential):
     return spconv, spconv.SparseSequential(*layers)
 
 
+def _interleaved_ms(
+    fns: dict[str, Callable[[], object]], *, device: str, warmup: int, repeat: int
+) -> dict[str, float]:
+    """Median wall time (ms) of each function, the functions run in turn ``repeat`` times.
+
+    Interleaving puts every row under the same background load (a shared CPU slows whole
+    stretches of a run, which sequential blocks would charge to one row only).
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeat):
+        for name, fn in fns.items():
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            fn()
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
 def run(device: str = "cpu", quick: bool = False) -> list[BenchRow]:
     """Timings of the 6-layer stack; ``quick`` uses a 5k-voxel scene (CI smoke test).
 
-    The machine's thread count is left as it is (``torch.set_num_threads`` is the caller's).
+    The machine's thread count is left as it is (``torch.set_num_threads`` is the caller's);
+    every note states it. Rows are medians of interleaved repeats (see :func:`_interleaved_ms`).
     """
     target = 5_000 if quick else 120_000
-    repeat = 2 if quick else 3
-    warmup = 0 if quick else 1
+    repeat = 3 if quick else 5
+    warmup = 1
     coords, grid = lidar_like_voxels(target)
     coords = coords.to(device)
     feats = torch.randn(coords.shape[0], 5, device=device)
     stack = build_stack().to(device)
     shape = f"{coords.shape[0] // 1000}k LiDAR-like voxels (0.075 m), SECOND-like 6-layer stack"
+    threads = f"{torch.get_num_threads()} CPU thread(s)"
 
     def ours_forward():
         with torch.no_grad():
@@ -140,35 +169,6 @@ def run(device: str = "cpu", quick: bool = False) -> list[BenchRow]:
         out = stack(SparseTensor(feats, coords)).feats
         out.square().mean().backward()
 
-    timings: dict[str, float] = {}
-    notes: dict[str, str] = {}
-    baseline = "ours forward"
-    spconv_pair = _spconv_stack(stack) if device == "cpu" else None
-    if spconv_pair is not None:
-        spconv, sp_stack = spconv_pair
-        sp_coords = coords.clone()
-        sp_coords = sp_coords[:, [0, 1, 2, 3]].contiguous()
-
-        def spconv_forward():
-            with torch.no_grad():
-                x = spconv.SparseConvTensor(feats, sp_coords, list(grid), 1)
-                return sp_stack(x).features
-
-        timings["spconv forward"] = time_ms(
-            spconv_forward, device=device, warmup=warmup, repeat=repeat
-        )
-        baseline = "spconv forward"
-        notes["spconv forward"] = (
-            "spconv 2.x CPU, SubMConv3d with per-resolution indice_key, SparseConv3d k3 s2 p1; "
-            "spconv cannot train on CPU (its CPU backward raises)"
-        )
-    else:
-        notes["ours forward"] = "spconv not importable (or not CPU): no spconv row"
-    timings["ours forward"] = time_ms(ours_forward, device=device, warmup=warmup, repeat=repeat)
-    notes["ours forward"] = notes.get("ours forward", "") + " kernel maps rebuilt every call"
-    timings["ours forward+backward"] = time_ms(
-        ours_train, device=device, warmup=warmup, repeat=repeat
-    )
     # Dense on a crop: the whole 1440 x 1440 x 107 grid is far beyond dense Conv3d on a CPU.
     crop = (32, 32, 16) if quick else (128, 128, 64)
     dense_stack = nn.Sequential(
@@ -180,11 +180,37 @@ def run(device: str = "cpu", quick: bool = False) -> list[BenchRow]:
         with torch.no_grad():
             return dense_stack(dense_in)
 
-    timings["dense Conv3d forward (crop)"] = time_ms(
-        dense_forward, device=device, warmup=warmup, repeat=repeat
+    fns: dict[str, Callable[[], object]] = {}
+    notes: dict[str, str] = {}
+    baseline = "ours forward"
+    spconv_pair = _spconv_stack(stack) if device == "cpu" else None
+    if spconv_pair is not None:
+        spconv, sp_stack = spconv_pair
+
+        def spconv_forward():
+            with torch.no_grad():
+                x = spconv.SparseConvTensor(feats, coords, list(grid), 1)
+                return sp_stack(x).features
+
+        fns["spconv forward"] = spconv_forward
+        baseline = "spconv forward"
+        notes["spconv forward"] = (
+            f"{threads}; spconv 2.x CPU, SubMConv3d with per-resolution indice_key, "
+            "SparseConv3d k3 s2 p1; spconv cannot train on CPU (its CPU backward raises)"
+        )
+    fns["ours forward"] = ours_forward
+    fns["ours forward+backward"] = ours_train
+    fns["dense Conv3d forward (crop)"] = dense_forward
+    timings = _interleaved_ms(fns, device=device, warmup=warmup, repeat=repeat)
+    notes["ours forward"] = f"{threads}; kernel maps rebuilt every call" + (
+        "" if spconv_pair is not None else "; spconv not importable (or not CPU): no spconv row"
+    )
+    notes["ours forward+backward"] = (
+        f"{threads}; {timings['ours forward+backward'] / timings['ours forward']:.2f}x ours "
+        "forward; maps built once per forward, reused by the backward"
     )
     notes["dense Conv3d forward (crop)"] = (
-        f"torch.nn.Conv3d stack on a dense {crop} crop (0.075 m voxels: "
+        f"{threads}; torch.nn.Conv3d stack on a dense {crop} crop (0.075 m voxels: "
         f"{crop[0] * 0.075:.1f} x {crop[1] * 0.075:.1f} x {crop[2] * 0.075:.1f} m), "
         "not the whole scene"
     )

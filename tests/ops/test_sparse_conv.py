@@ -10,6 +10,7 @@ from perception.ops.sparse import SparseCache, SparseTensor, conv3d, conv3d_refe
 from perception.ops.sparse.kernel_map import (
     build_kernel_map,
     build_kernel_map_reference,
+    build_strided_kernel_map,
     downsample_coords,
     downsample_coords_reference,
     kernel_offsets,
@@ -197,6 +198,31 @@ def test_kernel_map_matches_reference(layout, in_stride, conv):
     ref = build_kernel_map_reference(coords, out, offsets)
     assert torch.equal(kmap.nbr, ref.nbr)
     assert torch.equal(kmap.nbr_t, ref.nbr_t)
+    if stride[0] > 1:
+        # The one-pass builder the cache uses for strided convs: same sites, tables and pairs.
+        sites, strided = build_strided_kernel_map(coords, s3, kernel, stride, dilation)
+        assert torch.equal(sites, out)
+        assert torch.equal(strided.nbr, ref.nbr) and torch.equal(strided.nbr_t, ref.nbr_t)
+        for (i, o), (ref_i, ref_o) in zip(strided.pairs(), ref.pairs()):
+            assert torch.equal(i, ref_i) and torch.equal(o, ref_o)
+
+
+@pytest.mark.parametrize("fill", [0.0, 0.05, 0.3, 1.0])
+@pytest.mark.parametrize("channels", [(5, 16), (32, 64), (64, 64)])
+def test_pairs_match_table(fill, channels):
+    """The per-offset pairs of the scatter variant are the table's active entries, in order."""
+    g = torch.Generator().manual_seed(int(fill * 100) + channels[0])
+    num_in, num_out, k = 50, 40, 27
+    nbr = torch.randint(0, num_in, (num_out, k), generator=g)
+    nbr[torch.rand(num_out, k, generator=g) >= fill] = num_in
+    pairs = functional._pairs(nbr, num_in)
+    assert len(pairs) == k
+    for o, (in_idx, out_idx) in enumerate(pairs):
+        expected_out = torch.nonzero(nbr[:, o] < num_in).squeeze(1)
+        assert torch.equal(out_idx, expected_out) and torch.equal(in_idx, nbr[expected_out, o])
+    impl = functional._select_impl(torch.device("cpu"), False, fill, *channels)
+    # A full table is never worth per-offset scatters; an empty one never worth im2col.
+    assert impl == {0.0: "scatter", 1.0: "gather"}.get(fill, impl)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
