@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from perception.structures.classes import CLASS_NAMES
+
 # The 23 object categories of nuScenes v1.0 (name, description), in the devkit's documented order.
 CATEGORIES: tuple[tuple[str, str], ...] = (
     ("animal", "All animals, e.g. cats, rats, dogs, deer, birds."),
@@ -57,18 +59,7 @@ VISIBILITIES: tuple[tuple[str, str, str], ...] = (
     ("4", "v80-100", "visibility of whole object is between 80 and 100%"),
 )
 
-DETECTION_CLASSES: tuple[str, ...] = (
-    "car",
-    "truck",
-    "construction_vehicle",
-    "bus",
-    "trailer",
-    "barrier",
-    "motorcycle",
-    "bicycle",
-    "pedestrian",
-    "traffic_cone",
-)
+DETECTION_CLASSES: tuple[str, ...] = CLASS_NAMES
 
 RGB = tuple[int, int, int]
 

@@ -13,15 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 from pyquaternion import Quaternion
 
+from perception.structures.classes import CAMERA_NAMES
+
 LIDAR = "LIDAR_TOP"
-CAMERAS: tuple[str, ...] = (
-    "CAM_FRONT",
-    "CAM_FRONT_RIGHT",
-    "CAM_FRONT_LEFT",
-    "CAM_BACK",
-    "CAM_BACK_LEFT",
-    "CAM_BACK_RIGHT",
-)
+CAMERAS: tuple[str, ...] = CAMERA_NAMES
 # (yaw in degrees, position on the ego in m, focal length at 1600x900 in px), from nuScenes.
 _CAMERA_MOUNTS: dict[str, tuple[float, tuple[float, float, float], float]] = {
     "CAM_FRONT": (0.0, (1.70, 0.016, 1.51), 1266.4),

@@ -29,6 +29,7 @@ import numpy as np
 from pyquaternion import Quaternion
 from tqdm import tqdm
 
+from perception.datasets.checks import TABLES as NUSCENES_TABLES
 from perception.datasets.synth.camera import CameraRenderer
 from perception.datasets.synth.catalog import (
     ATTRIBUTES,
@@ -48,21 +49,7 @@ from perception.datasets.synth.sensors import (
 )
 
 VERSIONS = ("v1.0-mini", "v1.0-trainval")
-TABLES = (
-    "category",
-    "attribute",
-    "visibility",
-    "instance",
-    "sensor",
-    "calibrated_sensor",
-    "ego_pose",
-    "log",
-    "scene",
-    "sample",
-    "sample_data",
-    "sample_annotation",
-    "map",
-)
+TABLES = NUSCENES_TABLES  # written in this order
 ANNOTATION_RANGE = 70.0  # m from the ego (xy); objects farther away are not annotated
 DEFAULT_IMAGE_SIZE = (800, 450)
 DEFAULT_SAMPLES_PER_SCENE = 10
