@@ -11,16 +11,24 @@ voxels are numbered in the order in which their first point appears in the input
 first ``max_voxels`` voxels are kept, and in each voxel only its first ``max_points_per_voxel``
 points, in input order. The output rows are in that voxel order.
 
-The fast path sorts the points' linear voxel keys once (stable), so no Python loop runs over
-points; it runs unchanged on CUDA tensors. The plain reference is
-:mod:`perception.ops.voxelize_reference`.
+Two fast paths, chosen per call by :func:`_choose_impl` (or forced with ``impl=``):
+
+* ``"numba"`` (float32/float64 CPU tensors without autograd, when numba is importable): one
+  pass over the points with a voxel hash table (:mod:`perception.ops._voxelize_numba`).
+* ``"torch"`` (everything else: CUDA, other dtypes, autograd): sorts the points' linear voxel
+  keys once (stable), so no Python loop runs over points; it runs unchanged on CUDA tensors.
+
+Both give identical outputs. The plain reference is :mod:`perception.ops.voxelize_reference`.
 """
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
+import numpy as np
 import torch
 
 from ._geometry import (
@@ -31,12 +39,17 @@ from ._geometry import (
 )
 
 __all__ = [
+    "IMPLS",
     "BatchVoxels",
     "Voxels",
     "dynamic_voxelize",
     "voxelize",
     "voxelize_batch",
 ]
+
+
+IMPLS = ("numba", "torch")
+"""The implementations ``impl=`` accepts (None chooses, see :func:`_choose_impl`)."""
 
 
 @dataclass(frozen=True)
@@ -103,6 +116,104 @@ def _check_budget(max_points_per_voxel: int, max_voxels: int) -> None:
         )
     if int(max_voxels) != max_voxels or max_voxels < 1:
         raise ValueError(f"max_voxels must be a positive int, got {max_voxels!r}")
+
+
+@functools.cache
+def _numba_kernels() -> ModuleType | None:
+    """:mod:`._voxelize_numba`, or None where numba is not importable (imported on first use:
+    numba takes a while to import and most users of :mod:`perception.ops` never voxelize)."""
+    try:
+        from . import _voxelize_numba
+    except ImportError:
+        return None
+    return _voxelize_numba
+
+
+def _choose_impl(points: torch.Tensor, impl: str | None) -> str:
+    """``"numba"`` for float32/float64 CPU points without autograd where numba is importable,
+    else ``"torch"``; a forced ``impl`` is checked against what the points allow."""
+    numba_ok = (
+        points.device.type == "cpu"
+        and points.dtype in (torch.float32, torch.float64)
+        and not (points.requires_grad and torch.is_grad_enabled())
+    )
+    if impl is None:
+        return "numba" if numba_ok and _numba_kernels() is not None else "torch"
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
+    if impl == "numba" and not numba_ok:
+        raise ValueError(
+            "impl='numba' needs float32/float64 CPU points without autograd, got "
+            f"{points.dtype} on {points.device} (requires_grad={points.requires_grad})"
+        )
+    if impl == "numba" and _numba_kernels() is None:
+        raise ValueError("impl='numba' needs numba, which is not importable")
+    return impl
+
+
+def _numba_geometry(
+    points: np.ndarray, voxel_size: tuple[float, float, float], pc_range: tuple[float, ...]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int, int]:
+    """``lo, size, upper`` (``[3]``, the points' dtype, as :func:`_voxel_keys` builds them),
+    the grid's y, z sizes and its number of voxels (keys), for the numba kernels."""
+    grid = voxel_grid_size(voxel_size, pc_range)
+    lo = np.asarray(pc_range[:3], dtype=points.dtype)
+    size = np.asarray(voxel_size, dtype=points.dtype)
+    upper = np.asarray(grid, dtype=points.dtype) - 1
+    return lo, size, upper, grid[1], grid[2], grid[0] * grid[1] * grid[2]
+
+
+def _as_numpy(points: torch.Tensor) -> np.ndarray:
+    """``[N, D]`` C-contiguous NumPy view of CPU points (a copy only if not contiguous)."""
+    return points.detach().contiguous().numpy()
+
+
+def _voxelize_numba(
+    points: torch.Tensor,
+    voxel_size: tuple[float, float, float],
+    pc_range: tuple[float, ...],
+    max_points_per_voxel: int,
+    max_voxels: int,
+) -> Voxels:
+    kernels = _numba_kernels()
+    pts = _as_numpy(points)  # [N, D]
+    n, d = pts.shape
+    lo, size, upper, gy, gz, num_keys = _numba_geometry(pts, voxel_size, pc_range)
+    capacity = min(n, max_voxels)  # voxel rows that can be filled
+    table = kernels.new_table(capacity, num_keys)
+    # np.zeros: lazily zeroed pages, so rows the kernel never fills cost nothing
+    out = np.zeros((capacity, max_points_per_voxel, d), dtype=pts.dtype)
+    coords = np.empty((capacity, 3), dtype=np.int32)
+    counts = np.zeros(capacity, dtype=np.int32)
+    mean = np.zeros((capacity, d), dtype=pts.dtype)
+    m, num_dropped, num_overflow = kernels.hard_voxelize(
+        pts, lo, size, upper, gy, gz, max_points_per_voxel, max_voxels,
+        table, out, coords, counts, mean,
+    )  # fmt: skip
+    return Voxels(
+        points=torch.from_numpy(out[:m]),
+        coords=torch.from_numpy(coords[:m]),
+        num_points=torch.from_numpy(counts[:m]),
+        mean=torch.from_numpy(mean[:m]),
+        num_dropped=int(num_dropped),
+        num_overflow=int(num_overflow),
+    )
+
+
+def _dynamic_voxelize_numba(
+    points: torch.Tensor, voxel_size: tuple[float, float, float], pc_range: tuple[float, ...]
+) -> tuple[torch.Tensor, torch.Tensor, int]:
+    kernels = _numba_kernels()
+    pts = _as_numpy(points)  # [N, D]
+    n = pts.shape[0]
+    lo, size, upper, gy, gz, num_keys = _numba_geometry(pts, voxel_size, pc_range)
+    table = kernels.new_table(n, num_keys)
+    point_to_voxel = np.empty(n, dtype=np.int64)
+    coords = np.empty((n, 3), dtype=np.int32)
+    m, num_dropped = kernels.dynamic_voxelize(
+        pts, lo, size, upper, gy, gz, table, point_to_voxel, coords
+    )
+    return torch.from_numpy(point_to_voxel), torch.from_numpy(coords[:m]), int(num_dropped)
 
 
 def _voxel_keys(
@@ -185,8 +296,10 @@ def voxelize(
     pc_range: Sequence[float],
     max_points_per_voxel: int,
     max_voxels: int,
+    *,
+    impl: str | None = None,
 ) -> Voxels:
-    """Hard voxelization (SECOND/PointPillars style), vectorized.
+    """Hard voxelization (SECOND/PointPillars style).
 
     Args:
         points: ``[N, D]`` float, ``D >= 3``; x, y, z in metres, then features.
@@ -194,13 +307,18 @@ def voxelize(
         pc_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` in metres.
         max_points_per_voxel: points stored per voxel (the first ones in input order).
         max_voxels: voxels kept (the first ones to receive a point, in input order).
+        impl: ``"numba"`` or ``"torch"`` to force a path (tests, benchmarks); None chooses.
 
     Returns:
         :class:`Voxels` (``M <= max_voxels`` rows, first-come voxel order; see the module
-        docstring for which points are kept).
+        docstring for which points are kept), on the points' device.
     """
     voxel_size, pc_range = _check_args(points, voxel_size, pc_range)
     _check_budget(max_points_per_voxel, max_voxels)
+    if _choose_impl(points, impl) == "numba":
+        return _voxelize_numba(
+            points, voxel_size, pc_range, int(max_points_per_voxel), int(max_voxels)
+        )
     n, d = points.shape
     key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range)
     point_index, voxel_of, rank, voxel_coords, counts = _group_first_come(key, sentinel, grid)
@@ -227,12 +345,14 @@ def dynamic_voxelize(
     points: torch.Tensor,
     voxel_size: float | Sequence[float],
     pc_range: Sequence[float],
+    *,
+    impl: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Dynamic voxelization: every in-range point is kept (no budgets).
 
     Args:
         points: ``[N, D]`` float, ``D >= 3``; x, y, z in metres.
-        voxel_size, pc_range: as :func:`voxelize`.
+        voxel_size, pc_range, impl: as :func:`voxelize`.
 
     Returns:
         ``point_to_voxel [N]`` int64, the row of each point's voxel in ``coords``, -1 for a
@@ -240,6 +360,8 @@ def dynamic_voxelize(
         rows :func:`voxelize` gives with unlimited budgets); ``num_dropped`` (int).
     """
     voxel_size, pc_range = _check_args(points, voxel_size, pc_range)
+    if _choose_impl(points, impl) == "numba":
+        return _dynamic_voxelize_numba(points, voxel_size, pc_range)
     key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range)
     point_index, voxel_of, _, voxel_coords, _ = _group_first_come(key, sentinel, grid)
     point_to_voxel = torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
@@ -254,12 +376,14 @@ def voxelize_batch(
     pc_range: Sequence[float],
     max_points_per_voxel: int,
     max_voxels: int,
+    *,
+    impl: str | None = None,
 ) -> BatchVoxels:
     """Hard-voxelizes each cloud (budgets per cloud) and concatenates with a batch column.
 
     Args:
         clouds: B tensors ``[N_b, D]`` float (same D and dtype).
-        voxel_size, pc_range, max_points_per_voxel, max_voxels: as :func:`voxelize`.
+        voxel_size, pc_range, max_points_per_voxel, max_voxels, impl: as :func:`voxelize`.
 
     Returns:
         :class:`BatchVoxels` with ``coords [M, 4]`` int32 ``(batch, x, y, z)``.
@@ -272,7 +396,8 @@ def voxelize_batch(
             f"clouds must all be [N_b, D] with one D, got shapes {[tuple(c.shape) for c in clouds]}"
         )
     results = [
-        voxelize(cloud, voxel_size, pc_range, max_points_per_voxel, max_voxels) for cloud in clouds
+        voxelize(cloud, voxel_size, pc_range, max_points_per_voxel, max_voxels, impl=impl)
+        for cloud in clouds
     ]
     coords = [
         torch.cat([torch.full_like(r.coords[:, :1], b), r.coords], dim=1)

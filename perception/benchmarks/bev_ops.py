@@ -10,7 +10,8 @@ Every group times its rows in one run on the same inputs:
   cumsum trick on materialized ``depth x context`` features (baseline) vs
   :func:`bev_pool_depth`.
 * ``voxelize``: 300k LiDAR-like points (10 sweeps), 0.075 x 0.075 x 0.2 m voxels, 10 points a
-  voxel, 120k voxels: spconv's ``PointToVoxel`` on CPU (baseline, when importable) vs ours.
+  voxel, 120k voxels: spconv's ``PointToVoxel`` on CPU (baseline, when importable) vs ours
+  (on CPU both paths: numba, the default, and the vectorized torch path).
 * ``nms``: ~1000 crowded boxes: shapely brute force (baseline) vs ours; circle NMS too.
 
 ``quick=True`` shrinks every input for a CI smoke run (a few seconds).
@@ -210,22 +211,31 @@ def _voxelize_rows(quick: bool, device: str) -> list[BenchRow]:
             max_num_voxels=max_voxels, max_num_points_per_voxel=10,
         )  # fmt: skip
         timings["spconv PointToVoxel"] = time_ms(lambda: generator(points), device=device, repeat=7)
-    ours = voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels)
-    timings["ours"] = time_ms(
-        lambda: voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels), device=device, repeat=7
-    )
-    notes["ours"] = (
-        f"{ours.coords.shape[0]} voxels, {ours.num_dropped} dropped, {ours.num_overflow} overflow"
-    )
+    # CPU: the numba path (the default there) and the vectorized torch path (the CUDA path and
+    # the fallback); the first call compiles the numba kernels (untimed: time_ms warms up)
+    impls = ("numba", "torch") if device == "cpu" else ("torch",)
+    for impl in impls:
+        ours = voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, impl=impl)
+        name = f"ours ({impl})"
+        timings[name] = time_ms(
+            lambda impl=impl: voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, impl=impl),
+            device=device,
+            repeat=7,
+        )
+        notes[name] = (
+            f"{ours.coords.shape[0]} voxels, {ours.num_dropped} dropped, "
+            f"{ours.num_overflow} overflow"
+        )
     if "spconv PointToVoxel" not in timings:
         return [
             BenchRow(
                 "voxelize",
-                "ours",
+                name,
                 shape,
-                timings["ours"],
-                note=notes["ours"] + "; spconv row skipped: not importable (or not CPU)",
+                ms,
+                note=notes[name] + "; spconv row skipped: not importable (or not CPU)",
             )
+            for name, ms in timings.items()
         ]
     return compare("voxelize", shape, "spconv PointToVoxel", timings, notes)
 

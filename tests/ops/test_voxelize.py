@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import math
 
 import pytest
@@ -9,9 +10,20 @@ import torch
 
 from perception.ops import dynamic_voxelize, voxelize, voxelize_batch
 from perception.ops.voxelize_reference import dynamic_voxelize_reference, voxelize_reference
-from tests.ops.harness import DEVICES
 
+# the module (perception.ops.voxelize the attribute is the function)
+voxelize_module = importlib.import_module("perception.ops.voxelize")
 PC_RANGE = (-4.0, -4.0, -2.0, 4.0, 4.0, 2.0)
+
+HAS_NUMBA = voxelize_module._numba_kernels() is not None
+needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba not importable")
+# (device, impl): every path voxelize can take
+DEVICE_IMPLS = [
+    pytest.param("cpu", "numba", marks=needs_numba, id="cpu-numba"),
+    pytest.param("cpu", "torch", id="cpu-torch"),
+    pytest.param("cuda", "torch", marks=pytest.mark.cuda, id="cuda-torch"),
+]
+CPU_IMPLS = [pytest.param("numba", marks=needs_numba), "torch"]
 
 
 def make_points(n: int, d: int = 4, seed: int = 0, bad: bool = True) -> torch.Tensor:
@@ -31,29 +43,85 @@ def make_points(n: int, d: int = 4, seed: int = 0, bad: bool = True) -> torch.Te
 
 
 def assert_same_voxels(a, b) -> None:
+    """Bitwise equal except ``mean``: its last bit depends on the summation order (the numba
+    path adds a voxel's points in input order, torch's ``sum`` in its own order)."""
     assert torch.equal(a.coords.cpu(), b.coords.cpu())
     assert torch.equal(a.num_points.cpu(), b.num_points.cpu())
     assert torch.equal(a.points.cpu(), b.points.cpu())
     torch.testing.assert_close(a.mean.cpu(), b.mean.cpu())
+    assert a.mean.dtype == a.points.dtype == b.points.dtype
     assert a.num_dropped == b.num_dropped
     assert a.num_overflow == b.num_overflow
     assert a.coords.dtype == torch.int32 and a.num_points.dtype == torch.int32
 
 
-@pytest.mark.parametrize("device", DEVICES)
+def sequential_mean(v) -> torch.Tensor:
+    """Each voxel's stored points added in input order, divided by the count (``[M, D]``)."""
+    acc = torch.zeros_like(v.mean)
+    for t in range(v.points.shape[1]):
+        acc += v.points[:, t]  # padding rows are zeros: adding them changes nothing
+    return acc / v.num_points.clamp(min=1).to(v.points.dtype)[:, None]
+
+
+GRID = [(0.5, 5, 10_000), (0.25, 3, 40), ((0.4, 0.3, 0.5), 1, 100_000), (1.0, 64, 7)]
+
+
+@pytest.mark.parametrize("device,impl", DEVICE_IMPLS)
 @pytest.mark.parametrize("n", [0, 1, 9, 300, 3000])
-@pytest.mark.parametrize(
-    "voxel_size,max_points,max_voxels",
-    [(0.5, 5, 10_000), (0.25, 3, 40), ((0.4, 0.3, 0.5), 1, 100_000), (1.0, 64, 7)],
-)
-def test_voxelize_matches_reference(device, n, voxel_size, max_points, max_voxels):
+@pytest.mark.parametrize("voxel_size,max_points,max_voxels", GRID)
+def test_voxelize_matches_reference(device, impl, n, voxel_size, max_points, max_voxels):
     pts = make_points(n, seed=n)
-    fast = voxelize(pts.to(device), voxel_size, PC_RANGE, max_points, max_voxels)
+    fast = voxelize(pts.to(device), voxel_size, PC_RANGE, max_points, max_voxels, impl=impl)
     ref = voxelize_reference(pts, voxel_size, PC_RANGE, max_points, max_voxels)
     assert_same_voxels(fast, ref)
+    assert fast.points.device.type == device
 
 
-def test_dropped_counts_nonfinite_and_out_of_range():
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [0, 1, 9, 300, 3000])
+@pytest.mark.parametrize("voxel_size,max_points,max_voxels", GRID)
+def test_numba_matches_torch(dtype, n, voxel_size, max_points, max_voxels):
+    pts = make_points(n, seed=n + 7).to(dtype)
+    fast = voxelize(pts, voxel_size, PC_RANGE, max_points, max_voxels, impl="numba")
+    torch_path = voxelize(pts, voxel_size, PC_RANGE, max_points, max_voxels, impl="torch")
+    assert_same_voxels(fast, torch_path)
+    assert fast.points.dtype == dtype
+    assert torch.equal(fast.mean, sequential_mean(fast))  # the numba path's summation order
+
+
+@needs_numba
+@pytest.mark.parametrize("max_points,max_voxels", [(10, 120_000), (3, 2_000), (1, 50)])
+def test_numba_matches_torch_on_lidar_sweeps(max_points, max_voxels):
+    pts = lidar_like(30_000, seed=max_voxels)
+    voxel_size, pc_range = (0.075, 0.075, 0.2), (-30.0, -30.0, -3.0, 30.0, 30.0, 1.0)
+    fast = voxelize(pts, voxel_size, pc_range, max_points, max_voxels, impl="numba")
+    torch_path = voxelize(pts, voxel_size, pc_range, max_points, max_voxels, impl="torch")
+    assert_same_voxels(fast, torch_path)
+    assert fast.num_dropped > 0 and fast.num_overflow > 0
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_grid_beyond_int32_keys(impl):
+    # 1 mm voxels: 8000 x 8000 x 4000 keys need int64 (the numba table too)
+    pts = make_points(400, seed=5)
+    fast = voxelize(pts, 0.001, PC_RANGE, 2, 300, impl=impl)
+    assert_same_voxels(fast, voxelize_reference(pts, 0.001, PC_RANGE, 2, 300))
+    p2v, coords, dropped = dynamic_voxelize(pts, 0.001, PC_RANGE, impl=impl)
+    r_p2v, r_coords, r_dropped = dynamic_voxelize_reference(pts, 0.001, PC_RANGE)
+    assert torch.equal(p2v, r_p2v) and torch.equal(coords, r_coords) and dropped == r_dropped
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_non_contiguous_points(impl):
+    wide = make_points(2000, d=6, seed=4)
+    pts = wide[:, :4]  # a column slice: not contiguous
+    fast = voxelize(pts, 0.25, PC_RANGE, 4, 500, impl=impl)
+    assert_same_voxels(fast, voxelize_reference(pts.contiguous(), 0.25, PC_RANGE, 4, 500))
+
+
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_dropped_counts_nonfinite_and_out_of_range(impl):
     pts = torch.tensor(
         [
             [0.1, 0.1, 0.1, 1.0],  # kept
@@ -66,70 +134,77 @@ def test_dropped_counts_nonfinite_and_out_of_range():
             [1e30, 0.0, 0.0, 1.0],  # far away
         ]
     )
-    v = voxelize(pts, 0.5, PC_RANGE, 4, 100)
+    v = voxelize(pts, 0.5, PC_RANGE, 4, 100, impl=impl)
     assert v.num_dropped == 6
     assert v.num_overflow == 0
     assert v.coords.tolist() == [[8, 8, 4], [0, 0, 0]]
-    point_to_voxel, coords, dropped = dynamic_voxelize(pts, 0.5, PC_RANGE)
+    point_to_voxel, coords, dropped = dynamic_voxelize(pts, 0.5, PC_RANGE, impl=impl)
     assert dropped == 6
     assert point_to_voxel.tolist() == [0, -1, -1, -1, -1, 1, -1, -1]
     assert torch.equal(coords, v.coords)
 
 
-def test_max_points_keeps_first_points_in_input_order():
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_max_points_keeps_first_points_in_input_order(impl):
     pts = torch.tensor([[0.1 * i, 0.1, 0.1, float(i)] for i in range(5)])  # one voxel of 1 m
-    v = voxelize(pts, 1.0, PC_RANGE, 3, 10)
+    v = voxelize(pts, 1.0, PC_RANGE, 3, 10, impl=impl)
     assert v.num_points.tolist() == [3]
     assert v.points[0, :, 3].tolist() == [0.0, 1.0, 2.0]
     assert v.num_overflow == 2
     torch.testing.assert_close(v.mean, pts[:3].mean(dim=0, keepdim=True))
 
 
-def test_max_voxels_keeps_first_come_voxels():
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_max_voxels_keeps_first_come_voxels(impl):
     # voxels first seen in the order c, a, b, a, d: budget 2 keeps c and a
     x = [3.5, -3.5, 0.5, -3.4, 1.5]
     pts = torch.tensor([[xi, 0.0, 0.0] for xi in x])
-    v = voxelize(pts, 1.0, PC_RANGE, 10, 2)
+    v = voxelize(pts, 1.0, PC_RANGE, 10, 2, impl=impl)
     assert v.coords[:, 0].tolist() == [7, 0]
     assert v.num_points.tolist() == [1, 2]
     assert v.num_overflow == 2 and v.num_dropped == 0
 
 
-def test_deterministic():
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_deterministic(impl):
     pts = make_points(5000, seed=3)
-    a = voxelize(pts, 0.25, PC_RANGE, 4, 500)
-    b = voxelize(pts.clone(), 0.25, PC_RANGE, 4, 500)
+    a = voxelize(pts, 0.25, PC_RANGE, 4, 500, impl=impl)
+    b = voxelize(pts.clone(), 0.25, PC_RANGE, 4, 500, impl=impl)
     assert_same_voxels(a, b)
+    assert torch.equal(a.mean, b.mean)
 
 
-@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("device,impl", DEVICE_IMPLS)
 @pytest.mark.parametrize("n", [0, 1, 200, 4000])
 @pytest.mark.parametrize("voxel_size", [0.3, (1.0, 0.5, 2.0)])
-def test_dynamic_voxelize_matches_reference(device, n, voxel_size):
+def test_dynamic_voxelize_matches_reference(device, impl, n, voxel_size):
     pts = make_points(n, seed=n + 1)
-    p2v, coords, dropped = dynamic_voxelize(pts.to(device), voxel_size, PC_RANGE)
+    p2v, coords, dropped = dynamic_voxelize(pts.to(device), voxel_size, PC_RANGE, impl=impl)
     r_p2v, r_coords, r_dropped = dynamic_voxelize_reference(pts, voxel_size, PC_RANGE)
     assert torch.equal(p2v.cpu(), r_p2v)
     assert torch.equal(coords.cpu(), r_coords)
     assert dropped == r_dropped
     assert p2v.dtype == torch.int64 and coords.dtype == torch.int32
     # unlimited hard voxelization gives the same voxel rows
-    hard = voxelize(pts, voxel_size, PC_RANGE, max(n, 1), max(n, 1))
-    assert torch.equal(hard.coords, r_coords)
+    hard = voxelize(pts, voxel_size, PC_RANGE, max(n, 1), max(n, 1), impl=impl)
+    assert torch.equal(hard.coords.cpu(), r_coords)
 
 
-def test_empty_input():
-    v = voxelize(torch.zeros(0, 5), 0.1, PC_RANGE, 10, 100)
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_empty_input(impl):
+    v = voxelize(torch.zeros(0, 5), 0.1, PC_RANGE, 10, 100, impl=impl)
     assert v.points.shape == (0, 10, 5) and v.coords.shape == (0, 3)
     assert v.num_points.shape == (0,) and v.mean.shape == (0, 5) and v.num_dropped == 0
-    p2v, coords, dropped = dynamic_voxelize(torch.zeros(0, 3), 0.1, PC_RANGE)
+    assert v.coords.dtype == v.num_points.dtype == torch.int32 and v.num_overflow == 0
+    p2v, coords, dropped = dynamic_voxelize(torch.zeros(0, 3), 0.1, PC_RANGE, impl=impl)
     assert p2v.shape == (0,) and coords.shape == (0, 3) and dropped == 0
 
 
-def test_voxelize_batch_adds_batch_column():
+@pytest.mark.parametrize("impl", CPU_IMPLS)
+def test_voxelize_batch_adds_batch_column(impl):
     clouds = [make_points(500, seed=1), make_points(0), make_points(300, d=4, seed=2)]
-    out = voxelize_batch(clouds, 0.5, PC_RANGE, 4, 200)
-    singles = [voxelize(c, 0.5, PC_RANGE, 4, 200) for c in clouds]
+    out = voxelize_batch(clouds, 0.5, PC_RANGE, 4, 200, impl=impl)
+    singles = [voxelize_reference(c, 0.5, PC_RANGE, 4, 200) for c in clouds]
     assert out.coords.shape[1] == 4
     expected = torch.cat(
         [
@@ -140,6 +215,44 @@ def test_voxelize_batch_adds_batch_column():
     assert torch.equal(out.coords, expected)
     assert torch.equal(out.points, torch.cat([s.points for s in singles]))
     assert out.num_dropped == tuple(s.num_dropped for s in singles)
+    assert out.num_overflow == tuple(s.num_overflow for s in singles)
+
+
+def test_default_path_on_cpu_is_numba_where_importable(monkeypatch):
+    calls = []
+    numba_path = voxelize_module._voxelize_numba
+    dynamic_numba_path = voxelize_module._dynamic_voxelize_numba
+    monkeypatch.setattr(
+        voxelize_module, "_voxelize_numba", lambda *a: calls.append("hard") or numba_path(*a)
+    )
+    monkeypatch.setattr(
+        voxelize_module,
+        "_dynamic_voxelize_numba",
+        lambda *a: calls.append("dynamic") or dynamic_numba_path(*a),
+    )
+    pts = make_points(300, seed=2)
+    voxelize(pts, 0.5, PC_RANGE, 4, 100)
+    dynamic_voxelize(pts, 0.5, PC_RANGE)
+    assert calls == (["hard", "dynamic"] if HAS_NUMBA else [])
+    # paths numba cannot take: autograd, float16
+    calls.clear()
+    voxelize(pts.clone().requires_grad_(True), 0.5, PC_RANGE, 4, 100)
+    voxelize(pts.half(), 0.5, PC_RANGE, 4, 100)
+    voxelize(pts, 0.5, PC_RANGE, 4, 100, impl="torch")
+    assert calls == []
+
+
+@pytest.mark.parametrize(
+    "points,impl,match",
+    [
+        (torch.zeros(4, 3), "cuda", "impl must be one of"),
+        (torch.zeros(4, 3, dtype=torch.float16), "numba", "float32/float64 CPU"),
+        (torch.zeros(4, 3, requires_grad=True), "numba", "without autograd"),
+    ],
+)
+def test_bad_impl(points, impl, match):
+    with pytest.raises(ValueError, match=match):
+        voxelize(points, 0.1, PC_RANGE, 2, 10, impl=impl)
 
 
 @pytest.mark.parametrize(
