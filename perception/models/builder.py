@@ -26,16 +26,22 @@ IMAGE_FEATURE_STRIDE = 8  # the camera neck's output stride
 POINT_FEATURES = 5  # Batch.points after the batch index: x, y, z, intensity, time_lag
 
 
-def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
+def camera_bev_grid(config: ExperimentConfig) -> BEVGrid:
+    """The grid of the camera branch's output map (after its downsampling)."""
     cam = config.model.camera
     assert cam is not None
     r = config.data.point_range
     z0, z1 = cam.z_range
-    grid = BEVGrid(
+    return BEVGrid(
         point_range=(r[0], r[1], z0, r[3], r[4], z1),
         voxel_size=(cam.bev_cell, cam.bev_cell, z1 - z0),
-        stride=1,
+        stride=cam.bev_downsample,
     )
+
+
+def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
+    cam = config.model.camera
+    assert cam is not None
     tsm = TemporalShiftConfig(
         mode=cam.tsm_mode, frames=config.data.clip_frames, stages=cam.tsm_stages
     )
@@ -52,24 +58,11 @@ def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
         image_size=config.augment.image.final_size,
         feature_stride=IMAGE_FEATURE_STRIDE,
         depth_bins=cam.depth_bins,
-        grid=grid,
+        grid=camera_bev_grid(config).with_stride(1),  # the frustum is pooled at bev_cell
         downsample=cam.bev_downsample,
         depth_loss_weight=cam.depth_loss_weight,
     )
     return CameraBEVBranch(encoder=encoder, view_transform=view_transform)
-
-
-def camera_bev_grid(config: ExperimentConfig) -> BEVGrid:
-    """The grid of the camera branch's output map (after its downsampling)."""
-    cam = config.model.camera
-    assert cam is not None
-    r = config.data.point_range
-    z0, z1 = cam.z_range
-    return BEVGrid(
-        point_range=(r[0], r[1], z0, r[3], r[4], z1),
-        voxel_size=(cam.bev_cell, cam.bev_cell, z1 - z0),
-        stride=cam.bev_downsample,
-    )
 
 
 def build_lidar_branch(config: ExperimentConfig) -> SPVConvEncoder:
