@@ -5,6 +5,10 @@ There is no registry of layer types: this function reads the config and calls co
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
+from ..config import load_config
 from ..config.schema import ExperimentConfig
 from .bev_decoder import SECOND, SECONDFPN, BEVDecoder
 from .bev_grid import BEVGrid
@@ -81,8 +85,13 @@ def build_lidar_branch(config: ExperimentConfig) -> SPVConvEncoder:
     )
 
 
-def build_model(config: ExperimentConfig) -> BEVFusion:
-    """The detector `config.model` describes, randomly initialized."""
+def build_model(config: ExperimentConfig | str | Path, overrides: Sequence[str] = ()) -> BEVFusion:
+    """The detector a config describes, randomly initialized: `build_model("configs/x.yaml")`,
+    with optional typed overrides (`["model.camera.variant=b1"]`), or from a loaded config."""
+    if not isinstance(config, ExperimentConfig):
+        config = load_config(config, list(overrides))
+    elif overrides:
+        raise ValueError("overrides apply to a config file; pass them to load_config instead")
     m = config.model
     camera = build_camera_branch(config) if m.camera is not None else None
     lidar = build_lidar_branch(config) if m.lidar is not None else None

@@ -171,3 +171,8 @@ def test_camera_branch_streaming_matches_clip():
             frame = Batch(**{**batch.__dict__, "images": batch.images[:, :, t : t + 1]})
             stream_bev, state = camera.forward_stream(frame, state)
     torch.testing.assert_close(stream_bev, clip_bev, atol=1e-4, rtol=1e-4)
+
+
+def test_one_call_from_a_config_file():
+    model = build_model(REPO / "configs" / "bevfusion_tiny_lidar.yaml", ["model.fuser_channels=16"])
+    assert model.modalities == ("lidar",) and model.fuser.out_channels == 16
