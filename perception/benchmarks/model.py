@@ -16,6 +16,7 @@ from ..config import load_config
 from ..config.schema import ExperimentConfig
 from ..datasets.collate import collate_samples
 from ..datasets.index import default_index_path
+from ..datasets.pipeline import build_dataset
 from ..datasets.random_batch import random_batch
 from ..models.builder import build_model
 from ..structures import Batch
@@ -23,24 +24,9 @@ from .common import BenchRow, time_ms
 
 
 def _inputs(config: ExperimentConfig, root: str | None) -> tuple[Batch, str]:
-    from ..datasets.nuscenes import NuScenesDataset
-    from ..datasets.transforms import BoxesRangeFilter, ImageAug, PointsRangeFilter
-
     root = root or config.data.root
     if default_index_path(root, config.data.version).is_file():
-        r = config.data.point_range
-        dataset = NuScenesDataset(
-            root,
-            config.data.version,
-            config.data.val_split,
-            sweeps=config.data.sweeps,
-            clip_frames=config.data.clip_frames,
-            transforms=[
-                ImageAug(config.augment.image, train=False, test_resize=config.augment.test_resize),
-                PointsRangeFilter(r),
-                BoxesRangeFilter(r),
-            ],
-        )
+        dataset = build_dataset(config, train=False, root=root)
         batch = collate_samples([dataset[len(dataset) // 2]])
         return batch, f"{root} sample, {len(batch.points)} points"
     return random_batch(config, batch_size=1, points_per_sample=30000), "random batch, 30k points"
