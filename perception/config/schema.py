@@ -157,8 +157,31 @@ class ModelConfig(StrictModel):
         return self
 
 
+class TrainConfig(StrictModel):
+    """The training loop: optimizer, LR schedule, checkpoints and logging.
+
+    `batch_size` is per process: under `torchrun` the global batch is `batch_size` times the
+    world size. The run lasts `max_steps` optimizer steps if set, else `epochs` epochs.
+    """
+
+    batch_size: PositiveInt = 4
+    workers: int = Field(2, ge=0, description="data-loading worker processes per process")
+    epochs: PositiveInt = 20
+    max_steps: PositiveInt | None = Field(None, description="overrides `epochs` when set")
+    lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
+    weight_decay: float = Field(0.01, ge=0)
+    schedule: Literal["onecycle", "cosine"] = "cosine"
+    warmup: float = Field(0.05, ge=0, lt=1, description="fraction of the steps spent warming up")
+    grad_clip: float | None = Field(35.0, gt=0, description="max gradient L2 norm; null = off")
+    checkpoint_every: PositiveInt = 1000
+    keep_checkpoints: PositiveInt | None = 3
+    log_every: PositiveInt = 10
+    deterministic: bool = False
+    amp: bool = Field(False, description="bfloat16 autocast; CUDA only, ignored on CPU")
+
+
 class ExperimentConfig(StrictModel):
-    """A whole experiment. The train section joins with the training tools."""
+    """A whole experiment."""
 
     format_version: int = CONFIG_FORMAT_VERSION
     name: str = "experiment"
@@ -167,6 +190,7 @@ class ExperimentConfig(StrictModel):
     augment: AugmentConfig = AugmentConfig()
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
+    train: TrainConfig = TrainConfig()
 
     @model_validator(mode="after")
     def _check_version(self) -> ExperimentConfig:

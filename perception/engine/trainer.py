@@ -1,0 +1,399 @@
+"""The training loop: AdamW + LR schedule, checkpoints, exact resume, NaN stop, DDP.
+
+    seed_everything(config.seed, deterministic=config.train.deterministic)
+    dist = setup_distributed()  # reads torchrun's environment; one process if not launched so
+    model = build_model(config)
+    dataset = build_dataset(config, train=True)
+    loader = build_dataloader(dataset, batch_size=config.train.batch_size, train=True,
+                              workers=config.train.workers, seed=config.seed,
+                              distributed=dist.world_size > 1)
+    Trainer(config=config, model=model, loader=loader, work_dir="work_dirs/x",
+            device=dist.device).train()
+
+Steps are counted from 1: step N is the N-th optimizer update, and ``checkpoints/step_N``
+holds the state after it. An epoch is `len(loader)` steps; step N lies in epoch
+``(N - 1) // len(loader)``. Resuming reads the step from the latest checkpoint, restores the
+model, optimizer, schedule and RNG states, sets that epoch and skips the batches of it that
+were already seen (the sampler's order depends only on (seed, epoch)).
+
+Under `torchrun` the loss terms are averaged over the processes for logging and the NaN check
+(so every process stops together); only rank 0 writes logs and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+from torch.utils.data import DataLoader, Sampler
+
+from ..config.schema import ExperimentConfig, TrainConfig
+from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+
+LOG_NAME = "log.jsonl"
+
+
+class NonFiniteLossError(RuntimeError):
+    """A loss term (or the gradient norm) became NaN or infinite; the message names the step
+    and the terms. The state of that step is not saved."""
+
+
+# --------------------------------------------------------------------------------------
+# Process set-up
+
+
+def seed_everything(seed: int, *, deterministic: bool = False) -> None:
+    """Seeds Python's, numpy's and torch's global generators. `deterministic` also asks torch
+    for deterministic kernels (warning, not failing, where an op has none) and turns off the
+    cuDNN autotuner. Call before building the model, so its initial weights are reproducible."""
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 (the global generator is what we seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        # cuBLAS needs this set before its first call to be deterministic.
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+@dataclass(frozen=True)
+class DistributedInfo:
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> DistributedInfo:
+    """Initializes the default process group when launched by `torchrun` (``WORLD_SIZE`` > 1):
+    NCCL with one GPU per process (``cuda:LOCAL_RANK``) when CUDA is available, else gloo on
+    the CPU. Without `torchrun` it starts nothing and returns rank 0 of 1."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    cuda = torch.cuda.is_available()
+    if world_size <= 1:
+        return DistributedInfo(0, 0, 1, torch.device("cuda" if cuda else "cpu"))
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cuda:
+        device = torch.device("cuda", local_rank)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    if not torch_dist.is_initialized():
+        torch_dist.init_process_group(backend="nccl" if cuda else "gloo")
+    return DistributedInfo(rank, local_rank, world_size, device)
+
+
+def cleanup_distributed() -> None:
+    if torch_dist.is_available() and torch_dist.is_initialized():
+        torch_dist.destroy_process_group()
+
+
+# --------------------------------------------------------------------------------------
+# Schedule
+
+
+def lr_factor(step: int, *, total_steps: int, schedule: str, warmup: float) -> float:
+    """The LR multiplier after `step` optimizer updates (0 <= step <= total_steps).
+
+    "cosine": linear warm-up from 0.1 to 1 over the first `warmup` fraction, then cosine decay
+    to 0.001. "onecycle": cosine warm-up from 0.04 to 1, then cosine decay to 4e-6 (the
+    factors of torch's `OneCycleLR` defaults, without its momentum cycling).
+    """
+    warmup_steps = max(1, round(warmup * total_steps)) if warmup > 0 else 0
+    if schedule == "cosine":
+        start, end, warm = 0.1, 1e-3, "linear"
+    elif schedule == "onecycle":
+        start, end, warm = 1 / 25, 1 / 25 / 1e4, "cos"
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; use 'onecycle' or 'cosine'")
+    if step < warmup_steps:
+        t = step / warmup_steps
+        if warm == "linear":
+            return start + (1 - start) * t
+        return start + (1 - start) * (1 - math.cos(math.pi * t)) / 2
+    t = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+    t = min(1.0, t)
+    return end + (1 - end) * (1 + math.cos(math.pi * t)) / 2
+
+
+# --------------------------------------------------------------------------------------
+# Resuming inside an epoch
+
+
+class _SkipFirst(Sampler):
+    """Iterates `sampler` (re-reading its epoch each time), leaving out its first `skip`."""
+
+    def __init__(self, sampler: Sampler, skip: int):
+        self.sampler = sampler
+        self.skip = skip
+
+    def __len__(self) -> int:
+        return max(0, len(self.sampler) - self.skip)
+
+    def __iter__(self) -> Iterator:
+        iterator = iter(self.sampler)
+        for _ in range(self.skip):
+            next(iterator, None)
+        return iterator
+
+
+def _loader_skipping(loader: DataLoader, batches: int) -> DataLoader:
+    """A one-epoch copy of `loader` that starts after its first `batches` batches, without
+    loading them."""
+    return DataLoader(
+        loader.dataset,
+        batch_size=loader.batch_size,
+        sampler=_SkipFirst(loader.sampler, batches * loader.batch_size),
+        num_workers=loader.num_workers,
+        collate_fn=loader.collate_fn,
+        drop_last=loader.drop_last,
+        worker_init_fn=loader.worker_init_fn,
+        generator=loader.generator,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# The trainer
+
+
+class Trainer:
+    """Trains `model` on `loader` (from `build_dataloader`) as `config.train` says, writing
+    checkpoints and ``log.jsonl`` under `work_dir`.
+
+    If a process group is initialized (see `setup_distributed`), the model is wrapped in
+    `DistributedDataParallel` and `loader` must be built with ``distributed=True``.
+    `device` defaults to CUDA when available. `resume` continues from the latest checkpoint
+    of `work_dir` (starting fresh if there is none).
+    """
+
+    def __init__(
+        self,
+        *,
+        config: ExperimentConfig,
+        model: nn.Module,
+        loader: DataLoader,
+        work_dir: str | Path,
+        device: torch.device | str | None = None,
+        resume: bool = False,
+        progress: bool = True,
+    ):
+        self.config = config
+        self.train_config: TrainConfig = config.train
+        self.work_dir = Path(work_dir)
+        self.loader = loader
+        self.resume = resume
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.device = torch.device(device)
+        self.distributed = torch_dist.is_available() and torch_dist.is_initialized()
+        self.rank = torch_dist.get_rank() if self.distributed else 0
+        self.world_size = torch_dist.get_world_size() if self.distributed else 1
+        self.is_main = self.rank == 0
+        self.progress = progress and self.is_main
+
+        self.model = model.to(self.device)
+        if self.distributed:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
+                self.model,
+                device_ids=ids,
+                find_unused_parameters=any(p > 0 for p in config.model.modality_dropout),
+            )
+        else:
+            self.ddp_model = self.model
+
+        if len(loader) == 0:
+            raise ValueError("the data loader yields no batches (dataset smaller than a batch?)")
+        self.steps_per_epoch = len(loader)
+        tc = self.train_config
+        self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+        )
+        total, schedule, warmup = self.total_steps, tc.schedule, tc.warmup
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer,
+            lambda step: lr_factor(step, total_steps=total, schedule=schedule, warmup=warmup),
+        )
+        self.amp = tc.amp and self.device.type == "cuda"
+        self.step = 0
+        self.last_checkpoint: Path | None = None
+        self.tensorboard = None
+
+    # -- pieces ------------------------------------------------------------------------
+
+    def _restore(self) -> None:
+        latest = find_latest(self.work_dir)
+        if latest is None:
+            return
+        state = load_checkpoint(
+            latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
+        )
+        saved_len = state.extra.get("steps_per_epoch")
+        if saved_len is not None and saved_len != self.steps_per_epoch:
+            raise ValueError(
+                f"{state.path}: saved with {saved_len} steps per epoch, the loader now has "
+                f"{self.steps_per_epoch}; resume with the same batch size, world size and data"
+            )
+        self.step = state.step
+        self.last_checkpoint = state.path
+        if self.distributed and self.rank > 0:
+            # rank 0's RNG state was saved; give the others their own streams again
+            torch.manual_seed(self.config.seed + self.rank + 1_000_003 * self.step)
+
+    def _save(self) -> None:
+        if self.is_main:
+            self.last_checkpoint = save_checkpoint(
+                self.work_dir,
+                step=self.step,
+                model=self.model,
+                optimizer=self.optimizer,
+                scheduler=self.scheduler,
+                config=self.config,
+                epoch=(self.step - 1) // self.steps_per_epoch,
+                extra={"steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size},
+                keep=self.train_config.keep_checkpoints,
+            )
+        if self.distributed:
+            torch_dist.barrier()
+
+    def _reduce(self, losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Loss terms averaged over the processes, as floats (one device sync)."""
+        names = sorted(losses)
+        values = torch.stack([losses[n].detach().float() for n in names])
+        if self.distributed:
+            torch_dist.all_reduce(values)
+            values /= self.world_size
+        return dict(zip(names, values.tolist(), strict=True))
+
+    def _log(self, record: dict) -> None:
+        if not self.is_main:
+            return
+        with open(self.work_dir / LOG_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.tensorboard is not None:
+            for key, value in record.items():
+                if isinstance(value, int | float) and key != "step":
+                    self.tensorboard.add_scalar(key, value, record["step"])
+            for key, value in record["losses"].items():
+                self.tensorboard.add_scalar(f"loss/{key}", value, record["step"])
+
+    def _open_tensorboard(self):
+        if not self.is_main:
+            return None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional; log.jsonl is always written
+            return None
+        return SummaryWriter(str(self.work_dir / "tensorboard"))
+
+    def _train_step(self, batch) -> dict[str, float]:
+        """One optimizer update; raises `NonFiniteLossError` before touching the weights."""
+        batch = batch.to(self.device)
+        autocast = (
+            torch.autocast(device_type="cuda", dtype=torch.bfloat16) if self.amp else nullcontext()
+        )
+        with autocast:
+            losses = self.ddp_model(batch)
+        total = sum(losses.values())
+        values = self._reduce(losses)
+        bad = [name for name, value in values.items() if not math.isfinite(value)]
+        if bad:
+            shown = ", ".join(f"{name}={values[name]}" for name in bad)
+            raise NonFiniteLossError(
+                f"step {self.step + 1}: non-finite loss in {shown}; last good checkpoint: "
+                f"{self.last_checkpoint or 'none'}"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        if self.train_config.grad_clip is not None:
+            norm = nn.utils.clip_grad_norm_(self.model.parameters(), self.train_config.grad_clip)
+            if not torch.isfinite(norm):
+                raise NonFiniteLossError(
+                    f"step {self.step + 1}: non-finite gradient norm ({norm.item()}) with finite "
+                    f"losses; last good checkpoint: {self.last_checkpoint or 'none'}"
+                )
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        values["total"] = sum(v for k, v in values.items() if k != "total")
+        return values
+
+    # -- the loop ----------------------------------------------------------------------
+
+    def train(self, *, until_step: int | None = None) -> Path | None:
+        """Runs to `total_steps` (or stops early after `until_step`, saving a checkpoint there,
+        as if interrupted: the schedule still spans `total_steps`). Returns the last
+        checkpoint directory (None off rank 0 when nothing was saved there)."""
+        from tqdm import tqdm
+
+        tc = self.train_config
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        # each process draws its own training randomness (e.g. modality dropout)
+        torch.manual_seed(self.config.seed + self.rank)
+        if self.resume:
+            self._restore()
+        stop = min(self.total_steps, until_step or self.total_steps)
+        if self.step >= stop:
+            return self.last_checkpoint
+        self.tensorboard = self._open_tensorboard()
+        global_batch = (self.loader.batch_size or 1) * self.world_size
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            disable=not self.progress,
+            dynamic_ncols=True,
+            desc="train",
+        )
+        self.model.train()
+        last_log_time, last_log_step = time.perf_counter(), self.step
+        try:
+            while self.step < stop:
+                epoch, seen = divmod(self.step, self.steps_per_epoch)
+                self.loader.dataset.set_epoch(epoch)
+                loader = _loader_skipping(self.loader, seen) if seen else self.loader
+                for batch in loader:
+                    values = self._train_step(batch)
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{values['total']:.4f}", epoch=epoch)
+                    if self.step % tc.log_every == 0 or self.step == stop:
+                        now = time.perf_counter()
+                        steps = self.step - last_log_step
+                        rate = steps * global_batch / max(now - last_log_time, 1e-9)
+                        last_log_time, last_log_step = now, self.step
+                        losses = {k: v for k, v in values.items() if k != "total"}
+                        self._log(
+                            {
+                                "step": self.step,
+                                "epoch": epoch,
+                                "loss": values["total"],
+                                "lr": self.scheduler.get_last_lr()[0],
+                                "samples_per_s": rate,
+                                "losses": losses,
+                            }
+                        )
+                    if self.step % tc.checkpoint_every == 0 or self.step == stop:
+                        self._save()
+                    if self.step >= stop:
+                        break
+        finally:
+            bar.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+        return self.last_checkpoint

@@ -1,0 +1,119 @@
+"""The training loop on the tiny world with a micro model: finite losses, checkpoints, logs,
+exact resume inside an epoch, and a NaN stop that keeps the last good checkpoint."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from perception.config import parse_config
+from perception.datasets.index import build_index
+from perception.datasets.pipeline import build_dataloader, build_dataset
+from perception.engine import (
+    NonFiniteLossError,
+    Trainer,
+    find_latest,
+    load_checkpoint,
+    lr_factor,
+    seed_everything,
+)
+from perception.models.builder import build_model
+from tests.perception.models.test_detector import MICRO
+
+VERSION = "v1.0-mini"
+# the whole tiny world (12 samples): batch 4 -> 3 steps an epoch, so 4 steps cross an epoch
+TRAIN = ["data.train_split=all", "train.batch_size=4", "train.workers=0", "train.log_every=1",
+         "train.warmup=0.25", "train.lr=1e-3"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def indexed_world(tiny_world, tmp_path_factory):
+    root = tmp_path_factory.mktemp("trainer") / "world"
+    shutil.copytree(tiny_world, root)
+    build_index(root, VERSION, max_sweeps=1, max_clip_frames=2, progress=False)
+    return root
+
+
+def make_trainer(root, work_dir, *overrides, resume=False):
+    config = parse_config(MICRO, [*TRAIN, f"data.root={root}", *overrides])
+    seed_everything(config.seed)
+    model = build_model(config)
+    dataset = build_dataset(config, train=True)
+    loader = build_dataloader(
+        dataset, batch_size=config.train.batch_size, train=True, workers=0, seed=config.seed
+    )
+    return Trainer(
+        config=config, model=model, loader=loader, work_dir=work_dir, device="cpu",
+        resume=resume, progress=False,
+    )  # fmt: skip
+
+
+def test_a_few_steps_write_logs_and_a_checkpoint(indexed_world, tmp_path):
+    trainer = make_trainer(indexed_world, tmp_path, "train.max_steps=2")
+    last = trainer.train()
+    assert last == find_latest(tmp_path) and last.name == "step_2"
+    lines = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2]
+    for line in lines:
+        assert torch.isfinite(torch.tensor(line["loss"])) and line["lr"] > 0
+        assert line["losses"] and all(
+            torch.isfinite(torch.tensor(v)) for v in line["losses"].values()
+        )
+        assert line["samples_per_s"] > 0
+
+
+def test_resume_gives_the_same_weights(indexed_world, tmp_path):
+    straight = make_trainer(indexed_world, tmp_path / "a", "train.max_steps=4",
+                            "train.checkpoint_every=2")  # fmt: skip
+    straight.train()
+    first = make_trainer(indexed_world, tmp_path / "b", "train.max_steps=4")
+    assert first.train(until_step=2).name == "step_2"  # as if interrupted after step 2
+    # a fresh process state: different global RNG, new model; all must come from the checkpoint
+    torch.manual_seed(1234)
+    resumed = make_trainer(indexed_world, tmp_path / "b", "train.max_steps=4", resume=True)
+    assert resumed.train().name == "step_4"
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    assert resumed.scheduler.get_last_lr() == straight.scheduler.get_last_lr()
+    log_a = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert log_a == log_b
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(indexed_world, tmp_path):
+    trainer = make_trainer(indexed_world, tmp_path, "train.max_steps=4")
+    forward, calls = trainer.model.forward, []
+
+    def nan_at_step_2(batch):
+        losses = forward(batch)
+        calls.append(1)
+        if len(calls) == 2:
+            losses = dict(losses)
+            name = sorted(losses)[0]
+            losses[name] = losses[name] * float("nan")
+        return losses
+
+    trainer.model.forward = nan_at_step_2
+    # checkpoint after every step, so step 1's is the last good one
+    trainer.train_config = trainer.train_config.model_copy(update={"checkpoint_every": 1})
+    name = sorted(forward(next(iter(trainer.loader))))[0]
+    calls.clear()
+    with pytest.raises(NonFiniteLossError, match=rf"step 2: .*{name}=nan") as info:
+        trainer.train()
+    assert "step_1" in str(info.value)
+    latest = find_latest(tmp_path)
+    assert latest.name == "step_1"
+    saved = load_checkpoint(latest, model=build_model(trainer.config))
+    assert saved.step == 1
+
+
+def test_schedules_warm_up_and_decay():
+    for schedule in ("cosine", "onecycle"):
+        f = [lr_factor(s, total_steps=100, schedule=schedule, warmup=0.1) for s in range(101)]
+        assert f[0] < f[5] < f[10] == pytest.approx(1.0)
+        assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and f[100] < 1e-2

@@ -1,0 +1,120 @@
+"""Trains a detector from an experiment config.
+
+    python tools/train.py configs/bevfusion_tiny.yaml --work-dir work_dirs/tiny \\
+        --set train.max_steps=1000 --set data.root=data/nuscenes
+    python tools/train.py configs/bevfusion_tiny.yaml --work-dir work_dirs/tiny --resume
+
+Writes WORK_DIR/config.yaml (the fully resolved config), WORK_DIR/log.jsonl (one JSON line
+per `train.log_every` steps), WORK_DIR/checkpoints/step_<N>/ and, if tensorboard is
+installed, WORK_DIR/tensorboard/. `--resume` continues from the latest checkpoint at the same
+step, learning rate and data position.
+
+One machine, several GPUs (or CPU processes with gloo): `train.batch_size` is per process,
+so the global batch is batch_size x processes:
+
+    torchrun --standalone --nproc-per-node 8 tools/train.py CONFIG --work-dir DIR
+
+Several machines: run the same command on every node with a shared rendezvous endpoint
+(any reachable host:port, usually node 0) and the same job id:
+
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d \\
+        --rdzv-endpoint node0.example:29500 --rdzv-id my-run tools/train.py CONFIG --work-dir DIR
+
+The work dir must be on storage all nodes see if you want to resume (only rank 0 writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from perception.config import ConfigError, load_config, save_config
+from perception.datasets.pipeline import build_dataloader, build_dataset
+from perception.engine import (
+    NonFiniteLossError,
+    Trainer,
+    cleanup_distributed,
+    seed_everything,
+    setup_distributed,
+)
+from perception.models.builder import build_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("config", help="experiment config YAML")
+    parser.add_argument(
+        "--work-dir", help="where checkpoints and logs go (default: work_dirs/<config name>)"
+    )
+    parser.add_argument(
+        "--resume", action="store_true", help="continue from the work dir's latest checkpoint"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+
+    dist = setup_distributed()
+    try:
+        if dist.is_main:
+            save_config(config, work_dir / "config.yaml")
+        seed_everything(config.seed, deterministic=config.train.deterministic)
+        model = build_model(config)
+        dataset = build_dataset(config, train=True)
+        loader = build_dataloader(
+            dataset,
+            batch_size=config.train.batch_size,
+            train=True,
+            workers=config.train.workers,
+            seed=config.seed,
+            distributed=dist.world_size > 1,
+        )
+        trainer = Trainer(
+            config=config,
+            model=model,
+            loader=loader,
+            work_dir=work_dir,
+            device=dist.device,
+            resume=args.resume,
+            progress=not args.no_progress,
+        )
+        if dist.is_main:
+            print(
+                f"training {config.name}: {trainer.total_steps} steps, "
+                f"{len(dataset)} samples, global batch "
+                f"{config.train.batch_size * dist.world_size} on {dist.world_size} process(es)"
+            )
+        try:
+            last = trainer.train()
+        except NonFiniteLossError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
+        if dist.is_main:
+            print(f"checkpoints: {work_dir / 'checkpoints'} (latest: {last})")
+            print(f"log: {work_dir / 'log.jsonl'}")
+        return 0
+    finally:
+        cleanup_distributed()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
