@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -39,3 +40,20 @@ def tiny_world(tmp_path_factory):
         image_size=(320, 180), workers=2,
     )  # fmt: skip
     return root
+
+
+@pytest.fixture(scope="session")
+def indexed_world_copy(tiny_world, tmp_path_factory):
+    """A factory: `indexed_world_copy(name, **index_options) -> Path`, a private copy of the
+    tiny world with its dataset index built (tests may alter their copy, never the shared one)."""
+    import shutil
+
+    from perception.datasets.index import build_index
+
+    def make(name: str, **index_options) -> Path:
+        root = tmp_path_factory.mktemp(name) / "world"
+        shutil.copytree(tiny_world, root)
+        build_index(root, "v1.0-mini", progress=False, **index_options)
+        return root
+
+    return make

@@ -4,11 +4,9 @@
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 
-from perception.datasets.index import build_index
 from tools.eval import main as evaluate_cli
 from tools.gt_baseline import main as gt_baseline
 
@@ -16,11 +14,8 @@ VERSION = "v1.0-mini"
 
 
 @pytest.fixture(scope="module")
-def world(tiny_world, tmp_path_factory):
-    root = tmp_path_factory.mktemp("oracle") / "world"
-    shutil.copytree(tiny_world, root)
-    build_index(root, VERSION, progress=False)
-    return root
+def world(indexed_world_copy):
+    return indexed_world_copy("oracle")
 
 
 def _score(world, tmp_path, *noise: str) -> dict:

@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import yaml
 
-from perception.datasets.index import build_index
 from tests.perception.models.test_detector import MICRO
 from tools.train import main as train
 
 
 @pytest.fixture(scope="module")
-def micro_yaml(tiny_world, tmp_path_factory):
+def micro_yaml(indexed_world_copy, tmp_path_factory):
     base = tmp_path_factory.mktemp("train_cli")
-    root = base / "world"
-    shutil.copytree(tiny_world, root)
-    build_index(root, "v1.0-mini", max_sweeps=1, max_clip_frames=2, progress=False)
+    root = indexed_world_copy("train_cli", max_sweeps=1, max_clip_frames=2)
     raw = {**MICRO, "data": {**MICRO["data"], "root": str(root), "train_split": "all"}}
     path = base / "micro.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import shutil
-
 import pytest
 import torch
 
 from perception.config import load_config
-from perception.datasets.index import build_index
 from perception.datasets.pipeline import (
     EpochSampler,
     build_dataloader,
@@ -22,12 +19,8 @@ TINY_CONFIG = "configs/bevfusion_tiny.yaml"
 
 
 @pytest.fixture(scope="module")
-def indexed_world(tiny_world, tmp_path_factory):
-    """A private copy of the tiny world with its index."""
-    root = tmp_path_factory.mktemp("pipeline") / "world"
-    shutil.copytree(tiny_world, root)
-    build_index(root, VERSION, max_sweeps=3, max_clip_frames=2, progress=False)
-    return root
+def indexed_world(indexed_world_copy):
+    return indexed_world_copy("pipeline", max_sweeps=3, max_clip_frames=2)
 
 
 @pytest.fixture(scope="module")

@@ -13,7 +13,7 @@ import torch
 
 from perception.datasets.checks import check_dataroot
 from perception.datasets.collate import collate_samples
-from perception.datasets.index import IndexFileError, build_index, default_index_path, load_index
+from perception.datasets.index import IndexFileError, default_index_path, load_index
 from perception.datasets.io import DataError
 from perception.datasets.nuscenes import NuScenesDataset
 from perception.geometry import lidar_to_image, project
@@ -23,12 +23,8 @@ VERSION = "v1.0-mini"
 
 
 @pytest.fixture(scope="module")
-def indexed_world(tiny_world, tmp_path_factory):
-    """A private copy of the tiny world with its index (tests here may not alter the shared one)."""
-    root = tmp_path_factory.mktemp("reader") / "world"
-    shutil.copytree(tiny_world, root)
-    build_index(root, VERSION, max_sweeps=10, max_clip_frames=3, progress=False)
-    return root
+def indexed_world(indexed_world_copy):
+    return indexed_world_copy("reader", max_sweeps=10, max_clip_frames=3)
 
 
 @pytest.fixture(scope="module")

@@ -4,13 +4,11 @@ exact resume inside an epoch, and a NaN stop that keeps the last good checkpoint
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 
 from perception.config import parse_config
-from perception.datasets.index import build_index
 from perception.datasets.pipeline import build_dataloader, build_dataset
 from perception.engine import (
     NonFiniteLossError,
@@ -30,11 +28,8 @@ TRAIN = ["data.train_split=all", "train.batch_size=4", "train.workers=0", "train
 
 
 @pytest.fixture(scope="module")
-def indexed_world(tiny_world, tmp_path_factory):
-    root = tmp_path_factory.mktemp("trainer") / "world"
-    shutil.copytree(tiny_world, root)
-    build_index(root, VERSION, max_sweeps=1, max_clip_frames=2, progress=False)
-    return root
+def indexed_world(indexed_world_copy):
+    return indexed_world_copy("trainer", max_sweeps=1, max_clip_frames=2)
 
 
 def make_trainer(root, work_dir, *overrides, resume=False):
