@@ -12,6 +12,7 @@ features (coordinates are not differentiated).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from .sparse.kernel_map import Triple, as_triple
 from .sparse.tensor import SparseTensor
@@ -37,6 +38,27 @@ def _voxel_of(point_coords: torch.Tensor, stride: Triple) -> torch.Tensor:
     s = torch.tensor(stride, dtype=point_coords.dtype, device=point_coords.device)
     xyz = torch.floor(point_coords[:, 1:] / s).to(torch.int64) * s.to(torch.int64)
     return torch.cat([point_coords[:, :1].to(torch.int64), xyz], dim=1)
+
+
+def _unique_rows(voxels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.unique(voxels, dim=0, return_inverse=True)` for non-negative int64 ``[N, 4]``,
+    through one mixed-radix int64 key per row (a 1-D sort; `dim=0` unbinds rows one by one
+    and is ~50x slower on CPU). Rows come out sorted by (batch, x, y, z)."""
+    if voxels.shape[0] == 0:
+        return voxels, voxels.new_zeros(0)
+    extent = voxels.amax(0) + 1  # [4]
+    if float(extent.double().prod()) >= 2**62:
+        return torch.unique(voxels, dim=0, return_inverse=True)
+    radix = torch.ones_like(extent)
+    radix[:3] = torch.flip(torch.cumprod(torch.flip(extent[1:], [0]), 0), [0])
+    keys = (voxels * radix).sum(1)
+    unique_keys, rows = torch.unique(keys, sorted=True, return_inverse=True)
+    unique = torch.empty(unique_keys.shape[0], 4, dtype=voxels.dtype, device=voxels.device)
+    rest = unique_keys
+    for axis in range(3, -1, -1):
+        unique[:, axis] = rest % extent[axis]
+        rest = torch.div(rest, extent[axis], rounding_mode="floor")
+    return unique, rows
 
 
 def point_to_voxel(
@@ -69,7 +91,7 @@ def point_to_voxel(
     else:
         stride = as_triple(target, "stride")
         voxels = _voxel_of(point_coords, stride)
-        unique, rows = torch.unique(voxels, dim=0, return_inverse=True)
+        unique, rows = _unique_rows(voxels)
         num_voxels = unique.shape[0]
     sums = point_feats.new_zeros(num_voxels + 1, c).index_add(0, rows, point_feats)
     counts = torch.zeros(num_voxels + 1, dtype=point_feats.dtype, device=point_feats.device)
@@ -95,6 +117,27 @@ def _corner_weights(
     return corner, weights.reshape(-1, 8)
 
 
+class _WeightedGather(torch.autograd.Function):
+    """``out[n] = sum_k weights[n, k] * src[rows[n, k]]`` without an ``[N, K, C]``
+    intermediate: forward is one fused `embedding_bag`; backward scatter-adds one corner at a
+    time (`embedding_bag`'s own dense backward sorts all N*K rows and is ~20x slower on CPU).
+    `weights` take no gradient (they come from coordinates)."""
+
+    @staticmethod
+    def forward(ctx, src: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor):
+        ctx.save_for_backward(rows, weights)
+        ctx.num_rows = src.shape[0]
+        return F.embedding_bag(rows, src, per_sample_weights=weights, mode="sum")
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, weights = ctx.saved_tensors
+        grad_src = grad.new_zeros(ctx.num_rows, grad.shape[1])
+        for k in range(rows.shape[1]):
+            grad_src.index_add_(0, rows[:, k], grad * weights[:, k : k + 1])
+        return grad_src, None, None
+
+
 def voxel_to_point(x: SparseTensor, point_coords: torch.Tensor) -> torch.Tensor:
     """Trilinear interpolation of voxel features at points.
 
@@ -118,8 +161,7 @@ def voxel_to_point(x: SparseTensor, point_coords: torch.Tensor) -> torch.Tensor:
     total = weights.sum(1, keepdim=True)
     weights = weights / torch.where(total > 0, total, 1.0)
     src = torch.cat([x.feats, x.feats.new_zeros(1, c)])
-    gathered = src.index_select(0, rows.reshape(-1)).view(n, 8, c)
-    return torch.einsum("nk,nkc->nc", weights, gathered)
+    return _WeightedGather.apply(src, rows, weights)
 
 
 def point_to_voxel_reference(
