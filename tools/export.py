@@ -1,0 +1,138 @@
+"""Exports a trained detector's dense parts to ONNX and checks them against PyTorch.
+
+    python tools/export.py --config configs/bevfusion_tiny.yaml \\
+        --checkpoint work_dirs/bevfusion_tiny --out work_dirs/bevfusion_tiny/onnx
+
+--checkpoint is a checkpoint directory (``.../checkpoints/step_<N>``) or a work dir (its latest
+checkpoint); without --config the checkpoint's own config.yaml is used. Writes to OUT:
+``camera_encoder_clip.onnx`` and ``camera_encoder_stream.onnx`` (EfficientViT + TSM + FPN
+neck; only for configs with a camera branch), ``bev_decoder_head.onnx`` (BEV decoder +
+detection head) and ``export.json`` (shapes, opset, parity diffs, file sizes). The LiDAR branch,
+the camera view transform (BEV pooling), the fuser and box decoding + NMS stay in PyTorch; see
+perception.deploy.export.
+
+Every graph is run in onnxruntime and compared with eager PyTorch; the exit status is 1 when a
+difference exceeds --tolerance (relative to the output's scale), 2 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from perception.config import ConfigError, ExperimentConfig, load_config
+from perception.deploy.export import (
+    DEFAULT_OPSET,
+    DEFAULT_TOLERANCE,
+    REPORT_FILE,
+    ExportError,
+    export_onnx,
+    format_report,
+)
+from perception.engine.checkpoint import (
+    CONFIG_FILE,
+    MANIFEST_NAME,
+    MODEL_FILE,
+    CheckpointError,
+    find_latest,
+    load_weights,
+)
+from perception.models.builder import build_model
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--config", help="experiment config YAML (default: the checkpoint's config.yaml)"
+    )
+    parser.add_argument(
+        "--checkpoint", required=True, help="checkpoint directory or a work dir (its latest)"
+    )
+    parser.add_argument("--out", required=True, help="folder for the .onnx files and export.json")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set data.clip_frames=3 (repeatable)",
+    )
+    parser.add_argument("--batch-size", type=int, default=1, help="traced batch size (default 1)")
+    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=DEFAULT_TOLERANCE,
+        help="max |onnx - eager| allowed, relative to max |eager| per output (default 1e-4)",
+    )
+    parser.add_argument(
+        "--no-stream", action="store_true", help="skip the streaming camera encoder"
+    )
+    parser.add_argument(
+        "--static-batch", action="store_true", help="fixed batch axis (default: dynamic)"
+    )
+    return parser
+
+
+def _checkpoint_dir(path: Path) -> Path:
+    """The checkpoint directory `path` names: itself, or a work dir's latest checkpoint."""
+    if not path.exists():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    if (path / MANIFEST_NAME).is_file() or (path / MODEL_FILE).is_file():
+        return path
+    latest = find_latest(path)
+    if latest is None:
+        raise CheckpointError(
+            f"{path}: no checkpoint here (no {MANIFEST_NAME} or {MODEL_FILE}, and no "
+            "checkpoints/step_<N> under it)"
+        )
+    return latest
+
+
+def _export_inputs(config: ExperimentConfig) -> tuple:
+    """What fixes the exported graphs: the model and its input shapes."""
+    d = config.data
+    return (config.model, d.clip_frames, d.cameras, d.point_range, config.augment.image.final_size)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        checkpoint = _checkpoint_dir(Path(args.checkpoint))
+        config_path = Path(args.config) if args.config else checkpoint / CONFIG_FILE
+        config = load_config(config_path, args.overrides)
+        model = build_model(config)
+        saved = load_weights(checkpoint, model)
+        print(f"loaded {checkpoint} into the model of {config_path}")
+        if _export_inputs(saved) != _export_inputs(config):
+            print(
+                f"note: the model or input shapes of {config_path} differ from the "
+                f"checkpoint's {CONFIG_FILE}; exporting with {config_path}"
+            )
+        report = export_onnx(
+            model,
+            config,
+            args.out,
+            batch_size=args.batch_size,
+            opset=args.opset,
+            tolerance=args.tolerance,
+            stream=not args.no_stream,
+            dynamic_batch=not args.static_batch,
+            meta={"checkpoint": str(checkpoint.resolve()), "config": str(config_path)},
+        )
+    except (CheckpointError, ConfigError, ExportError, FileNotFoundError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    print(f"report: {(Path(args.out) / REPORT_FILE).resolve()}")
+    if not report.passed:
+        print(f"error: ONNX outputs differ from PyTorch beyond {args.tolerance:g}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
