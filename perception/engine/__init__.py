@@ -1,4 +1,5 @@
-"""The training engine: checkpoints and the training loop.
+"""The training engine: checkpoints, the training loop and what makes `torchrun` training
+follow one process on the global batch (`distributed.py`).
 
 Checkpoints are safetensors + JSON + YAML (never pickle), written atomically, with a
 manifest that carries a format version and the sha256 of every file.
@@ -13,6 +14,13 @@ from .checkpoint import (
     load_weights,
     save_checkpoint,
 )
+from .distributed import (
+    SyncBatchNorm,
+    SyncSparseBatchNorm,
+    convert_sync_batchnorm,
+    global_batch,
+    global_mean_normaliser,
+)
 from .trainer import (
     DistributedInfo,
     NonFiniteLossError,
@@ -20,6 +28,7 @@ from .trainer import (
     cleanup_distributed,
     lr_factor,
     seed_everything,
+    seed_step,
     setup_distributed,
 )
 
@@ -28,14 +37,20 @@ __all__ = [
     "CheckpointError",
     "DistributedInfo",
     "NonFiniteLossError",
+    "SyncBatchNorm",
+    "SyncSparseBatchNorm",
     "Trainer",
     "TrainingState",
     "cleanup_distributed",
+    "convert_sync_batchnorm",
     "find_latest",
+    "global_batch",
+    "global_mean_normaliser",
     "load_checkpoint",
     "load_weights",
     "lr_factor",
     "save_checkpoint",
     "seed_everything",
+    "seed_step",
     "setup_distributed",
 ]

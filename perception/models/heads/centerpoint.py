@@ -26,6 +26,7 @@ from perception.structures import (
     Detections,
 )
 
+from ...engine.distributed import global_mean_normaliser
 from ..bev_grid import BEVGrid
 from .losses import attribute_loss, gaussian_focal_loss, weighted_l1_loss
 from .targets import NUM_REGRESSION, TargetConfig, TaskTargets, build_targets, decode_boxes
@@ -254,23 +255,45 @@ class CenterPointHead(nn.Module):
     def loss_from_targets(
         self, outputs: Sequence[TaskOutput], targets: Sequence[TaskTargets]
     ) -> dict[str, torch.Tensor]:
-        """`loss` given targets already built."""
+        """`loss` given targets already built.
+
+        Under `torchrun`, inside `perception.engine.global_batch()`, the object counts the
+        losses are divided by are those of the global batch (see `global_mean_normaliser`),
+        so that DDP's averaged gradient is the one-process gradient on the global batch.
+        """
         w = self.loss_weights
+        # per task: heatmap centres, real objects, objects with an attribute
+        counts = torch.stack(
+            [
+                torch.stack(
+                    [
+                        tgt.heatmap.eq(1).float().sum(),
+                        tgt.num_objects,
+                        torch.where(tgt.mask, tgt.attributes >= 0, False).sum().float(),
+                    ]
+                )
+                for tgt in targets
+            ]
+        )  # [T, 3]
+        num_pos = global_mean_normaliser(counts[:, 0], min_value=1)
+        num_objects = global_mean_normaliser(counts[:, 1], eps=1e-4)
+        num_attributes = global_mean_normaliser(counts[:, 2], min_value=1)
         losses: dict[str, torch.Tensor] = {}
         for t, (out, tgt) in enumerate(zip(outputs, targets)):
-            num_pos = tgt.heatmap.eq(1).float().sum().clamp_min(1)
             losses[f"heatmap/task{t}"] = w.heatmap * gaussian_focal_loss(
-                out.heatmap, tgt.heatmap, normalizer=num_pos
+                out.heatmap, tgt.heatmap, normalizer=num_pos[t]
             )
             reg = _gather(out.regression(), tgt.indices)  # [B, M, NUM_REGRESSION]
             code_weights = self.code_weights.to(reg)
             losses[f"bbox/task{t}"] = w.bbox * weighted_l1_loss(
-                reg, tgt.regression, tgt.mask, code_weights, tgt.num_objects + 1e-4
+                reg, tgt.regression, tgt.mask, code_weights, num_objects[t]
             )
             if out.attribute is not None:
                 logits = _gather(out.attribute, tgt.indices)  # [B, M, A]
                 attrs = torch.where(tgt.mask, tgt.attributes, torch.full_like(tgt.attributes, -1))
-                losses[f"attr/task{t}"] = w.attribute * attribute_loss(logits, attrs)
+                losses[f"attr/task{t}"] = w.attribute * attribute_loss(
+                    logits, attrs, normalizer=num_attributes[t]
+                )
         return losses
 
     # ---- inference ------------------------------------------------------------------------

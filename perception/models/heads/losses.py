@@ -58,12 +58,20 @@ def weighted_l1_loss(
     return diff.sum() / normalizer
 
 
-def attribute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean cross-entropy over objects with an attribute.
+def attribute_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    *,
+    normalizer: torch.Tensor | float | None = None,
+) -> torch.Tensor:
+    """Cross-entropy summed over objects with an attribute, / `normalizer` (default: their
+    number, at least 1: the mean).
 
     Args:
         logits: `[B, M, A]` attribute logits at the objects' centres.
         target: `[B, M]` int64 index into ATTRIBUTE_NAMES, -1 where there is none (ignored).
+        normalizer: what the sum is divided by; None: the number of objects with an
+            attribute, clamped to at least 1.
 
     Returns:
         Scalar (0 when no object has an attribute).
@@ -72,4 +80,6 @@ def attribute_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     ce = F.cross_entropy(
         logits.reshape(-1, A).float(), target.reshape(-1), ignore_index=-1, reduction="sum"
     )
-    return ce / (target >= 0).sum().clamp_min(1)
+    if normalizer is None:
+        normalizer = (target >= 0).sum().clamp_min(1)
+    return ce / normalizer

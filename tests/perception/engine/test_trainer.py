@@ -1,10 +1,13 @@
 """The training loop on the tiny world with a micro model: finite losses, checkpoints, logs,
-exact resume inside an epoch, and a NaN stop that keeps the last good checkpoint."""
+exact resume inside an epoch (also after a kill inside a checkpoint write), per-step seeding,
+and a NaN stop that keeps the last good checkpoint."""
 
 from __future__ import annotations
 
 import json
+import random
 
+import numpy as np
 import pytest
 import torch
 
@@ -17,6 +20,7 @@ from perception.engine import (
     load_checkpoint,
     lr_factor,
     seed_everything,
+    seed_step,
 )
 from perception.models.builder import build_model
 from tests.perception.models.test_detector import MICRO
@@ -78,6 +82,63 @@ def test_resume_gives_the_same_weights(indexed_world, tmp_path):
     log_a = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert log_a == log_b
+
+
+class _Killed(BaseException):
+    """Stands for SIGKILL (tests/tools/test_train_cli.py sends the real one, slowly): not an
+    Exception, so nothing in the trainer handles it."""
+
+
+@pytest.mark.slow
+def test_a_kill_inside_a_checkpoint_write_resumes_exactly(indexed_world, tmp_path, monkeypatch):
+    """Killed while writing step 2's checkpoint (the weights in memory already at step 2): the
+    half-written directory is ignored, step 1's checkpoint is resumed, and the run ends at the
+    weights of an uninterrupted one."""
+    from perception.engine import checkpoint
+
+    steps = ("train.batch_size=1", "train.max_steps=2", "train.checkpoint_every=1")
+    straight = make_trainer(indexed_world, tmp_path / "a", *steps)
+    straight.train()
+
+    killed = make_trainer(indexed_world, tmp_path / "b", *steps)
+    write_file, written = checkpoint._write_file, []
+
+    def write_then_die(path, data):
+        if path.parent.name.startswith(".tmp-step_2"):
+            written.append(path.name)
+            if len(written) == 3:
+                raise _Killed
+        return write_file(path, data)
+
+    monkeypatch.setattr(checkpoint, "_write_file", write_then_die)
+    with pytest.raises(_Killed):
+        killed.train()
+    monkeypatch.undo()
+    root = tmp_path / "b" / "checkpoints"
+    assert find_latest(tmp_path / "b").name == "step_1"
+    assert any(p.name.startswith(".tmp-step_2") for p in root.iterdir())
+
+    torch.manual_seed(1234)  # a fresh process: nothing may come from the global RNG state
+    resumed = make_trainer(indexed_world, tmp_path / "b", *steps, resume=True)
+    assert resumed.train().name == "step_2"
+    assert not any(p.name.startswith(".tmp-") for p in root.iterdir())
+    a, b = straight.model.state_dict(), resumed.model.state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_steps_draw_randomness_from_seed_rank_and_step():
+    seed_step(3, rank=0, step=5)
+    first = torch.rand(3), np.random.rand(), random.random()  # noqa: NPY002
+    torch.rand(7)  # whatever ran in between
+    seed_step(3, rank=0, step=5)
+    again = torch.rand(3), np.random.rand(), random.random()  # noqa: NPY002
+    assert torch.equal(first[0], again[0]) and first[1:] == again[1:]
+    seed_step(3, rank=1, step=5)
+    other_rank = torch.rand(3)
+    seed_step(3, rank=0, step=6)
+    other_step = torch.rand(3)
+    assert not torch.equal(first[0], other_rank) and not torch.equal(first[0], other_step)
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(indexed_world, tmp_path):
