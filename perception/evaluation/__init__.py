@@ -8,15 +8,18 @@ detection metrics (mAP, NDS, TP errors) -> `metrics.json` / `metrics.md`.
 """
 
 from .nuscenes_eval import (
+    DEFAULT_RANGE_BANDS,
     METRICS_FORMAT_VERSION,
     TP_ERROR_NAMES,
     DetectionMetrics,
     EvaluationError,
+    RangeBandMetrics,
     devkit_version,
     evaluate,
     format_metrics,
     load_devkit_config,
     load_metrics,
+    range_band_metrics,
 )
 from .splits import SplitError, check_version_split, split_sample_tokens
 from .submission import (
@@ -29,11 +32,13 @@ from .submission import (
 )
 
 __all__ = [
+    "DEFAULT_RANGE_BANDS",
     "MAX_BOXES_PER_SAMPLE",
     "METRICS_FORMAT_VERSION",
     "TP_ERROR_NAMES",
     "DetectionMetrics",
     "EvaluationError",
+    "RangeBandMetrics",
     "SplitError",
     "SubmissionError",
     "SubmissionWriter",
@@ -46,5 +51,6 @@ __all__ = [
     "format_metrics",
     "load_devkit_config",
     "load_metrics",
+    "range_band_metrics",
     "split_sample_tokens",
 ]

@@ -27,7 +27,8 @@ import io
 import json
 import math
 from collections import Counter
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +40,7 @@ from .submission import check_submission
 
 if TYPE_CHECKING:
     from nuscenes import NuScenes
+    from nuscenes.eval.common.data_classes import EvalBoxes
     from nuscenes.eval.detection.data_classes import DetectionConfig
 
 METRICS_FORMAT_VERSION = 1
@@ -55,6 +57,57 @@ TP_ERROR_NAMES: dict[str, str] = {
 
 class EvaluationError(ValueError):
     """Inputs the nuScenes evaluation cannot run on, said in words."""
+
+
+# Distance bands (m from the ego, ground plane) that `evaluate(..., range_bands=...)` is
+# usually asked for; the last edge is the devkit's widest class range.
+DEFAULT_RANGE_BANDS: tuple[tuple[float, float], ...] = ((0.0, 20.0), (20.0, 30.0), (30.0, 50.0))
+
+
+@dataclass(frozen=True)
+class RangeBandMetrics:
+    """AP of the boxes (GT and predictions alike) whose centre lies `lo <= d < hi` metres from
+    the ego (after the devkit's own filters), computed with the devkit's `accumulate` and
+    `calc_ap` over the config's match distances, exactly as the overall AP.
+
+    `class_ap[c]` is NaN where the band holds no GT of class `c` (AP is undefined there, and
+    counting it as 0, as the devkit does for a class absent from a whole split, would punish a
+    band for the class ranges: no cone is ever evaluated beyond 30 m). `map` averages the
+    classes with GT in the band; NaN if none has any.
+    """
+
+    lo: float  # m
+    hi: float  # m
+    map: float
+    class_ap: dict[str, float]
+    class_num_gt: dict[str, int]
+    class_num_pred: dict[str, int]
+
+    @property
+    def name(self) -> str:
+        return f"{self.lo:g}-{self.hi:g} m"
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able; NaN stays NaN (Python's `json` writes and reads it, as the devkit's files)."""
+        return {
+            "lo": self.lo,
+            "hi": self.hi,
+            "map": self.map,
+            "class_ap": dict(self.class_ap),
+            "num_gt": dict(self.class_num_gt),
+            "num_pred": dict(self.class_num_pred),
+        }
+
+    @classmethod
+    def from_json(cls, content: dict[str, Any]) -> RangeBandMetrics:
+        return cls(
+            lo=float(content["lo"]),
+            hi=float(content["hi"]),
+            map=float(content["map"]),
+            class_ap={c: float(v) for c, v in content["class_ap"].items()},
+            class_num_gt={c: int(v) for c, v in content["num_gt"].items()},
+            class_num_pred={c: int(v) for c, v in content["num_pred"].items()},
+        )
 
 
 @dataclass(frozen=True)
@@ -80,6 +133,8 @@ class DetectionMetrics:
     class_num_gt: dict[str, int]  # GT boxes evaluated, after the devkit's filters
     class_num_pred: dict[str, int]  # predictions evaluated, after the devkit's filters
     summary: dict[str, Any]  # the devkit's metrics summary, as it wrote it
+    # AP by distance from the ego, when `evaluate` was asked for bands; empty otherwise.
+    range_bands: tuple[RangeBandMetrics, ...] = field(default=())
 
     @classmethod
     def from_summary(
@@ -87,6 +142,7 @@ class DetectionMetrics:
         summary: dict[str, Any],
         class_num_gt: dict[str, int] | None = None,
         class_num_pred: dict[str, int] | None = None,
+        range_bands: Sequence[RangeBandMetrics] = (),
     ) -> DetectionMetrics:
         """Reads the devkit's metrics summary (`metrics_summary.json` content)."""
         classes = [c for c in CLASS_NAMES if c in summary["mean_dist_aps"]]
@@ -111,6 +167,7 @@ class DetectionMetrics:
             class_num_gt=dict(class_num_gt or {}),
             class_num_pred=dict(class_num_pred or {}),
             summary=summary,
+            range_bands=tuple(range_bands),
         )
 
     @property
@@ -216,11 +273,26 @@ def format_metrics(metrics: DetectionMetrics, evaluated: dict[str, Any] | None =
     lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(distances)]
     for c, per in metrics.class_ap_by_distance.items():
         lines.append("| " + " | ".join([c, *(_fmt(per[d], 3) for d in distances)]) + " |")
+    if metrics.range_bands:
+        bands = metrics.range_bands
+        lines += ["", "## AP by distance from the ego", ""]
+        header = ["class", *(b.name for b in bands)]
+        lines += ["| " + " | ".join(header) + " |", "|---|" + "---:|" * len(bands)]
+        lines.append("| " + " | ".join(["**mAP**", *(_fmt(b.map, 3) for b in bands)]) + " |")
+        for c in metrics.class_ap:
+            cells = [_fmt(b.class_ap.get(c, math.nan), 3) for b in bands]
+            lines.append("| " + " | ".join([c, *cells]) + " |")
     lines += [
         "",
         "GT and pred count the boxes the devkit kept after its filters (class range, boxes "
         "without LiDAR/radar points, bicycles in racks). n/a: the devkit defines no such error "
-        "for the class.",
+        "for the class."
+        + (
+            " In the distance table n/a: no GT of the class in that band; mAP "
+            "averages the classes with GT in the band."
+            if metrics.range_bands
+            else ""
+        ),
         "",
     ]
     return "\n".join(lines)
@@ -236,9 +308,67 @@ def load_metrics(path: str | Path) -> DetectionMetrics:
             f"{path}: metrics format_version {version!r}, this code reads {METRICS_FORMAT_VERSION}"
         )
     evaluated = content["evaluated"]
+    bands = [RangeBandMetrics.from_json(b) for b in content.get("range_bands", [])]
     return DetectionMetrics.from_summary(
-        content["summary"], evaluated.get("num_gt"), evaluated.get("num_pred")
+        content["summary"], evaluated.get("num_gt"), evaluated.get("num_pred"), bands
     )
+
+
+def _boxes_in_band(boxes: EvalBoxes, lo: float, hi: float) -> EvalBoxes:
+    """The boxes whose centre (ego frame, ground plane) lies `lo <= d < hi` m from the ego;
+    every sample token kept (possibly with no box)."""
+    from nuscenes.eval.common.data_classes import EvalBoxes
+
+    band = EvalBoxes()
+    for token in boxes.sample_tokens:
+        band.add_boxes(token, [b for b in boxes[token] if lo <= b.ego_dist < hi])
+    return band
+
+
+def range_band_metrics(
+    gt_boxes: EvalBoxes,
+    pred_boxes: EvalBoxes,
+    config: DetectionConfig,
+    bands: Sequence[tuple[float, float]] = DEFAULT_RANGE_BANDS,
+) -> tuple[RangeBandMetrics, ...]:
+    """AP per class and distance band (see `RangeBandMetrics`), from the devkit's filtered
+    GT and prediction boxes (`DetectionEval.gt_boxes` / `.pred_boxes`, which carry
+    `ego_translation`)."""
+    from nuscenes.eval.detection.algo import accumulate, calc_ap
+
+    out = []
+    for lo, hi in bands:
+        if not 0 <= lo < hi:
+            raise ValueError(f"range band ({lo}, {hi}): need 0 <= lo < hi")
+        gt, pred = _boxes_in_band(gt_boxes, lo, hi), _boxes_in_band(pred_boxes, lo, hi)
+        num_gt = Counter(b.detection_name for b in gt.all)
+        num_pred = Counter(b.detection_name for b in pred.all)
+        class_ap: dict[str, float] = {}
+        for c in config.class_names:
+            if num_gt.get(c, 0) == 0:
+                class_ap[c] = math.nan
+                continue
+            aps = [
+                calc_ap(
+                    accumulate(gt, pred, c, config.dist_fcn_callable, d),
+                    config.min_recall,
+                    config.min_precision,
+                )
+                for d in config.dist_ths
+            ]
+            class_ap[c] = float(sum(aps) / len(aps))
+        defined = [ap for ap in class_ap.values() if not math.isnan(ap)]
+        out.append(
+            RangeBandMetrics(
+                lo=float(lo),
+                hi=float(hi),
+                map=float(sum(defined) / len(defined)) if defined else math.nan,
+                class_ap=class_ap,
+                class_num_gt={c: num_gt.get(c, 0) for c in config.class_names},
+                class_num_pred={c: num_pred.get(c, 0) for c in config.class_names},
+            )
+        )
+    return tuple(out)
 
 
 def evaluate(
@@ -252,6 +382,7 @@ def evaluate(
     render_curves: bool = False,
     verbose: bool = False,
     nusc: NuScenes | None = None,
+    range_bands: Sequence[tuple[float, float]] | None = None,
 ) -> DetectionMetrics:
     """Evaluates a detection submission with nuscenes-devkit's `DetectionEval`.
 
@@ -267,6 +398,9 @@ def evaluate(
         verbose: let the devkit print (it is silenced otherwise).
         nusc: an already loaded `NuScenes(version, root)` to reuse (loading takes a while on
             the full dataset); loaded here when None.
+        range_bands: distance bands `(lo, hi)` m from the ego (e.g. `DEFAULT_RANGE_BANDS`) to
+            compute AP in as well (`DetectionMetrics.range_bands`, `metrics.json`'s
+            `range_bands`, a table in `metrics.md`); None skips them.
 
     Returns:
         The devkit's metrics. Raises `FileNotFoundError` for a missing results file,
@@ -344,12 +478,18 @@ def evaluate(
         "num_gt": {c: num_gt.get(c, 0) for c in CLASS_NAMES},
         "num_pred": {c: num_pred.get(c, 0) for c in CLASS_NAMES},
     }
-    metrics = DetectionMetrics.from_summary(summary, evaluated["num_gt"], evaluated["num_pred"])
-    with open(out_dir / "metrics.json", "w") as f:
-        json.dump(
-            {"format_version": METRICS_FORMAT_VERSION, "evaluated": evaluated, "summary": summary},
-            f,
-            indent=2,
+    bands = ()
+    if range_bands:
+        bands = range_band_metrics(
+            detection_eval.gt_boxes, detection_eval.pred_boxes, config, range_bands
         )
+    metrics = DetectionMetrics.from_summary(
+        summary, evaluated["num_gt"], evaluated["num_pred"], bands
+    )
+    content = {"format_version": METRICS_FORMAT_VERSION, "evaluated": evaluated, "summary": summary}
+    if bands:
+        content["range_bands"] = [b.to_json() for b in bands]
+    with open(out_dir / "metrics.json", "w") as f:
+        json.dump(content, f, indent=2)
     (out_dir / "metrics.md").write_text(format_metrics(metrics, evaluated))
     return metrics

@@ -1,0 +1,331 @@
+"""Tests a trained detector on a split: inference, the official metrics, robustness to missing
+sensors, and the HTML report (what `tools/test.py` runs).
+
+    outcome = evaluate_checkpoint(config, "work_dirs/tiny", split="mini_val", out_dir="out")
+
+Writes into `out_dir`:
+
+- `results_nusc.json`: the nuScenes detection submission.
+- `metrics.json`, `metrics.md` (with AP by distance band) and the devkit's own
+  `metrics_summary.json` / `metrics_details.json` (see `nuscenes_eval.evaluate`).
+- `latency.json`: per-stage mean / p50 / p90 ms and the run's settings.
+- `config.yaml`: the resolved config the model was built from.
+- `robustness/<setting>/...` (with `robustness=True`): the same files for each sensor setting.
+- `report.html`: everything above in one self-contained page (`report.py`).
+
+Under `torchrun` every process infers its shard; process 0 evaluates and writes.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+
+from ..config import ExperimentConfig
+from ..engine.checkpoint import (
+    MANIFEST_NAME,
+    MODEL_FILE,
+    TRAINING_STATE_FILE,
+    find_latest,
+    load_weights,
+)
+from .inference import DROP_CAMERAS, DROP_HALF_BEAMS, DROP_LIDAR, InferenceResult, run_inference
+from .nuscenes_eval import (
+    DEFAULT_RANGE_BANDS,
+    DetectionMetrics,
+    EvaluationError,
+    evaluate,
+)
+from .report import ReportData, RobustnessRow, SamplePicture, draw_sample_pictures, write_report
+from .splits import split_sample_tokens
+
+RESULTS_FILE = "results_nusc.json"
+REPORT_FILE = "report.html"
+
+# The robustness study: setting name -> sensors dropped (`inference.DROPPABLE` names).
+ROBUSTNESS_SETTINGS: dict[str, tuple[str, ...]] = {
+    "all sensors": (),
+    "LiDAR only": (DROP_CAMERAS,),
+    "cameras only": (DROP_LIDAR,),
+    "CAM_FRONT dropped": ("CAM_FRONT",),
+    "LiDAR beams halved": (DROP_HALF_BEAMS,),
+}
+
+
+@dataclass(frozen=True)
+class CheckpointInfo:
+    path: Path  # the checkpoint directory the weights came from
+    step: int | None  # training step, when the checkpoint records it
+
+
+@dataclass(frozen=True)
+class EvalOutcome:
+    """What a test run produced (on process 0; other processes get `None` fields)."""
+
+    metrics: DetectionMetrics | None
+    eval_error: str | None
+    results_path: Path | None
+    report_path: Path | None
+    out_dir: Path
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """The checkpoint directory `path` names: itself when it holds a checkpoint, else the
+    latest `checkpoints/step_<N>` of a work dir. `FileNotFoundError` naming the path when
+    there is nothing there."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if (path / MANIFEST_NAME).is_file() or (path / MODEL_FILE).is_file():
+        return path
+    latest = find_latest(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"checkpoint not found: {path} holds no {MODEL_FILE} and no checkpoints/step_<N>"
+        )
+    return latest
+
+
+def load_model(
+    config: ExperimentConfig, checkpoint: str | Path, device: torch.device | str = "cpu"
+) -> tuple[nn.Module, CheckpointInfo]:
+    """Builds the model `config` describes and loads the checkpoint's weights into it (keys
+    and shapes must match: `CheckpointError` otherwise)."""
+    from ..models.builder import build_model
+
+    directory = resolve_checkpoint(checkpoint)
+    model = build_model(config)
+    load_weights(directory, model)
+    step = None
+    state_path = directory / TRAINING_STATE_FILE
+    if state_path.is_file():
+        step = int(json.loads(state_path.read_text())["step"])
+    return model.to(device).eval(), CheckpointInfo(directory.resolve(), step)
+
+
+def _slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
+
+
+def _is_main() -> bool:
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
+
+
+def _sensors_used(model: nn.Module, drop: Sequence[str]) -> tuple[bool, bool]:
+    use_camera = getattr(model, "camera", None) is not None and DROP_CAMERAS not in drop
+    use_lidar = getattr(model, "lidar", None) is not None and DROP_LIDAR not in drop
+    return use_camera, use_lidar
+
+
+def _write_and_evaluate(
+    result: InferenceResult,
+    model: nn.Module,
+    config: ExperimentConfig,
+    *,
+    split: str,
+    out_dir: Path,
+    tokens: Sequence[str],
+    nusc: Any,
+    range_bands: Sequence[tuple[float, float]] | None,
+) -> tuple[Path, DetectionMetrics | None, str | None]:
+    """Writes the submission and evaluates it; an evaluation the devkit cannot run (e.g. no
+    box at all) comes back as an error message instead of metrics."""
+    use_camera, use_lidar = _sensors_used(model, result.drop_sensors)
+    writer = result.submission(
+        use_camera=use_camera,
+        use_lidar=use_lidar,
+        max_boxes_per_sample=config.eval.max_boxes_per_sample,
+    )
+    results_path = writer.write(out_dir / RESULTS_FILE, sample_tokens=tokens)
+    try:
+        metrics = evaluate(
+            config.data.root,
+            config.data.version,
+            split,
+            results_path,
+            out_dir,
+            devkit_config=config.eval.devkit_config,
+            nusc=nusc,
+            range_bands=range_bands,
+        )
+    except EvaluationError as exc:
+        return results_path, None, str(exc)
+    return results_path, metrics, None
+
+
+def _pictures(
+    config: ExperimentConfig,
+    split: str,
+    detections: dict[str, Any],
+    count: int,
+    score_threshold: float,
+) -> list[SamplePicture]:
+    """Pictures of `count` samples spread evenly over the split, drawn from the raw data
+    (keyframe images at their stored size, all sweeps the config uses)."""
+    from ..datasets.io import DataError
+    from ..datasets.nuscenes import NuScenesDataset
+
+    if count <= 0:
+        return []
+
+    def dataset(load_images: bool) -> NuScenesDataset:
+        return NuScenesDataset(
+            config.data.root,
+            config.data.version,
+            split,
+            sweeps=config.data.sweeps,
+            clip_frames=1,
+            cameras=config.data.cameras,
+            load_images=load_images,
+        )
+
+    data = dataset(True)
+    n = len(data)
+    picks = sorted({round(i * (n - 1) / max(1, count - 1)) for i in range(min(count, n))})
+    out = []
+    for i in picks:
+        try:
+            sample = data[i]
+        except DataError:  # no images on disk: BEV only
+            sample = dataset(False)[i]
+        out.append(
+            draw_sample_pictures(sample, detections[sample.token], score_threshold=score_threshold)
+        )
+    return out
+
+
+def evaluate_checkpoint(
+    config: ExperimentConfig,
+    checkpoint: str | Path,
+    *,
+    split: str | None = None,
+    out_dir: str | Path,
+    drop_sensors: Sequence[str] = (),
+    robustness: bool = False,
+    progress: bool = True,
+    device: torch.device | str | None = None,
+    batch_size: int = 1,
+    workers: int = 0,
+    num_pictures: int = 4,
+    picture_score_threshold: float = 0.3,
+    range_bands: Sequence[tuple[float, float]] | None = DEFAULT_RANGE_BANDS,
+    command: str = "",
+) -> EvalOutcome:
+    """Runs the whole test (module docstring). `split` defaults to `data.val_split`.
+
+    Raises `FileNotFoundError` for a missing checkpoint, `CheckpointError` for one that does
+    not fit the config's model, `SplitError` for an unknown split, `ValueError` for an unknown
+    sensor to drop. An evaluation the devkit cannot run (no box in any sample) does not
+    raise: `EvalOutcome.metrics` is None and `eval_error` says why; everything else is
+    still written.
+    """
+    from ..config import save_config
+    from ..datasets.pipeline import build_dataset
+
+    split = split or config.data.val_split
+    out_dir = Path(out_dir)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    tokens = split_sample_tokens(config.data.root, config.data.version, split)  # SplitError
+    model, info = load_model(config, checkpoint, device)
+    dataset = build_dataset(config, split, train=False)
+    main = _is_main()
+
+    nusc = None
+    if main:
+        from nuscenes import NuScenes
+
+        out_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, out_dir / "config.yaml")
+        nusc = NuScenes(config.data.version, str(config.data.root), verbose=False)
+
+    def infer(drop: Sequence[str], description: str) -> InferenceResult:
+        return run_inference(
+            model,
+            dataset,
+            device=device,
+            batch_size=batch_size,
+            workers=workers,
+            drop_sensors=drop,
+            progress=progress,
+            description=description,
+        )
+
+    result = infer(drop_sensors, "test")
+    rows: list[RobustnessRow] = []
+    if robustness:
+        for name, drop in ROBUSTNESS_SETTINGS.items():
+            setting = result if tuple(drop) == result.drop_sensors else infer(drop, name)
+            if not main:
+                continue
+            _, metrics, error = _write_and_evaluate(
+                setting,
+                model,
+                config,
+                split=split,
+                out_dir=out_dir / "robustness" / _slug(name),
+                tokens=tokens,
+                nusc=nusc,
+                range_bands=None,
+            )
+            rows.append(
+                RobustnessRow(
+                    name=name,
+                    drop_sensors=tuple(drop),
+                    map=metrics.map if metrics else None,
+                    nds=metrics.nds if metrics else None,
+                    error=error,
+                )
+            )
+    if not main:
+        return EvalOutcome(None, None, None, None, out_dir)
+
+    results_path, metrics, error = _write_and_evaluate(
+        result,
+        model,
+        config,
+        split=split,
+        out_dir=out_dir,
+        tokens=tokens,
+        nusc=nusc,
+        range_bands=range_bands,
+    )
+    latency = result.latency()
+    run_info = {
+        "checkpoint": str(info.path),
+        "step": "unknown" if info.step is None else str(info.step),
+        "data": f"{config.data.root} ({config.data.version}, split {split}, {len(tokens)} samples)",
+        "sensors dropped": ", ".join(result.drop_sensors) or "none",
+        "device": f"{device} x {result.world_size} process(es)",
+        "results": str(results_path.resolve()),
+        "command": command,
+    }
+    (out_dir / "latency.json").write_text(
+        json.dumps({"latency_ms": latency, "run": run_info}, indent=2)
+    )
+    details = None
+    if metrics is not None and (out_dir / "metrics_details.json").is_file():
+        details = json.loads((out_dir / "metrics_details.json").read_text())
+    pictures = _pictures(config, split, result.detections(), num_pictures, picture_score_threshold)
+    report = ReportData(
+        title=f"{config.name}: {split}",
+        metrics=metrics,
+        eval_error=error,
+        metrics_details=details,
+        latency=latency,
+        robustness=rows,
+        pictures=pictures,
+        config_yaml=yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+        run_info=run_info,
+        score_threshold=picture_score_threshold,
+    )
+    report_path = write_report(out_dir / REPORT_FILE, report)
+    return EvalOutcome(metrics, error, results_path, report_path, out_dir)
