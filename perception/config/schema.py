@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..structures.classes import CAMERA_NAMES
 
@@ -103,6 +103,12 @@ class CameraModelConfig(StrictModel):
     bev_downsample: PositiveInt = 2
     z_range: tuple[float, float] = (-10.0, 10.0)  # one height cell spanning this, m
     depth_loss_weight: float = Field(0.0, ge=0)
+
+    @field_validator("tsm_mode", mode="before")
+    @classmethod
+    def _yaml_off(cls, value: object) -> object:
+        # YAML 1.1 reads a bare `off` as false (`tsm_mode: off`, `--set ...tsm_mode=off`)
+        return "off" if value is False else value
 
 
 class LidarModelConfig(StrictModel):

@@ -52,3 +52,11 @@ def test_every_shipped_config_validates():
     assert configs, "configs/ holds no YAML"
     for path in configs:
         load_config(path)
+
+
+def test_bare_off_means_tsm_off():
+    # YAML 1.1 reads a bare `off` as false; the TSM mode takes it as "off", and only that
+    assert parse_config({}, ["model.camera.tsm_mode=off"]).model.camera.tsm_mode == "off"
+    assert parse_config({"model": {"camera": {"tsm_mode": False}}}).model.camera.tsm_mode == "off"
+    with pytest.raises(ConfigError, match="model.camera.tsm_mode"):
+        parse_config({}, ["model.camera.tsm_mode=on"])
