@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The accuracy benchmark of BENCHMARKS.md: train the tiny detectors on one synthetic world and
+# score them with the official nuScenes metrics on a world generated with a seed never used in
+# training. Each variant trains for a fixed number of steps chosen to fit in 30 minutes on the
+# 2-core CI machine; the script records the wall time of every run beside its metrics.
+#
+#   tools/accuracy_benchmark.sh [OUT_DIR] [VARIANT ...]
+#
+# VARIANT: fused | lidar | camera | camera_t1 (camera-only with one frame, no TSM history).
+# Default: all four. Worlds go to data/synth-train (seed 1, 30 scenes) and data/synth-heldout
+# (seed 2, 10 scenes, all in the val split); both are generated when absent.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PY:-.venv/bin/python}
+OUT=${1:-outputs/accuracy}
+shift || true
+VARIANTS=("$@")
+[ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(fused lidar camera camera_t1)
+STEPS=${STEPS:-700}
+BATCH=${BATCH:-2}
+mkdir -p "$OUT"
+
+if [ ! -f data/synth-train/v1.0-trainval/sample.json ]; then
+    $PY tools/create_data.py synth --out data/synth-train --version v1.0-trainval \
+        --scenes 30 --val-scenes 3 --seed 1
+fi
+[ -f data/synth-train/perception_index_v1.0-trainval.json.gz ] || \
+    $PY tools/create_data.py nuscenes --root data/synth-train --version v1.0-trainval
+if [ ! -f data/synth-heldout/v1.0-trainval/sample.json ]; then
+    $PY tools/create_data.py synth --out data/synth-heldout --version v1.0-trainval \
+        --scenes 10 --val-scenes 10 --seed 2
+fi
+[ -f data/synth-heldout/perception_index_v1.0-trainval.json.gz ] || \
+    $PY tools/create_data.py nuscenes --root data/synth-heldout --version v1.0-trainval
+
+TRAIN_WORLD=(--set data.root=data/synth-train --set data.version=v1.0-trainval
+             --set data.train_split=train --set data.val_split=val)
+TEST_WORLD=(--set data.root=data/synth-heldout --set data.version=v1.0-trainval)
+
+for variant in "${VARIANTS[@]}"; do
+    extra=()
+    case "$variant" in
+        fused) config=configs/bevfusion_tiny.yaml ;;
+        lidar) config=configs/bevfusion_tiny_lidar.yaml ;;
+        camera) config=configs/bevfusion_tiny_camera.yaml ;;
+        camera_t1) config=configs/bevfusion_tiny_camera.yaml
+                   extra=(--set data.clip_frames=1 --set model.camera.tsm_mode=off) ;;
+        *) echo "unknown variant $variant" >&2; exit 2 ;;
+    esac
+    work="$OUT/$variant"
+    start=$(date +%s)
+    $PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}" \
+        "${extra[@]}" --set train.max_steps="$STEPS" --set train.batch_size="$BATCH" \
+        --set train.workers=1 --set train.lr=0.002 --set train.schedule=onecycle \
+        --set train.log_every=20 --set train.checkpoint_every=100
+    end=$(date +%s)
+    echo "{\"variant\": \"$variant\", \"train_seconds\": $((end - start)), \"steps\": $STEPS}" \
+        > "$work/train_time.json"
+    $PY tools/test.py "$config" "$work" --split val --out "$work/test" --no-progress \
+        "${TEST_WORLD[@]}" "${extra[@]}"
+done
