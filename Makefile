@@ -9,6 +9,8 @@ STAMP := $(VENV)/.installed
 DEMO_ROOT ?= data/synth-mini
 DEMO_VERSION ?= v1.0-mini
 DEMO_OUT ?= outputs/demo
+# a few minutes of training on 2 CPU cores (BENCHMARKS.md has the 30-minute runs)
+DEMO_STEPS ?= 150
 PYTEST_ARGS ?=
 
 .PHONY: setup test test-all demo lint clean-demo
@@ -43,6 +45,9 @@ demo: $(STAMP)
 	$(PY) tools/visualize.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --sample 0 --out $(DEMO_OUT)/sample0.png
 	$(PY) tools/gt_baseline.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --split mini_val --out $(DEMO_OUT)/gt_results.json
 	$(PY) tools/eval.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --split mini_val --results $(DEMO_OUT)/gt_results.json --out $(DEMO_OUT)/eval
+	rm -rf $(DEMO_OUT)/train
+	$(PY) tools/train.py configs/bevfusion_tiny.yaml --work-dir $(DEMO_OUT)/train --set data.root=$(DEMO_ROOT) --set data.version=$(DEMO_VERSION) --set train.max_steps=$(DEMO_STEPS)
+	$(PY) tools/test.py configs/bevfusion_tiny.yaml $(DEMO_OUT)/train --split mini_val --out $(DEMO_OUT)/test --set data.root=$(DEMO_ROOT) --set data.version=$(DEMO_VERSION)
 
 clean-demo:
 	rm -rf $(DEMO_ROOT) $(DEMO_OUT)
