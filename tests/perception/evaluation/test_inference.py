@@ -28,13 +28,7 @@ from perception.models.builder import build_model
 from perception.structures import CAMERA_NAMES
 from tests.perception.models.test_detector import MICRO
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def micro_raw(root: Path) -> dict:

@@ -56,14 +56,7 @@ GT_ATTRIBUTES = torch.tensor(
 )  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny maps gain nothing from intra-op threads; on a shared machine the hand-offs of the
-    head's ~100 small convs would dominate."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _head(**kwargs) -> CenterPointHead:
