@@ -30,8 +30,8 @@ samples of the one-process batch of W x b (when W divides the dataset; otherwise
 pads by repetition). What stays different: floating-point summation order (measured on the
 micro test model over 4 steps: total loss within 2e-5 relative of one process, loss terms
 within 2e-4, AdamW turning tiny gradient differences into lr-sized updates); randomness drawn
-in the forward pass (modality dropout draws per rank, not per sample); and losses that still
-average per process (the camera depth loss, `model.camera.depth_loss_weight` > 0). The loss
+in the forward pass (modality dropout draws per rank, not per sample). The camera depth loss
+(`model.camera.depth_loss_weight` > 0) averages over the global batch's pixels too. The loss
 terms are averaged over the processes for logging and the NaN check (so every process stops
 together); only rank 0 writes logs and checkpoints.
 """

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..engine.distributed import global_mean_normaliser
 from ..geometry import lidar_to_image
 from ..ops.bev_pool import BEVPoolPlanCache, bev_pool_depth
 from ..structures import Batch
@@ -187,9 +188,13 @@ class LSSViewTransform(nn.Module):
             with torch.no_grad():
                 target = self.depth_targets(batch, image_from_lidar)  # [B*N, fH, fW]
             valid = (target >= 0) & (present[:, None, None] > 0)
+            # the mean over the global batch's supervised pixels under torchrun (every process
+            # reaches this all-reduce, with or without pixels of its own)
+            normaliser = global_mean_normaliser(valid.sum().float(), min_value=1)
             if valid.any():
                 logits = depth_logits.permute(0, 2, 3, 1)[valid]  # [V, D]
-                aux["depth"] = self.depth_loss_weight * F.cross_entropy(logits, target[valid])
+                loss = F.cross_entropy(logits, target[valid], reduction="sum") / normaliser
+                aux["depth"] = self.depth_loss_weight * loss
             else:
                 aux["depth"] = depth_logits.sum() * 0.0
         return self.bev_conv(bev), aux
