@@ -2,6 +2,7 @@
 
 python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|bev] [--out F]
 python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
+python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 """
 
 from __future__ import annotations
@@ -62,6 +63,32 @@ def run_model(args: argparse.Namespace) -> list[BenchRow]:
     return rows
 
 
+def run_node(args: argparse.Namespace) -> int:
+    """The node under bag replay (its own JSON layout: runs, not ratio rows)."""
+    import json
+    from pathlib import Path
+
+    from perception.benchmarks import node
+
+    result = node.run(
+        args.bag,
+        args.config,
+        args.checkpoint,
+        rates=args.rates,
+        duration_s=args.duration,
+        sequential_rate=args.sequential_rate,
+        threads=args.threads,
+    )
+    table = node.markdown(result)
+    print(table)
+    out = Path(args.out or "benchmarks/node_cpu.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(f"{result['machine']}\n\n{table}\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -81,9 +108,19 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--config", nargs="+", required=True, help="one or more config files")
     model.add_argument("--root", help="dataroot for a real sample (default: the config's)")
     model.add_argument("--repeat", type=int, default=3)
-    for p in (ops, synth, model):
+    node = sub.add_parser("node", help="the real-time node under bag replay (1x, 2x, 5x)")
+    node.add_argument("--bag", required=True, help="rosbag2 (tools/nusc_to_bag.py)")
+    node.add_argument("--config", required=True)
+    node.add_argument("--checkpoint", default=None, help="default: random init")
+    node.add_argument("--rates", type=float, nargs="+", default=[1.0, 2.0, 5.0])
+    node.add_argument("--duration", type=float, default=60.0, help="seconds per run")
+    node.add_argument("--sequential-rate", type=float, default=5.0)
+    node.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    for p in (ops, synth, model, node):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     args = parser.parse_args(argv)
+    if args.command == "node":
+        return run_node(args)
     device = getattr(args, "device", "cpu")
     print(f"machine: {machine_description(device)}", flush=True)
     runners = {"ops": run_ops, "synth": run_synth, "model": run_model}

@@ -1,0 +1,1078 @@
+"""The real-time perception node: ROS 2 sensor topics in, 3-D detections out.
+
+    node = PerceptionNode(model, config, transport, NodeOptions())
+    with node:  # starts the receive and stage threads
+        ...     # publish sensor messages on `transport`
+    node.stats.summary()
+
+Inputs (names as `deploy/bag.py` writes them): `/lidar/top` PointCloud2, six
+`/<cam>/image/compressed` CompressedImage and `/<cam>/camera_info` CameraInfo, `/tf` (map ->
+base_link), `/tf_static` (base_link -> sensors), `/perception/reset` (std_msgs/Empty).
+
+Outputs, each stamped with the LiDAR cloud's stamp and frame: `/perception/objects`
+(autoware_perception_msgs/DetectedObjects), `/perception/detections` (vision_msgs/Detection3DArray),
+`/perception/markers` (MarkerArray), `/perception/status` (diagnostic_msgs/DiagnosticArray, one per
+processed cloud: level WARN and `degraded: ...` when cameras were masked) and
+`/perception/diagnostics` (DiagnosticArray every `diagnostics_period_s`: counts, drops and
+rejections by reason, per-stage and receive-to-publish latency p50/p99).
+
+Sync (Autoware BEVFusion's rule, `max_camera_lidar_delay`): each LiDAR cloud triggers one
+model run with, per camera, the image nearest in time to the cloud; a camera whose nearest image
+is more than `max_camera_delay_s` away is masked (`camera_mask` False) and the output marked
+degraded. A camera whose newest image is older than the cloud but within the delay is live: the
+cloud waits for its next image at most `camera_wait_s` (sensor time, or wall time when
+`wall_timeout`), since cameras fire while the LiDAR spins past them, some just after the cloud's
+stamp. Dead cameras are never waited for; a newer cloud ends the wait.
+
+Streaming state (`deploy/state.py`): the TF buffer, the last `data.sweeps - 1` clouds merged into
+each new one with ego motion from TF (the dataset's rule), each camera's recent pre-processed
+frames (kept encoded), and the camera encoder's TSM caches (`deploy/pipeline.py`). All of it
+resets on a time jump (`StampTracker` sees a stamp step back by more than `time_jump_s`, e.g. a
+looping bag) or a message on `/perception/reset`.
+
+Threads and drop policy: the receive thread deserializes and validates every message (cheap
+header checks; images stay JPEG) and does the sync; a cloud ready for the model goes into a
+one-slot "latest frame" entry: a cloud still waiting there when a newer one arrives is dropped
+(counted `stale`), so a slow model skips frames instead of queueing them. Subscriptions are
+keep-last, deep enough to absorb a burst. With `pipelined` the model runs as five threads
+(pre-process: sweep merge, JPEG decode, resize/crop -> camera branch -> LiDAR branch ->
+fuser/decoder/head -> publish) joined by one-deep queues, with at most `max_in_flight` clouds
+inside, so consecutive clouds overlap without piling up between stages; otherwise one thread
+runs the stages in turn.
+
+Bad input never stops the node: `InvalidMessage` (and undecodable CDR, missing transforms) is
+logged, counted by reason in `stats.rejected`, and the message is ignored; state is unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import queue
+import threading
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from perception.config.schema import ExperimentConfig
+from perception.structures import Detections
+
+from .bag import (
+    BASE_FRAME,
+    LIDAR_CHANNEL,
+    MAP_FRAME,
+    TF_STATIC_TOPIC,
+    TF_TOPIC,
+    camera_info_topic,
+    frame_of,
+    image_topic,
+    lidar_topic,
+)
+from .convert import (
+    DEFAULT_MAX_POINTS,
+    CameraCalibration,
+    camera_info_to_calibration,
+    compressed_image_to_rgb,
+    detections_to_detected_objects,
+    detections_to_detection3d_array,
+    detections_to_marker_array,
+    pointcloud2_to_points,
+    tf_message_to_transforms,
+)
+from .messages import (
+    CAMERA_INFO,
+    COMPRESSED_IMAGE,
+    DETECTED_OBJECTS,
+    DETECTION3D_ARRAY,
+    MARKER_ARRAY,
+    POINTCLOUD2,
+    TF_MESSAGE,
+    DecodeError,
+    header,
+    msg_class,
+    serialize,
+    stamp_to_ns,
+)
+from .pipeline import (
+    TEMPORAL_MODES,
+    CameraStreamState,
+    ImagePreprocess,
+    ModelStages,
+    make_batch,
+    points_in_range,
+)
+from .state import (
+    CameraHistory,
+    MissingTransform,
+    Sweep,
+    SweepAccumulator,
+    TfBuffer,
+    merge_sweeps,
+)
+from .validation import InvalidMessage, StampTracker, check_frame
+
+log = logging.getLogger(__name__)
+
+RESET_TOPIC = "/perception/reset"
+OBJECTS_TOPIC = "/perception/objects"
+DETECTIONS_TOPIC = "/perception/detections"
+MARKERS_TOPIC = "/perception/markers"
+STATUS_TOPIC = "/perception/status"
+DIAGNOSTICS_TOPIC = "/perception/diagnostics"
+EMPTY = "std_msgs/msg/Empty"
+DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
+
+# Stages whose latency the node reports (ms); `voxelize` is part of `lidar`.
+STAGES: tuple[str, ...] = ("receive", "sync_wait", "preprocess", "camera", "lidar", "voxelize",
+                           "fuse_head", "publish", "receive_to_publish",
+                           "stamp_to_publish")  # fmt: skip
+# Sensor stamp -> publish latency is only meaningful when the stamps are on this machine's
+# clock (live sensors); a replayed bag's stamps are from the past.
+STAMP_CLOCK_WINDOW_NS = 60_000_000_000
+
+# Why a message was rejected beyond `validation.REASONS`.
+MISSING_TRANSFORM = "missing_transform"
+UNDECODABLE = "undecodable"
+INTERNAL_ERROR = "internal_error"  # a message that made the node's own code fail
+# Why a cloud ready for the model was not processed.
+DROP_STALE = "stale"  # a newer cloud replaced it in the latest-frame entry
+DROP_RESET = "reset"  # state reset (time jump or reset topic) while it waited
+
+
+@dataclass(frozen=True)
+class NodeOptions:
+    """How the node syncs, drops and runs (see the module docstring)."""
+
+    max_camera_delay_s: float = 0.12
+    camera_wait_s: float = 0.05
+    wall_timeout: bool = True  # False: only sensor time ends a camera wait (deterministic)
+    temporal: str = "stream"  # "stream" (TSM caches) or "clip" (T frames per cloud, offline-exact)
+    pipelined: bool = True
+    max_in_flight: int = 2  # clouds inside the pipelined stages at once (>= 1)
+    # camera -> LiDAR with the ego motion between the image and cloud stamps (as the dataset);
+    # False: the static mount only, so the camera BEV pooling plan stays cached between clouds
+    camera_motion: bool = True
+    nonfinite: str = "drop"  # NaN/inf points: "drop" them (counted) or "reject" the cloud
+    max_points: int = DEFAULT_MAX_POINTS
+    time_jump_s: float = 2.0
+    diagnostics_period_s: float = 5.0
+    print_diagnostics: bool = False
+    latency_window: int = 2000  # latest samples kept per stage for p50/p99
+    process: Callable[[int], bool] | None = None  # which cloud stamps to run the model on
+
+    def __post_init__(self) -> None:
+        if self.temporal not in TEMPORAL_MODES:
+            raise ValueError(f"temporal must be one of {TEMPORAL_MODES}, got {self.temporal!r}")
+        if self.nonfinite not in ("drop", "reject"):
+            raise ValueError(f"nonfinite must be 'drop' or 'reject', got {self.nonfinite!r}")
+        if self.max_camera_delay_s < 0 or self.camera_wait_s < 0:
+            raise ValueError("max_camera_delay_s and camera_wait_s must be >= 0")
+        if self.max_in_flight < 1:
+            raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+
+
+@dataclass
+class NodeStats:
+    """Counts and latencies, updated by the node's threads under `lock`."""
+
+    window: int = 2000
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    received: Counter = field(default_factory=Counter)  # per topic
+    rejected: Counter = field(default_factory=Counter)  # per reason
+    dropped: Counter = field(default_factory=Counter)  # clouds not processed, per reason
+    processed: int = 0
+    degraded: int = 0
+    masked: Counter = field(default_factory=Counter)  # per camera
+    nonfinite_points: int = 0
+    resets: Counter = field(default_factory=Counter)  # per cause
+    tsm_gaps: int = 0
+    backbone_passes: int = 0
+    latency_ms: dict[str, deque] = field(default_factory=dict)
+
+    def add_latency(self, stage: str, ms: float) -> None:
+        with self.lock:
+            self.latency_ms.setdefault(stage, deque(maxlen=self.window)).append(ms)
+
+    def percentiles(self) -> dict[str, dict[str, float]]:
+        with self.lock:
+            items = {k: np.asarray(v, np.float64) for k, v in self.latency_ms.items() if v}
+        return {
+            k: {
+                "p50": float(np.percentile(v, 50)),
+                "p99": float(np.percentile(v, 99)),
+                "mean": float(v.mean()),
+                "n": int(len(v)),
+            }
+            for k, v in items.items()
+        }
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            out = {
+                "received": dict(self.received),
+                "processed": self.processed,
+                "degraded": self.degraded,
+                "dropped": dict(self.dropped),
+                "rejected": dict(self.rejected),
+                "masked_cameras": dict(self.masked),
+                "nonfinite_points": self.nonfinite_points,
+                "resets": dict(self.resets),
+                "tsm_gaps": self.tsm_gaps,
+                "backbone_passes": self.backbone_passes,
+            }
+        out["latency_ms"] = self.percentiles()
+        return out
+
+
+@dataclass
+class _Pending:
+    """A cloud waiting for live cameras' next images."""
+
+    sweep: Sweep
+    earlier: tuple[Sweep, ...]  # the sweeps to merge into it
+    frame_id: str
+    receive_ns: int
+    arrival: float  # time.monotonic()
+    receive_ms: float
+
+    @property
+    def stamp_ns(self) -> int:
+        return self.sweep.stamp_ns
+
+
+@dataclass
+class Job:
+    """One cloud on its way through the model stages."""
+
+    stamp_ns: int
+    frame_id: str
+    pending: _Pending
+    geometry: dict[str, np.ndarray]  # make_batch's camera and ego arguments
+    clips: list  # per camera: its clip of CameraFrames (oldest first) or None (masked)
+    generation: int
+    batch: Any = None  # built by the pre-process stage
+    frames: list = field(default_factory=list)  # per camera: the chosen frame or None
+    masked: tuple[str, ...] = ()
+    times_ms: dict[str, float] = field(default_factory=dict)
+    admitted: bool = False  # holds one of the node's in-flight admissions
+    camera_bev: torch.Tensor | None = None
+    lidar_bev: torch.Tensor | None = None
+    detections: Detections | None = None
+    tsm_gaps: int = 0
+
+    @property
+    def receive_ns(self) -> int:
+        return self.pending.receive_ns
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.masked)
+
+
+class LatestSlot:
+    """A one-element entry queue: `put` replaces a waiting item (returned, to be counted as
+    dropped) instead of queueing behind it."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item: Any = None
+
+    def put(self, item: Any) -> Any:
+        with self._cond:
+            old, self._item = self._item, item
+            self._cond.notify_all()
+            return old
+
+    def take_waiting(self) -> Any:
+        with self._cond:
+            old, self._item = self._item, None
+            return old
+
+    def get(self, timeout: float) -> Any:
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+
+class Recorder:
+    """Writes received and published messages (CDR as on the wire) to a rosbag2 with MCAP
+    storage, thread-safe; log time is the wall clock when received / published."""
+
+    def __init__(self, path: str | Path):
+        from rosbags.rosbag2 import StoragePlugin, Writer
+
+        from .messages import typestore
+
+        self._typestore = typestore()
+        self._writer = Writer(Path(path), version=8, storage_plugin=StoragePlugin.MCAP)
+        self._writer.open()
+        self._connections: dict[str, Any] = {}
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def write(self, topic: str, msgtype: str, cdr: bytes, time_ns: int) -> None:
+        with self._lock:
+            if self._writer is None:
+                return
+            conn = self._connections.get(topic)
+            if conn is None:
+                conn = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
+                self._connections[topic] = conn
+            self._writer.write(conn, time_ns, cdr)
+            self.count += 1
+
+    def close(self) -> None:
+        with self._lock:
+            if self._writer is not None:
+                self._writer.close()
+                self._writer = None
+
+
+class PerceptionNode:
+    """Runs a `BEVFusion` on ROS 2 sensor topics of `transport` (see the module docstring).
+
+    Args:
+        model: the detector (put in eval mode here).
+        config: its experiment config (cameras, sweeps, clip frames, point range, image size).
+        transport: `DdsTransport` or `InProcessTransport`.
+        options: sync, drop and threading choices.
+        recorder: writes inputs and outputs when given.
+        on_result: called from the publish stage with each `Job` after publishing.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        config: ExperimentConfig,
+        transport: Any,
+        options: NodeOptions | None = None,
+        *,
+        recorder: Recorder | None = None,
+        on_result: Callable[[Job], None] | None = None,
+    ):
+        options = options or NodeOptions()
+        self.config = config
+        self.options = options
+        self.transport = transport
+        self.recorder = recorder
+        self.on_result = on_result
+        self.stages = ModelStages(model)
+        self.cameras: tuple[str, ...] = tuple(config.data.cameras)
+        self.camera_frames = {c: frame_of(c) for c in self.cameras}
+        # frames per camera in the batch (stream mode encodes one, from its cache)
+        self.clip_frames = config.data.clip_frames if options.temporal == "clip" else 1
+        self.preprocess = ImagePreprocess.from_config(config)
+        self.stats = NodeStats(window=options.latency_window)
+
+        # streaming state (receive thread)
+        self.tf = TfBuffer(map_frame=MAP_FRAME, base_frame=BASE_FRAME)
+        self.sweeps = SweepAccumulator(config.data.sweeps)
+        self.histories = {c: CameraHistory(config.data.clip_frames + 2) for c in self.cameras}
+        self.calibrations: dict[str, CameraCalibration] = {}
+        self.stamps = StampTracker(time_jump_ns=int(options.time_jump_s * 1e9))
+        self.pending: _Pending | None = None
+        self.sensor_clock_ns: int | None = None
+        self.generation = 0
+        self._camera_state = CameraStreamState.fresh(len(self.cameras))
+        self._camera_generation = 0
+
+        # topics
+        self.lidar_topic = lidar_topic(LIDAR_CHANNEL)
+        self._kinds: dict[str, tuple[str, str | None]] = {
+            TF_STATIC_TOPIC: ("tf_static", None),
+            TF_TOPIC: ("tf", None),
+            RESET_TOPIC: ("reset", None),
+            self.lidar_topic: ("cloud", None),
+        }
+        for c in self.cameras:
+            self._kinds[camera_info_topic(c)] = ("camera_info", c)
+            self._kinds[image_topic(c)] = ("image", c)
+        types = {"tf_static": TF_MESSAGE, "tf": TF_MESSAGE, "reset": EMPTY, "cloud": POINTCLOUD2,
+                 "camera_info": CAMERA_INFO, "image": COMPRESSED_IMAGE}  # fmt: skip
+        # Deep enough to absorb a burst (1 s of clouds): receiving is cheap (images stay
+        # encoded), and stale clouds are dropped, and counted, at the model's entry instead.
+        depth = {"tf_static": 1, "tf": 200, "reset": 5, "cloud": 20, "camera_info": 24,
+                 "image": 24}  # fmt: skip
+        self._order = {"tf_static": 0, "reset": 1, "tf": 2, "camera_info": 3, "image": 4,
+                       "cloud": 5}  # fmt: skip
+        self._subscriptions = [
+            transport.subscribe(
+                topic,
+                types[kind],
+                depth=depth[kind],
+                reliable=kind in ("tf_static", "reset"),
+                transient_local=kind == "tf_static",
+            )
+            for topic, (kind, _) in self._kinds.items()
+        ]
+        self._publishers = {
+            OBJECTS_TOPIC: transport.publisher(OBJECTS_TOPIC, DETECTED_OBJECTS),
+            DETECTIONS_TOPIC: transport.publisher(DETECTIONS_TOPIC, DETECTION3D_ARRAY),
+            MARKERS_TOPIC: transport.publisher(MARKERS_TOPIC, MARKER_ARRAY),
+            STATUS_TOPIC: transport.publisher(STATUS_TOPIC, DIAGNOSTIC_ARRAY),
+            DIAGNOSTICS_TOPIC: transport.publisher(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY),
+        }
+
+        # threads
+        self._entry = LatestSlot()
+        in_flight = options.max_in_flight if options.pipelined else 1
+        self._admission = threading.Semaphore(max(1, in_flight))
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._queues: list[queue.Queue] = []
+        self._idle = threading.Condition()  # guards handled / _in_flight
+        self._state_lock = threading.RLock()  # the streaming state (receive thread, flush)
+        self._in_flight = 0
+        self.handled = 0  # messages the receive thread finished with
+        self._last_diagnostics = time.monotonic()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def start(self) -> None:
+        if self._threads:
+            return
+        self._stop.clear()
+        run = [("receive", self._receive_loop)]
+        if self.options.pipelined:
+            self._queues = [queue.Queue(maxsize=1) for _ in range(4)]
+            q0, q1, q2, q3 = self._queues
+            run += [
+                ("preprocess", lambda: self._stage_loop(None, q0, self._run_preprocess)),
+                ("camera", lambda: self._stage_loop(q0, q1, self._run_camera)),
+                ("lidar", lambda: self._stage_loop(q1, q2, self._run_lidar)),
+                ("fuse_head", lambda: self._stage_loop(q2, q3, self._run_fuse_head)),
+                ("publish", lambda: self._stage_loop(q3, None, self._run_publish)),
+            ]
+        else:
+            run.append(("model", lambda: self._stage_loop(None, None, self._run_all)))
+        for name, target in run:
+            thread = threading.Thread(target=target, name=f"node-{name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self._threads.clear()
+
+    def __enter__(self) -> PerceptionNode:
+        self.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def wait_idle(self, handled: int, timeout_s: float = 30.0) -> bool:
+        """Blocks until the receive thread has handled `handled` messages and no cloud is in
+        the model stages (a cloud waiting for cameras does not count)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self.handled < handled or self._in_flight > 0:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(min(left, 0.05))
+        return True
+
+    def finish_pending(self) -> None:
+        """Sends a cloud still waiting for cameras to the model now (end of input)."""
+        with self._state_lock:
+            self._finalize(force=True)
+
+    def flush(self, timeout_s: float = 30.0) -> bool:
+        """`finish_pending`, then waits until the model stages are idle."""
+        with self._state_lock:
+            handled = self.handled
+            self._finalize(force=True)
+        return self.wait_idle(handled, timeout_s)
+
+    # -- receive / decode stage ----------------------------------------------------------
+
+    def _receive_loop(self) -> None:
+        subs = self._subscriptions
+        while not self._stop.is_set():
+            ready = self.transport.wait(subs, 0.02)
+            samples = [r for s in ready for r in s.take()]
+            # publish order (a bag loop's old and new messages must not swap: a stray old
+            # stamp after the jump would reset the state again), TF first among equals
+            samples.sort(key=lambda r: (r.source_time_ns, self._order[self._kinds[r.topic][0]]))
+            for received in samples:
+                self.handle(received)
+            with self._state_lock:
+                if self.pending is not None and self.options.wall_timeout:
+                    if time.monotonic() - self.pending.arrival > self.options.camera_wait_s:
+                        self._finalize(force=True)
+            now = time.monotonic()
+            if now - self._last_diagnostics >= self.options.diagnostics_period_s:
+                self._last_diagnostics = now
+                self.publish_diagnostics()
+
+    def handle(self, received: Any) -> None:
+        """Decodes, validates and applies one received message (the decode stage). Bad input
+        is rejected: logged, counted by reason, otherwise ignored."""
+        kind, camera = self._kinds[received.topic]
+        start = time.perf_counter()
+        with self._state_lock:
+            try:
+                with self.stats.lock:
+                    self.stats.received[received.topic] += 1
+                if self.recorder is not None:
+                    self.recorder.write(
+                        received.topic, received.msgtype, received.cdr, received.receive_time_ns
+                    )
+                message = received.message()
+                getattr(self, f"_on_{kind}")(received, message, camera, start)
+            except InvalidMessage as exc:
+                self._reject(exc.reason, str(exc))
+            except DecodeError as exc:
+                self._reject(UNDECODABLE, str(exc))
+            except MissingTransform as exc:
+                self._reject(MISSING_TRANSFORM, f"topic {received.topic}: {exc}")
+            except Exception as exc:  # anything else a message triggers must not stop the node
+                log.exception("topic %s: failed to handle a message", received.topic)
+                self._reject(INTERNAL_ERROR, f"topic {received.topic}: {exc!r}")
+            finally:
+                with self._idle:
+                    self.handled += 1
+                    self._idle.notify_all()
+
+    def _reject(self, reason: str, text: str) -> None:
+        with self.stats.lock:
+            self.stats.rejected[reason] += 1
+            n = self.stats.rejected[reason]
+        if n <= 10 or n % 100 == 0:  # a broken sensor must not flood the log
+            log.warning("rejected (%s, %d so far): %s", reason, n, text)
+
+    def _check_stamp(self, topic: str, stamp_ns: int) -> None:
+        if self.stamps.check(topic, stamp_ns) == "time_jump":
+            self.reset("time_jump")
+            self.stamps.check(topic, stamp_ns)  # `reset` emptied the tracker
+        if self.sensor_clock_ns is None or stamp_ns > self.sensor_clock_ns:
+            self.sensor_clock_ns = stamp_ns
+
+    def reset(self, cause: str) -> None:
+        """Forgets the streaming state (sweeps, camera frames, TSM caches, ego poses)."""
+        self.sweeps.reset()
+        for history in self.histories.values():
+            history.reset()
+        self.tf.reset()
+        self.stamps.reset()
+        self.sensor_clock_ns = None
+        self.generation += 1
+        with self.stats.lock:
+            self.stats.resets[cause] += 1
+            if self.pending is not None:
+                self.stats.dropped[DROP_RESET] += 1
+        self.pending = None
+        waiting = self._entry.take_waiting()
+        if waiting is not None:
+            self._job_done(dropped=DROP_RESET)
+        log.info("state reset (%s)", cause)
+
+    def _on_reset(self, received, message, camera, start) -> None:
+        self.reset("reset_topic")
+
+    def _on_tf_static(self, received, message, camera, start) -> None:
+        self.tf.add(tf_message_to_transforms(message, topic=received.topic), static=True)
+
+    def _on_tf(self, received, message, camera, start) -> None:
+        transforms = tf_message_to_transforms(message, topic=received.topic)
+        for t in transforms:
+            self._check_stamp(f"{received.topic}:{t.parent}->{t.child}", t.stamp_ns)
+        self.tf.add(transforms, static=False)
+
+    def _known_frames(self) -> set[str] | None:
+        return self.tf.known_frames if self.tf.static else None
+
+    def _on_camera_info(self, received, message, camera, start) -> None:
+        calib = camera_info_to_calibration(
+            message, topic=received.topic, known_frames=self._known_frames()
+        )
+        self._check_stamp(received.topic, stamp_to_ns(message.header.stamp))
+        self.calibrations[camera] = calib
+
+    def _on_image(self, received, message, camera, start) -> None:
+        check_frame(received.topic, message.header.frame_id, self._known_frames())
+        calib = self.calibrations.get(camera)
+        check_encoded_image(
+            message, topic=received.topic, expected_size=None if calib is None else calib.size
+        )
+        stamp = stamp_to_ns(message.header.stamp)
+        self._check_stamp(received.topic, stamp)
+        self.histories[camera].add(stamp, message, received.receive_time_ns)
+        self._finalize()
+
+    def _on_cloud(self, received, message, camera, start) -> None:
+        cloud = pointcloud2_to_points(
+            message,
+            topic=received.topic,
+            max_points=self.options.max_points,
+            nonfinite=self.options.nonfinite,
+            known_frames=self._known_frames(),
+        )
+        lidar_to_map = self.tf.sensor_to_map(cloud.frame_id, cloud.stamp_ns)
+        self._check_stamp(received.topic, cloud.stamp_ns)
+        if self.tf.static and cloud.frame_id not in self.tf.static:
+            raise MissingTransform(f"no static transform {BASE_FRAME} -> {cloud.frame_id}")
+        lidar_to_map = self.tf.sensor_to_map(cloud.frame_id, cloud.stamp_ns)  # after a reset
+        if cloud.dropped_nonfinite:
+            with self.stats.lock:
+                self.stats.nonfinite_points += cloud.dropped_nonfinite
+        sweep = Sweep(cloud.stamp_ns, cloud.points[:, :4], lidar_to_map)
+        earlier = self.sweeps.add(sweep)
+        self._finalize(force=True)  # a newer cloud ends the previous one's wait
+        process = self.options.process
+        if process is not None and not process(cloud.stamp_ns):
+            return
+        self.pending = _Pending(
+            sweep,
+            earlier,
+            cloud.frame_id,
+            received.receive_time_ns,
+            time.monotonic(),
+            1e3 * (time.perf_counter() - start),
+        )
+        self._finalize()
+
+    # -- sync ----------------------------------------------------------------------------
+
+    def _finalize(self, force: bool = False) -> None:
+        """Sends the pending cloud to the model once every live camera has an image at or
+        after its stamp, the camera wait is over, or `force`."""
+        p = self.pending
+        if p is None:
+            return
+        max_delay = int(self.options.max_camera_delay_s * 1e9)
+        if not force:
+            waiting = False
+            for c in self.cameras:
+                latest = self.histories[c].latest
+                live = latest is not None and p.stamp_ns - latest.stamp_ns <= max_delay
+                if live and latest.stamp_ns < p.stamp_ns:
+                    waiting = True
+            wait_ns = int(self.options.camera_wait_s * 1e9)
+            if waiting and self.sensor_clock_ns <= p.stamp_ns + wait_ns:
+                return
+        self.pending = None
+        sync_ms = 1e3 * (time.monotonic() - p.arrival)
+        try:
+            job = self._build_job(p)
+        except MissingTransform as exc:
+            self._reject(MISSING_TRANSFORM, f"cloud {p.stamp_ns}: {exc}")
+            return
+        job.times_ms["receive"] = p.receive_ms
+        job.times_ms["sync_wait"] = sync_ms
+        with self._idle:
+            self._in_flight += 1
+        replaced = self._entry.put(job)
+        if replaced is not None:
+            self._job_done(dropped=DROP_STALE)
+
+    def _build_job(self, p: _Pending) -> Job:
+        """Chooses each camera's frame and clip and computes the geometry (cheap; the
+        receive thread does it). Decoding and the merge happen on the pre-process stage."""
+        n, T = len(self.cameras), self.clip_frames
+        max_delay = int(self.options.max_camera_delay_s * 1e9)
+        map_to_lidar = np.linalg.inv(p.sweep.sensor_to_map)
+        lidar_from_ego = np.linalg.inv(self.tf.sensor_to_ego(p.frame_id))
+        intrinsics = np.tile(np.eye(3, dtype=np.float32), (n, 1, 1))
+        camera_to_lidar = np.tile(np.eye(4, dtype=np.float32), (n, T, 1, 1))
+        time_lag = np.zeros((n, T), np.float32)
+        image_aug = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
+        clips: list = [None] * n
+        for c, name in enumerate(self.cameras):
+            calib = self.calibrations.get(name)
+            frame_id = self.camera_frames[name]
+            if calib is not None:
+                intrinsics[c] = calib.intrinsics
+                image_aug[c] = self.preprocess.matrix(calib.width, calib.height)
+            if frame_id in self.tf.static:
+                mount = lidar_from_ego @ self.tf.sensor_to_ego(frame_id)  # static extrinsics
+                camera_to_lidar[c, :] = mount  # kept if the camera is masked
+            history = self.histories[name]
+            frame = history.nearest(p.stamp_ns, max_delay) if calib is not None else None
+            if frame is None or frame_id not in self.tf.static:
+                continue
+            # the dataset's clip; stream mode puts only its last frame in the batch (and uses
+            # the earlier ones if its TSM cache must be rebuilt)
+            clip = history.clip(frame, self.config.data.clip_frames)
+            try:
+                extrinsics = [
+                    map_to_lidar @ self.tf.sensor_to_map(frame_id, f.stamp_ns)
+                    if self.options.camera_motion
+                    else mount
+                    for f in clip[-T:]
+                ]
+            except MissingTransform:
+                continue
+            for j, (f, extrinsic) in enumerate(zip(clip[-T:], extrinsics)):
+                camera_to_lidar[c, j] = extrinsic
+                time_lag[c, j] = (p.stamp_ns - f.stamp_ns) * 1e-9
+            clips[c] = clip
+        geometry = {
+            "intrinsics": intrinsics,
+            "camera_to_lidar": camera_to_lidar,
+            "camera_time_lag": time_lag,
+            "image_aug": image_aug,
+            "lidar_to_ego": self.tf.sensor_to_ego(p.frame_id),
+            "ego_to_global": self.tf.ego_pose(p.stamp_ns),
+        }
+        return Job(p.stamp_ns, p.frame_id, p, geometry, clips, self.generation)
+
+    # -- model stages --------------------------------------------------------------------
+
+    def _job_done(self, job: Job | None = None, dropped: str | None = None) -> None:
+        if job is not None and job.admitted:
+            self._admission.release()
+        if dropped is not None:
+            with self.stats.lock:
+                self.stats.dropped[dropped] += 1
+        with self._idle:
+            self._in_flight -= 1
+            self._idle.notify_all()
+
+    def _stage_loop(self, source: queue.Queue | None, sink: queue.Queue | None, work) -> None:
+        with torch.inference_mode():
+            while not self._stop.is_set():
+                if source is None:
+                    # at most `max_in_flight` clouds inside the stages: more would only wait
+                    # in the queues between them (latency), the entry drops them instead
+                    if not self._admission.acquire(timeout=0.05):
+                        continue
+                    job = self._entry.get(0.05)
+                    if job is None:
+                        self._admission.release()
+                        continue
+                    job.admitted = True
+                else:
+                    try:
+                        job = source.get(timeout=0.05)
+                    except queue.Empty:
+                        continue
+                if job is None:
+                    continue
+                try:
+                    work(job)
+                except Exception:  # a failing frame must not kill the node
+                    log.exception("model stage failed on cloud %d", job.stamp_ns)
+                    self._job_done(job, dropped="stage_error")
+                    continue
+                if sink is None:
+                    continue
+                while not self._stop.is_set():
+                    try:
+                        sink.put(job, timeout=0.05)
+                        break
+                    except queue.Full:
+                        continue
+
+    def _timed(self, job: Job, stage: str, fn, *args):
+        start = time.perf_counter()
+        out = fn(*args)
+        job.times_ms[stage] = 1e3 * (time.perf_counter() - start)
+        return out
+
+    def _decode_image(self, message: Any) -> np.ndarray:
+        topic = f"/{message.header.frame_id}/image/compressed"
+        return self.preprocess(compressed_image_to_rgb(message, topic=topic))
+
+    def _preprocess(self, job: Job) -> None:
+        p = job.pending
+        points = merge_sweeps(p.sweep, p.earlier, self.sweeps.max_age_ns)
+        points = points_in_range(points, self.config.data.point_range)
+        n, T = len(self.cameras), self.clip_frames
+        W, H = self.preprocess.size
+        images = np.zeros((n, T, 3, H, W), np.uint8)
+        mask = np.zeros(n, bool)
+        job.frames = [None] * n
+        for c, clip in enumerate(job.clips):
+            if clip is None:
+                continue
+            try:
+                for j, f in enumerate(clip[-T:]):
+                    images[c, j] = f.decoded(self._decode_image)
+            except InvalidMessage as exc:  # passed the header checks, failed to decode
+                self._reject(exc.reason, str(exc))
+                job.clips[c] = None
+                continue
+            mask[c] = True
+            job.frames[c] = clip[-1]
+        job.batch = make_batch(
+            token=str(job.stamp_ns),
+            points=points,
+            images=images,
+            camera_names=self.cameras,
+            camera_mask=mask,
+            **job.geometry,
+        )
+        job.masked = tuple(name for name, m in zip(self.cameras, mask) if not m)
+
+    def _run_preprocess(self, job: Job) -> None:
+        self._timed(job, "preprocess", self._preprocess, job)
+
+    def _run_camera(self, job: Job) -> None:
+        if self.options.temporal == "clip":
+            job.camera_bev = self._timed(job, "camera", self.stages.camera_clip, job.batch)
+            return
+        if job.generation != self._camera_generation:
+            self._camera_state = CameraStreamState.fresh(len(self.cameras))
+            self._camera_generation = job.generation
+        state = self._camera_state
+        gaps, passes = state.gaps, state.passes
+        job.camera_bev = self._timed(
+            job,
+            "camera",
+            self.stages.camera_stream,
+            job.batch,
+            job.clips,
+            state,
+            self._decode_image,
+        )
+        job.tsm_gaps = state.gaps - gaps
+        with self.stats.lock:
+            self.stats.tsm_gaps += state.gaps - gaps
+            self.stats.backbone_passes += state.passes - passes
+
+    def _run_lidar(self, job: Job) -> None:
+        job.lidar_bev, voxelize_s = self._timed(job, "lidar", self.stages.lidar, job.batch)
+        job.times_ms["voxelize"] = 1e3 * voxelize_s
+
+    def _run_fuse_head(self, job: Job) -> None:
+        job.detections = self._timed(
+            job, "fuse_head", self.stages.fuse_head, job.batch, job.camera_bev, job.lidar_bev
+        )
+
+    def _run_publish(self, job: Job) -> None:
+        start = time.perf_counter()
+        self._publish(job)
+        job.times_ms["publish"] = 1e3 * (time.perf_counter() - start)
+        now = time.time_ns()
+        job.times_ms["receive_to_publish"] = (now - job.receive_ns) / 1e6
+        if abs(now - job.stamp_ns) < STAMP_CLOCK_WINDOW_NS:  # live sensors, not an old bag
+            job.times_ms["stamp_to_publish"] = (now - job.stamp_ns) / 1e6
+        for stage, ms in job.times_ms.items():
+            self.stats.add_latency(stage, ms)
+        with self.stats.lock:
+            self.stats.processed += 1
+            if job.degraded:
+                self.stats.degraded += 1
+                self.stats.masked.update(job.masked)
+        if self.on_result is not None:
+            self.on_result(job)
+        job.camera_bev = job.lidar_bev = None
+        job.pending = job.clips = None  # keep no raw sensor data alive
+        self._job_done(job)
+
+    def _run_all(self, job: Job) -> None:
+        self._run_preprocess(job)
+        self._run_camera(job)
+        self._run_lidar(job)
+        self._run_fuse_head(job)
+        self._run_publish(job)
+
+    # -- output --------------------------------------------------------------------------
+
+    def _send(self, topic: str, message: Any) -> None:
+        cdr = serialize(message)
+        self._publishers[topic].publish_cdr(cdr)
+        if self.recorder is not None:
+            self.recorder.write(topic, message.__msgtype__, cdr, time.time_ns())
+
+    def _publish(self, job: Job) -> None:
+        dets, frame, stamp = job.detections, job.frame_id, job.stamp_ns
+        self._send(
+            OBJECTS_TOPIC, detections_to_detected_objects(dets, frame_id=frame, stamp_ns=stamp)
+        )
+        self._send(
+            DETECTIONS_TOPIC, detections_to_detection3d_array(dets, frame_id=frame, stamp_ns=stamp)
+        )
+        self._send(MARKERS_TOPIC, detections_to_marker_array(dets, frame_id=frame, stamp_ns=stamp))
+        values = {
+            "stamp_ns": stamp,
+            "objects": len(dets),
+            "points": int(len(job.batch.points)),
+            "masked_cameras": ",".join(job.masked),
+            "tsm_gaps": job.tsm_gaps,
+            **{f"{k}_ms": round(v, 3) for k, v in job.times_ms.items()},
+        }
+        text = "degraded: cameras masked " + ",".join(job.masked) if job.degraded else "ok"
+        self._send(
+            STATUS_TOPIC,
+            diagnostic_array(
+                stamp, [("bevfusion/frame", 1 if job.degraded else 0, text, values)], frame
+            ),
+        )
+
+    def publish_diagnostics(self) -> dict[str, Any]:
+        """Publishes (and returns) the aggregate diagnostics; prints them if asked."""
+        summary = self.stats.summary()
+        values: dict[str, Any] = {
+            "processed": summary["processed"],
+            "degraded": summary["degraded"],
+            "clouds_received": summary["received"].get(self.lidar_topic, 0),
+            "nonfinite_points": summary["nonfinite_points"],
+            "tsm_gaps": summary["tsm_gaps"],
+        }
+        values.update({f"dropped/{k}": v for k, v in summary["dropped"].items()})
+        values.update({f"rejected/{k}": v for k, v in summary["rejected"].items()})
+        values.update({f"resets/{k}": v for k, v in summary["resets"].items()})
+        for stage, p in summary["latency_ms"].items():
+            values[f"latency/{stage}/p50_ms"] = round(p["p50"], 2)
+            values[f"latency/{stage}/p99_ms"] = round(p["p99"], 2)
+        bad = summary["dropped"] or summary["rejected"] or summary["degraded"]
+        stamp = self.sensor_clock_ns or 0
+        self._send(
+            DIAGNOSTICS_TOPIC,
+            diagnostic_array(
+                stamp, [("bevfusion/node", 1 if bad else 0, "degraded" if bad else "ok", values)]
+            ),
+        )
+        if self.options.print_diagnostics:
+            e2e = summary["latency_ms"].get("receive_to_publish", {})
+            print(
+                f"[node] processed {summary['processed']} degraded {summary['degraded']} "
+                f"dropped {summary['dropped']} rejected {summary['rejected']} "
+                f"latency p50 {e2e.get('p50', math.nan):.1f} ms p99 {e2e.get('p99', math.nan):.1f}"
+                " ms",
+                flush=True,
+            )
+        return summary
+
+
+def encoded_image_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF or a PNG's IHDR header, None if not found."""
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
+        return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    i = 2
+    while i + 4 <= len(raw):
+        if raw[i] != 0xFF:
+            return None
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(raw[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(raw):
+                return None
+            return int.from_bytes(raw[i + 7 : i + 9], "big"), int.from_bytes(
+                raw[i + 5 : i + 7], "big"
+            )
+        i += 2 + length
+    return None
+
+
+def check_encoded_image(message: Any, *, topic: str, expected_size: tuple[int, int] | None) -> None:
+    """The cheap checks of a CompressedImage at arrival, without decoding it: a JPEG with both
+    end markers or a PNG signature, and a header size equal to `expected_size` (width, height).
+    Raises `InvalidMessage` (`corrupt_image`, `image_size`)."""
+    raw = np.asarray(message.data, np.uint8).tobytes()
+    if raw[:3] == b"\xff\xd8\xff":
+        if not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise InvalidMessage(
+                topic, "data", "corrupt_image", f"JPEG of {len(raw)} bytes has no end marker"
+            )
+    elif raw[:8] != b"\x89PNG\r\n\x1a\n":
+        raise InvalidMessage(
+            topic, "data", "corrupt_image", f"{len(raw)} bytes are neither JPEG nor PNG"
+        )
+    size = encoded_image_size(raw)
+    if size is None:
+        raise InvalidMessage(topic, "data", "corrupt_image", "no image size in the header")
+    if expected_size is not None and size != tuple(expected_size):
+        raise InvalidMessage(
+            topic,
+            "data",
+            "image_size",
+            f"image is {size[0]}x{size[1]}, CameraInfo says {expected_size[0]}x{expected_size[1]}",
+        )
+
+
+def diagnostic_array(
+    stamp_ns: int, statuses: Sequence[tuple[str, int, str, dict[str, Any]]], frame_id: str = ""
+) -> Any:
+    """diagnostic_msgs/DiagnosticArray of `(name, level, message, values)` statuses."""
+    status = msg_class("diagnostic_msgs/msg/DiagnosticStatus")
+    key_value = msg_class("diagnostic_msgs/msg/KeyValue")
+    return msg_class(DIAGNOSTIC_ARRAY)(
+        header=header(frame_id, stamp_ns),
+        status=[
+            status(
+                level=level,
+                name=name,
+                message=message,
+                hardware_id="perception_node",
+                values=[key_value(key=str(k), value=str(v)) for k, v in values.items()],
+            )
+            for name, level, message, values in statuses
+        ],
+    )
+
+
+def diagnostic_values(message: Any) -> dict[str, str]:
+    """The key/values of the first status of a DiagnosticArray."""
+    return {kv.key: kv.value for kv in message.status[0].values}
+
+
+def replay_into_node(
+    bag: str | Path,
+    node: PerceptionNode,
+    transport: Any,
+    *,
+    topics: Sequence[str] | None = None,
+    timeout_s: float = 60.0,
+    limit: int | None = None,
+) -> int:
+    """Feeds a bag's messages to a running node in bag order, waiting after each until the node
+    has handled it and finished every cloud it sent to the model: deterministic (no drops, no
+    wall-clock effects if the node's `wall_timeout` is off). Returns the messages fed."""
+    from .bag import bag_topics, read_bag
+
+    available = bag_topics(bag)
+    chosen = [t for t in (topics or sorted(available)) if t in node._kinds]
+    publishers = {
+        t: transport.publisher(t, available[t][0], transient_local=t == TF_STATIC_TOPIC)
+        for t in chosen
+    }
+    fed = node.handled
+    for i, (topic, _, _, cdr) in enumerate(read_bag(bag, chosen)):
+        if limit is not None and i >= limit:
+            break
+        publishers[topic].publish_cdr(cdr)
+        fed += 1
+        if not node.wait_idle(fed, timeout_s):
+            raise TimeoutError(f"the node did not finish message {i} ({topic}) in {timeout_s} s")
+    if not node.flush(timeout_s):
+        raise TimeoutError(f"the node did not finish its last cloud in {timeout_s} s")
+    return fed
+
+
+def load_node_model(config: ExperimentConfig, checkpoint: str | Path | None) -> nn.Module:
+    """The config's model with the checkpoint's weights (random init when None)."""
+    if checkpoint is None:
+        from perception.models.builder import build_model
+
+        torch.manual_seed(config.seed)
+        return build_model(config).eval()
+    from perception.evaluation.runner import load_model
+
+    model, _ = load_model(config, checkpoint)
+    return model.eval()
+
+
+def summary_json(stats: NodeStats) -> str:
+    return json.dumps(stats.summary(), indent=1, sort_keys=True)

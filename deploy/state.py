@@ -1,0 +1,240 @@
+"""The node's streaming state, kept between LiDAR clouds: the TF tree (ego poses and sensor
+mounts), the LiDAR sweep history merged into each new cloud, and each camera's recent frames.
+
+All of it is plain per-instance state (one node owns one of each); `reset()` forgets what a
+time jump or a reset request invalidates (the sensor mounts on `/tf_static` are kept).
+
+Frames: `map` (world), `base_link` (ego), sensor frames (`lidar_top`, `cam_front`, ...), as
+`deploy/bag.py` writes them. Matrices are 4x4 float64 `parent <- child` (tf2's convention).
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .convert import StampedTransform, matrix_to_quaternion, quaternion_to_matrix
+
+# Earlier sweeps' points this close to the sensor hit the ego vehicle (the dataset's rule).
+EGO_RADIUS_M = 1.0
+
+
+class MissingTransform(LookupError):
+    """No transform for a frame at a stamp (TF not received yet, or too far from any pose)."""
+
+
+def _interpolate(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
+    """Rigid transform `w` of the way from `a` to `b` (linear translation, quaternion slerp)."""
+    qa = np.array(matrix_to_quaternion(a[:3, :3]))
+    qb = np.array(matrix_to_quaternion(b[:3, :3]))
+    dot = float(qa @ qb)
+    if dot < 0:
+        qb, dot = -qb, -dot
+    if dot > 0.9995:
+        q = qa + w * (qb - qa)
+    else:
+        theta = np.arccos(dot)
+        q = (np.sin((1 - w) * theta) * qa + np.sin(w * theta) * qb) / np.sin(theta)
+    m = np.eye(4)
+    m[:3, :3] = quaternion_to_matrix(*q)
+    m[:3, 3] = (1 - w) * a[:3, 3] + w * b[:3, 3]
+    return m
+
+
+@dataclass
+class TfBuffer:
+    """Static sensor mounts (`base_link <- sensor`) and a time series of ego poses
+    (`map <- base_link`).
+
+    `ego_pose(stamp)` is exact at a recorded stamp, interpolated between two, and held from the
+    nearest pose up to `tolerance_ns` outside the recorded span; otherwise `MissingTransform`.
+    """
+
+    map_frame: str = "map"
+    base_frame: str = "base_link"
+    tolerance_ns: int = 100_000_000
+    max_poses: int = 2000
+    static: dict[str, np.ndarray] = field(default_factory=dict)
+    _stamps: list[int] = field(default_factory=list)
+    _poses: list[np.ndarray] = field(default_factory=list)
+
+    def add(self, transforms: list[StampedTransform], *, static: bool) -> None:
+        for t in transforms:
+            if static or t.parent == self.base_frame:
+                self.static[t.child] = t.matrix
+            elif t.parent == self.map_frame and t.child == self.base_frame:
+                i = bisect.bisect_left(self._stamps, t.stamp_ns)
+                if i < len(self._stamps) and self._stamps[i] == t.stamp_ns:
+                    self._poses[i] = t.matrix
+                    continue
+                self._stamps.insert(i, t.stamp_ns)
+                self._poses.insert(i, t.matrix)
+                if len(self._stamps) > self.max_poses:
+                    del self._stamps[0], self._poses[0]
+
+    @property
+    def known_frames(self) -> set[str]:
+        return {self.map_frame, self.base_frame, *self.static}
+
+    def ego_pose(self, stamp_ns: int) -> np.ndarray:
+        """`map <- base_link` at `stamp_ns`."""
+        stamps = self._stamps
+        if not stamps:
+            raise MissingTransform(f"no {self.map_frame} -> {self.base_frame} pose received yet")
+        i = bisect.bisect_left(stamps, stamp_ns)
+        if i < len(stamps) and stamps[i] == stamp_ns:
+            return self._poses[i]
+        if 0 < i < len(stamps):
+            w = (stamp_ns - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
+            return _interpolate(self._poses[i - 1], self._poses[i], w)
+        nearest = 0 if i == 0 else len(stamps) - 1
+        if abs(stamps[nearest] - stamp_ns) <= self.tolerance_ns:
+            return self._poses[nearest]
+        raise MissingTransform(
+            f"no ego pose within {self.tolerance_ns / 1e6:.0f} ms of {stamp_ns} ns "
+            f"(poses span {stamps[0]}..{stamps[-1]} ns)"
+        )
+
+    def sensor_to_ego(self, frame: str) -> np.ndarray:
+        if frame == self.base_frame:
+            return np.eye(4)
+        try:
+            return self.static[frame]
+        except KeyError:
+            raise MissingTransform(f"no static transform {self.base_frame} -> {frame}") from None
+
+    def sensor_to_map(self, frame: str, stamp_ns: int) -> np.ndarray:
+        return self.ego_pose(stamp_ns) @ self.sensor_to_ego(frame)
+
+    def reset(self) -> None:
+        """Forgets the ego poses (a time jump invalidates them); keeps the static mounts."""
+        self._stamps.clear()
+        self._poses.clear()
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """One accepted cloud: `points` `[N, 4]` float32 (x, y, z, intensity), sensor frame."""
+
+    stamp_ns: int
+    points: np.ndarray
+    sensor_to_map: np.ndarray  # [4, 4] float64
+
+
+def merge_sweeps(sweep: Sweep, earlier: tuple[Sweep, ...], max_age_ns: int) -> np.ndarray:
+    """`[N, 5]` float32 (x, y, z, intensity, time_lag) in `sweep`'s frame: its points with lag
+    0, then each of `earlier` (oldest first; merged newest first, as the dataset does) without
+    points within `EGO_RADIUS_M` of the sensor, moved with the ego motion between the stamps."""
+    key = sweep.points
+    parts = [np.concatenate([key[:, :4], np.zeros((len(key), 1), np.float32)], 1)]
+    map_to_key = np.linalg.inv(sweep.sensor_to_map)
+    for old in reversed(earlier):  # newest first
+        lag_ns = sweep.stamp_ns - old.stamp_ns
+        if lag_ns <= 0 or lag_ns > max_age_ns:
+            continue
+        pts = old.points[np.linalg.norm(old.points[:, :2], axis=1) > EGO_RADIUS_M]
+        m = map_to_key @ old.sensor_to_map  # old sensor -> new sensor
+        xyz = pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]
+        lag = np.full((len(pts), 1), lag_ns * 1e-9, np.float32)
+        parts.append(np.concatenate([xyz.astype(np.float32), pts[:, 3:4], lag], 1))
+    return np.concatenate(parts, 0)
+
+
+@dataclass
+class SweepAccumulator:
+    """The last `sweeps - 1` accepted clouds, merged into each new one as the dataset does
+    (`NuScenesDataset._points`, see `merge_sweeps`).
+
+    Every valid cloud enters the history, processed by the model or not, so dropping frames
+    under load does not change which sweeps later clouds merge. `add` is cheap (the receive
+    thread calls it for every cloud); the merge itself runs later, on the pre-process stage.
+    """
+
+    sweeps: int
+    max_age_ns: int = 1_000_000_000
+    history: deque = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.sweeps < 1:
+            raise ValueError(f"sweeps must be >= 1, got {self.sweeps}")
+        self.history = deque(maxlen=max(self.sweeps - 1, 1))
+
+    def add(self, sweep: Sweep) -> tuple[Sweep, ...]:
+        """Remembers `sweep`; returns the earlier sweeps to merge into it (oldest first)."""
+        earlier = tuple(self.history) if self.sweeps > 1 else ()
+        if self.sweeps > 1:
+            self.history.append(sweep)
+        return earlier
+
+    def merge(self, sweep: Sweep) -> np.ndarray:
+        """`add`, then `merge_sweeps`."""
+        return merge_sweeps(sweep, self.add(sweep), self.max_age_ns)
+
+    def reset(self) -> None:
+        self.history.clear()
+
+
+@dataclass(eq=False)
+class CameraFrame:
+    """One accepted camera image, kept encoded: it is decoded and pre-processed (test-time
+    resize/crop) only if a cloud uses it, once (`decoded`), so stale frames cost nothing.
+
+    `seq` counts the camera's frames since the last reset (consecutive frames differ by 1).
+    """
+
+    stamp_ns: int
+    seq: int
+    message: object  # the sensor_msgs/CompressedImage
+    receive_ns: int
+    _image: np.ndarray | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def decoded(self, decode) -> np.ndarray:
+        """`decode(message)` -> `[3, H, W]` uint8, computed once (raises what `decode` does)."""
+        with self._lock:
+            if self._image is None:
+                self._image = decode(self.message)
+            return self._image
+
+
+@dataclass
+class CameraHistory:
+    """The last `depth` frames of one camera (enough for a clip of T plus one newer frame)."""
+
+    depth: int
+    frames: deque = field(init=False)
+    next_seq: int = 0
+
+    def __post_init__(self) -> None:
+        self.frames = deque(maxlen=self.depth)
+
+    def add(self, stamp_ns: int, message: object, receive_ns: int) -> CameraFrame:
+        frame = CameraFrame(stamp_ns, self.next_seq, message, receive_ns)
+        self.next_seq += 1
+        self.frames.append(frame)
+        return frame
+
+    @property
+    def latest(self) -> CameraFrame | None:
+        return self.frames[-1] if self.frames else None
+
+    def nearest(self, stamp_ns: int, max_delay_ns: int) -> CameraFrame | None:
+        """The frame nearest in time to `stamp_ns`, if within `max_delay_ns`."""
+        best = min(self.frames, key=lambda f: abs(f.stamp_ns - stamp_ns), default=None)
+        if best is None or abs(best.stamp_ns - stamp_ns) > max_delay_ns:
+            return None
+        return best
+
+    def clip(self, frame: CameraFrame, length: int) -> list[CameraFrame]:
+        """`frame` and the `length - 1` frames before it, oldest first; padded at the start by
+        repeating the oldest available (the dataset's rule at a scene's start)."""
+        before = [f for f in self.frames if f.seq <= frame.seq][-length:]
+        return [before[0]] * (length - len(before)) + before
+
+    def reset(self) -> None:
+        self.frames.clear()
+        self.next_seq = 0

@@ -1,0 +1,186 @@
+"""The real-time node under replay: a bag looped at 1x, 2x, 5x real time into the node over the
+in-process transport, pipelined and sequential.
+
+Per run: clouds offered and processed per second, drop rate (clouds not processed / clouds
+received, by reason), receive-to-publish latency p50/p99 and per-stage p50, degraded frames,
+TSM gaps, and resident memory growth between the end of the warm-up and the end of the run.
+
+    from perception.benchmarks import node
+    result = node.run(bag, "configs/bevfusion_tiny.yaml", checkpoint, rates=(1, 2, 5),
+                      duration_s=60)
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+LIDAR_TOPIC = "/lidar/top"
+
+
+def rss_mb() -> float:
+    """Resident set size of this process (MB), from /proc (Linux)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def replay_run(
+    bag: str | Path,
+    model: torch.nn.Module,
+    config: Any,
+    *,
+    rate: float,
+    duration_s: float,
+    pipelined: bool,
+    temporal: str = "stream",
+    warmup_s: float = 5.0,
+    max_warmup_s: float = 60.0,
+) -> dict[str, Any]:
+    """One run: the bag looped at `rate`; a warm-up, then figures over `duration_s` (the
+    statistics restart after the warm-up)."""
+    from perception.deploy.bag import replay_bag
+    from perception.deploy.node import NodeOptions, NodeStats, PerceptionNode
+    from perception.deploy.transport import InProcessTransport
+
+    transport = InProcessTransport()
+    options = NodeOptions(pipelined=pipelined, temporal=temporal, diagnostics_period_s=1e9)
+    node = PerceptionNode(model, config, transport, options)
+    stop = threading.Event()
+    replay = threading.Thread(
+        target=replay_bag,
+        args=(bag, transport),
+        kwargs={"rate": rate, "loop": True, "should_stop": stop.is_set},
+        daemon=True,
+    )
+    with node:
+        replay.start()
+        # warm-up: `warmup_s` and at least two published clouds (first-call allocations)
+        warm_start = time.monotonic()
+        while time.monotonic() - warm_start < max_warmup_s and (
+            time.monotonic() - warm_start < warmup_s or node.stats.processed < 2
+        ):
+            time.sleep(0.1)
+        node.stats = NodeStats(window=100_000)
+        rss_start = rss_mb()
+        start = time.monotonic()
+        time.sleep(duration_s)
+        stats = node.stats.summary()
+        elapsed = time.monotonic() - start
+        rss_end = rss_mb()
+        stop.set()
+        replay.join(timeout=10)
+    transport.close()
+    received = stats["received"].get(LIDAR_TOPIC, 0)
+    dropped = sum(stats["dropped"].values())
+    latency = stats["latency_ms"]
+    e2e = latency.get("receive_to_publish", {})
+    return {
+        "rate": rate,
+        "mode": "pipelined" if pipelined else "sequential",
+        "temporal": temporal,
+        "seconds": round(elapsed, 2),
+        "clouds_received_hz": round(received / elapsed, 2),
+        "processed_hz": round(stats["processed"] / elapsed, 3),
+        "processed": stats["processed"],
+        "dropped": stats["dropped"],
+        "drop_rate": round(dropped / received, 4) if received else None,
+        "rejected": stats["rejected"],
+        "degraded": stats["degraded"],
+        "tsm_gaps": stats["tsm_gaps"],
+        "latency_p50_ms": round(e2e.get("p50", float("nan")), 1),
+        "latency_p99_ms": round(e2e.get("p99", float("nan")), 1),
+        "stage_p50_ms": {k: round(v["p50"], 1) for k, v in latency.items()},
+        "rss_start_mb": round(rss_start, 1),
+        "rss_end_mb": round(rss_end, 1),
+        "rss_growth_pct": round(100.0 * (rss_end - rss_start) / rss_start, 2),
+    }
+
+
+def run(
+    bag: str | Path,
+    config_path: str | Path,
+    checkpoint: str | Path | None,
+    *,
+    rates: Sequence[float] = (1.0, 2.0, 5.0),
+    duration_s: float = 60.0,
+    sequential_rate: float | None = 5.0,
+    warmup_s: float = 5.0,
+    threads: int = 2,
+) -> dict[str, Any]:
+    """Pipelined runs at each of `rates`, then a sequential run at `sequential_rate` (a
+    saturated input, so processed/s is the throughput) for the speedup."""
+    from perception.config import load_config
+    from perception.deploy.node import load_node_model
+
+    from .report import machine_description
+
+    torch.set_num_threads(threads)
+    config = load_config(config_path)
+    model = load_node_model(config, checkpoint)
+    runs = []
+    for rate in rates:
+        runs.append(
+            replay_run(
+                bag,
+                model,
+                config,
+                rate=rate,
+                duration_s=duration_s,
+                pipelined=True,
+                warmup_s=warmup_s,
+            )  # fmt: skip
+        )
+        print(runs[-1], flush=True)
+    result: dict[str, Any] = {
+        "kind": "perception.node-benchmark",
+        "format_version": 1,
+        "machine": machine_description("cpu"),
+        "torch_threads": threads,
+        "cpu_count": os.cpu_count(),
+        "bag": str(bag),
+        "config": str(config_path),
+        "checkpoint": str(checkpoint) if checkpoint else "random init",
+        "duration_s": duration_s,
+        "runs": runs,
+    }
+    if sequential_rate is not None:
+        sequential = replay_run(
+            bag, model, config, rate=sequential_rate, duration_s=duration_s, pipelined=False,
+            warmup_s=warmup_s,
+        )  # fmt: skip
+        print(sequential, flush=True)
+        runs.append(sequential)
+        pipelined = next((r for r in runs if r["mode"] == "pipelined" and
+                          r["rate"] == sequential_rate), None)  # fmt: skip
+        if pipelined and sequential["processed_hz"]:
+            result["pipelined_speedup"] = round(
+                pipelined["processed_hz"] / sequential["processed_hz"], 3
+            )
+    return result
+
+
+def markdown(result: dict[str, Any]) -> str:
+    """The runs as a markdown table."""
+    lines = [
+        "| rate | mode | clouds in /s | processed /s | drop rate | p50 ms | p99 ms | degraded "
+        "| RSS growth % |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['rate']}x | {r['mode']} | {r['clouds_received_hz']} | {r['processed_hz']} | "
+            f"{r['drop_rate']} | {r['latency_p50_ms']} | {r['latency_p99_ms']} | "
+            f"{r['degraded']} | {r['rss_growth_pct']} |"
+        )
+    if "pipelined_speedup" in result:
+        lines.append(f"\npipelined / sequential throughput: {result['pipelined_speedup']}x")
+    return "\n".join(lines)

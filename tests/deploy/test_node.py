@@ -1,0 +1,411 @@
+"""The node on real messages of a tiny-world bag: bad input is rejected, counted by reason and
+leaves the state alone; stale cameras are masked (degraded output); slow models drop stale
+clouds; time jumps and the reset topic reset the state; pipelined equals sequential; recording
+and diagnostics."""
+
+from __future__ import annotations
+
+import copy
+import time
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from perception.config import parse_config
+from perception.deploy.bag import read_bag, write_nuscenes_bag
+from perception.deploy.messages import deserialize, msg_class, ns_to_stamp, serialize, stamp_to_ns
+from perception.deploy.node import (
+    DIAGNOSTICS_TOPIC,
+    OBJECTS_TOPIC,
+    RESET_TOPIC,
+    STATUS_TOPIC,
+    NodeOptions,
+    PerceptionNode,
+    Recorder,
+    diagnostic_values,
+)
+from perception.deploy.transport import InProcessTransport, Received
+from perception.models.builder import build_model
+from tests.deploy.node_helpers import SCENE, node_raw
+
+LIDAR = "/lidar/top"
+
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def config(tiny_world):
+    return parse_config(node_raw(tiny_world))
+
+
+@pytest.fixture(scope="module")
+def model(config):
+    torch.manual_seed(0)
+    return build_model(config).eval()
+
+
+@pytest.fixture(scope="module")
+def messages(tiny_world, tmp_path_factory):
+    """Every message of the scene's bag: (topic, msgtype, cdr), in bag order."""
+    out = tmp_path_factory.mktemp("node_msgs") / "scene"
+    write_nuscenes_bag(tiny_world, SCENE, out)
+    return [(t, m, cdr) for t, m, _, cdr in read_bag(out)]
+
+
+def _received(topic, msgtype, cdr):
+    now = time.time_ns()
+    return Received(topic, msgtype, bytes(cdr), now, now)
+
+
+def _until_cloud(messages, n):
+    """The messages up to and including the n-th cloud, and the rest."""
+    clouds = [i for i, (t, _, _) in enumerate(messages) if t == LIDAR]
+    cut = clouds[n - 1] + 1
+    return messages[:cut], messages[cut:]
+
+
+def _feed(node, items):
+    """Hands messages to the node's decode stage directly (no transport, no threads)."""
+    for topic, msgtype, cdr in items:
+        node.handle(_received(topic, msgtype, cdr))
+
+
+def _publish(node, items):
+    """Publishes messages on the node's transport one by one, each waited for."""
+    publishers, fed = {}, node.handled
+    for topic, msgtype, cdr in items:
+        publishers.setdefault(topic, node.transport.publisher(topic, msgtype)).publish_cdr(cdr)
+        fed += 1
+        assert node.wait_idle(fed, 30)
+    assert node.flush(30)
+
+
+def _edit(cdr, msgtype, change):
+    msg = copy.deepcopy(deserialize(cdr, msgtype))
+    change(msg)
+    return serialize(msg, msgtype)
+
+
+def _node(model, config, **options):
+    options = {"pipelined": False, "wall_timeout": False, "process": lambda s: False, **options}
+    return PerceptionNode(model, config, InProcessTransport(), NodeOptions(**options))
+
+
+def _fields(names):
+    def change(msg):
+        msg.fields = [f for f in msg.fields if f.name not in names]
+
+    return change
+
+
+def _set(**values):
+    def change(msg):
+        for key, value in values.items():
+            setattr(msg, key, value)
+
+    return change
+
+
+def _truncate(msg):
+    msg.data = msg.data[:-7]
+
+
+def _nan(msg):
+    data = msg.data.copy()
+    data[:4] = np.array([np.nan], np.float32).view(np.uint8)  # x of the first point
+    msg.data = data
+
+
+def _tenfold(msg):
+    msg.data = np.tile(msg.data, 10)
+    msg.width = msg.width * 10
+    msg.row_step = msg.row_step * 10
+
+
+def _frame(frame_id):
+    def change(msg):
+        msg.header.frame_id = frame_id
+
+    return change
+
+
+def _shift_stamp(delta_ns):
+    def change(msg):
+        msg.header.stamp = ns_to_stamp(stamp_to_ns(msg.header.stamp) + delta_ns)
+
+    return change
+
+
+BAD_CLOUDS = {
+    "missing_field": _fields({"z"}),
+    "point_step": _set(point_step=10),
+    "truncated": _truncate,
+    "big_endian": _set(is_bigendian=True),
+    "too_large": _tenfold,
+    "unknown_frame": _frame("lidar_bogus"),
+    "missing_transform": _shift_stamp(30 * 10**9),  # far from any ego pose
+    "out_of_order": _shift_stamp(-60_000_000),  # before the previous cloud
+    "duplicate_stamp": _shift_stamp(-50_000_000),  # sentinel: replaced by the last stamp
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_CLOUDS))
+def test_bad_cloud_is_rejected_counted_and_keeps_state(model, config, messages, reason):
+    head, rest = _until_cloud(messages, 3)
+    between, rest = _until_cloud(rest, 1)
+    *between, cloud = between  # the TF and images before the next cloud, then the cloud
+    width = deserialize(cloud[2], cloud[1]).width
+    node = _node(model, config, max_points=3 * width)  # a 10x cloud is junk
+    _feed(node, head + between)
+    history = list(node.sweeps.history)
+    assert len(history) == 2
+    edit = BAD_CLOUDS[reason]
+    if reason == "duplicate_stamp":
+        edit = _shift_stamp(history[-1].stamp_ns - _stamp(cloud[2], cloud[1]))
+    node.handle(_received(LIDAR, cloud[1], _edit(cloud[2], cloud[1], edit)))
+    assert node.stats.rejected == {reason: 1}
+    assert list(node.sweeps.history) == history  # state kept
+    _feed(node, [cloud])  # the node carries on: the good cloud is accepted
+    assert node.sweeps.history[-1].stamp_ns == _stamp(cloud[2], cloud[1])
+    assert node.stats.rejected == {reason: 1}
+
+
+def test_nonfinite_points_dropped_by_default_rejected_on_request(model, config, messages):
+    head, rest = _until_cloud(messages, 2)
+    cloud = next(m for m in rest if m[0] == LIDAR)
+    bad = _edit(cloud[2], cloud[1], _nan)
+    dropping = _node(model, config)
+    _feed(dropping, head)
+    dropping.handle(_received(LIDAR, cloud[1], bad))
+    assert dropping.stats.rejected == {} and dropping.stats.nonfinite_points == 1
+    rejecting = _node(model, config, nonfinite="reject")
+    _feed(rejecting, head)
+    rejecting.handle(_received(LIDAR, cloud[1], bad))
+    assert rejecting.stats.rejected == {"non_finite": 1}
+
+
+def _corrupt_jpeg(msg):
+    msg.data = msg.data[: len(msg.data) // 2]
+
+
+def _small_jpeg(msg):
+    ok, jpg = cv2.imencode(".jpg", np.zeros((20, 30, 3), np.uint8))
+    msg.data = jpg.reshape(-1)
+
+
+BAD_IMAGES = {
+    "corrupt_image": _corrupt_jpeg,
+    "image_size": _small_jpeg,
+    "unknown_frame": _frame("cam_bogus"),
+    "duplicate_stamp": None,
+}
+
+
+@pytest.mark.parametrize("reason", sorted(BAD_IMAGES))
+def test_bad_image_is_rejected_counted_and_keeps_state(model, config, messages, reason):
+    head, rest = _until_cloud(messages, 2)
+    node = _node(model, config)
+    _feed(node, head)
+    topic, msgtype, cdr = next(m for m in rest if m[0] == "/cam_front/image/compressed")
+    info = next(m for m in rest if m[0] == "/cam_front/camera_info")
+    _feed(node, [info])
+    before = list(node.histories["CAM_FRONT"].frames)
+    if reason == "duplicate_stamp":
+        bad = _edit(cdr, msgtype, _shift_stamp(before[-1].stamp_ns - _stamp(cdr, msgtype)))
+    else:
+        bad = _edit(cdr, msgtype, BAD_IMAGES[reason])
+    node.handle(_received(topic, msgtype, bad))
+    assert node.stats.rejected == {reason: 1}
+    assert list(node.histories["CAM_FRONT"].frames) == before
+    node.handle(_received(topic, msgtype, cdr))
+    assert node.histories["CAM_FRONT"].latest.stamp_ns == _stamp(cdr, msgtype)
+
+
+def _stamp(cdr, msgtype):
+    return stamp_to_ns(deserialize(cdr, msgtype).header.stamp)
+
+
+def test_undecodable_bytes_are_rejected(model, config, messages):
+    node = _node(model, config)
+    node.handle(_received(LIDAR, "sensor_msgs/msg/PointCloud2", b"\x00\x01\x00\x00\x05"))
+    assert node.stats.rejected == {"undecodable": 1}
+
+
+def test_a_dead_camera_is_masked_without_waiting(model, config, messages):
+    """No CAM_BACK images at all: its clouds go to the model at once with CAM_BACK masked,
+    and the status says degraded."""
+    jobs = []
+    node = _node(model, config, process=None)
+    node.on_result = jobs.append
+    head, _ = _until_cloud(messages, 4)
+    kept = [m for m in head if m[0] != "/cam_back/image/compressed"]
+    transport = node.transport
+    status = transport.subscribe(STATUS_TOPIC, "diagnostic_msgs/msg/DiagnosticArray", depth=50)
+    with node:
+        _publish(node, kept)
+    with_cameras = [j for j in jobs if len(j.masked) < 6]
+    assert with_cameras, "some clouds saw camera images"
+    assert all("CAM_BACK" in j.masked and j.degraded for j in jobs)
+    assert not torch.any(
+        with_cameras[-1].batch.camera_mask[0, config.data.cameras.index("CAM_BACK")]
+    )
+    statuses = [deserialize(r.cdr, r.msgtype) for r in status.take()]
+    assert len(statuses) == len(jobs)
+    assert all(s.status[0].level == 1 and "CAM_BACK" in s.status[0].message for s in statuses)
+    assert node.stats.masked["CAM_BACK"] == len(jobs)
+
+
+def test_a_camera_older_than_the_delay_is_masked(model, config, messages):
+    node = _node(model, config, process=None)
+    head, rest = _until_cloud(messages, 6)
+    # CAM_FRONT's images stop after the first one: later clouds are > 0.12 s past it
+    first = next(i for i, m in enumerate(head) if m[0] == "/cam_front/image/compressed")
+    head = [m for i, m in enumerate(head) if i <= first or m[0] != "/cam_front/image/compressed"]
+    _feed(node, head)
+    node.finish_pending()
+    job = node._entry.get(0.01)
+    node._preprocess(job)  # what the pre-process stage would do
+    assert "CAM_FRONT" in job.masked and job.frames[config.data.cameras.index("CAM_FRONT")] is None
+    assert node.pending is None
+
+
+def test_slow_model_drops_stale_clouds_and_counts_them(model, config, messages):
+    node = _node(model, config, process=None, camera_wait_s=0.0)
+    slow = node.stages.lidar
+
+    def slow_lidar(batch):
+        time.sleep(0.2)
+        return slow(batch)
+
+    node.stages.lidar = slow_lidar
+    head, _ = _until_cloud(messages, 8)
+    with node:
+        _feed(node, head)  # as fast as they decode: far faster than 5 clouds/s
+        node.flush()
+        assert node.wait_idle(node.handled, 30)
+    clouds = 8
+    assert node.stats.dropped.get("stale", 0) >= 1
+    assert node.stats.processed + node.stats.dropped["stale"] == clouds
+    assert node._in_flight == 0
+
+
+def test_time_jump_and_reset_topic_reset_the_state(model, config, messages):
+    node = _node(model, config)
+    head, _ = _until_cloud(messages, 3)
+    _feed(node, head)
+    assert len(node.sweeps.history) == 2 and node.histories["CAM_FRONT"].latest is not None
+    _feed(node, head)  # the bag again: stamps jump back 0.1 s (< 2 s): out of order, rejected
+    assert node.stats.resets == {}
+    assert node.stats.rejected.get("out_of_order", 0) > 0
+    node2 = _node(model, config, time_jump_s=0.05)
+    _feed(node2, head)
+    _feed(node2, head)  # now a jump: state reset, the replay is accepted afresh
+    assert node2.stats.resets["time_jump"] == 1
+    assert node2.stats.rejected == {}
+    assert len(node2.sweeps.history) == 2
+    node2.handle(
+        _received(RESET_TOPIC, "std_msgs/msg/Empty", serialize(msg_class("std_msgs/msg/Empty")()))
+    )
+    assert node2.stats.resets["reset_topic"] == 1
+    assert len(node2.sweeps.history) == 0 and node2.histories["CAM_FRONT"].latest is None
+    assert node2.generation == 2
+
+
+def _run_jobs(model, config, messages, **options):
+    jobs = {}
+    node = _node(model, config, process=None, **options)
+    node.on_result = lambda job: jobs.__setitem__(job.stamp_ns, job.detections)
+    head, _ = _until_cloud(messages, 5)
+    with node:
+        _publish(node, head)
+    return jobs, node
+
+
+@pytest.mark.slow
+def test_pipelined_equals_sequential_and_records(model, config, messages, tmp_path):
+    sequential, _ = _run_jobs(model, config, messages)
+    recorder = Recorder(tmp_path / "rec")
+    jobs = {}
+    node = _node(model, config, process=None, pipelined=True)
+    node.recorder = recorder
+    node.on_result = lambda job: jobs.__setitem__(job.stamp_ns, job.detections)
+    transport = node.transport
+    objects = transport.subscribe(
+        OBJECTS_TOPIC, "autoware_perception_msgs/msg/DetectedObjects", depth=50
+    )
+    diagnostics = transport.subscribe(DIAGNOSTICS_TOPIC, "diagnostic_msgs/msg/DiagnosticArray")
+    head, _ = _until_cloud(messages, 5)
+    with node:
+        _publish(node, head)
+        summary = node.publish_diagnostics()
+    recorder.close()
+    assert set(jobs) == set(sequential) and len(jobs) == 5
+    for stamp, dets in jobs.items():
+        assert torch.equal(dets.boxes.tensor, sequential[stamp].boxes.tensor)
+    published = [deserialize(r.cdr, r.msgtype) for r in objects.take()]
+    assert sorted(stamp_to_ns(m.header.stamp) for m in published) == sorted(jobs)
+    assert {m.header.frame_id for m in published} == {"lidar_top"}
+    values = diagnostic_values(
+        deserialize(diagnostics.take()[-1].cdr, "diagnostic_msgs/msg/DiagnosticArray")
+    )
+    assert values["processed"] == "5" == str(summary["processed"])
+    for stage in ("camera", "lidar", "voxelize", "fuse_head", "receive_to_publish"):
+        assert f"latency/{stage}/p99_ms" in values
+    recorded = {t for t, *_ in read_bag(tmp_path / "rec")}
+    assert {LIDAR, "/cam_front/image/compressed", OBJECTS_TOPIC, "/perception/detections",
+            "/perception/markers", STATUS_TOPIC, DIAGNOSTICS_TOPIC} <= recorded  # fmt: skip
+
+
+@pytest.mark.slow
+def test_over_dds_the_node_publishes_detections(model, config, messages, dds_domain):
+    """The same node on Cyclone DDS (loopback, a private domain): a second participant plays
+    the sensors and receives DetectedObjects stamped with the clouds' stamps."""
+    from perception.deploy.transport import DdsTransport, wait_for_match
+
+    head, _ = _until_cloud(messages, 3)
+    with DdsTransport(dds_domain) as node_side, DdsTransport(dds_domain) as sensors:
+        options = NodeOptions(pipelined=True, wall_timeout=True)
+        node = PerceptionNode(model, config, node_side, options)
+        objects = sensors.subscribe(
+            OBJECTS_TOPIC, "autoware_perception_msgs/msg/DetectedObjects", depth=10, reliable=True
+        )
+        publishers = {}
+        for topic, msgtype, _ in head:
+            if topic not in publishers:
+                publishers[topic] = sensors.publisher(
+                    topic, msgtype, transient_local=topic == "/tf_static", depth=50
+                )
+        assert wait_for_match(list(publishers.values()), 1, 10)
+        with node:
+            for topic, _, cdr in head:
+                publishers[topic].publish_cdr(cdr)
+                time.sleep(0.002)
+            deadline = time.monotonic() + 30
+            received = []
+            while len(received) < 1 and time.monotonic() < deadline:
+                sensors.wait([objects], 0.2)
+                received += [deserialize(r.cdr, r.msgtype) for r in objects.take()]
+        clouds = {_stamp(cdr, m) for t, m, cdr in head if t == LIDAR}
+        assert received and {stamp_to_ns(m.header.stamp) for m in received} <= clouds
+        assert node.stats.rejected == {}
+
+
+@pytest.mark.slow
+def test_static_camera_extrinsics_keep_the_pooling_plan_cached(model, config, messages):
+    """With ego motion between image and cloud stamps compensated (the default, as the
+    dataset) the camera geometry changes every cloud; with the static mounts it does not."""
+    cache = model.camera.view_transform.plan_cache
+    head, _ = _until_cloud(messages, 14)  # clouds with every camera present
+    counts = {}
+    for motion in (True, False):
+        cache.clear()
+        hits = cache.hits
+        node = _node(model, config, process=None, camera_motion=motion)
+        with node:
+            _publish(node, head)
+        counts[motion] = cache.hits - hits
+        assert node.stats.processed == 14
+    assert counts[False] > counts[True]
