@@ -73,6 +73,7 @@ HEAD_FIELDS: tuple[str, ...] = (
     "rotation",
     "velocity",
     "attribute",
+    "direction",
 )
 
 NOT_EXPORTED: dict[str, str] = {
@@ -156,7 +157,7 @@ def head_outputs_from_arrays(
             value = outputs.get(f"task{t}_{f}")
             return None if value is None else torch.as_tensor(value)
 
-        missing = [f for f in HEAD_FIELDS[:-1] if get(f) is None]
+        missing = [f for f in HEAD_FIELDS if f != "attribute" and get(f) is None]
         if missing:
             raise KeyError(f"task {t}: outputs lack {[f'task{t}_{f}' for f in missing]}")
         tasks.append(TaskOutput(**{f: get(f) for f in HEAD_FIELDS}))

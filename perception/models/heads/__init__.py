@@ -16,10 +16,12 @@ from .targets import (
     TaskTargets,
     build_targets,
     decode_boxes,
+    direction_targets,
     draw_gaussian,
     encode_boxes,
     gaussian_2d,
     gaussian_radius,
+    heading_from_axis,
 )
 from .tasks import NUSCENES_TASKS, CircleNMS, DetectionTask, RotatedNMS
 
@@ -40,11 +42,13 @@ __all__ = [
     "attribute_loss",
     "build_targets",
     "decode_boxes",
+    "direction_targets",
     "draw_gaussian",
     "encode_boxes",
     "gaussian_2d",
     "gaussian_radius",
     "gaussian_focal_loss",
+    "heading_from_axis",
     "undo_lidar_aug",
     "weighted_l1_loss",
 ]

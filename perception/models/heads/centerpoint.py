@@ -43,7 +43,8 @@ class LossWeights:
     heatmap: float = 1.0
     bbox: float = 0.25
     attribute: float = 0.2
-    # per REGRESSION_CHANNELS: offset (2), z, log size (3), sin/cos yaw, velocity (2)
+    direction: float = 0.2  # SECOND's weight of its direction classifier
+    # per REGRESSION_CHANNELS: offset (2), z, log size (3), sin/cos 2 yaw, v_long, v_lat
     code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 
     def __post_init__(self) -> None:
@@ -71,9 +72,12 @@ class TaskOutput:
     offset: torch.Tensor  # [B, 2, X, Y] centre offset in the cell, cells
     height: torch.Tensor  # [B, 1, X, Y] centre z, m
     size: torch.Tensor  # [B, 3, X, Y] log (w, l, h), m
-    rotation: torch.Tensor  # [B, 2, X, Y] (sin yaw, cos yaw)
-    velocity: torch.Tensor  # [B, 2, X, Y] (vx, vy), m/s
+    rotation: torch.Tensor  # [B, 2, X, Y] the axis: (sin 2 yaw, cos 2 yaw)
+    velocity: torch.Tensor  # [B, 2, X, Y] (v_long, v_lat), m/s, in the box's frame
     attribute: torch.Tensor | None  # [B, len(ATTRIBUTE_NAMES), X, Y] logits; None: no branch
+    # [B, 1, X, Y] logit of direction 1 along the axis (`targets.direction_targets`); None:
+    # direction 0 everywhere
+    direction: torch.Tensor | None = None
 
     def regression(self) -> torch.Tensor:
         """`[B, NUM_REGRESSION, X, Y]` in `REGRESSION_CHANNELS` order."""
@@ -124,6 +128,7 @@ class TaskHead(nn.Module):
         self.rotation = b(2)
         self.velocity = b(2)
         self.attribute = b(len(ATTRIBUTE_NAMES)) if with_attributes else None
+        self.direction = b(1)
 
     def forward(self, x: torch.Tensor) -> TaskOutput:
         """`[B, in_channels, X, Y]` -> `TaskOutput`."""
@@ -135,6 +140,7 @@ class TaskHead(nn.Module):
             rotation=self.rotation(x),
             velocity=self.velocity(x),
             attribute=None if self.attribute is None else self.attribute(x),
+            direction=self.direction(x),
         )
 
 
@@ -247,7 +253,9 @@ class CenterPointHead(nn.Module):
 
         Returns:
             `heatmap/task{t}` (focal, / objects), `bbox/task{t}` (code-weighted L1, / objects)
-            for every task, and `attr/task{t}` (cross-entropy) for tasks with attributes.
+            and `dir/task{t}` (binary cross-entropy of the heading's direction along its axis,
+            / objects) for every task, and `attr/task{t}` (cross-entropy) for tasks with
+            attributes.
         """
         targets = self.build_targets(gt_boxes, gt_labels, gt_attributes)
         return self.loss_from_targets(outputs, targets)
@@ -288,6 +296,14 @@ class CenterPointHead(nn.Module):
             losses[f"bbox/task{t}"] = w.bbox * weighted_l1_loss(
                 reg, tgt.regression, tgt.mask, code_weights, num_objects[t]
             )
+            if out.direction is not None:
+                logit = _gather(out.direction, tgt.indices)[..., 0]  # [B, M]
+                bce = F.binary_cross_entropy_with_logits(
+                    logit.float(), tgt.direction, reduction="none"
+                )
+                losses[f"dir/task{t}"] = (
+                    w.direction * (bce * tgt.mask.float()).sum() / num_objects[t]
+                )
             if out.attribute is not None:
                 logits = _gather(out.attribute, tgt.indices)  # [B, M, A]
                 attrs = torch.where(tgt.mask, tgt.attributes, torch.full_like(tgt.attributes, -1))
@@ -331,6 +347,9 @@ class CenterPointHead(nn.Module):
             cell = flat % (X * Y)  # [B, K] i * Y + j
             cells = torch.stack([cell // Y, cell % Y], dim=-1)  # [B, K, 2]
             reg = _gather(out.regression().float(), cell)  # [B, K, NUM_REGRESSION]
+            direction = (
+                None if out.direction is None else _gather(out.direction.float(), cell)[..., 0]
+            )  # [B, K] logits
             labels = torch.tensor(task.labels, device=heat.device)[local]  # [B, K] global
             if out.attribute is not None:
                 attr_logits = _gather(out.attribute.float(), cell)  # [B, K, A]
@@ -342,7 +361,12 @@ class CenterPointHead(nn.Module):
             for b in range(B):
                 keep = scores[b] > cfg.score_threshold  # [K]
                 s, lab, att = scores[b][keep], labels[b][keep], attrs[b][keep]
-                boxes = decode_boxes(cells[b][keep], reg[b][keep], self.grid)  # [k, 9]
+                boxes = decode_boxes(
+                    cells[b][keep],
+                    reg[b][keep],
+                    self.grid,
+                    None if direction is None else direction[b][keep],
+                )  # [k, 9]
                 kept = self._nms(task, boxes, s)[: cfg.post_max_size]
                 per_sample[b].append((boxes[kept], s[kept], lab[kept], att[kept]))
         detections = []

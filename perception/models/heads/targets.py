@@ -5,7 +5,19 @@ Maps are `[B, C, X, Y]` on a `BEVGrid` (x along dim 2, y along dim 3); a cell's 
 
 Regression channels (`REGRESSION_CHANNELS`), per object at its centre cell `(i, j)`:
 `(offset_x, offset_y)` the centre's position inside the cell in cells (in [0, 1)), `z` the
-centre height (m), `log w, log l, log h` (m), `(sin yaw, cos yaw)`, `(vx, vy)` (m/s).
+centre height (m), `log w, log l, log h` (m), `(sin 2 yaw, cos 2 yaw)`, and the velocity in
+the box's own frame `(v_long, v_lat)` (m/s, along the heading and to its left).
+
+Heading is split in two (SECOND's direction classifier): the box's axis as the doubled angle,
+which a front/back-symmetric view can always learn (a plain `(sin yaw, cos yaw)` regression of
+an object whose front and back look alike is pulled to `(0, 0)` by the L1 loss, i.e. to a
+random angle), and a binary direction target saying which of the two headings along that axis
+it is (`direction_targets`): 1 when the heading points away from `DIRECTION_OFFSET`'s half-plane.
+The split's cut lies on the diagonals, away from the road-aligned headings most objects have.
+
+Velocity in the box's frame: a vehicle moves along its heading, so once the heading is known the
+velocity is one speed (`v_long`), which the scene's context tells (in a lane or parked at the
+kerb) and the sweeps' motion blur measures; its direction comes from the heading.
 """
 
 from __future__ import annotations
@@ -27,13 +39,15 @@ REGRESSION_CHANNELS: tuple[str, ...] = (
     "log_w",
     "log_l",
     "log_h",
-    "sin_yaw",
-    "cos_yaw",
-    "vx",
-    "vy",
+    "sin_2yaw",
+    "cos_2yaw",
+    "v_long",
+    "v_lat",
 )
 NUM_REGRESSION = len(REGRESSION_CHANNELS)
 _MAX_LOG_SIZE = 10.0  # exp() of a wild prediction stays finite
+# Direction 0: the heading lies within pi/2 of this angle (rad, LiDAR frame); 1: the other half.
+DIRECTION_OFFSET = torch.pi / 4
 
 
 @dataclass(frozen=True)
@@ -53,6 +67,7 @@ class TaskTargets:
     indices: torch.Tensor  # [B, M] int64 flat centre cell i * Y + j (0 where unused)
     mask: torch.Tensor  # [B, M] bool, True for a real object
     regression: torch.Tensor  # [B, M, NUM_REGRESSION] float32, REGRESSION_CHANNELS
+    direction: torch.Tensor  # [B, M] float32 in {0, 1}, `direction_targets`
     labels: torch.Tensor  # [B, M] int64 class index within the task
     attributes: torch.Tensor  # [B, M] int64 index into ATTRIBUTE_NAMES, -1 for none
 
@@ -108,28 +123,58 @@ def encode_boxes(boxes: torch.Tensor, grid: BEVGrid) -> tuple[torch.Tensor, torc
     `[M, NUM_REGRESSION]` regression targets). Cells may fall outside the map."""
     ij = grid.to_cells(boxes[:, 0:2])  # [M, 2] continuous cells
     cells = ij.floor()
+    cos, sin = torch.cos(boxes[:, 6]), torch.sin(boxes[:, 6])  # [M] the heading
+    v_long = boxes[:, 7] * cos + boxes[:, 8] * sin
+    v_lat = -boxes[:, 7] * sin + boxes[:, 8] * cos
     reg = torch.cat(
         [
             ij - cells,  # [M, 2] offset in the cell
             boxes[:, 2:3],  # [M, 1] z
             boxes[:, 3:6].clamp_min(1e-6).log(),  # [M, 3] log (w, l, h)
-            torch.sin(boxes[:, 6:7]),
-            torch.cos(boxes[:, 6:7]),
-            boxes[:, 7:9],  # [M, 2] velocity
+            torch.sin(2 * boxes[:, 6:7]),  # the axis: the same for yaw and yaw + pi
+            torch.cos(2 * boxes[:, 6:7]),
+            torch.stack([v_long, v_lat], dim=1),  # [M, 2] velocity in the box's frame
         ],
         dim=1,
     )
     return cells.long(), reg
 
 
-def decode_boxes(cells: torch.Tensor, regression: torch.Tensor, grid: BEVGrid) -> torch.Tensor:
-    """Inverse of `encode_boxes`: `[K, 2]` cells `(i, j)` and `[K, NUM_REGRESSION]` regressions
-    -> `[K, 9]` boxes `(x, y, z, w, l, h, yaw, vx, vy)` in the LiDAR frame of the map."""
+def direction_targets(yaw: torch.Tensor) -> torch.Tensor:
+    """`[M]` yaw (rad) -> `[M]` float: 0 when the heading lies within pi/2 of
+    `DIRECTION_OFFSET`, else 1."""
+    return (torch.cos(yaw - DIRECTION_OFFSET) < 0).to(torch.float32)
+
+
+def heading_from_axis(
+    sin2: torch.Tensor, cos2: torch.Tensor, direction_logit: torch.Tensor | None
+) -> torch.Tensor:
+    """Yaw in [-pi, pi) from the axis `(sin 2 yaw, cos 2 yaw)` and the direction logit (> 0:
+    direction 1; None: direction 0). Shapes broadcast."""
+    axis = 0.5 * torch.atan2(sin2, cos2)  # one of the two headings along the axis
+    # the heading along the axis that lies in direction 0's half-plane ...
+    yaw = torch.where(torch.cos(axis - DIRECTION_OFFSET) < 0, axis + torch.pi, axis)
+    if direction_logit is not None:  # ... turned round for direction 1
+        yaw = torch.where(direction_logit > 0, yaw + torch.pi, yaw)
+    return torch.remainder(yaw + torch.pi, 2 * torch.pi) - torch.pi
+
+
+def decode_boxes(
+    cells: torch.Tensor,
+    regression: torch.Tensor,
+    grid: BEVGrid,
+    direction_logit: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Inverse of `encode_boxes`: `[K, 2]` cells `(i, j)`, `[K, NUM_REGRESSION]` regressions and
+    `[K]` direction logits (None: direction 0) -> `[K, 9]` boxes `(x, y, z, w, l, h, yaw, vx,
+    vy)` in the LiDAR frame of the map."""
     xy = grid.from_cells(cells.to(regression.dtype) + regression[:, 0:2])  # [K, 2]
     size = regression[:, 3:6].clamp(max=_MAX_LOG_SIZE).exp()  # [K, 3]
-    yaw = torch.atan2(regression[:, 6], regression[:, 7])  # [K] in (-pi, pi]
-    yaw = torch.where(yaw >= torch.pi, yaw - 2 * torch.pi, yaw)  # [-pi, pi)
-    return torch.cat([xy, regression[:, 2:3], size, yaw[:, None], regression[:, 8:10]], dim=1)
+    yaw = heading_from_axis(regression[:, 6], regression[:, 7], direction_logit)  # [K]
+    cos, sin = torch.cos(yaw), torch.sin(yaw)
+    v_long, v_lat = regression[:, 8], regression[:, 9]
+    velocity = torch.stack([v_long * cos - v_lat * sin, v_long * sin + v_lat * cos], dim=1)
+    return torch.cat([xy, regression[:, 2:3], size, yaw[:, None], velocity], dim=1)
 
 
 def build_targets(
@@ -166,6 +211,7 @@ def build_targets(
         indices = torch.zeros(B, M, dtype=torch.long, device=device)
         mask = torch.zeros(B, M, dtype=torch.bool, device=device)
         regression = torch.zeros(B, M, NUM_REGRESSION, device=device)
+        direction = torch.zeros(B, M, device=device)
         labels = torch.zeros(B, M, dtype=torch.long, device=device)
         attributes = torch.full((B, M), -1, dtype=torch.long, device=device)
         task_labels = torch.tensor(task.labels, device=device)  # [n]
@@ -189,7 +235,8 @@ def build_targets(
             indices[b, :k] = cells[:, 0] * Y + cells[:, 1]
             mask[b, :k] = True
             regression[b, :k] = reg
+            direction[b, :k] = direction_targets(boxes[keep_idx, 6])
             labels[b, :k] = local
             attributes[b, :k] = gt_attributes[b].to(device)[keep_idx]
-        out.append(TaskTargets(heatmap, indices, mask, regression, labels, attributes))
+        out.append(TaskTargets(heatmap, indices, mask, regression, direction, labels, attributes))
     return out

@@ -116,6 +116,7 @@ def test_golden_output():
     for t, out in enumerate(outputs):
         got[f"heatmap{t}"] = out.heatmap.contiguous()
         got[f"regression{t}"] = out.regression().contiguous()
+        got[f"direction{t}"] = out.direction.contiguous()
     if os.environ.get("UPDATE_GOLDEN"):
         GOLDEN.parent.mkdir(exist_ok=True)
         save_file(got, str(GOLDEN))

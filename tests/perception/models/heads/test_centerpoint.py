@@ -19,8 +19,11 @@ from perception.models.heads import (
     RotatedNMS,
     TaskOutput,
     TaskTargets,
+    direction_targets,
+    encode_boxes,
     gaussian_focal_loss,
     gaussian_radius,
+    heading_from_axis,
     undo_lidar_aug,
 )
 from perception.structures import ATTRIBUTE_NAMES, CLASS_NAMES, Boxes3D, wrap_angle
@@ -84,9 +87,11 @@ def _outputs_from_targets(targets: list[TaskTargets], tasks) -> list[TaskOutput]
         B, _, X, Y = t.heatmap.shape
         reg = torch.zeros(B, NUM_REGRESSION, X * Y)
         attr = torch.zeros(B, len(ATTRIBUTE_NAMES), X * Y)
+        direction = torch.zeros(B, 1, X * Y)
         for b in range(B):
             idx = t.indices[b][t.mask[b]]
             reg[b][:, idx] = t.regression[b][t.mask[b]].T
+            direction[b, 0, idx] = 20.0 * (2 * t.direction[b][t.mask[b]] - 1)
             a = t.attributes[b][t.mask[b]]
             attr[b, a[a >= 0], idx[a >= 0]] = 20.0
         reg = reg.reshape(B, NUM_REGRESSION, X, Y)
@@ -99,6 +104,7 @@ def _outputs_from_targets(targets: list[TaskTargets], tasks) -> list[TaskOutput]
                 rotation=reg[:, 6:8],
                 velocity=reg[:, 8:10],
                 attribute=attr.reshape(B, -1, X, Y) if task.has_attributes else None,
+                direction=direction.reshape(B, 1, X, Y),
             )
         )
     return outs
@@ -245,6 +251,7 @@ def test_nms_suppresses_a_duplicated_peak(nms, shift_cells, expected):
         rotation=reg[:, 6:8],
         velocity=reg[:, 8:10],
         attribute=out.attribute,
+        direction=out.direction,
     )
     (det,) = head.decode([dup], ["s0"])
     assert len(det) == expected
@@ -258,7 +265,7 @@ def test_loss_names_and_finite():
     head = _head()
     outs = head(torch.randn(2, 8, 32, 32))
     losses = head.loss(outs, [Boxes3D(GT_BOXES)] * 2, [GT_LABELS] * 2, [GT_ATTRIBUTES] * 2)
-    expected = {f"heatmap/task{t}" for t in range(6)} | {f"bbox/task{t}" for t in range(6)}
+    expected = {f"{k}/task{t}" for k in ("heatmap", "bbox", "dir") for t in range(6)}
     expected |= {f"attr/task{t}" for t in (0, 1, 2, 4, 5)}  # task 3: barrier, no attributes
     assert set(losses) == expected
     for name, value in losses.items():
@@ -276,7 +283,8 @@ def test_losses_near_zero_for_perfect_predictions_and_large_for_wrong_ones():
         assert value < limit, (name, value)
     wrong = [
         TaskOutput(-o.heatmap, o.offset + 0.5, o.height - 1, o.size + 1, -o.rotation,
-                   o.velocity + 2, None if o.attribute is None else -o.attribute)
+                   o.velocity + 2, None if o.attribute is None else -o.attribute,
+                   -o.direction)
         for o in perfect
     ]  # fmt: skip
     bad = head.loss_from_targets(wrong, targets)
@@ -347,3 +355,32 @@ def test_overfit_one_map():
 def test_class_names_cover_the_tasks():
     labels = sorted(label for t in NUSCENES_TASKS for label in t.labels)
     assert labels == list(range(len(CLASS_NAMES)))
+
+
+# ---- heading: axis + direction --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("yaw", [-3.1, -2.4, -math.pi / 2, -0.8, -0.2, 0.0, 0.7, 1.57, 2.3, 3.1])
+def test_heading_round_trips_through_axis_and_direction(yaw):
+    boxes = GT_BOXES[:1].clone()
+    boxes[0, 6] = yaw
+    _, reg = encode_boxes(boxes, GRID)
+    flipped = boxes.clone()
+    flipped[0, 6] = yaw + math.pi
+    _, reg_flipped = encode_boxes(flipped, GRID)
+    # front and back look alike to the axis: the same regression target either way
+    assert torch.allclose(reg[:, 6:8], reg_flipped[:, 6:8], atol=1e-5)
+    d = direction_targets(boxes[:, 6])
+    assert d.item() != direction_targets(flipped[:, 6]).item()
+    logit = 10.0 * (2 * d - 1)
+    decoded = heading_from_axis(reg[:, 6], reg[:, 7], logit)
+    assert wrap_angle(decoded - yaw).abs().item() < 1e-5
+    assert wrap_angle(heading_from_axis(reg[:, 6], reg[:, 7], -logit) - yaw - math.pi).abs() < 1e-5
+
+
+def test_undecided_direction_still_gets_the_axis():
+    """Logit 0 (front/back unknown): the decoded yaw is one of the two along the axis."""
+    yaw = torch.linspace(-3.1, 3.1, 50)
+    decoded = heading_from_axis(torch.sin(2 * yaw), torch.cos(2 * yaw), torch.zeros(50))
+    err = wrap_angle(decoded - yaw).abs()
+    assert torch.all((err < 1e-5) | ((err - math.pi).abs() < 1e-5))
