@@ -3,7 +3,10 @@
 Camera frame: x right, y down, z forward (metres); pixels (u right, v down). The ground is
 the scene's top-down raster warped into the image by the ground-plane homography; boxes are
 drawn as shaded, decorated prisms far to near (painter's algorithm: occlusion is correct
-between objects; within a convex box back faces are culled). Images are BGR uint8.
+between objects; within a convex box back faces are culled). The prisms of one object (its
+parts) are drawn together, lower layers first: a part resting on another cannot be hidden by
+it when the camera is above the lower part's top, as the cameras are for every class.
+Images are BGR uint8.
 """
 
 from __future__ import annotations
@@ -154,8 +157,24 @@ class CameraRenderer:
         along = np.abs(c * rel[:, 0] + s * rel[:, 1]) - half_l
         across = np.abs(-s * rel[:, 0] + c * rel[:, 1]) - half_w
         nearest = np.hypot(np.maximum(along, 0), np.maximum(across, 0))
+        # An object's parts form one group, placed by its nearest part and labelled by its
+        # first prism; a prism of no object is a group of its own.
+        group = np.arange(len(nearest))
+        group_nearest = nearest.copy()
+        is_part = prisms.object >= 0
+        if is_part.any():
+            obj = prisms.object[is_part]
+            first = np.full(obj.max() + 1, len(nearest))
+            np.minimum.at(first, obj, group[is_part])
+            closest = np.full(obj.max() + 1, np.inf)
+            np.minimum.at(closest, obj, nearest[is_part])
+            group[is_part] = first[obj]
+            group_nearest[is_part] = closest[obj]
         keep = np.flatnonzero(~outside & (nearest < FAR))
-        order = keep[np.argsort(-nearest[keep], kind="stable")]  # far to near
+        # Groups far to near; within a group, lower layers first, then far to near.
+        order = keep[
+            np.lexsort((-nearest[keep], prisms.layer[keep], group[keep], -group_nearest[keep]))
+        ]
         if len(order) == 0:
             return
         foot = np.stack([fx, fy], axis=-1)  # [N, 4, 2]

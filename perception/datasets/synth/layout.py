@@ -11,6 +11,9 @@ Cross-section of the road (|d| in metres, mirrored on both sides of the centreli
     11.5 .. 15.5 sidewalk (kerb strip with trees/poles at ~12.1, pedestrians, street furniture)
     >= 16.5     buildings, walls
 Traffic drives on the right in Boston and on the left in Singapore, as in nuScenes.
+
+An annotated object's visible body is one or more boxes (its class's `catalog.Part`s, e.g. a
+car's lower body and its set-back cabin), all inside its annotation box; the sensors see those.
 """
 
 from __future__ import annotations
@@ -29,7 +32,9 @@ from perception.datasets.synth.catalog import (
     SKIN,
     TOP,
     Decal,
+    Part,
     bands,
+    part_layers,
 )
 from perception.datasets.synth.road import Road, Tracks, make_road
 
@@ -52,7 +57,10 @@ class Prisms:
     """N yaw-only boxes at one instant, global frame: what the LiDAR and cameras see.
 
     centre [N,3] m, wlh [N,3] m, yaw [N] rad, style [N] index into `SceneLayout.styles`,
-    reflectivity [N] LiDAR intensity scale, object [N] index into the annotated objects or -1.
+    reflectivity [N] LiDAR intensity scale, object [N] index into the annotated objects or -1
+    (an object with several parts has several prisms, consecutive, all with its index),
+    layer [N] painter's order among one object's prisms (a part resting on another is drawn
+    after it, see `catalog.part_layers`; 0 for single boxes).
     """
 
     centre: np.ndarray
@@ -61,6 +69,7 @@ class Prisms:
     style: np.ndarray
     reflectivity: np.ndarray
     object: np.ndarray
+    layer: np.ndarray
 
     @staticmethod
     def concat(parts: list[Prisms]) -> Prisms:
@@ -88,7 +97,11 @@ class Objects:
     category: nuScenes category names; detection: detection class names; kind: how it behaves
     ('lane', 'parked', 'stopped', 'walking', 'standing', 'sitting', 'parked_cycle', 'riding',
     'static'); wlh [N,3] annotation size (m); margin [N] how much the visible body is smaller
-    than the annotation box on each side (m); tracks: motion; style, reflectivity as in Prisms.
+    than the annotation box on each side (m); tracks: motion; reflectivity [N] as in Prisms.
+
+    The bodies' P parts, object-major: part_object [P] the object's index (non-decreasing),
+    part_extent [P,5] (x0, x1, width, z0, z1) as in `catalog.Part`, part_style [P] index into
+    `SceneLayout.styles`, part_layer [P] painter's layer (`catalog.part_layers`).
     """
 
     category: list[str]
@@ -97,8 +110,11 @@ class Objects:
     wlh: np.ndarray
     margin: np.ndarray
     tracks: Tracks
-    style: np.ndarray
     reflectivity: np.ndarray
+    part_object: np.ndarray
+    part_extent: np.ndarray
+    part_style: np.ndarray
+    part_layer: np.ndarray
 
     def __len__(self) -> int:
         return len(self.category)
@@ -110,12 +126,24 @@ class Objects:
         return centre, yaw, velocity
 
     def prisms(self, road: Road, t: float) -> Prisms:
-        """The visible bodies at time t: annotation boxes shrunk by `margin` (but on the ground)."""
+        """The visible bodies at time t, one prism per part, object-major.
+
+        An object's body box is its annotation box shrunk by `margin` (but on the ground); each
+        part is its share of that box, with the object's yaw (a one-part body is the box).
+        """
         xy, yaw, _ = self.tracks.state(road, t)
-        wlh = self.wlh - np.stack([2 * self.margin, 2 * self.margin, self.margin], axis=1)
-        centre = np.concatenate([xy, wlh[:, 2:3] / 2.0], axis=1)
+        body = self.wlh - np.stack([2 * self.margin, 2 * self.margin, self.margin], axis=1)
+        o = self.part_object
+        x0, x1, width, z0, z1 = self.part_extent.T  # [P] each
+        w, l, h = body[o].T  # [P] each
+        wlh = np.stack([w * width, l * (x1 - x0), h * (z1 - z0)], axis=1)
+        forward = l * (x0 + x1) / 2.0  # part centre ahead of the body centre, along the heading
+        c, s = np.cos(yaw[o]), np.sin(yaw[o])
+        centre = np.stack(
+            [xy[o, 0] + c * forward, xy[o, 1] + s * forward, h * (z0 + z1) / 2.0], axis=1
+        )
         return Prisms(
-            centre, wlh, yaw, self.style, self.reflectivity, np.arange(len(self), dtype=np.int64)
+            centre, wlh, yaw[o], self.part_style, self.reflectivity[o], o, self.part_layer
         )
 
 
@@ -151,8 +179,8 @@ class _Builder:
         default_factory=lambda: {
             k: []
             for k in (
-                "category detection kind wlh margin s0 v a d yaw_offset style reflectivity".split()
-            )
+                "category detection kind wlh margin s0 v a d yaw_offset parts styles reflectivity"
+            ).split()
         }
     )
     clutter: dict[str, list] = field(
@@ -180,20 +208,13 @@ class _Builder:
         exy, _ = self.road.point(self.ego_s(t), np.full_like(t, self.ego.d[0]))
         return bool(np.min(np.linalg.norm(xy - exy, axis=1)) <= radius)
 
-    def style(self, decals: tuple[Decal, ...], body: np.ndarray, accent: np.ndarray) -> int:
-        skin = np.array(SKIN[self.rng.integers(len(SKIN))], dtype=np.float32)
-        hair = np.array(HAIR[self.rng.integers(len(HAIR))], dtype=np.float32)
+    def style(self, decals: tuple[Decal, ...], instance: dict[str, np.ndarray]) -> int:
+        """Resolve decals to colours: the instance's own roles ('body', 'accent', 'skin',
+        'hair': RGB [3] float32), else the fixed `ROLE_COLOURS`. Returns the new style's index."""
         resolved = []
         for dec in decals:
-            if dec.role == "body":
-                rgb = body
-            elif dec.role == "accent":
-                rgb = accent
-            elif dec.role == "skin":
-                rgb = skin
-            elif dec.role == "hair":
-                rgb = hair
-            else:
+            rgb = instance.get(dec.role)
+            if rgb is None:
                 rgb = np.array(ROLE_COLOURS[dec.role], dtype=np.float32)
             resolved.append(
                 (dec.faces, dec.u0, dec.u1, dec.v0, dec.v1, rgb, dec.role in EMISSIVE_ROLES)
@@ -246,7 +267,16 @@ class _Builder:
         o["a"].append(a)
         o["d"].append(d)
         o["yaw_offset"].append(yaw_offset)
-        o["style"].append(self.style(spec.decals, body, accent))
+        # One set of instance colours for all parts, so the body is painted alike throughout.
+        instance = {
+            "body": body,
+            "accent": accent,
+            "skin": np.array(SKIN[self.rng.integers(len(SKIN))], dtype=np.float32),
+            "hair": np.array(HAIR[self.rng.integers(len(HAIR))], dtype=np.float32),
+        }
+        parts = spec.body(with_rider=kind != "parked_cycle")
+        o["parts"].append(parts)
+        o["styles"].append([self.style(part.decals, instance) for part in parts])
         o["reflectivity"].append(spec.reflectivity * self.rng.uniform(0.8, 1.2))
 
     def add_clutter(
@@ -273,6 +303,8 @@ class _Builder:
         o = self.obj
         n = len(o["category"])
         arr = {k: np.array(o[k], dtype=np.float64) for k in "margin s0 v a d yaw_offset".split()}
+        parts: list[tuple[Part, ...]] = o["parts"]
+        extent = [(p.x0, p.x1, p.width, p.z0, p.z1) for body in parts for p in body]
         return Objects(
             category=list(o["category"]),
             detection=list(o["detection"]),
@@ -280,8 +312,11 @@ class _Builder:
             wlh=np.array(o["wlh"], dtype=np.float64).reshape(n, 3),
             margin=arr["margin"],
             tracks=Tracks(arr["s0"], arr["v"], arr["a"], arr["d"], arr["yaw_offset"]),
-            style=np.array(o["style"], dtype=np.int64),
             reflectivity=np.array(o["reflectivity"], dtype=np.float64),
+            part_object=np.repeat(np.arange(n, dtype=np.int64), [len(b) for b in parts]),
+            part_extent=np.array(extent, dtype=np.float64).reshape(-1, 5),
+            part_style=np.array([i for styles in o["styles"] for i in styles], dtype=np.int64),
+            part_layer=np.array([k for body in parts for k in part_layers(body)], dtype=np.int64),
         )
 
     def clutter_prisms(self) -> Prisms:
@@ -296,6 +331,7 @@ class _Builder:
             style=np.array(c["style"], dtype=np.int64),
             reflectivity=np.array(c["reflectivity"], dtype=np.float64),
             object=np.full(len(s), -1, dtype=np.int64),
+            layer=np.zeros(len(s), dtype=np.int64),
         )
 
 

@@ -26,7 +26,8 @@ class Sweep:
     """One LiDAR sweep.
 
     points [N,5] float32 in the sensor frame; hits_visible [M] / hits_total [M]: per annotated
-    object, how many rays (before drop-outs) end on it / pass through its box at all.
+    object, how many rays (before drop-outs) end on it / would end on it if nothing else were
+    in the way (a ray through several of the object's parts counts once).
     """
 
     points: np.ndarray
@@ -69,6 +70,9 @@ def cast(
     hit_id = np.full((R, A), -1, dtype=np.int64)
     cosine = np.ones((R, A))
     hits_total = np.zeros(n_objects, dtype=np.int64)
+    # The last object each ray was counted for: an object's prisms are consecutive, so a ray
+    # that passes through several of its parts is counted once in hits_total.
+    counted_for = np.full((R, A), -1, dtype=np.int64)
 
     # Per box, only the rays that can reach it: a window of azimuth columns and of rings
     # (far boxes span a few degrees both ways, so this cuts the work by orders of magnitude).
@@ -113,7 +117,9 @@ def cast(
         hit = (t_near <= t_far) & (t_near > 0.0) & (t_near <= MAX_RANGE)
         obj = prisms.object[i]
         if obj >= 0:
-            hits_total[obj] += int(np.count_nonzero(hit))
+            seen = counted_for[rows, cols]
+            hits_total[obj] += int(np.count_nonzero(hit & (seen != obj)))
+            counted_for[rows, cols] = np.where(hit, obj, seen)
         sub_t = t_best[rows, cols]
         better = hit & (t_near < sub_t)
         if not better.any():
