@@ -3,6 +3,8 @@
 python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|bev] [--out F]
 python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
+python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
+    (collects what tools/accuracy_benchmark.sh trained and tested; checks the targets)
 """
 
 from __future__ import annotations
@@ -89,6 +91,20 @@ def run_node(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_accuracy(args: argparse.Namespace) -> int:
+    """Collects finished accuracy runs (their own JSON layout: runs and target checks)."""
+    from perception.benchmarks import accuracy
+
+    try:
+        result = accuracy.collect(args.runs, conditions=args.conditions)
+    except ValueError as exc:
+        print(f"benchmark accuracy: {exc}", file=sys.stderr)
+        return 2
+    print(accuracy.markdown(result))
+    print(f"wrote {accuracy.write(result, args.out or 'benchmarks/accuracy_cpu.json')}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -116,11 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--duration", type=float, default=60.0, help="seconds per run")
     node.add_argument("--sequential-rate", type=float, default=5.0)
     node.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
-    for p in (ops, synth, model, node):
+    acc = sub.add_parser("accuracy", help="collect tools/accuracy_benchmark.sh's runs")
+    acc.add_argument("--runs", default="outputs/accuracy", help="its OUT_DIR")
+    acc.add_argument("--conditions", default="", help="how the runs were made, in words")
+    for p in (ops, synth, model, node, acc):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     args = parser.parse_args(argv)
     if args.command == "node":
         return run_node(args)
+    if args.command == "accuracy":
+        return run_accuracy(args)
     device = getattr(args, "device", "cpu")
     print(f"machine: {machine_description(device)}", flush=True)
     runners = {"ops": run_ops, "synth": run_synth, "model": run_model}

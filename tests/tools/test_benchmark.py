@@ -28,3 +28,46 @@ def test_ops_benchmark_quick(tmp_path):
     rows = json.loads(out.read_text())["rows"]
     assert {row["group"] for row in rows} >= {"sparse_conv"}
     assert any(row["ratio"] is not None for row in rows)
+
+
+def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600):
+    work = root / variant
+    (work / "test").mkdir(parents=True)
+    (work / "train_time.json").write_text(
+        json.dumps({"variant": variant, "train_seconds": seconds, "steps": 10, "command": "x"})
+    )
+    errors = {"trans_err": 0.5, "scale_err": 0.2, "orient_err": 0.4, "vel_err": vel_err,
+              "attr_err": 0.2}  # fmt: skip
+    summary = {"mean_ap": mAP, "nd_score": NDS, "tp_errors": errors,
+               "label_aps": {"car": {"2.0": mAP}, "truck": {"2.0": mAP / 2}}}  # fmt: skip
+    (work / "test" / "metrics.json").write_text(
+        json.dumps({"summary": summary, "evaluated": {"root": "data/heldout"}})
+    )
+
+
+def test_accuracy_collects_runs_and_judges_targets(tmp_path):
+    runs = tmp_path / "runs"
+    _fake_run(runs, "fused", mAP=0.42, NDS=0.47)
+    _fake_run(runs, "lidar", mAP=0.40, NDS=0.46, seconds=1900)  # over the 30 minutes
+    _fake_run(runs, "camera", mAP=0.05, NDS=0.10, vel_err=1.1)
+    _fake_run(runs, "camera_t1", mAP=0.04, NDS=0.09, vel_err=1.0)
+    out = tmp_path / "acc.json"
+    assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert [r["variant"] for r in result["runs"]] == ["fused", "lidar", "camera", "camera_t1"]
+    met = {c["target"]: c["met"] for c in result["targets"]}
+    assert met["fused mAP >= 0.4 and NDS >= 0.45"] is True
+    assert met["fusion beats LiDAR only and camera only (NDS and mAP)"] is True
+    assert met["camera only: TSM (T=2) lowers mAVE against T=1"] is False
+    assert met["lidar: trained within 30 minutes"] is False
+    assert "| fused (" in out.with_suffix(".md").read_text()
+
+
+def test_accuracy_reports_missing_runs(tmp_path, capsys):
+    assert benchmark(["accuracy", "--runs", str(tmp_path), "--out", str(tmp_path / "a.json")]) == 2
+    assert "no finished variant" in capsys.readouterr().err
+    _fake_run(tmp_path, "fused", mAP=0.1, NDS=0.2)
+    assert benchmark(["accuracy", "--runs", str(tmp_path), "--out", str(tmp_path / "a.json")]) == 0
+    met = {c["target"]: c["met"] for c in json.loads((tmp_path / "a.json").read_text())["targets"]}
+    assert met["fused mAP >= 0.4 and NDS >= 0.45"] is False
+    assert met["fusion beats LiDAR only and camera only (NDS and mAP)"] is None

@@ -1,0 +1,154 @@
+"""Collecting the accuracy benchmark (`tools/accuracy_benchmark.sh`) into one JSON and table.
+
+The script leaves, per variant, `OUT/<variant>/train_time.json` (wall seconds, steps, the train
+command) and `OUT/<variant>/test/metrics.json` (`tools/test.py`: official devkit summary). This
+module reads them back, checks the issue's targets on the numbers read, and writes
+`benchmarks/accuracy_cpu.json` plus a Markdown table beside it: nothing is copied by hand.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+from pathlib import Path
+from typing import Any
+
+from .report import machine_description
+
+VARIANTS: dict[str, str] = {
+    "fused": "fused (`bevfusion_tiny`, cameras T=1)",
+    "lidar": "LiDAR only (`bevfusion_tiny_lidar`)",
+    "camera": "camera only, TSM T=2 (`bevfusion_tiny_camera`)",
+    "camera_t1": "camera only, T=1, TSM off",
+}
+TP_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
+TRAIN_BUDGET_MIN = 30.0
+TARGET_MAP, TARGET_NDS = 0.40, 0.45
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the run's record ({exc})") from exc
+
+
+def read_run(work: Path) -> dict[str, Any]:
+    """One variant's record from its work directory."""
+    timing = _read_json(work / "train_time.json")
+    metrics = _read_json(work / "test" / "metrics.json")
+    summary = metrics["summary"]
+    return {
+        "variant": timing["variant"],
+        "train_command": timing.get("command", ""),
+        "steps": timing["steps"],
+        "train_minutes": round(timing["train_seconds"] / 60.0, 1),
+        "mAP": summary["mean_ap"],
+        "NDS": summary["nd_score"],
+        "tp_errors": {k: summary["tp_errors"][k] for k in TP_ERRORS},
+        "per_class_ap": {c: aps["2.0"] for c, aps in summary["label_aps"].items()},
+        "test_world": metrics["evaluated"]["root"],
+    }
+
+
+def check_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The issue's targets, each with the numbers it was judged on (None: a run is missing)."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, met: bool | None, evidence: str) -> None:
+        checks.append({"target": name, "met": met, "evidence": evidence})
+
+    for v, r in runs.items():
+        add(
+            f"{v}: trained within {TRAIN_BUDGET_MIN:.0f} minutes",
+            r["train_minutes"] <= TRAIN_BUDGET_MIN,
+            f"{r['train_minutes']} min",
+        )
+    fused = runs.get("fused")
+    add(
+        f"fused mAP >= {TARGET_MAP} and NDS >= {TARGET_NDS}",
+        None if fused is None else fused["mAP"] >= TARGET_MAP and fused["NDS"] >= TARGET_NDS,
+        "" if fused is None else f"mAP {fused['mAP']:.3f}, NDS {fused['NDS']:.3f}",
+    )
+    others = [runs.get(v) for v in ("lidar", "camera")]
+    if fused is None or any(o is None for o in others):
+        add("fusion beats LiDAR only and camera only (NDS and mAP)", None, "a run is missing")
+    else:
+        beats = all(fused["NDS"] > o["NDS"] and fused["mAP"] > o["mAP"] for o in others)
+        add(
+            "fusion beats LiDAR only and camera only (NDS and mAP)",
+            beats,
+            ", ".join(
+                f"{v} mAP {runs[v]['mAP']:.3f} NDS {runs[v]['NDS']:.3f}"
+                for v in ("fused", "lidar", "camera")
+            ),
+        )
+    t2, t1 = runs.get("camera"), runs.get("camera_t1")
+    add(
+        "camera only: TSM (T=2) lowers mAVE against T=1",
+        None if t2 is None or t1 is None else t2["tp_errors"]["vel_err"] < t1["tp_errors"]["vel_err"],
+        ""
+        if t2 is None or t1 is None
+        else f"mAVE {t2['tp_errors']['vel_err']:.3f} (T=2) vs {t1['tp_errors']['vel_err']:.3f} (T=1)",
+    )
+    return checks
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [
+        "| variant | steps x batch 2 | train minutes | mAP | NDS | mATE | mASE | mAOE | mAVE | mAAE |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in result["runs"]:
+        e = r["tp_errors"]
+        lines.append(
+            f"| {VARIANTS.get(r['variant'], r['variant'])} | {r['steps']} | {r['train_minutes']} "
+            f"| {r['mAP']:.3f} | {r['NDS']:.3f} | "
+            + " | ".join(f"{e[k]:.3f}" for k in TP_ERRORS)
+            + " |"
+        )
+    classes = list(result["runs"][0]["per_class_ap"]) if result["runs"] else []
+    lines += ["", "AP (2 m match) per class:", ""]
+    lines.append("| variant | " + " | ".join(classes) + " |")
+    lines.append("|---|" + "---:|" * len(classes))
+    for r in result["runs"]:
+        lines.append(
+            f"| {r['variant']} | "
+            + " | ".join(f"{r['per_class_ap'][c]:.3f}" for c in classes)
+            + " |"
+        )
+    lines += ["", "| target | met | on |", "|---|---|---|"]
+    for c in result["targets"]:
+        met = {True: "yes", False: "**no**", None: "not run"}[c["met"]]
+        lines.append(f"| {c['target']} | {met} | {c['evidence']} |")
+    return "\n".join(lines)
+
+
+def collect(runs_dir: str | Path, *, conditions: str = "") -> dict[str, Any]:
+    """Every variant found under `runs_dir`, in `VARIANTS` order, with the target checks."""
+    runs_dir = Path(runs_dir)
+    runs = {
+        v: read_run(runs_dir / v)
+        for v in VARIANTS
+        if (runs_dir / v / "train_time.json").is_file()
+        and (runs_dir / v / "test" / "metrics.json").is_file()
+    }
+    if not runs:
+        raise ValueError(f"{runs_dir}: no finished variant (train_time.json + test/metrics.json)")
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_description(),
+        "conditions": conditions,
+        "runs": list(runs.values()),
+        "targets": check_targets(runs),
+    }
+
+
+def write(result: dict[str, Any], out: str | Path) -> Path:
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=1))
+    out.with_suffix(".md").write_text(
+        f"{result['date']}, {result['machine']}\n\n{result['conditions']}\n\n{markdown(result)}\n"
+    )
+    return out
