@@ -63,7 +63,8 @@ for variant in "${VARIANTS[@]}"; do
     $PY -c 'import json, sys; print(json.dumps({"variant": sys.argv[1], "train_seconds": int(sys.argv[2]),
         "steps": int(sys.argv[3]), "command": "OMP_NUM_THREADS=" + sys.argv[4] + " " + " ".join(sys.argv[5:])}))' \
         "$variant" $((end - start)) "$steps" "${OMP_NUM_THREADS:-1}" "${train[@]}" > "$work/train_time.json"
-    $PY tools/test.py "$config" "$work" --split val --out "$work/test" --no-progress \
+    OMP_NUM_THREADS=${OMP_NUM_THREADS:-1} $PY tools/test.py "$config" "$work" --split val \
+        --out "$work/test" --no-progress \
         "${TEST_WORLD[@]}" "${extra[@]}"
 done
 echo "collect: $PY tools/benchmark.py accuracy --runs $OUT --out benchmarks/accuracy_cpu.json"

@@ -143,6 +143,10 @@ class HeadConfig(StrictModel):
     post_max_size: PositiveInt = 83
     min_radius: PositiveInt = 2
     max_objects: PositiveInt = 500
+    # Weight of the 8 cells around each object's centre in the box and direction losses, which
+    # then also train there (0: the centre cell only, as CenterPoint). A heatmap peak often
+    # lands one cell off the centre; its box is only as good as that cell's regressions.
+    neighbour_weight: float = Field(0.0, ge=0, le=1)
 
 
 class ModelConfig(StrictModel):

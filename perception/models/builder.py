@@ -21,7 +21,7 @@ from .camera import (
 from .camera_branch import CameraBEVBranch
 from .detector import BEVFusion
 from .fuser import ConvFuser, ModalityDropout
-from .heads.centerpoint import CenterPointHead, DecodeConfig
+from .heads.centerpoint import CenterPointHead, DecodeConfig, LossWeights
 from .heads.targets import TargetConfig
 from .lidar import SPVConvEncoder
 from .view_transform import LSSViewTransform
@@ -136,6 +136,7 @@ def build_model(config: ExperimentConfig | str | Path, overrides: Sequence[str] 
         shared_channels=h.shared_channels,
         head_channels=h.head_channels,
         targets=TargetConfig(max_objects=h.max_objects, min_radius=h.min_radius),
+        loss_weights=LossWeights(neighbours=h.neighbour_weight),
         decode=DecodeConfig(
             score_threshold=h.score_threshold,
             pre_max_size=h.pre_max_size,

@@ -44,12 +44,17 @@ class LossWeights:
     bbox: float = 0.25
     attribute: float = 0.2
     direction: float = 0.2  # SECOND's weight of its direction classifier
+    # the 8 cells around each centre also learn the box and direction, at this weight relative
+    # to the centre (0: the centre only, CenterPoint); offsets are taken from each cell
+    neighbours: float = 0.0
     # per REGRESSION_CHANNELS: offset (2), z, log size (3), sin/cos 2 yaw, v_long, v_lat
     code_weights: tuple[float, ...] = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.2, 0.2)
 
     def __post_init__(self) -> None:
         if len(self.code_weights) != NUM_REGRESSION:
             raise ValueError(f"code_weights needs {NUM_REGRESSION} values")
+        if not 0.0 <= self.neighbours <= 1.0:
+            raise ValueError(f"neighbours must be in [0, 1], got {self.neighbours}")
 
 
 @dataclass(frozen=True)
@@ -291,18 +296,31 @@ class CenterPointHead(nn.Module):
             losses[f"heatmap/task{t}"] = w.heatmap * gaussian_focal_loss(
                 out.heatmap, tgt.heatmap, normalizer=num_pos[t]
             )
-            reg = _gather(out.regression(), tgt.indices)  # [B, M, NUM_REGRESSION]
-            code_weights = self.code_weights.to(reg)
-            losses[f"bbox/task{t}"] = w.bbox * weighted_l1_loss(
-                reg, tgt.regression, tgt.mask, code_weights, num_objects[t]
-            )
+            regression = out.regression()  # [B, NUM_REGRESSION, X, Y]
+            code_weights = self.code_weights.to(regression)
+            bbox = regression.new_zeros(())
+            direction = regression.new_zeros(())
+            for (di, dj), cell_weight in self._supervised_cells():
+                indices, inside = self._shift(tgt.indices, di, dj)  # [B, M] each
+                mask = tgt.mask & inside
+                target = tgt.regression
+                if di or dj:  # the centre's offset as seen from the shifted cell
+                    target = target - torch.tensor(
+                        [di, dj] + [0] * (NUM_REGRESSION - 2), dtype=target.dtype
+                    ).to(target.device)
+                reg = _gather(regression, indices)  # [B, M, NUM_REGRESSION]
+                bbox = bbox + cell_weight * weighted_l1_loss(reg, target, mask, code_weights, 1.0)
+                if out.direction is not None:
+                    logit = _gather(out.direction, indices)[..., 0]  # [B, M]
+                    bce = F.binary_cross_entropy_with_logits(
+                        logit.float(), tgt.direction, reduction="none"
+                    )
+                    direction = direction + cell_weight * (bce * mask.float()).sum()
+            total_weight = sum(cw for _, cw in self._supervised_cells())
+            losses[f"bbox/task{t}"] = w.bbox * bbox / (num_objects[t] * total_weight)
             if out.direction is not None:
-                logit = _gather(out.direction, tgt.indices)[..., 0]  # [B, M]
-                bce = F.binary_cross_entropy_with_logits(
-                    logit.float(), tgt.direction, reduction="none"
-                )
                 losses[f"dir/task{t}"] = (
-                    w.direction * (bce * tgt.mask.float()).sum() / num_objects[t]
+                    w.direction * direction / (num_objects[t] * total_weight)
                 )
             if out.attribute is not None:
                 logits = _gather(out.attribute, tgt.indices)  # [B, M, A]
@@ -311,6 +329,27 @@ class CenterPointHead(nn.Module):
                     logits, attrs, normalizer=num_attributes[t]
                 )
         return losses
+
+    def _supervised_cells(self) -> list[tuple[tuple[int, int], float]]:
+        """`((di, dj), weight)` of the cells around a centre that the box losses train."""
+        cells = [((0, 0), 1.0)]
+        if self.loss_weights.neighbours > 0:
+            cells += [
+                ((di, dj), self.loss_weights.neighbours)
+                for di in (-1, 0, 1)
+                for dj in (-1, 0, 1)
+                if di or dj
+            ]
+        return cells
+
+    def _shift(
+        self, indices: torch.Tensor, di: int, dj: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat cells `[B, M]` moved by `(di, dj)` -> (clamped flat cells, inside the map)."""
+        X, Y = self.grid.shape
+        i, j = indices // Y + di, indices % Y + dj
+        inside = (i >= 0) & (i < X) & (j >= 0) & (j < Y)
+        return i.clamp(0, X - 1) * Y + j.clamp(0, Y - 1), inside
 
     # ---- inference ------------------------------------------------------------------------
 

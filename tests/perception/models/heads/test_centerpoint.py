@@ -16,6 +16,7 @@ from perception.models.heads import (
     CircleNMS,
     DecodeConfig,
     DetectionTask,
+    LossWeights,
     RotatedNMS,
     TaskOutput,
     TaskTargets,
@@ -384,3 +385,64 @@ def test_undecided_direction_still_gets_the_axis():
     decoded = heading_from_axis(torch.sin(2 * yaw), torch.cos(2 * yaw), torch.zeros(50))
     err = wrap_angle(decoded - yaw).abs()
     assert torch.all((err < 1e-5) | ((err - math.pi).abs() < 1e-5))
+
+
+# ---- neighbour supervision ------------------------------------------------------------------
+
+
+def _one_car_outputs(head, cells: list[tuple[int, int]]):
+    """Targets for one car, and outputs that give its exact box from each of `cells` (offsets
+    relative to the centre cell) and zeros elsewhere."""
+    car = Boxes3D(GT_BOXES[:1].clone())
+    targets = head.build_targets([car], [GT_LABELS[:1]], [GT_ATTRIBUTES[:1]])
+    t = targets[0]
+    X, Y = GRID.shape
+    i, j = int(t.indices[0, 0]) // Y, int(t.indices[0, 0]) % Y
+    reg = torch.zeros(1, NUM_REGRESSION, X, Y)
+    direction = torch.zeros(1, 1, X, Y)
+    for di, dj in cells:
+        r = t.regression[0, 0].clone()
+        r[0] -= di
+        r[1] -= dj
+        reg[0, :, i + di, j + dj] = r
+        direction[0, 0, i + di, j + dj] = 20.0 * (2 * t.direction[0, 0] - 1)
+    outs = []
+    for task, tt in zip(head.tasks, targets):
+        n = tt.heatmap.shape[1]
+        outs.append(TaskOutput(torch.zeros(1, n, X, Y), reg[:, 0:2], reg[:, 2:3], reg[:, 3:6],
+                               reg[:, 6:8], reg[:, 8:10],
+                               torch.zeros(1, len(ATTRIBUTE_NAMES), X, Y)
+                               if task.has_attributes else None, direction))  # fmt: skip
+    return outs, targets
+
+
+def _near_head(weight: float) -> CenterPointHead:
+    return CenterPointHead(in_channels=8, grid=GRID, shared_channels=16, head_channels=16,
+                           loss_weights=LossWeights(neighbours=weight))  # fmt: skip
+
+
+NINE = [(di, dj) for di in (-1, 0, 1) for dj in (-1, 0, 1)]
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.5])
+def test_exact_boxes_from_every_supervised_cell_give_zero_box_loss(weight):
+    head = _near_head(weight)
+    outs, targets = _one_car_outputs(head, NINE)
+    losses = head.loss_from_targets(outs, targets)
+    assert losses["bbox/task0"] < 1e-5 and losses["dir/task0"] < 1e-5
+
+
+def test_neighbours_are_trained_only_when_weighted():
+    centre_only = _one_car_outputs(_near_head(0.0), [(0, 0)])
+    plain = _near_head(0.0).loss_from_targets(*centre_only)
+    assert plain["bbox/task0"] < 1e-5  # CenterPoint: the centre cell is all that counts
+    near = _near_head(0.5).loss_from_targets(*centre_only)
+    assert near["bbox/task0"] > 0.05 and near["dir/task0"] > 0.05  # 8 untrained neighbours
+
+
+def test_neighbour_weight_comes_from_the_config():
+    from perception.config import load_config
+    from perception.models.builder import build_model
+
+    cfg = load_config("configs/bevfusion_tiny_lidar.yaml")
+    assert build_model(cfg).head.loss_weights.neighbours == cfg.model.head.neighbour_weight
