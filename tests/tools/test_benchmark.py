@@ -39,7 +39,7 @@ def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600):
     errors = {"trans_err": 0.5, "scale_err": 0.2, "orient_err": 0.4, "vel_err": vel_err,
               "attr_err": 0.2}  # fmt: skip
     summary = {"mean_ap": mAP, "nd_score": NDS, "tp_errors": errors,
-               "label_aps": {"car": {"2.0": mAP}, "truck": {"2.0": mAP / 2}}}  # fmt: skip
+               "label_aps": {"car": {"0.5": mAP, "2.0": mAP}, "truck": {"2.0": mAP / 2}}}  # fmt: skip
     (work / "test" / "metrics.json").write_text(
         json.dumps({"summary": summary, "evaluated": {"root": "data/heldout"}})
     )
@@ -61,6 +61,7 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     assert met["camera only: TSM (T=2) lowers mAVE against T=1"] is False
     assert met["lidar: trained within 30 minutes"] is False
     assert "| fused (" in out.with_suffix(".md").read_text()
+    assert result["runs"][0]["per_class_ap"] == {"car": 0.42, "truck": 0.21}
 
 
 def test_accuracy_reports_missing_runs(tmp_path, capsys):

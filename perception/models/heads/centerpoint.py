@@ -319,9 +319,7 @@ class CenterPointHead(nn.Module):
             total_weight = sum(cw for _, cw in self._supervised_cells())
             losses[f"bbox/task{t}"] = w.bbox * bbox / (num_objects[t] * total_weight)
             if out.direction is not None:
-                losses[f"dir/task{t}"] = (
-                    w.direction * direction / (num_objects[t] * total_weight)
-                )
+                losses[f"dir/task{t}"] = w.direction * direction / (num_objects[t] * total_weight)
             if out.attribute is not None:
                 logits = _gather(out.attribute, tgt.indices)  # [B, M, A]
                 attrs = torch.where(tgt.mask, tgt.attributes, torch.full_like(tgt.attributes, -1))
@@ -342,9 +340,7 @@ class CenterPointHead(nn.Module):
             ]
         return cells
 
-    def _shift(
-        self, indices: torch.Tensor, di: int, dj: int
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _shift(self, indices: torch.Tensor, di: int, dj: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat cells `[B, M]` moved by `(di, dj)` -> (clamped flat cells, inside the map)."""
         X, Y = self.grid.shape
         i, j = indices // Y + di, indices % Y + dj
