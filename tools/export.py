@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from perception.config import ConfigError, ExperimentConfig, load_config
+from perception.config import ConfigError, ExperimentConfig, add_override_option, load_config
 from perception.deploy.export import (
     DEFAULT_OPSET,
     DEFAULT_TOLERANCE,
@@ -52,14 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--checkpoint", required=True, help="checkpoint directory or a work dir (its latest)"
     )
     parser.add_argument("--out", required=True, help="folder for the .onnx files and export.json")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.clip_frames=3 (repeatable)",
-    )
+    add_override_option(parser, "data.clip_frames=3")
     parser.add_argument("--batch-size", type=int, default=1, help="traced batch size (default 1)")
     parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
     parser.add_argument(

@@ -24,7 +24,7 @@ import argparse
 import shlex
 import sys
 
-from perception.config import ConfigError, load_config
+from perception.config import ConfigError, add_override_option, load_config
 from perception.datasets.io import DataError
 from perception.engine import CheckpointError, cleanup_distributed, setup_distributed
 from perception.evaluation import SplitError, SubmissionError, split_sample_tokens
@@ -52,14 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also test with LiDAR only, cameras only, CAM_FRONT dropped, LiDAR beams halved",
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set data.root=data/nuscenes (repeatable)",
-    )
+    add_override_option(parser, "data.root=data/nuscenes")
     parser.add_argument("--batch-size", type=int, default=1, help="samples per forward (1)")
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--pictures", type=int, default=4, help="samples drawn in the report")

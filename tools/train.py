@@ -40,7 +40,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from perception.config import ConfigError, load_config, save_config
+from perception.config import ConfigError, add_override_option, load_config, save_config
 from perception.datasets.pipeline import build_dataloader, build_dataset
 from perception.engine import (
     NonFiniteLossError,
@@ -63,14 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--resume", action="store_true", help="continue from the work dir's latest checkpoint"
     )
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.lr=1e-4 (repeatable)",
-    )
+    add_override_option(parser, "train.lr=1e-4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 

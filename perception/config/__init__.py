@@ -1,6 +1,13 @@
 """Experiment configs: YAML data (never executed) validated into typed, frozen classes."""
 
-from .loader import ConfigError, apply_overrides, load_config, parse_config, save_config
+from .loader import (
+    ConfigError,
+    add_override_option,
+    apply_overrides,
+    load_config,
+    parse_config,
+    save_config,
+)
 from .schema import (
     AugmentConfig,
     DataConfig,
@@ -18,6 +25,7 @@ __all__ = [
     "ExperimentConfig",
     "ImageAugConfig",
     "LidarAugConfig",
+    "add_override_option",
     "apply_overrides",
     "load_config",
     "parse_config",
