@@ -334,6 +334,22 @@ def _check_size(topic: str, field: str, width: int, height: int, expected_size) 
         )
 
 
+def check_image_markers(topic: str, raw: bytes, image_format: str = "") -> None:
+    """A JPEG must start with SOI and end with EOI (a truncated JPEG decodes to a grey-filled
+    image, not an error, in libjpeg); otherwise it must carry the PNG signature. Raises
+    `InvalidMessage` (`corrupt_image`)."""
+    if raw[:3] == b"\xff\xd8\xff":
+        if not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise InvalidMessage(
+                topic, "data", "corrupt_image", f"JPEG of {len(raw)} bytes has no end marker"
+            )
+    elif raw[:8] != b"\x89PNG\r\n\x1a\n":
+        shown = f" (format {image_format!r})" if image_format else ""
+        raise InvalidMessage(
+            topic, "data", "corrupt_image", f"{len(raw)} bytes are neither JPEG nor PNG{shown}"
+        )
+
+
 def compressed_image_to_rgb(
     msg: Any,
     *,
@@ -343,25 +359,12 @@ def compressed_image_to_rgb(
 ) -> np.ndarray:
     """Decodes a sensor_msgs/CompressedImage (JPEG or PNG) to `[H, W, 3]` uint8 RGB.
 
-    `expected_size` is (width, height), from the camera's CameraInfo. A JPEG must start with
-    SOI and end with EOI: a truncated JPEG decodes to a grey-filled image, not an error, in
-    libjpeg, so the markers are checked first (`corrupt_image`).
+    `expected_size` is (width, height), from the camera's CameraInfo. The markers are checked
+    before decoding (`check_image_markers`).
     """
     check_frame(topic, msg.header.frame_id, known_frames)
     data = np.asarray(msg.data, dtype=np.uint8)
-    raw = data.tobytes()
-    if raw[:3] == b"\xff\xd8\xff":
-        if not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            raise InvalidMessage(
-                topic, "data", "corrupt_image", f"JPEG of {len(raw)} bytes has no end marker"
-            )
-    elif raw[:8] != b"\x89PNG\r\n\x1a\n":
-        raise InvalidMessage(
-            topic,
-            "data",
-            "corrupt_image",
-            f"{len(raw)} bytes are neither JPEG nor PNG (format {msg.format!r})",
-        )
+    check_image_markers(topic, data.tobytes(), str(msg.format))
     image = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if image is None:
         raise InvalidMessage(topic, "data", "corrupt_image", "image data cannot be decoded")

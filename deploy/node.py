@@ -80,6 +80,7 @@ from .convert import (
     DEFAULT_MAX_POINTS,
     CameraCalibration,
     camera_info_to_calibration,
+    check_image_markers,
     compressed_image_to_rgb,
     detections_to_detected_objects,
     detections_to_detection3d_array,
@@ -981,15 +982,7 @@ def check_encoded_image(message: Any, *, topic: str, expected_size: tuple[int, i
     end markers or a PNG signature, and a header size equal to `expected_size` (width, height).
     Raises `InvalidMessage` (`corrupt_image`, `image_size`)."""
     raw = np.asarray(message.data, np.uint8).tobytes()
-    if raw[:3] == b"\xff\xd8\xff":
-        if not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            raise InvalidMessage(
-                topic, "data", "corrupt_image", f"JPEG of {len(raw)} bytes has no end marker"
-            )
-    elif raw[:8] != b"\x89PNG\r\n\x1a\n":
-        raise InvalidMessage(
-            topic, "data", "corrupt_image", f"{len(raw)} bytes are neither JPEG nor PNG"
-        )
+    check_image_markers(topic, raw)
     size = encoded_image_size(raw)
     if size is None:
         raise InvalidMessage(topic, "data", "corrupt_image", "no image size in the header")
