@@ -49,8 +49,8 @@ for variant in "${VARIANTS[@]}"; do
         fused) config=configs/bevfusion_tiny.yaml; steps=${STEPS:-620}
                extra=(--set data.clip_frames=1 --set model.camera.tsm_mode=off) ;;
         lidar) config=configs/bevfusion_tiny_lidar.yaml; steps=${STEPS:-850} ;;
-        camera) config=configs/bevfusion_tiny_camera.yaml; steps=${STEPS:-520} ;;
-        camera_t1) config=configs/bevfusion_tiny_camera.yaml; steps=${STEPS:-520}
+        camera) config=configs/bevfusion_tiny_camera.yaml; steps=${STEPS:-900} ;;
+        camera_t1) config=configs/bevfusion_tiny_camera.yaml; steps=${STEPS:-900}
                    extra=(--set data.clip_frames=1 --set model.camera.tsm_mode=off) ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
