@@ -7,17 +7,19 @@ scatter, no atomics. The backward is the same operation on the transposed table
 (``grad_in = gather(grad_out, nbr_t) @ W^T``) plus ``grad_W = im2col^T @ grad_out``. Every
 reduction has a fixed order for fixed shapes, so results are bitwise reproducible run to run.
 
-Where few neighbours are active (strided LiDAR layers fill ~10% of the table) a per-offset
-gather - GEMM - ``index_add_`` variant does far less work; ``_select_impl`` is the one place
-that chooses (by estimated cost and device). ``index_add_`` is deterministic on CPU; on CUDA it
-uses atomics, so ``deterministic=True`` forces the gather variant there.
+Where few neighbours are active (strided LiDAR layers fill ~10% of the table) two variants do
+far less work: on CPU with numba, ``"rows"`` (:func:`._numba.conv_rows`: output stationary over
+the active neighbours only, one output row per iteration of a parallel loop); elsewhere a
+per-offset gather - GEMM - ``index_add_``. ``_select_impl`` is the one place that chooses (by
+estimated cost and device). All three are deterministic on CPU; on CUDA ``index_add_`` uses
+atomics, so ``deterministic=True`` forces the gather variant there.
 """
 
 from __future__ import annotations
 
 import torch
 
-from .kernel_map import Triple, as_triple
+from .kernel_map import Triple, as_triple, numba_kernels
 from .tensor import SparseTensor
 
 # Elements of one im2col chunk: 1M floats (4 MB) keeps the chunk cache resident.
@@ -113,27 +115,66 @@ def _scatter_grad_weight(
     return grad_w
 
 
-# Fixed "gather" / "scatter" threshold on the table fill for tests (None: the cost model).
-_GATHER_MIN_FILL: float | None = None
+def _rows_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """:func:`._numba.conv_rows`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` (CPU)."""
+    kernels = numba_kernels(feats.device)
+    dtype = torch.empty(0, dtype=feats.dtype).numpy().dtype
+    out = torch.from_numpy(kernels.filled((nbr.shape[0], weight.shape[2]), dtype, 0))
+    if nbr.shape[0]:
+        kernels.conv_rows(
+            feats.contiguous().numpy(),
+            weight.contiguous().numpy(),
+            nbr.numpy(),
+            feats.shape[0],
+            out.numpy(),
+        )
+    return out
+
+
+def _rows_grad_weight(
+    feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tensor
+) -> torch.Tensor:
+    """``grad_W[k] = sum_j feats[nbr[j, k]]^T grad_out[j]`` -> ``[K, C_in, C_out]`` (CPU), as
+    per-block partial sums (:func:`._numba.grad_weight_rows`) added in block order."""
+    kernels = numba_kernels(feats.device)
+    num_out, k = nbr.shape
+    blocks = max(1, -(-num_out // kernels.GRAD_BLOCK_ROWS))
+    partial = feats.new_zeros(blocks, k, feats.shape[1], grad_out.shape[1])
+    kernels.grad_weight_rows(
+        feats.contiguous().numpy(), nbr.numpy(), feats.shape[0], grad_out.numpy(), partial.numpy()
+    )
+    return partial.sum(0) if blocks > 1 else partial[0]
+
+
+# A forced variant for tests ("gather", "scatter", "rows"; None: the cost model). A forced
+# "rows" where numba cannot run (CUDA) falls back to the cost model.
+_FORCED_IMPL: str | None = None
 
 
 def _select_impl(
     device: torch.device, deterministic: bool, fill: float, c_in: int, c_out: int
 ) -> str:
-    """The compute variant: "gather" (im2col GEMM) or "scatter" (per-offset ``index_add_``).
+    """The compute variant: "gather" (im2col GEMM), "rows" (numba, CPU) or "scatter"
+    (per-offset ``index_add_``).
 
-    ``fill`` is the fraction of active entries of the neighbour table. On CPU both variants
-    are deterministic, so the choice is by estimated cost, per table entry (ns, one CPU thread,
-    fitted on the SECOND-like benchmark stack): im2col pays a row gather for every entry and
-    multiplies zeros; the per-offset variant extracts the pairs (every entry) and pays a
-    latency-bound gather and ``index_add_`` per active pair. On CUDA ``deterministic`` forces
-    "gather" (no atomics). A CUDA kernel would be slotted in here; until one is written and
-    tested on a GPU, CUDA runs the same torch code.
+    ``fill`` is the fraction of active entries of the neighbour table. On CPU every variant is
+    deterministic, so the choice is by estimated cost per table entry (ns, fitted on the
+    SECOND-like benchmark stack): im2col pays a row gather for every entry and multiplies zeros
+    at BLAS speed; "rows" pays only for active pairs but multiplies at numba's (slower) speed,
+    so it wins on sparse tables and few channels; without numba the per-offset variant extracts
+    the pairs (every entry) and pays a latency-bound gather and ``index_add_`` per active pair.
+    On CUDA ``deterministic`` forces "gather" (no atomics). A CUDA kernel would be slotted in
+    here; until one is written and tested on a GPU, CUDA runs the same torch code.
     """
     if device.type == "cuda" and deterministic:
         return "gather"
-    if _GATHER_MIN_FILL is not None:
-        return "gather" if fill >= _GATHER_MIN_FILL else "scatter"
+    rows_ok = numba_kernels(device) is not None
+    if _FORCED_IMPL is not None and (_FORCED_IMPL != "rows" or rows_ok):
+        return _FORCED_IMPL
+    if rows_ok:
+        # Two threads, per table entry: im2col 3 + 0.011 * MACs, rows 8 + 0.05 * MACs per pair.
+        macs = c_in * c_out
+        return "rows" if fill * (8.0 + 0.05 * macs) < 3.0 + 0.011 * macs else "gather"
     macs = 0.02 * c_in * c_out
     gather = 5.0 + 1.0 * c_in + macs
     scatter = 5.0 + fill * (40.0 + 1.2 * (c_in + c_out) + macs)
@@ -168,7 +209,10 @@ def sparse_conv_op(
     """
     k, c_in, c_out = weight.shape
     fill = _fill(nbr, feats.shape[0])
-    if _select_impl(feats.device, deterministic, fill, c_in, c_out) == "scatter":
+    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out)
+    if impl == "rows":
+        return _rows_conv(feats, weight, nbr)
+    if impl == "scatter":
         return _scatter_conv(feats, weight, nbr, c_out)
     return _gather_gemm(feats, weight.reshape(k * c_in, c_out), nbr)
 
@@ -194,7 +238,11 @@ def sparse_conv_backward_op(
     # grad_in[i] = sum_k grad_out[nbr_t[i, k]] @ W[k]^T
     w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
     fill = _fill(nbr, feats.shape[0])
-    if _select_impl(feats.device, deterministic, fill, c_in, c_out) == "scatter":
+    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out)
+    if impl == "rows":
+        grad_feats = _rows_conv(grad_out, weight.transpose(1, 2), nbr_t)
+        grad_weight = _rows_grad_weight(feats, nbr, grad_out)
+    elif impl == "scatter":
         grad_feats = _scatter_conv(grad_out, weight.transpose(1, 2), nbr_t, c_in)
         grad_weight = _scatter_grad_weight(feats, nbr, grad_out)
     else:

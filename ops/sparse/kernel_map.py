@@ -14,16 +14,21 @@ Conventions (shared by the whole ``perception.ops.sparse`` package):
   transpose ``nbr_t [N_in, K]``: the output row that reads input ``i`` at offset ``k``, or
   ``N_out``. Index ``N_in`` / ``N_out`` points at an appended zero row, so gathers need no mask.
 
-Hashing: a :class:`CoordIndex` per coordinate set, either a two-level dense table (a column
-table over ``(batch, x, y)`` and a per-column table over ``z``; two gathers per lookup) or, when
-the extent makes those tables too large, sorted int64 keys with ``torch.searchsorted``. Kernel
-offsets form a product of per-axis offsets, so one column lookup serves all ``kz`` offsets.
+Hashing: a :class:`CoordIndex` per coordinate set. On CPU, where numba is importable, a column
+index probed by a parallel numba loop (:mod:`._numba`); otherwise (CUDA, no
+numba) a two-level dense table (a column table over ``(batch, x, y)`` and a per-column table
+over ``z``; two gathers per lookup) or, when the extent makes those tables too large, sorted
+int64 keys with ``torch.searchsorted``. Kernel offsets form a product of per-axis offsets, so one
+column lookup serves all ``kz`` offsets. The torch layouts are the reference of the column index.
 """
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
+from types import ModuleType
 
+import numpy as np
 import torch
 
 Triple = tuple[int, int, int]
@@ -37,6 +42,29 @@ def as_triple(value: int | tuple[int, ...] | list[int], name: str) -> Triple:
     if len(value) != 3 or any(v < 1 for v in value):
         raise ValueError(f"{name} must be a positive int or 3 positive ints, got {value}")
     return value  # type: ignore[return-value]
+
+
+@functools.cache
+def _numba_module() -> ModuleType | None:
+    """:mod:`._numba`, or None where numba is not importable (imported on first use)."""
+    try:
+        from . import _numba
+    except ImportError:
+        return None
+    return _numba
+
+
+def numba_kernels(device: torch.device) -> ModuleType | None:
+    """The numba kernels for tensors on ``device`` (CPU only), their thread count set to
+    torch's, or None (CUDA tensors, numba not importable)."""
+    if device.type != "cpu":
+        return None
+    module = _numba_module()
+    if module is not None:
+        import numba
+
+        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
+    return module
 
 
 def kernel_offsets(kernel_size: Triple, dilation: Triple) -> torch.Tensor:
@@ -118,8 +146,11 @@ def _axis_queries(
 class CoordIndex:
     """Looks up rows of one coordinate set (unique rows, multiples of ``stride``).
 
-    Two layouts, chosen by :func:`make_coord_index`:
+    Three layouts, chosen by :func:`make_coord_index`:
 
+    - ``"columns"`` (CPU tensors, numba importable): an occupancy bitmap over the ``(batch, x,
+      y)`` columns with per-word prefix counts (a column's id is its rank), a z occupancy bit
+      mask per column and the rows listed column by column (:func:`._numba.build_columns`); lookups in a parallel numba loop.
     - ``"dense"``: a two-level table, a dense column table over ``(batch, x, y)`` giving a column
       id, then a dense ``[num_columns + 1, Z]`` table of row ids. Lookups are two gathers, no
       search. Used when both tables are small (LiDAR scenes: a few tens of MB at stride 1).
@@ -146,6 +177,20 @@ class CoordIndex:
         self.batches = int(c[:, 0].max()) + 1
         ex, ey, ez = self.ext
         gx, gy, gz = (grid[:, a] - lo[a] for a in range(3))
+        if layout == "columns":
+            kernels = numba_kernels(device)
+            if kernels is None:
+                raise ValueError("the 'columns' coordinate index needs CPU tensors and numba")
+            self._geometry = [np.asarray(v, dtype=np.int64) for v in (stride, lo, self.ext)]
+            words = (self.batches * ex * ey + 63) // 64
+            occupied = np.zeros(words, dtype=np.uint64)
+            word_prefix = np.empty(words, dtype=np.int32)
+            col_mask = np.zeros((self.num_rows, (ez + 63) // 64), dtype=np.uint64)
+            col_start = np.empty(self.num_rows + 1, dtype=np.int32)
+            row_table = np.empty(self.num_rows, dtype=np.int32)
+            self._tables = (occupied, word_prefix, col_mask, col_start, row_table)
+            kernels.build_columns(coords.numpy(), *self._geometry, *self._tables)
+            return
         rows = torch.arange(self.num_rows, device=device)
         if layout == "dense":
             colkey = (c[:, 0] * ex + gx) * ey + gy
@@ -204,6 +249,20 @@ class CoordIndex:
             return torch.full(
                 (m, kx * ky * kz), self.num_rows, dtype=torch.int64, device=base.device
             )
+        if self.layout == "columns":
+            kernels = numba_kernels(base.device)
+            out = torch.from_numpy(kernels.filled((m, kx * ky * kz), np.int64, self.num_rows))
+            kernels.lookup_columns(
+                base.numpy(),
+                x_offs.numpy(),
+                y_offs.numpy(),
+                z_offs.numpy(),
+                *self._geometry,
+                self.batches,
+                *self._tables,
+                out.numpy(),
+            )
+            return out
         out = torch.empty((m, kx * ky * kz), dtype=torch.int64, device=base.device)
         # Chunks keep the temporaries small: cache resident, and reused by the allocator instead
         # of being freshly page-faulted on every call (which dominated the unchunked version).
@@ -258,10 +317,19 @@ class CoordIndex:
 def make_coord_index(
     coords: torch.Tensor, stride: Triple, layout: str = "auto", max_table: int = 1 << 26
 ) -> CoordIndex:
-    """A :class:`CoordIndex` of ``coords [N, 4]``; ``layout`` "auto" picks "dense" when its
-    tables stay under ``max_table`` entries, else "sorted"."""
-    if layout not in ("auto", "dense", "sorted"):
+    """A :class:`CoordIndex` of ``coords [N, 4]``; ``layout`` "auto" picks, for CPU tensors
+    where numba is importable, "columns" when its column bitmap and z masks stay under
+    ``max_table * 8`` bits each; elsewhere "dense" when its tables stay
+    under ``max_table`` entries, else "sorted"."""
+    if layout not in ("auto", "columns", "dense", "sorted"):
         raise ValueError(f"unknown coordinate index layout {layout!r}")
+    if layout == "auto" and numba_kernels(coords.device) is not None and coords.shape[0]:
+        c = coords.to(torch.int64)
+        ext = [int(c[:, 1 + a].max() - c[:, 1 + a].min()) // stride[a] + 1 for a in range(3)]
+        batches = int(c[:, 0].max()) + 1
+        words = (ext[2] + 63) // 64
+        if max(batches * ext[0] * ext[1], coords.shape[0] * words * 64) <= max_table * 8:
+            layout = "columns"
     if layout == "auto":
         layout = "sorted"
         if coords.shape[0]:
@@ -414,13 +482,25 @@ def build_strided_kernel_map(
     kernel_size: Triple,
     stride: Triple,
     dilation: Triple,
+    impl: str = "auto",
 ) -> tuple[torch.Tensor, KernelMap]:
     """Output sites and kernel map of a strided conv, in one pass over the input pairs.
 
+    Args:
+        impl: ``"numba"`` (CPU: a column index of the sites,
+            :func:`._numba.strided_map_columns`), ``"torch"`` (vectorized enumeration +
+            ``torch.unique``; the reference, and the CUDA path) or ``"auto"`` (numba where it
+            can run).
+
     Returns:
         ``out_coords [M, 4]`` int32 (as :func:`downsample_coords`) and the :class:`KernelMap`
-        from ``coords [N, 4]`` to them, with its per-offset pairs already filled in.
+        from ``coords [N, 4]`` to them.
     """
+    if impl not in ("auto", "numba", "torch"):
+        raise ValueError(f"unknown strided kernel map impl {impl!r}")
+    kernels = numba_kernels(coords.device) if impl != "torch" else None
+    if impl == "numba" and kernels is None:
+        raise ValueError("impl='numba' needs CPU coordinates and numba")
     device = coords.device
     k = kernel_size[0] * kernel_size[1] * kernel_size[2]
     num_in = coords.shape[0]
@@ -429,6 +509,13 @@ def build_strided_kernel_map(
         out = torch.zeros((0, 4), dtype=torch.int32, device=device)
         empty = torch.zeros((0, k), dtype=torch.int64, device=device)
         return out, KernelMap(empty, empty.clone(), 0, 0)
+    if kernels is not None:
+        geometry = [
+            np.asarray(v, dtype=np.int64) for v in (in_stride, kernel_size, stride, dilation)
+        ]
+        out, nbr, nbr_t = kernels.strided_map_columns(coords.numpy(), *geometry)
+        kmap = KernelMap(torch.from_numpy(nbr), torch.from_numpy(nbr_t), num_in, nbr.shape[0])
+        return torch.from_numpy(out), kmap
     keys, in_idx, k_idx, hi = _strided_pairs(coords, in_stride, kernel_size, stride, dilation)
     sites, out_idx = torch.unique(keys, return_inverse=True)  # sorted
     num_out = sites.shape[0]

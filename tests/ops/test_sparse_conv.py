@@ -15,17 +15,20 @@ from perception.ops.sparse.kernel_map import (
     downsample_coords_reference,
     kernel_offsets,
     make_coord_index,
+    numba_kernels,
 )
 from tests.ops.harness import DEVICES, assert_parity
 
-IMPLS = ["gather", "scatter"]
+IMPLS = ["gather", "scatter", "rows"]
+HAVE_NUMBA = numba_kernels(torch.device("cpu")) is not None
 
 
 @pytest.fixture
 def force_impl(request, monkeypatch):
-    """Forces one compute variant of the fast path (the default picks by table fill)."""
-    threshold = {"gather": 0.0, "scatter": 1.1}[request.param]
-    monkeypatch.setattr(functional, "_GATHER_MIN_FILL", threshold)
+    """Forces one compute variant of the fast path (the default picks by estimated cost)."""
+    if request.param == "rows" and not HAVE_NUMBA:
+        pytest.skip("the 'rows' variant needs numba, which is not importable")
+    monkeypatch.setattr(functional, "_FORCED_IMPL", request.param)
     return request.param
 
 
@@ -180,7 +183,11 @@ def test_fast_path_matches_reference(device, n, kernel_size, stride, force_impl)
     assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=grads)
 
 
-@pytest.mark.parametrize("layout", ["dense", "sorted"])
+LAYOUTS = ["dense", "sorted"] + (["columns"] if HAVE_NUMBA else [])
+STRIDED_IMPLS = ["torch"] + (["numba"] if HAVE_NUMBA else [])
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
 @pytest.mark.parametrize("in_stride", [1, 2])
 @pytest.mark.parametrize("conv", [(3, 1, 1), (3, 2, 1), (2, 2, 1), (3, 2, 2), (3, 1, 2)])
 def test_kernel_map_matches_reference(layout, in_stride, conv):
@@ -199,12 +206,46 @@ def test_kernel_map_matches_reference(layout, in_stride, conv):
     assert torch.equal(kmap.nbr, ref.nbr)
     assert torch.equal(kmap.nbr_t, ref.nbr_t)
     if stride[0] > 1:
-        # The one-pass builder the cache uses for strided convs: same sites, tables and pairs.
-        sites, strided = build_strided_kernel_map(coords, s3, kernel, stride, dilation)
-        assert torch.equal(sites, out)
-        assert torch.equal(strided.nbr, ref.nbr) and torch.equal(strided.nbr_t, ref.nbr_t)
-        for (i, o), (ref_i, ref_o) in zip(strided.pairs(), ref.pairs()):
-            assert torch.equal(i, ref_i) and torch.equal(o, ref_o)
+        # The one-pass builders the cache uses for strided convs: same sites, tables and pairs.
+        for impl in STRIDED_IMPLS:
+            sites, strided = build_strided_kernel_map(
+                coords, s3, kernel, stride, dilation, impl=impl
+            )
+            assert torch.equal(sites, out), impl
+            assert torch.equal(strided.nbr, ref.nbr) and torch.equal(strided.nbr_t, ref.nbr_t)
+            for (i, o), (ref_i, ref_o) in zip(strided.pairs(), ref.pairs()):
+                assert torch.equal(i, ref_i) and torch.equal(o, ref_o)
+
+
+@pytest.mark.skipif(not HAVE_NUMBA, reason="the column index needs numba, not importable here")
+@pytest.mark.parametrize("stride", [1, 2])
+def test_column_index_tall_columns(stride):
+    """z extents over 64 cells (several mask words per column), negative and far-off queries."""
+    g = torch.Generator().manual_seed(2)
+    n = 400
+    xyz = (
+        torch.stack(
+            [
+                torch.randint(0, 4, (n,), generator=g),
+                torch.randint(0, 3, (n,), generator=g),
+                torch.randint(0, 150, (n,), generator=g),
+            ],
+            1,
+        )
+        * stride
+    )
+    b = torch.randint(0, 2, (n, 1), generator=g)
+    coords = torch.unique(torch.cat([b, xyz], 1), dim=0).to(torch.int32)
+    s3 = (stride,) * 3
+    columns = make_coord_index(coords, s3, "columns")
+    sorted_ = make_coord_index(coords, s3, "sorted")
+    queries = torch.cat([coords.long(), torch.tensor([[0, -stride, 0, 0], [5, 0, 0, 0]])])
+    offs = [torch.tensor([-stride, 0, stride]), torch.tensor([0, stride]), torch.arange(-3, 4)]
+    assert torch.equal(columns.lookup(queries, *offs), sorted_.lookup(queries, *offs))
+    sites, strided = build_strided_kernel_map(coords, s3, (3, 3, 3), (2, 2, 2), (1, 1, 1), "numba")
+    ref_sites, ref = build_strided_kernel_map(coords, s3, (3, 3, 3), (2, 2, 2), (1, 1, 1), "torch")
+    assert torch.equal(sites, ref_sites)
+    assert torch.equal(strided.nbr, ref.nbr) and torch.equal(strided.nbr_t, ref.nbr_t)
 
 
 @pytest.mark.parametrize("fill", [0.0, 0.05, 0.3, 1.0])
@@ -221,8 +262,9 @@ def test_pairs_match_table(fill, channels):
         expected_out = torch.nonzero(nbr[:, o] < num_in).squeeze(1)
         assert torch.equal(out_idx, expected_out) and torch.equal(in_idx, nbr[expected_out, o])
     impl = functional._select_impl(torch.device("cpu"), False, fill, *channels)
-    # A full table is never worth per-offset scatters; an empty one never worth im2col.
-    assert impl == {0.0: "scatter", 1.0: "gather"}.get(fill, impl)
+    # A full table is never worth per-pair work; an empty one never worth im2col.
+    sparse_variant = "rows" if HAVE_NUMBA else "scatter"
+    assert impl == {0.0: sparse_variant, 1.0: "gather"}.get(fill, impl)
 
 
 @pytest.mark.parametrize("stride", [1, 2])
