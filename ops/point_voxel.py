@@ -14,8 +14,39 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .sparse.kernel_map import Triple, as_triple
+from .sparse.kernel_map import Triple, as_triple, numba_kernels
 from .sparse.tensor import SparseTensor
+
+
+def _scatter_add(
+    out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """``out[rows[i, k]] += weights[i, k] * src[i]`` (weights 1 when None), in place.
+
+    CPU with numba: one parallel pass (:func:`.sparse._numba.weighted_scatter_add`); elsewhere
+    one ``index_add_`` per column of ``rows``. Both are deterministic on CPU.
+
+    Args:
+        out: ``[M, C]``; rows: ``[N, K]`` int64; src: ``[N, C]``; weights: ``[N, K]`` or None.
+    """
+    kernels = numba_kernels(out.device)
+    if kernels is not None and src.shape[0]:
+        if weights is None:
+            weights = src.new_ones(rows.shape)
+        # One channel range per thread, at least 8 channels (a 32-byte float32 run) each.
+        tasks = max(1, min(torch.get_num_threads(), src.shape[1] // 8))
+        kernels.weighted_scatter_add(
+            src.detach().contiguous().numpy(),
+            rows.contiguous().numpy(),
+            weights.detach().contiguous().numpy(),
+            tasks,
+            out.numpy(),
+        )
+        return out
+    for k in range(rows.shape[1]):
+        term = src if weights is None else src * weights[:, k : k + 1]
+        out.index_add_(0, rows[:, k], term)
+    return out
 
 
 def _check_points(point_feats: torch.Tensor, point_coords: torch.Tensor) -> None:
@@ -80,7 +111,6 @@ def point_to_voxel(
         SparseTensor with ``feats [M, C]`` (dtype of ``point_feats``), the mean per voxel.
     """
     _check_points(point_feats, point_coords)
-    n, c = point_feats.shape
     if isinstance(target, SparseTensor):
         stride = target.stride
         voxels = _voxel_of(point_coords, stride)
@@ -93,10 +123,7 @@ def point_to_voxel(
         voxels = _voxel_of(point_coords, stride)
         unique, rows = _unique_rows(voxels)
         num_voxels = unique.shape[0]
-    sums = point_feats.new_zeros(num_voxels + 1, c).index_add(0, rows, point_feats)
-    counts = torch.zeros(num_voxels + 1, dtype=point_feats.dtype, device=point_feats.device)
-    counts.index_add_(0, rows, torch.ones(n, dtype=point_feats.dtype, device=point_feats.device))
-    mean = sums[:num_voxels] / counts[:num_voxels].clamp(min=1).unsqueeze(1)
+    mean = _ScatterMean.apply(point_feats, rows, num_voxels)
     if isinstance(target, SparseTensor):
         return target.replace_feats(mean)
     return SparseTensor(mean, unique.to(torch.int32), stride)
@@ -117,10 +144,32 @@ def _corner_weights(
     return corner, weights.reshape(-1, 8)
 
 
+class _ScatterMean(torch.autograd.Function):
+    """``mean[v] = sum of point_feats[i] with rows[i] == v / their count`` for ``v < num_voxels``
+    (``rows[i] == num_voxels`` drops point ``i``); backward: each point gets its voxel's gradient
+    divided by the count."""
+
+    @staticmethod
+    def forward(ctx, point_feats: torch.Tensor, rows: torch.Tensor, num_voxels: int):
+        counts = torch.bincount(rows, minlength=num_voxels + 1)[:num_voxels]
+        inv = 1.0 / counts.clamp(min=1).to(point_feats.dtype)  # [M]
+        sums = point_feats.new_zeros(num_voxels + 1, point_feats.shape[1])
+        _scatter_add(sums, rows.unsqueeze(1), point_feats, None)
+        ctx.save_for_backward(rows, inv)
+        return sums[:num_voxels] * inv.unsqueeze(1)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        rows, inv = ctx.saved_tensors
+        scaled = torch.cat([grad * inv.unsqueeze(1), grad.new_zeros(1, grad.shape[1])])
+        return scaled.index_select(0, rows), None, None
+
+
 class _WeightedGather(torch.autograd.Function):
     """``out[n] = sum_k weights[n, k] * src[rows[n, k]]`` without an ``[N, K, C]``
-    intermediate: forward is one fused `embedding_bag`; backward scatter-adds one corner at a
-    time (`embedding_bag`'s own dense backward sorts all N*K rows and is ~20x slower on CPU).
+    intermediate: forward is one fused `embedding_bag`; backward is one weighted scatter-add
+    (:func:`_scatter_add`; `embedding_bag`'s own dense backward sorts all N*K rows and is ~20x
+    slower on CPU).
     `weights` take no gradient (they come from coordinates)."""
 
     @staticmethod
@@ -133,9 +182,7 @@ class _WeightedGather(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         rows, weights = ctx.saved_tensors
         grad_src = grad.new_zeros(ctx.num_rows, grad.shape[1])
-        for k in range(rows.shape[1]):
-            grad_src.index_add_(0, rows[:, k], grad * weights[:, k : k + 1])
-        return grad_src, None, None
+        return _scatter_add(grad_src, rows, grad, weights), None, None
 
 
 def voxel_to_point(x: SparseTensor, point_coords: torch.Tensor) -> torch.Tensor:

@@ -419,3 +419,29 @@ def grad_weight_rows(feats, nbr, num_in, grad_out, partial):
                     f = feats[i, c]
                     for o in range(c_out):
                         partial[blk, k, c, o] += f * grad_out[j, o]
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def weighted_scatter_add(src, rows, weights, num_tasks, out):
+    """``out[rows[i, k]] += weights[i, k] * src[i]`` for every ``i, k``.
+
+    Parallel over ``num_tasks`` contiguous channel ranges (one per thread): each task runs every
+    ``(i, k)`` in order on its own channels, so rows shared by many points need no atomics, and
+    every channel sums in the same order however the channels are split: the result is bitwise
+    the same for any ``num_tasks``.
+
+    Args:
+        src: ``[N, C]``; rows: ``[N, K]`` int64 in ``[0, len(out))``; weights: ``[N, K]`` (the
+        dtype of ``src``); num_tasks: ``1 .. C``; out: ``[M, C]``, accumulated into.
+    """
+    n, k_total = rows.shape
+    c_total = src.shape[1]
+    for task in prange(num_tasks):
+        c0 = task * c_total // num_tasks
+        c1 = (task + 1) * c_total // num_tasks
+        for i in range(n):
+            for k in range(k_total):
+                r = rows[i, k]
+                w = weights[i, k]
+                for c in range(c0, c1):
+                    out[r, c] += w * src[i, c]
