@@ -1,23 +1,26 @@
-"""Numba CPU kernels for :mod:`.voxelize`: one pass over the points with a voxel hash table.
+"""Numba CPU kernels for :mod:`.voxelize`.
 
 Each point's voxel index is ``floor((p - lo) / size)`` computed in the points' dtype (the
 arrays ``lo``, ``size`` and ``upper = grid - 1`` come in that dtype), the arithmetic of
 :func:`perception.ops._geometry.point_voxel_coords`, so both paths agree bit for bit on which
-voxel a point falls in and which points are dropped. Voxels live in an open-addressing table
-``[C, 2]`` (linear probing, power-of-two capacity C, at most half full) of pairs
-``(key + 1, row)``: the linear key ``(x * Y + y) * Z + z`` (0 marks an empty slot, so a zeroed
-array is an empty table) and the voxel's row, rows numbered in the order their first point
-appears in the input. The table is int32 where the keys fit (half the cache footprint: the
-probes are most of the time), else int64.
+voxel a point falls in and which points are dropped. Voxel keys are linear, ``(x * Y + y) * Z +
+z``; voxel rows are numbered in the order their first point appears in the input.
 
-The caller allocates the outputs with ``np.zeros`` (lazily zeroed pages: rows and slots never
-touched cost nothing) and passes them in; the kernels fill them and return the counts.
+- Hard voxelization (:func:`hard_voxelize`): a bitmap over the grid's keys, kept between calls,
+  gives every voxel a dense id by rank, so only the first-come numbering and the per-voxel slot
+  counting run serially; keys, ids, the scatter of points and the means run in parallel.
+- Dynamic voxelization (:func:`dynamic_voxelize`): one pass with an open-addressing table
+  ``[C, 2]`` (linear probing, power-of-two capacity C, at most half full) of pairs
+  ``(key + 1, row)`` (0 marks an empty slot, so a zeroed array is an empty table); int32 where
+  the keys fit (half the cache footprint: the probes are most of the time), else int64.
 """
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
-from numba import njit
+from numba import njit, prange
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
@@ -64,76 +67,202 @@ def _slot(key, mask):
     return np.int64(h & np.uint64(mask))
 
 
-@njit(cache=True, nogil=True, error_model="numpy")
-def hard_voxelize(
-    points, lo, size, upper, gy, gz, max_points, max_voxels, table, out, coords, counts, mean
-):
-    """Hard voxelization of ``points [N, D]`` (float32 or float64, C-contiguous).
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _point_keys(points, lo, size, upper, gy, gz, keys):
+    """``keys[i]`` = linear voxel key of point ``i`` or -1 (:func:`_voxel_key`), in parallel."""
+    lo, size, upper = _triple(lo), _triple(size), _triple(upper)
+    for i in prange(points.shape[0]):
+        keys[i] = _voxel_key(points, i, lo, size, upper, gy, gz)
 
-    Args:
-        lo, size, upper: ``[3]`` in the points' dtype: ``pc_range[:3]``, ``voxel_size`` and
-            ``grid - 1``; ``gy``, ``gz``: the grid's y and z sizes.
-        table: ``[C, 2]`` int32 or int64 zeros, C a power of two >= 2 * ``len(counts)``.
-        out: ``[V, max_points, D]`` zeros, ``coords``: ``[V, 3]`` int32, ``counts``: ``[V]``
-            int32 zeros, ``mean``: ``[V, D]`` zeros (points' dtype), V = min(N, max_voxels).
+
+@njit(cache=True, nogil=True, inline="always")
+def _popcount(x):
+    """Set bits of a uint64 (SWAR)."""
+    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
+    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
+    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
+    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
+
+
+@njit(cache=True, nogil=True)
+def _mark(keys, bitmap, word_id, touched, word_base):
+    """Sets each key's bit; numbers the touched 64-key words in first-touch order
+    (``word_id``, ``touched``) and gives each word the number of voxels in earlier words
+    (``word_base``). Returns ``(touched words, voxels)``."""
+    num_words = 0
+    for i in range(keys.shape[0]):
+        key = keys[i]
+        if key < 0:
+            continue
+        w = key >> 6
+        if word_id[w] < 0:
+            word_id[w] = num_words
+            touched[num_words] = w
+            num_words += 1
+        bitmap[w] |= np.uint64(1) << np.uint64(key & 63)
+    total = 0
+    for t in range(num_words):
+        word_base[t] = total
+        total += _popcount(bitmap[touched[t]])
+    return num_words, total
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _voxel_ids(keys, bitmap, word_id, word_base, ids):
+    """``ids[i]``: a dense id of point ``i``'s voxel (its rank in the bitmap), -1 if dropped."""
+    for i in prange(keys.shape[0]):
+        key = keys[i]
+        if key < 0:
+            ids[i] = -1
+        else:
+            w = key >> 6
+            bit = np.uint64(1) << np.uint64(key & 63)
+            ids[i] = word_base[word_id[w]] + _popcount(bitmap[w] & (bit - np.uint64(1)))
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _clear(bitmap, word_id, touched, num_words):
+    """Resets the touched words of the persistent tables."""
+    for t in prange(num_words):
+        w = touched[t]
+        bitmap[w] = 0
+        word_id[w] = -1
+
+
+@njit(cache=True, nogil=True)
+def _assign(keys, ids, row_of_id, max_points, max_voxels, gy, gz, coords, counts, slot_of):
+    """Voxel rows in first-come order and each point's slot ``row * max_points + c`` (or -1).
 
     Returns:
-        ``(M, num_dropped, num_overflow)``; rows ``[:M]`` of the outputs are filled, ``mean``
-        is each voxel's sum of stored points (in input order) divided by its count.
+        ``(M, num_dropped, num_overflow)``.
     """
-    n, d = points.shape
-    mask = np.int64(table.shape[0] - 1)
-    lo, size, upper = _triple(lo), _triple(size), _triple(upper)
     m = 0
     num_dropped = 0
     num_overflow = 0
-    last_key = np.int64(-2)  # consecutive LiDAR points often share a voxel
-    last_row = np.int64(-1)
-    for i in range(n):
-        key = _voxel_key(points, i, lo, size, upper, gy, gz)
-        if key < 0:
+    for i in range(keys.shape[0]):
+        vid = ids[i]
+        if vid < 0:
             num_dropped += 1
+            slot_of[i] = -1
             continue
-        if key == last_key:
-            row = last_row
-        else:
-            s = _slot(key, mask)
-            while True:
-                k = table[s, 0]
-                if k == key + 1:
-                    row = np.int64(table[s, 1])
-                    break
-                if k == 0:
-                    if m < max_voxels:  # a new voxel; past the budget it is never stored
-                        row = m
-                        table[s, 0] = key + 1
-                        table[s, 1] = m
-                        coords[m, 0] = key // (gy * gz)
-                        coords[m, 1] = (key // gz) % gy
-                        coords[m, 2] = key % gz
-                        m += 1
-                    else:
-                        row = -1
-                    break
-                s = (s + 1) & mask
-            last_key = key
-            last_row = row
+        row = row_of_id[vid]
+        if row == -1:  # first point of this voxel
+            if m < max_voxels:
+                row = m
+                key = keys[i]
+                coords[m, 0] = key // (gy * gz)
+                coords[m, 1] = (key // gz) % gy
+                coords[m, 2] = key % gz
+                m += 1
+            else:
+                row = -2  # past the budget: never stored
+            row_of_id[vid] = row
         if row < 0:
             num_overflow += 1
+            slot_of[i] = -1
             continue
         c = counts[row]
         if c >= max_points:
             num_overflow += 1
+            slot_of[i] = -1
             continue
-        for j in range(d):
-            out[row, c, j] = points[i, j]
-            mean[row, j] += points[i, j]
         counts[row] = c + 1
-    for row in range(m):
-        # float32 / int32 divides in float64 and rounds once more: the same float32 quotient
-        for j in range(d):
-            mean[row, j] /= counts[row]
+        slot_of[i] = row * max_points + c
     return m, num_dropped, num_overflow
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _scatter(points, slot_of, out):
+    """``out[slot_of[i]] = points[i]`` for kept points (``out`` viewed ``[V * max_points, D]``)."""
+    d = points.shape[1]
+    for i in prange(points.shape[0]):
+        s = slot_of[i]
+        if s >= 0:
+            for j in range(d):
+                out[s, j] = points[i, j]
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def _means(out, counts, m, mean):
+    """Per voxel row: the mean of its stored points (summed in input order) and zeros in its
+    unused slots."""
+    max_points, d = out.shape[1], out.shape[2]
+    for r in prange(m):
+        c = counts[r]
+        for j in range(d):
+            acc = out[r, 0, j]
+            for k in range(1, c):
+                acc += out[r, k, j]
+            # float32 / int32 divides in float64 and rounds once more: the same float32 quotient
+            mean[r, j] = acc / c
+        for k in range(c, max_points):
+            for j in range(d):
+                out[r, k, j] = 0
+
+
+class _KeyBitmap:
+    """A bitmap over a grid's voxel keys plus a per-word id table, kept between calls (as
+    spconv keeps its dense grid): allocating and first-touching them every call would cost
+    more than the voxelization. Only the words a call touched are reset after it."""
+
+    def __init__(self, num_keys: int) -> None:
+        words = (num_keys + 63) // 64
+        self.num_keys = num_keys
+        self.bitmap = np.zeros(words, dtype=np.uint64)
+        self.word_id = np.full(words, -1, dtype=np.int32)
+
+
+_BITMAP: list[_KeyBitmap] = []  # the last grid's tables (one grid at a time)
+_BITMAP_LOCK = threading.Lock()
+
+
+def hard_voxelize(points, lo, size, upper, gy, gz, num_keys, max_points, max_voxels):
+    """Hard voxelization of ``points [N, D]`` (float32 or float64, C-contiguous).
+
+    Phases: voxel keys (parallel); bits set in a key bitmap, touched words numbered (serial,
+    cache-friendly); a dense voxel id per point from its bitmap rank (parallel); voxel rows in
+    first-come order and point slots (serial); points scattered into their slots and the means
+    (parallel). The same outputs as the one-pass rule in :mod:`.voxelize`'s docstring.
+
+    Args:
+        lo, size, upper: ``[3]`` in the points' dtype: ``pc_range[:3]``, ``voxel_size`` and
+            ``grid - 1``; ``gy``, ``gz``: the grid's y and z sizes; num_keys: its voxel count.
+
+    Returns:
+        ``(out [M, max_points, D], coords [M, 3] int32, counts [M] int32, mean [M, D], M,
+        num_dropped, num_overflow)``; ``mean`` is each voxel's sum of stored points (in input
+        order) divided by its count.
+    """
+    n, d = points.shape
+    capacity = min(n, max_voxels)
+    keys = np.empty(n, dtype=np.int64)
+    _point_keys(points, lo, size, upper, gy, gz, keys)
+    touched = np.empty(n, dtype=np.int64)
+    word_base = np.empty(n, dtype=np.int64)
+    ids = np.empty(n, dtype=np.int64)
+    with _BITMAP_LOCK:
+        if not _BITMAP or _BITMAP[0].num_keys != num_keys:
+            _BITMAP[:] = [_KeyBitmap(num_keys)]
+        tables = _BITMAP[0]
+        num_words, num_ids = _mark(keys, tables.bitmap, tables.word_id, touched, word_base)
+        try:
+            _voxel_ids(keys, tables.bitmap, tables.word_id, word_base, ids)
+        finally:
+            _clear(tables.bitmap, tables.word_id, touched, num_words)
+    row_of_id = np.full(num_ids, -1, dtype=np.int64)
+    coords = np.empty((capacity, 3), dtype=np.int32)
+    counts = np.zeros(capacity, dtype=np.int32)
+    slot_of = np.empty(n, dtype=np.int64)
+    m, num_dropped, num_overflow = _assign(
+        keys, ids, row_of_id, max_points, max_voxels, gy, gz, coords, counts, slot_of
+    )
+    # Every slot of the M rows is written (points or the zeros of _means); np.empty keeps the
+    # pages of rows past M untouched.
+    out = np.empty((capacity, max_points, d), dtype=points.dtype)
+    _scatter(points, slot_of, out.reshape(-1, d))
+    mean = np.empty((capacity, d), dtype=points.dtype)
+    _means(out, counts, m, mean)
+    return out[:m], coords[:m], counts[:m], mean[:m], m, num_dropped, num_overflow
 
 
 @njit(cache=True, nogil=True, error_model="numpy")

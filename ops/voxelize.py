@@ -13,8 +13,9 @@ points, in input order. The output rows are in that voxel order.
 
 Two fast paths, chosen per call by :func:`_choose_impl` (or forced with ``impl=``):
 
-* ``"numba"`` (float32/float64 CPU tensors without autograd, when numba is importable): one
-  pass over the points with a voxel hash table (:mod:`perception.ops._voxelize_numba`).
+* ``"numba"`` (float32/float64 CPU tensors without autograd, when numba is importable): a key
+  bitmap kept between calls, parallel where the first-come rule allows
+  (:mod:`perception.ops._voxelize_numba`).
 * ``"torch"`` (everything else: CUDA, other dtypes, autograd): sorts the points' linear voxel
   keys once (stable), so no Python loop runs over points; it runs unchanged on CUDA tensors.
 
@@ -49,6 +50,9 @@ __all__ = [
 
 
 IMPLS = ("numba", "torch")
+# Grids with more voxels than this take the torch path even on CPU: the numba path keeps a
+# bitmap of nk / 8 bytes and a word table of nk / 16 bytes (0.4 GB at this size).
+MAX_BITMAP_KEYS = 1 << 31
 """The implementations ``impl=`` accepts (None chooses, see :func:`_choose_impl`)."""
 
 
@@ -177,24 +181,17 @@ def _voxelize_numba(
 ) -> Voxels:
     kernels = _numba_kernels()
     pts = _as_numpy(points)  # [N, D]
-    n, d = pts.shape
     lo, size, upper, gy, gz, num_keys = _numba_geometry(pts, voxel_size, pc_range)
-    capacity = min(n, max_voxels)  # voxel rows that can be filled
-    table = kernels.new_table(capacity, num_keys)
-    # np.zeros: lazily zeroed pages, so rows the kernel never fills cost nothing
-    out = np.zeros((capacity, max_points_per_voxel, d), dtype=pts.dtype)
-    coords = np.empty((capacity, 3), dtype=np.int32)
-    counts = np.zeros(capacity, dtype=np.int32)
-    mean = np.zeros((capacity, d), dtype=pts.dtype)
-    m, num_dropped, num_overflow = kernels.hard_voxelize(
-        pts, lo, size, upper, gy, gz, max_points_per_voxel, max_voxels,
-        table, out, coords, counts, mean,
-    )  # fmt: skip
+    if num_keys > MAX_BITMAP_KEYS:
+        return _voxelize_torch(points, voxel_size, pc_range, max_points_per_voxel, max_voxels)
+    out, coords, counts, mean, _, num_dropped, num_overflow = kernels.hard_voxelize(
+        pts, lo, size, upper, gy, gz, num_keys, max_points_per_voxel, max_voxels
+    )
     return Voxels(
-        points=torch.from_numpy(out[:m]),
-        coords=torch.from_numpy(coords[:m]),
-        num_points=torch.from_numpy(counts[:m]),
-        mean=torch.from_numpy(mean[:m]),
+        points=torch.from_numpy(out),
+        coords=torch.from_numpy(coords),
+        num_points=torch.from_numpy(counts),
+        mean=torch.from_numpy(mean),
         num_dropped=int(num_dropped),
         num_overflow=int(num_overflow),
     )
@@ -319,6 +316,16 @@ def voxelize(
         return _voxelize_numba(
             points, voxel_size, pc_range, int(max_points_per_voxel), int(max_voxels)
         )
+    return _voxelize_torch(points, voxel_size, pc_range, max_points_per_voxel, max_voxels)
+
+
+def _voxelize_torch(
+    points: torch.Tensor,
+    voxel_size: tuple[float, float, float],
+    pc_range: tuple[float, ...],
+    max_points_per_voxel: int,
+    max_voxels: int,
+) -> Voxels:
     n, d = points.shape
     key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range)
     point_index, voxel_of, rank, voxel_coords, counts = _group_first_come(key, sentinel, grid)
