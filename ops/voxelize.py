@@ -38,6 +38,7 @@ from ._geometry import (
     check_float_tensor,
     voxel_grid_size,
 )
+from ._numba_threads import size_numba_pool
 
 __all__ = [
     "IMPLS",
@@ -126,6 +127,7 @@ def _check_budget(max_points_per_voxel: int, max_voxels: int) -> None:
 def _numba_kernels() -> ModuleType | None:
     """:mod:`._voxelize_numba`, or None where numba is not importable (imported on first use:
     numba takes a while to import and most users of :mod:`perception.ops` never voxelize)."""
+    size_numba_pool()
     try:
         from . import _voxelize_numba
     except ImportError:

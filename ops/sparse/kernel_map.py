@@ -31,6 +31,8 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from .._numba_threads import size_numba_pool
+
 Triple = tuple[int, int, int]
 
 
@@ -47,6 +49,7 @@ def as_triple(value: int | tuple[int, ...] | list[int], name: str) -> Triple:
 @functools.cache
 def _numba_module() -> ModuleType | None:
     """:mod:`._numba`, or None where numba is not importable (imported on first use)."""
+    size_numba_pool()
     try:
         from . import _numba
     except ImportError:
