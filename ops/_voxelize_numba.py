@@ -22,6 +22,8 @@ import threading
 import numpy as np
 from numba import njit, prange
 
+from .sparse._numba import popcount
+
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -75,15 +77,6 @@ def _point_keys(points, lo, size, upper, gy, gz, keys):
         keys[i] = _voxel_key(points, i, lo, size, upper, gy, gz)
 
 
-@njit(cache=True, nogil=True, inline="always")
-def _popcount(x):
-    """Set bits of a uint64 (SWAR)."""
-    x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
-    x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
-    x = (x + (x >> np.uint64(4))) & np.uint64(0x0F0F0F0F0F0F0F0F)
-    return np.int64((x * np.uint64(0x0101010101010101)) >> np.uint64(56))
-
-
 @njit(cache=True, nogil=True)
 def _mark(keys, bitmap, word_id, touched, word_base):
     """Sets each key's bit; numbers the touched 64-key words in first-touch order
@@ -103,7 +96,7 @@ def _mark(keys, bitmap, word_id, touched, word_base):
     total = 0
     for t in range(num_words):
         word_base[t] = total
-        total += _popcount(bitmap[touched[t]])
+        total += popcount(bitmap[touched[t]])
     return num_words, total
 
 
@@ -117,7 +110,7 @@ def _voxel_ids(keys, bitmap, word_id, word_base, ids):
         else:
             w = key >> 6
             bit = np.uint64(1) << np.uint64(key & 63)
-            ids[i] = word_base[word_id[w]] + _popcount(bitmap[w] & (bit - np.uint64(1)))
+            ids[i] = word_base[word_id[w]] + popcount(bitmap[w] & (bit - np.uint64(1)))
 
 
 @njit(cache=True, nogil=True, parallel=True)

@@ -30,7 +30,7 @@ def _scatter_add(
         out: ``[M, C]``; rows: ``[N, K]`` int64; src: ``[N, C]``; weights: ``[N, K]`` or None.
     """
     kernels = numba_kernels(out.device)
-    if kernels is not None and src.shape[0]:
+    if kernels is not None and src.shape[0] and src.dtype in (torch.float32, torch.float64):
         if weights is None:
             weights = src.new_ones(rows.shape)
         # One channel range per thread, at least 8 channels (a 32-byte float32 run) each.

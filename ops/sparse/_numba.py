@@ -57,7 +57,7 @@ def _grid(q, stride, lo, ext):
 
 
 @njit(cache=True, nogil=True, inline="always")
-def _popcount(x):
+def popcount(x):
     """Set bits of a uint64 (SWAR; numba has no portable popcount intrinsic)."""
     x = x - ((x >> np.uint64(1)) & np.uint64(0x5555555555555555))
     x = (x & np.uint64(0x3333333333333333)) + ((x >> np.uint64(2)) & np.uint64(0x3333333333333333))
@@ -73,9 +73,9 @@ def _rank_in_column(col_mask, col, gz):
     bit = np.uint64(1) << np.uint64(gz & 63)
     if not (col_mask[col, word] & bit):
         return False, 0
-    rank = _popcount(col_mask[col, word] & (bit - np.uint64(1)))
+    rank = popcount(col_mask[col, word] & (bit - np.uint64(1)))
     for w in range(word):
-        rank += _popcount(col_mask[col, w])
+        rank += popcount(col_mask[col, w])
     return True, rank
 
 
@@ -87,7 +87,7 @@ def _column_id(occupied, word_prefix, ckey):
     bits = occupied[word]
     if not (bits & bit):
         return -1
-    return np.int64(word_prefix[word]) + _popcount(bits & (bit - np.uint64(1)))
+    return np.int64(word_prefix[word]) + popcount(bits & (bit - np.uint64(1)))
 
 
 @njit(cache=True, nogil=True)
@@ -120,7 +120,7 @@ def build_columns(coords, stride, lo, ext, occupied, word_prefix, col_mask, col_
     total = 0
     for w in range(occupied.shape[0]):
         word_prefix[w] = total
-        total += _popcount(occupied[w])
+        total += popcount(occupied[w])
     num_cols = total
     cols = np.empty(n, dtype=np.int64)
     for i in range(n):
@@ -132,7 +132,7 @@ def build_columns(coords, stride, lo, ext, occupied, word_prefix, col_mask, col_
     for c in range(num_cols):
         col_start[c] = total
         for w in range(col_mask.shape[1]):
-            total += _popcount(col_mask[c, w])
+            total += popcount(col_mask[c, w])
     col_start[num_cols] = total
     for i in range(n):
         gz = coords[i, 3] // stride[2] - lo[2]
@@ -228,7 +228,7 @@ def _strided_columns(coords, in_stride, ksize, stride, dilation, hi, occupied, w
     total = 0
     for w in range(occupied.shape[0]):
         word_prefix[w] = total
-        total += _popcount(occupied[w])
+        total += popcount(occupied[w])
     num_cols = total
     col_mask = np.zeros((num_cols, (hi[2] + 63) // 64), dtype=np.uint64)
     for i in range(n):
@@ -254,7 +254,7 @@ def _strided_columns(coords, in_stride, ksize, stride, dilation, hi, occupied, w
     for c in range(num_cols):
         col_start[c] = total
         for w in range(col_mask.shape[1]):
-            total += _popcount(col_mask[c, w])
+            total += popcount(col_mask[c, w])
     col_start[num_cols] = total
     return col_mask, col_start, total
 
@@ -310,7 +310,7 @@ def _strided_coords(occupied, col_mask, col_start, hi, out_stride, out):
         bits = occupied[w]
         while bits:
             low = bits & (~bits + np.uint64(1))
-            ckey = w * 64 + _popcount(low - np.uint64(1))
+            ckey = w * 64 + popcount(low - np.uint64(1))
             bits ^= low
             b = ckey // (hi[0] * hi[1])
             jx = (ckey // hi[1]) % hi[0]

@@ -118,12 +118,12 @@ def _scatter_grad_weight(
 def _rows_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
     """:func:`._numba.conv_rows`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` (CPU)."""
     kernels = numba_kernels(feats.device)
-    dtype = torch.empty(0, dtype=feats.dtype).numpy().dtype
-    out = torch.from_numpy(kernels.filled((nbr.shape[0], weight.shape[2]), dtype, 0))
+    feats = feats.detach().contiguous()
+    out = torch.from_numpy(kernels.filled((nbr.shape[0], weight.shape[2]), feats.numpy().dtype, 0))
     if nbr.shape[0]:
         kernels.conv_rows(
-            feats.contiguous().numpy(),
-            weight.contiguous().numpy(),
+            feats.numpy(),
+            weight.detach().contiguous().numpy(),
             nbr.numpy(),
             feats.shape[0],
             out.numpy(),
@@ -141,7 +141,11 @@ def _rows_grad_weight(
     blocks = max(1, -(-num_out // kernels.GRAD_BLOCK_ROWS))
     partial = feats.new_zeros(blocks, k, feats.shape[1], grad_out.shape[1])
     kernels.grad_weight_rows(
-        feats.contiguous().numpy(), nbr.numpy(), feats.shape[0], grad_out.numpy(), partial.numpy()
+        feats.detach().contiguous().numpy(),
+        nbr.numpy(),
+        feats.shape[0],
+        grad_out.detach().contiguous().numpy(),
+        partial.numpy(),
     )
     return partial.sum(0) if blocks > 1 else partial[0]
 
@@ -152,7 +156,12 @@ _FORCED_IMPL: str | None = None
 
 
 def _select_impl(
-    device: torch.device, deterministic: bool, fill: float, c_in: int, c_out: int
+    device: torch.device,
+    deterministic: bool,
+    fill: float,
+    c_in: int,
+    c_out: int,
+    dtype: torch.dtype = torch.float32,
 ) -> str:
     """The compute variant: "gather" (im2col GEMM), "rows" (numba, CPU) or "scatter"
     (per-offset ``index_add_``).
@@ -168,7 +177,7 @@ def _select_impl(
     """
     if device.type == "cuda" and deterministic:
         return "gather"
-    rows_ok = numba_kernels(device) is not None
+    rows_ok = dtype in (torch.float32, torch.float64) and numba_kernels(device) is not None
     if _FORCED_IMPL is not None and (_FORCED_IMPL != "rows" or rows_ok):
         return _FORCED_IMPL
     if rows_ok:
@@ -209,7 +218,7 @@ def sparse_conv_op(
     """
     k, c_in, c_out = weight.shape
     fill = _fill(nbr, feats.shape[0])
-    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out)
+    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out, feats.dtype)
     if impl == "rows":
         return _rows_conv(feats, weight, nbr)
     if impl == "scatter":
@@ -238,7 +247,7 @@ def sparse_conv_backward_op(
     # grad_in[i] = sum_k grad_out[nbr_t[i, k]] @ W[k]^T
     w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
     fill = _fill(nbr, feats.shape[0])
-    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out)
+    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out, feats.dtype)
     if impl == "rows":
         grad_feats = _rows_conv(grad_out, weight.transpose(1, 2), nbr_t)
         grad_weight = _rows_grad_weight(feats, nbr, grad_out)

@@ -387,3 +387,18 @@ def test_custom_op_is_registered_with_fake():
     nbr = torch.full((4, 27), 5, dtype=torch.int64)
     nbr_t = torch.full((5, 27), 4, dtype=torch.int64)
     torch.library.opcheck(op, (feats, weight, nbr, nbr_t, True))
+
+
+def test_low_precision_features_take_a_torch_variant():
+    """The numba "rows" variant is float32/float64 only: bfloat16 features use a torch one."""
+    coords = random_coords(80, 1, seed=4)
+    assert functional._select_impl(torch.device("cpu"), False, 0.0, 4, 4, torch.bfloat16) in (
+        "gather",
+        "scatter",
+    )
+    feats = torch.randn(coords.shape[0], 4)
+    weight = torch.randn(27, 4, 4)
+    y = conv3d(SparseTensor(feats.bfloat16(), coords), weight.bfloat16())
+    ref = conv3d(SparseTensor(feats, coords), weight)
+    assert y.feats.dtype == torch.bfloat16
+    torch.testing.assert_close(y.feats.float(), ref.feats, atol=0.1, rtol=0.05)
