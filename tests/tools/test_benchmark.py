@@ -30,11 +30,12 @@ def test_ops_benchmark_quick(tmp_path):
     assert any(row["ratio"] is not None for row in rows)
 
 
-def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600):
+def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600, threads=1):
     work = root / variant
     (work / "test").mkdir(parents=True)
+    command = f"OMP_NUM_THREADS={threads} python tools/train.py x"
     (work / "train_time.json").write_text(
-        json.dumps({"variant": variant, "train_seconds": seconds, "steps": 10, "command": "x"})
+        json.dumps({"variant": variant, "train_seconds": seconds, "steps": 10, "command": command})
     )
     errors = {"trans_err": 0.5, "scale_err": 0.2, "orient_err": 0.4, "vel_err": vel_err,
               "attr_err": 0.2}  # fmt: skip
@@ -72,3 +73,24 @@ def test_accuracy_reports_missing_runs(tmp_path, capsys):
     met = {c["target"]: c["met"] for c in json.loads((tmp_path / "a.json").read_text())["targets"]}
     assert met["fused mAP >= 0.4 and NDS >= 0.45"] is False
     assert met["fusion beats LiDAR only and camera only (NDS and mAP)"] is None
+
+
+def test_accuracy_compares_fusion_only_at_equal_threads(tmp_path):
+    _fake_run(tmp_path, "fused", mAP=0.42, NDS=0.47, threads=2)
+    _fake_run(tmp_path, "lidar", mAP=0.40, NDS=0.46, threads=2)
+    _fake_run(tmp_path, "camera", mAP=0.05, NDS=0.10, threads=1)  # another mode: not compared
+    out = tmp_path / "a.json"
+    assert benchmark(["accuracy", "--runs", str(tmp_path), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    met = {c["target"]: c for c in result["targets"]}
+    check = met["fusion beats LiDAR only and camera only (NDS and mAP)"]
+    assert (
+        check["met"] is None
+        and "no camera run at the fused run's thread count" in check["evidence"]
+    )
+    assert [r["threads"] for r in result["runs"]] == [2, 2, 1]
+    _fake_run(tmp_path / "b", "fused", mAP=0.30, NDS=0.35, threads=2)
+    _fake_run(tmp_path / "b", "lidar", mAP=0.40, NDS=0.46, threads=2)
+    assert benchmark(["accuracy", "--runs", str(tmp_path / "b"), "--out", str(out)]) == 0
+    met = {c["target"]: c["met"] for c in json.loads(out.read_text())["targets"]}
+    assert met["fusion beats LiDAR only and camera only (NDS and mAP)"] is False
