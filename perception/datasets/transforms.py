@@ -82,9 +82,14 @@ class ImageAug:
             m = self._affine(w, h, rng)
             if bool(sample.camera_mask[c]) and (h, w) != (1, 1):
                 for j in range(t):
-                    hwc = np.ascontiguousarray(images[c, j].transpose(1, 2, 0))
-                    warped = cv2.warpAffine(hwc, m[:2], (final_w, final_h), flags=cv2.INTER_LINEAR)
-                    out[c, j] = warped.transpose(2, 0, 1)
+                    for k in range(3):  # plane by plane: each [H, W] plane is contiguous
+                        cv2.warpAffine(
+                            images[c, j, k],
+                            m[:2],
+                            (final_w, final_h),
+                            dst=out[c, j, k],
+                            flags=cv2.INTER_LINEAR,
+                        )
             m4 = np.eye(4)
             m4[:2, :2] = m[:2, :2]
             m4[:2, 3] = m[:2, 2]
