@@ -103,6 +103,9 @@ class CameraModelConfig(StrictModel):
     bev_downsample: PositiveInt = 2
     z_range: tuple[float, float] = (-10.0, 10.0)  # one height cell spanning this, m
     depth_loss_weight: float = Field(0.0, ge=0)
+    lidar_depth_input: bool = Field(
+        False, description="the depth net reads LiDAR depths (BEVFusion's DepthLSS); fused only"
+    )
 
     @field_validator("tsm_mode", mode="before")
     @classmethod
@@ -159,11 +162,27 @@ class ModelConfig(StrictModel):
     head: HeadConfig = HeadConfig()
     # training: probability of dropping (camera, LiDAR) for a sample, never both
     modality_dropout: tuple[float, float] = (0.0, 0.0)
+    # modalities whose fuser weights start at zero: ("camera",) makes a fused model start as
+    # its LiDAR-only part and let the camera in as the detection loss finds it useful
+    fuser_zero_init: tuple[Literal["camera", "lidar"], ...] = ()
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
         if self.camera is None and self.lidar is None:
             raise ValueError("a model needs camera, lidar or both")
+        present = {"camera": self.camera is not None, "lidar": self.lidar is not None}
+        if self.camera is not None and self.camera.lidar_depth_input and self.lidar is None:
+            raise ValueError(
+                "model.camera.lidar_depth_input needs LiDAR at run time, but model.lidar is null"
+            )
+        for name in self.fuser_zero_init:
+            if not present[name]:
+                raise ValueError(f"fuser_zero_init names {name!r}, but model.{name} is null")
+        if len(set(self.fuser_zero_init)) == sum(present.values()):
+            raise ValueError(
+                f"fuser_zero_init {list(self.fuser_zero_init)} zeroes every modality: "
+                "the fused map would start constant"
+            )
         return self
 
 

@@ -65,6 +65,7 @@ def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
         grid=camera_bev_grid(config).with_stride(1),  # the frustum is pooled at bev_cell
         downsample=cam.bev_downsample,
         depth_loss_weight=cam.depth_loss_weight,
+        lidar_depth_input=cam.lidar_depth_input,
     )
     return CameraBEVBranch(encoder=encoder, view_transform=view_transform)
 
@@ -108,7 +109,12 @@ def build_model(config: ExperimentConfig | str | Path, overrides: Sequence[str] 
         )
     base = grids.get("lidar") or grids["camera"]
     in_channels = [b.out_channels for b in (camera, lidar) if b is not None]
-    fuser = ConvFuser(in_channels=in_channels, out_channels=m.fuser_channels)
+    names = [n for n, b in (("camera", camera), ("lidar", lidar)) if b is not None]
+    fuser = ConvFuser(
+        in_channels=in_channels,
+        out_channels=m.fuser_channels,
+        zero_init=[n in m.fuser_zero_init for n in names],
+    )
     d = m.decoder
     decoder = BEVDecoder(
         backbone=SECOND(

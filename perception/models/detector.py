@@ -10,6 +10,7 @@ it has.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 import torch
@@ -93,7 +94,10 @@ class BEVFusion(nn.Module):
         if self.training and self.modality_dropout is not None and len(present) > 1:
             present = list(self.modality_dropout(present))
         if self.camera is not None:
-            camera_bev, camera_aux = self.camera(batch)  # [B, C_cam, X, Y]
+            camera_batch = batch
+            if self.lidar is not None:  # a camera branch reading LiDAR depths sees what's kept
+                camera_batch = replace(batch, lidar_mask=batch.lidar_mask & present[-1])
+            camera_bev, camera_aux = self.camera(camera_batch)  # [B, C_cam, X, Y]
             maps.append(camera_bev)
             aux.update({f"camera/{k}": v for k, v in camera_aux.items()})
         if self.lidar is not None:

@@ -17,9 +17,22 @@ class ConvFuser(nn.Module):
 
     A missing modality enters as zeros and its presence channel as 0 (1 where present), so the
     model can tell "absent" from "present but empty".
+
+    `zero_init[k]` starts the conv weights reading modality k (its map and presence channel) at
+    zero: the fused map then starts as a function of the other modalities alone, and modality
+    k's weights grow from the gradient (which is not zero: its map is). A fused detector with a
+    slow-to-learn camera branch starts as its LiDAR-only part this way instead of reading the
+    untrained camera map as noise.
     """
 
-    def __init__(self, *, in_channels: Sequence[int], out_channels: int, kernel_size: int = 3):
+    def __init__(
+        self,
+        *,
+        in_channels: Sequence[int],
+        out_channels: int,
+        kernel_size: int = 3,
+        zero_init: Sequence[bool] | None = None,
+    ):
         super().__init__()
         if not in_channels:
             raise ValueError("ConvFuser needs at least one modality")
@@ -31,6 +44,21 @@ class ConvFuser(nn.Module):
             nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
+        zero_init = tuple(bool(z) for z in (zero_init or [False] * len(self.in_channels)))
+        if len(zero_init) != len(self.in_channels):
+            raise ValueError(
+                f"zero_init has {len(zero_init)} entries for {len(self.in_channels)} modalities"
+            )
+        if all(zero_init):
+            raise ValueError("zero_init: at least one modality must keep its random weights")
+        self.zero_init = zero_init
+        weight = self.fuse[0].weight  # [out, total, k, k]: maps in order, then presence flags
+        starts = [0, *torch.tensor(self.in_channels).cumsum(0).tolist()]
+        with torch.no_grad():
+            for k, zero in enumerate(zero_init):
+                if zero:
+                    weight[:, starts[k] : starts[k + 1]] = 0
+                    weight[:, starts[-1] + k] = 0
 
     def forward(
         self,

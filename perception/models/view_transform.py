@@ -43,6 +43,12 @@ class LSSViewTransform(nn.Module):
             LiDAR map's 0.6 m), 1 for none.
         depth_loss_weight: > 0 supervises the depth distribution with LiDAR points projected
             into the images (returned as the auxiliary loss `depth`).
+        lidar_depth_input: the depth net also reads the LiDAR depth of every feature cell (the
+            bin of the nearest projected point, one-hot, zeros where none), as BEVFusion's
+            DepthLSSTransform does: a fused model then lifts camera features to the depths
+            LiDAR measured instead of learning depth from pixels alone. At run time the
+            camera branch of such a model needs the points of the same batch (a sample whose
+            `lidar_mask` is False gets no depth input).
     """
 
     def __init__(
@@ -57,6 +63,7 @@ class LSSViewTransform(nn.Module):
         grid: BEVGrid,
         downsample: int = 1,
         depth_loss_weight: float = 0.0,
+        lidar_depth_input: bool = False,
     ):
         super().__init__()
         d_min, d_max, d_step = depth_bins
@@ -71,6 +78,7 @@ class LSSViewTransform(nn.Module):
         self.grid = grid
         self.context_channels = context_channels
         self.depth_loss_weight = depth_loss_weight
+        self.lidar_depth_input = lidar_depth_input
         self.num_depth = int(round((d_max - d_min) / d_step))
         f_h, f_w = height // feature_stride, width // feature_stride
         # (u, v, d) of every frustum point in augmented-image pixels and metres: [D, fH, fW, 3]
@@ -79,8 +87,9 @@ class LSSViewTransform(nn.Module):
         vs = torch.linspace(0, height - 1, f_h)
         d, v, u = torch.meshgrid(depths, vs, us, indexing="ij")
         self.register_buffer("frustum", torch.stack([u, v, d], dim=-1), persistent=False)
+        depth_input = self.num_depth if lidar_depth_input else 0
         self.depth_net = nn.Sequential(
-            _conv_bn_relu(in_channels, in_channels),
+            _conv_bn_relu(in_channels + depth_input, in_channels),
             nn.Conv2d(in_channels, self.num_depth + context_channels, 1),
         )
         num_z = grid.voxel_shape[2]
@@ -124,7 +133,8 @@ class LSSViewTransform(nn.Module):
 
     def depth_targets(self, batch: Batch, image_from_lidar: torch.Tensor) -> torch.Tensor:
         """`[B*Ncam, fH, fW]` int64 depth-bin index of the nearest LiDAR point projecting into
-        each feature cell, -1 where none does."""
+        each feature cell, -1 where none does (everywhere in a sample whose `lidar_mask` is
+        False)."""
         B, N = image_from_lidar.shape[:2]
         D, f_h, f_w = self.frustum.shape[:3]
         d_min, d_max, d_step = self.depth_bins
@@ -132,7 +142,7 @@ class LSSViewTransform(nn.Module):
         points = batch.points  # [P, 6] (batch, x, y, z, ...)
         for b in range(B):
             xyz = points[points[:, 0] == b, 1:4]  # [P_b, 3]
-            if not len(xyz):
+            if not len(xyz) or not bool(batch.lidar_mask[b]):
                 continue
             homogeneous = torch.cat([xyz, torch.ones_like(xyz[:, :1])], 1)  # [P_b, 4]
             projected = torch.einsum("nij,pj->npi", image_from_lidar[b], homogeneous)  # [N, P_b, 4]
@@ -175,7 +185,16 @@ class LSSViewTransform(nn.Module):
             batch_size=B,
             grid=(self.grid.voxel_shape[2], *self.grid.voxel_shape[:2]),
         )
-        x = self.depth_net(features.flatten(0, 1))  # [B*N, D + C_ctx, fH, fW]
+        target = None  # [B*N, fH, fW] LiDAR depth bins, when an input or a loss needs them
+        if self.lidar_depth_input or (self.training and self.depth_loss_weight > 0):
+            with torch.no_grad():
+                target = self.depth_targets(batch, image_from_lidar)
+        x = features.flatten(0, 1)  # [B*N, C, fH, fW]
+        if self.lidar_depth_input:
+            one_hot = F.one_hot(target.clamp(min=0), D).permute(0, 3, 1, 2)  # [B*N, D, fH, fW]
+            one_hot = one_hot.to(x.dtype) * (target >= 0)[:, None].to(x.dtype)
+            x = torch.cat([x, one_hot], dim=1)
+        x = self.depth_net(x)  # [B*N, D + C_ctx, fH, fW]
         depth_logits = x[:, :D]  # [B*N, D, fH, fW]
         depth = depth_logits.softmax(dim=1)
         present = batch.camera_mask.flatten().to(depth.dtype)  # [B*N]
@@ -185,8 +204,7 @@ class LSSViewTransform(nn.Module):
         bev = bev.flatten(1, 2)  # [B, C_ctx * Z, X, Y]
         aux: dict[str, torch.Tensor] = {}
         if self.training and self.depth_loss_weight > 0:
-            with torch.no_grad():
-                target = self.depth_targets(batch, image_from_lidar)  # [B*N, fH, fW]
+            assert target is not None
             valid = (target >= 0) & (present[:, None, None] > 0)
             # the mean over the global batch's supervised pixels under torchrun (every process
             # reaches this all-reduce, with or without pixels of its own)

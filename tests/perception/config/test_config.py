@@ -25,6 +25,14 @@ def test_overrides_are_typed():
         ({}, ["data.sweeps"], "expected key.path=value"),
         ({"seed": 3}, ["seed.x=1"], "seed is a value, not a section"),
         ({"data": {"cameras": ["CAM_TOP"]}}, [], "unknown camera"),
+        ({"model": {"lidar": None}}, ["model.fuser_zero_init=[lidar]"], "model.lidar is null"),
+        ({}, ["model.fuser_zero_init=[camera, lidar]"], "zeroes every modality"),
+        ({}, ["model.fuser_zero_init=[radar]"], "model.fuser_zero_init"),
+        (
+            {"model": {"lidar": None}},
+            ["model.camera.lidar_depth_input=true"],
+            "lidar_depth_input needs LiDAR",
+        ),
     ],
 )
 def test_errors_name_the_key(raw, overrides, message):

@@ -65,6 +65,29 @@ def test_train_losses_and_gradients(modalities):
     assert not missing, missing
 
 
+@pytest.mark.parametrize("lidar_dropped", [False, True])
+def test_lidar_depth_input_follows_modality_dropout(lidar_dropped):
+    """A camera branch reading LiDAR depths gets none for a sample whose LiDAR was dropped."""
+    torch.manual_seed(0)
+    drop = "[0.0, 1.0]" if lidar_dropped else "[0.0, 0.0]"
+    config = micro_config(
+        "model.camera.lidar_depth_input=true",
+        "model.camera.depth_loss_weight=1.0",
+        f"model.modality_dropout={drop}",
+    )
+    model = build_model(config).train()
+    vt = model.camera.view_transform
+    inputs = []
+    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    losses = model(synthetic_batch(config))
+    assert all(torch.isfinite(v) for v in losses.values())
+    depth_in = inputs[0][:, -vt.num_depth :]  # [B*Ncam, D, fH, fW] one-hot LiDAR depths
+    assert (depth_in.abs().max() == 0) == lidar_dropped
+    # no LiDAR depths, no depth supervision either: the loss is there, at zero
+    assert (float(losses["camera/depth"].detach()) == 0) == lidar_dropped
+    sum(losses.values()).backward()
+
+
 def test_eval_returns_detections_per_sample():
     torch.manual_seed(0)
     config = micro_config()

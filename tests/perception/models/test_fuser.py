@@ -57,6 +57,27 @@ def test_missing_modality_differs_from_a_present_all_zero_one():
     assert (missing - present_zero).abs().max() > 1e-3
 
 
+def test_zero_init_modality_starts_without_influence_and_learns():
+    torch.manual_seed(0)
+    fuser = ConvFuser(in_channels=IN, out_channels=5, zero_init=[True, False]).eval()
+    camera, lidar = _maps()
+    other_camera = torch.randn_like(camera) * 10
+    torch.testing.assert_close(fuser([camera, lidar]), fuser([other_camera, lidar]))
+    # the zeroed weights still receive a gradient (the camera map is not zero), so they grow
+    fuser([camera, lidar]).square().sum().backward()
+    grad = fuser.fuse[0].weight.grad  # [out, 6 + 4 + 2, 3, 3]
+    assert grad[:, : IN[0]].abs().max() > 1e-3
+    assert (fuser.fuse[0].weight[:, : IN[0]] == 0).all()
+    assert (fuser.fuse[0].weight[:, IN[0] : sum(IN)] != 0).any()
+
+
+def test_zero_init_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="entries"):
+        ConvFuser(in_channels=IN, out_channels=5, zero_init=[True])
+    with pytest.raises(ValueError, match="at least one"):
+        ConvFuser(in_channels=IN, out_channels=5, zero_init=[True, True])
+
+
 def test_fuser_rejects_wrong_channels():
     camera, lidar = _maps()
     with pytest.raises(ValueError):

@@ -87,3 +87,24 @@ def test_a_masked_camera_lifts_nothing():
     with torch.no_grad():
         vt(torch.randn(1, 6, 8, 8, 22), no_cameras)
     assert pooled["x"].abs().max() == 0
+
+
+def test_lidar_depth_input_reads_the_points_of_present_lidar_only():
+    torch.manual_seed(0)
+    vt = make_transform(lidar_depth_input=True).eval()
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    point = torch.tensor([[0.0, 10.3, 0.0, 1.5, 0.0, 0.0]])  # 10.3 m ahead of CAM_FRONT
+    with_point = Batch(**{**batch.__dict__, "points": point})
+    no_points = Batch(**{**batch.__dict__, "points": point[:0]})
+    lidar_absent = Batch(**{**with_point.__dict__, "lidar_mask": torch.zeros(1, dtype=torch.bool)})
+    inputs = []
+    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    features = torch.randn(1, 6, 8, 8, 22)
+    with torch.no_grad():
+        outputs = [vt(features, b)[0] for b in (with_point, no_points, lidar_absent)]
+    depth_in = inputs[0][:, 8:]  # [6, D, fH, fW] after the 8 feature channels
+    assert depth_in.shape[1] == vt.num_depth
+    assert depth_in.sum() == 1 and depth_in[0, 9, 8 // 2, 22 // 2] == 1  # bin [10, 11) m
+    assert inputs[1][:, 8:].abs().max() == 0 and inputs[2][:, 8:].abs().max() == 0
+    assert (outputs[0] - outputs[1]).abs().max() > 0
+    torch.testing.assert_close(outputs[1], outputs[2])
