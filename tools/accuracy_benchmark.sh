@@ -14,7 +14,8 @@
 # Default: all four. Worlds go to data/synth-train (seed 1, 30 scenes) and data/synth-heldout
 # (seed 2, 10 scenes, all in the val split); both are generated when absent. Paired: once the
 # worlds exist, `tools/accuracy_benchmark.sh OUT fused & tools/accuracy_benchmark.sh OUT lidar`;
-# alone: `OMP_NUM_THREADS=2 tools/accuracy_benchmark.sh OUT fused lidar`. STEPS overrides.
+# alone: `OMP_NUM_THREADS=2 tools/accuracy_benchmark.sh OUT fused lidar`. STEPS overrides the
+# step count; SEED (default: the config's) reseeds the weights and the data order, for repeats.
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -25,6 +26,8 @@ shift || true
 VARIANTS=("$@")
 [ ${#VARIANTS[@]} -eq 0 ] && VARIANTS=(fused lidar camera camera_t1)
 BATCH=${BATCH:-2}
+SEED_SET=()
+[ -n "${SEED:-}" ] && SEED_SET=(--set seed="$SEED")
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
@@ -68,7 +71,8 @@ for variant in "${VARIANTS[@]}"; do
     esac
     work="$OUT/$variant"
     train=($PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}"
-           "${extra[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH")
+           "${extra[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
+           "${SEED_SET[@]}")
     start=$(date +%s)
     OMP_NUM_THREADS=$THREADS "${train[@]}"
     end=$(date +%s)
