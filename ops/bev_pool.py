@@ -13,7 +13,9 @@ Conventions:
 How (the fast path): the geometry alone gives a :class:`BEVPoolPlan` -- kept points sorted
 by cell (stable), CSR interval offsets over *all* cells and, for camera frustums, the same
 by pixel. Pooling is then a CSR sparse matrix product ``cells x points @ feats``, parallel
-over cells, with no atomics and no sort. The fused :func:`bev_pool_depth` never builds the
+over cells, with no atomics and no sort; on CPU with numba, :func:`bev_pool` instead walks the
+points in storage order, each thread adding the rows of its own range of cells
+(:mod:`._bev_pool_numba`): the features are read once, sequentially, not gathered. The fused :func:`bev_pool_depth` never builds the
 ``[Ncam*D*H*W, C]`` frustum tensor: its matrix is ``cells x pixels`` whose entries are the
 gathered depth probabilities, times the context ``[pixels, C]``; its backward is the
 transposed product (context) and a sampled dense-dense product (depth).
@@ -31,14 +33,17 @@ so they run on CUDA tensors as is; a dedicated kernel can be slotted in per devi
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from types import ModuleType
 
 import torch
 
 from ._geometry import as_grid, check_float_tensor, check_int_tensor
+from ._numba_threads import size_numba_pool
 
 __all__ = [
     "BEVPoolPlan",
@@ -308,6 +313,36 @@ def _bev_to_cells(grad: torch.Tensor) -> torch.Tensor:
     return grad.permute(0, 2, 3, 4, 1).reshape(-1, c).contiguous()
 
 
+@functools.cache
+def _numba_kernels() -> ModuleType | None:
+    """:mod:`._bev_pool_numba`, or None where numba is not importable (imported on first use)."""
+    size_numba_pool()
+    try:
+        from . import _bev_pool_numba
+    except ImportError:
+        return None
+    return _bev_pool_numba
+
+
+POOL_IMPLS = ("numba", "csr")
+
+
+def _choose_pool_impl(feats: torch.Tensor, impl: str | None) -> str:
+    """``"numba"`` for float32/float64 CPU features where numba is importable, else ``"csr"``
+    (device-generic); a forced ``impl`` is checked against what the features allow."""
+    numba_ok = feats.device.type == "cpu" and feats.dtype in (torch.float32, torch.float64)
+    if impl is None:
+        return "numba" if numba_ok and _numba_kernels() is not None else "csr"
+    if impl not in POOL_IMPLS:
+        raise ValueError(f"impl must be one of {POOL_IMPLS} or None, got {impl!r}")
+    if impl == "numba" and not (numba_ok and _numba_kernels() is not None):
+        raise ValueError(
+            f"impl='numba' needs float32/float64 CPU features and numba, got {feats.dtype} "
+            f"on {feats.device}"
+        )
+    return impl
+
+
 @torch.library.custom_op("perception::bev_pool_csr", mutates_args=())
 def _bev_pool_csr(
     feats: torch.Tensor,
@@ -317,19 +352,32 @@ def _bev_pool_csr(
     point_cell: torch.Tensor,
     batch_size: int,
     grid: list[int],
+    impl: str,
 ) -> torch.Tensor:
-    """``feats [N, C]`` -> ``[B, C, Z, X, Y]``: CSR (cells x points, ones) @ feats."""
+    """``feats [N, C]`` -> ``[B, C, Z, X, Y]``: CSR (cells x points, ones) @ feats (``impl``
+    "csr"), or the same sums by a point-order scatter partitioned by cell (``"numba"``,
+    :mod:`._bev_pool_numba`)."""
     n, c = feats.shape
     num_cells = cell_offsets.shape[0] - 1
     if point_index.shape[0] == 0 or c == 0:
         return _bev_empty(feats, batch_size, grid, c)
-    ones = feats.new_ones(point_index.shape[0])
-    out = _csr(cell_offsets, point_index, ones, (num_cells, n)) @ feats  # [cells, C]
+    if impl == "numba":
+        out = torch.from_numpy(
+            _numba_kernels().pool(  # type: ignore[union-attr]
+                feats.detach().contiguous().numpy(),
+                cell_offsets.numpy(),
+                point_rows.numpy(),
+                point_cell.numpy(),
+            )  # fmt: skip
+        )
+    else:
+        ones = feats.new_ones(point_index.shape[0])
+        out = _csr(cell_offsets, point_index, ones, (num_cells, n)) @ feats  # [cells, C]
     return _cells_to_bev(out, batch_size, grid)
 
 
 @_bev_pool_csr.register_fake
-def _(feats, cell_offsets, point_index, point_rows, point_cell, batch_size, grid):
+def _(feats, cell_offsets, point_index, point_rows, point_cell, batch_size, grid, impl):
     return _bev_empty(feats, batch_size, grid, feats.shape[1])
 
 
@@ -353,14 +401,14 @@ def _(grad_out, point_rows, point_cell):
 
 
 def _bev_pool_setup(ctx, inputs, output) -> None:
-    _, _, _, point_rows, point_cell, _, _ = inputs
+    _, _, _, point_rows, point_cell, _, _, _ = inputs
     ctx.save_for_backward(point_rows, point_cell)
 
 
 def _bev_pool_backward(ctx, grad_out):
     point_rows, point_cell = ctx.saved_tensors
     grad_feats = _bev_pool_csr_backward(grad_out, point_rows, point_cell)
-    return grad_feats, None, None, None, None, None, None
+    return grad_feats, None, None, None, None, None, None, None
 
 
 _bev_pool_csr.register_autograd(_bev_pool_backward, setup_context=_bev_pool_setup)
@@ -478,6 +526,7 @@ def bev_pool(
     batch_size: int,
     grid: Sequence[int],
     plan: BEVPoolPlan | None = None,
+    impl: str | None = None,
 ) -> torch.Tensor:
     """Sums point features into a dense BEV grid.
 
@@ -490,6 +539,9 @@ def bev_pool(
         grid: ``(Z, X, Y)`` cells; points outside it are dropped.
         plan: a plan from :func:`build_bev_pool_plan` (or a :class:`BEVPoolPlanCache`) for
             these coords; built here when None.
+        impl: ``"numba"`` (CPU, float32/float64, numba importable: a point-order scatter
+            partitioned by cell), ``"csr"`` (a CSR sparse product, any device) or None (numba
+            where it applies, else csr). Both sum each cell's points in input order.
 
     Returns:
         ``[B, C, Z, X, Y]`` (dtype of ``feats``, channels-last-3d memory format), each cell the
@@ -515,7 +567,7 @@ def bev_pool(
         raise ValueError(f"feats is on {feats.device}, the plan on {plan.device}")
     return _bev_pool_csr(
         feats, plan.cell_offsets, plan.point_index, plan.point_rows, plan.point_cell,
-        plan.batch_size, list(plan.grid),
+        plan.batch_size, list(plan.grid), _choose_pool_impl(feats, impl),
     )  # fmt: skip
 
 

@@ -1,6 +1,10 @@
-"""BEV pooling: CSR fast path vs the cumsum trick and index_add_, plans, the fused op."""
+"""BEV pooling: the numba and CSR fast paths vs the cumsum trick and index_add_, plans, the
+fused op."""
 
 from __future__ import annotations
+
+import functools
+import importlib
 
 import pytest
 import torch
@@ -12,6 +16,8 @@ from perception.ops.bev_pool_reference import (
     bev_pool_index_add,
 )
 from tests.ops.harness import DEVICES, assert_parity
+
+bev_pool_module = importlib.import_module("perception.ops.bev_pool")
 
 
 def make_coords(shape: tuple[int, ...], batch_size: int, grid, seed: int = 0) -> torch.Tensor:
@@ -38,12 +44,45 @@ def pool_inputs(n, channels, batch_size, grid, device, dtype=torch.float32, seed
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["numba", "csr"])
 @pytest.mark.parametrize("n", [0, 1, 40, 2000])
 @pytest.mark.parametrize("channels", [1, 7, 64])
 @pytest.mark.parametrize("batch_size,grid", [(1, (1, 8, 9)), (3, (2, 5, 4)), (2, (1, 30, 30))])
-def test_bev_pool_matches_index_add(device, n, channels, batch_size, grid):
+def test_bev_pool_matches_index_add(device, impl, n, channels, batch_size, grid):
+    if impl == "numba" and device == "cuda":
+        pytest.skip("the numba kernel is CPU only (CUDA tensors take the csr path)")
     inputs = pool_inputs(n, channels, batch_size, grid, device)
-    assert_parity(bev_pool, bev_pool_index_add, inputs, grad_inputs=["feats"])
+    assert_parity(
+        functools.partial(bev_pool, impl=impl), bev_pool_index_add, inputs, grad_inputs=["feats"]
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_numba_pool_sums_in_input_order_for_any_thread_count(dtype, threads):
+    """Each cell sums its points in input order, as index_add_ does: bitwise equal, whatever
+    the thread count (the cells are cut into one range per thread)."""
+    import numba
+
+    inputs = pool_inputs(3000, 9, 2, (2, 7, 6), "cpu", dtype=dtype, seed=3)
+    expected = bev_pool_index_add(**inputs)
+    before = numba.get_num_threads()
+    numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
+    try:
+        out = bev_pool(**inputs, impl="numba")
+    finally:
+        numba.set_num_threads(before)
+    assert torch.equal(out, expected)
+
+
+def test_bev_pool_impl_choice_and_errors():
+    inputs = pool_inputs(50, 4, 1, (1, 5, 5), "cpu")
+    assert bev_pool_module._choose_pool_impl(inputs["feats"], None) == "numba"
+    assert bev_pool_module._choose_pool_impl(inputs["feats"].half(), None) == "csr"
+    with pytest.raises(ValueError, match="impl must be one of"):
+        bev_pool(**inputs, impl="cuda")
+    with pytest.raises(ValueError, match="impl='numba' needs float32/float64 CPU features"):
+        bev_pool(**{**inputs, "feats": inputs["feats"].bfloat16()}, impl="numba")
 
 
 @pytest.mark.parametrize("n", [0, 1, 40, 2000])
@@ -177,18 +216,20 @@ def test_custom_ops_opcheck():
     inputs = fused_inputs(2, 4, 2, 3, 3, 2, (1, 5, 5), "cpu")
     plan = build_bev_pool_plan(inputs["coords"], 2, (1, 5, 5))
     feats = torch.randn(plan.num_points, 3, requires_grad=True)
-    torch.library.opcheck(
-        torch.ops.perception.bev_pool_csr.default,
-        (
-            feats,
-            plan.cell_offsets,
-            plan.point_index,
-            plan.point_rows,
-            plan.point_cell,
-            2,
-            [1, 5, 5],
-        ),
-    )
+    for impl in ("numba", "csr"):
+        torch.library.opcheck(
+            torch.ops.perception.bev_pool_csr.default,
+            (
+                feats,
+                plan.cell_offsets,
+                plan.point_index,
+                plan.point_rows,
+                plan.point_cell,
+                2,
+                [1, 5, 5],
+                impl,
+            ),
+        )
     depth = inputs["depth"].requires_grad_(True)
     context = inputs["context"].requires_grad_(True)
     torch.library.opcheck(
