@@ -156,21 +156,26 @@ def lookup_columns(
     col_mask,
     col_start,
     row_table,
+    missing,
     out,
 ):
     """``out[j, (a * ky + b) * kz + c]`` = row at ``base[j] + (x_offs[a], y_offs[b], z_offs[c])``
-    in a column index (:func:`build_columns`); entries of absent sites are left as they are.
+    in a column index (:func:`build_columns`), ``missing`` for absent sites.
 
     Args:
         base: ``[M, 4]`` int32/int64 ``(batch, x, y, z)``, stride-1 units.
         x_offs, y_offs, z_offs: int64 offsets in stride-1 units.
         stride, lo, ext: ``[3]`` int64 of the indexed set; batches: its batch count.
         occupied .. row_table: the index's tables.
-        out: ``[M, K]`` int64, prefilled by the caller with the missing value.
+        missing: the value of absent sites.
+        out: ``[M, K]`` int64, every entry written (rows in order, by contiguous blocks per
+        thread: each thread first-touches its own pages of a fresh array).
     """
     kx, ky, kz = x_offs.shape[0], y_offs.shape[0], z_offs.shape[0]
     sx, sy, sz = stride[0], stride[1], stride[2]
     for j in prange(base.shape[0]):
+        for k in range(out.shape[1]):
+            out[j, k] = missing
         b = np.int64(base[j, 0])
         if b < 0 or b >= batches:
             continue
@@ -273,9 +278,10 @@ def _strided_tables(
     col_start,
     nbr,
     nbr_t,
+    with_transpose,
 ):
-    """Pass 3 of :func:`strided_map_columns`: both neighbour tables (prefilled with the missing
-    values), parallel over inputs."""
+    """Pass 3 of :func:`strided_map_columns`: the neighbour tables (prefilled with the missing
+    values; ``nbr_t`` only ``with_transpose``), parallel over inputs."""
     kx, ky, kz = ksize[0], ksize[1], ksize[2]
     for i in prange(coords.shape[0]):
         b = np.int64(coords[i, 0])
@@ -298,7 +304,8 @@ def _strided_tables(
                     _, rank = _rank_in_column(col_mask, col, jz)
                     row = col_start[col] + rank
                     k = (a * ky + bb) * kz + c
-                    nbr_t[i, k] = row
+                    if with_transpose:
+                        nbr_t[i, k] = row
                     nbr[row, k] = i  # each (output, offset) has exactly one input
 
 
@@ -326,7 +333,7 @@ def _strided_coords(occupied, col_mask, col_start, hi, out_stride, out):
             col += 1
 
 
-def strided_map_columns(coords, in_stride, ksize, stride, dilation):
+def strided_map_columns(coords, in_stride, ksize, stride, dilation, with_transpose=True):
     """Output sites and both neighbour tables of a strided convolution, through a column index
     of the output sites (bitmap + per-column z masks, as :func:`build_columns`): two serial
     passes over the (input, offset) pairs mark the sites, a parallel pass fills the tables.
@@ -334,6 +341,9 @@ def strided_map_columns(coords, in_stride, ksize, stride, dilation):
     Args:
         coords: ``[N, 4]`` int32/int64 numpy, ``N > 0``, multiples of ``in_stride``.
         in_stride, ksize, stride, dilation: ``[3]`` int64 numpy.
+
+        with_transpose: also fill ``nbr_t`` (else it is None; :func:`transpose_table` makes it
+            later where a backward or a transposed conv needs it).
 
     Returns:
         ``(out_coords [M, 4] int32 sorted by (batch, x, y, z), nbr [M, K], nbr_t [N, K])``.
@@ -351,7 +361,7 @@ def strided_map_columns(coords, in_stride, ksize, stride, dilation):
         coords, in_stride, ksize, stride, dilation, hi, occupied, word_prefix
     )
     nbr = filled((m, k), np.int64, n)
-    nbr_t = filled((n, k), np.int64, m)
+    nbr_t = filled((n, k), np.int64, m) if with_transpose else np.empty((0, k), np.int64)
     _strided_tables(
         coords,
         in_stride,
@@ -365,10 +375,29 @@ def strided_map_columns(coords, in_stride, ksize, stride, dilation):
         col_start,
         nbr,
         nbr_t,
+        with_transpose,
     )
     out = np.empty((m, 4), np.int32)
     _strided_coords(occupied, col_mask, col_start, hi, in_stride * stride, out)
-    return out, nbr, nbr_t
+    return out, nbr, (nbr_t if with_transpose else None)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def _transpose_columns(nbr, num_in, nbr_t):
+    n_out, k_total = nbr.shape
+    for k in prange(k_total):
+        for j in range(n_out):
+            i = nbr[j, k]
+            if i < num_in:
+                nbr_t[i, k] = j
+
+
+def transpose_table(nbr, num_in):
+    """``nbr [N_out, K]`` -> ``nbr_t [N_in, K]`` (``N_out`` where missing), parallel over the
+    offsets (each (input, offset) has at most one output, so no two writes collide)."""
+    nbr_t = filled((num_in, nbr.shape[1]), np.int64, nbr.shape[0])
+    _transpose_columns(nbr, num_in, nbr_t)
+    return nbr_t
 
 
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
@@ -445,3 +474,92 @@ def weighted_scatter_add(src, rows, weights, num_tasks, out):
                 w = weights[i, k]
                 for c in range(c0, c1):
                     out[r, c] += w * src[i, c]
+
+
+# Output rows per tile of the "tiles" convolution: the tile's accumulator, gathered inputs and
+# products ([rows, C] each) stay in L2 for the channel counts of LiDAR backbones.
+TILE_ROWS = 256
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def conv_tiles(feats, weight, nbr, num_in, out, tile_rows=TILE_ROWS):
+    """``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` over active ``nbr[j, k] < num_in``, by
+    tiles of :data:`TILE_ROWS` output rows (parallel over tiles): per offset, the tile's active
+    inputs are gathered into a dense block, multiplied by ``weight[k]`` with one BLAS GEMM and
+    the products added into the tile's accumulator. Only active pairs are multiplied, at BLAS
+    speed; nothing leaves the cache until the tile is written. Each row sums its offsets in
+    order ``k = 0 .. K-1``: the result does not depend on the thread count.
+
+    Args:
+        feats: ``[N_in, C_in]``; weight: ``[K, C_in, C_out]`` C-contiguous; nbr: ``[N_out, K]``
+        int64; out: ``[N_out, C_out]`` (overwritten). Same float dtype throughout.
+    """
+    n_out, k_total = nbr.shape
+    c_in = feats.shape[1]
+    c_out = weight.shape[2]
+    num_tiles = (n_out + tile_rows - 1) // tile_rows
+    for tile in prange(num_tiles):
+        j0 = tile * tile_rows
+        rows = min(tile_rows, n_out - j0)
+        acc = np.zeros((rows, c_out), dtype=out.dtype)
+        gathered = np.empty((rows, c_in), dtype=feats.dtype)
+        product = np.empty((rows, c_out), dtype=out.dtype)
+        where = np.empty(rows, dtype=np.int64)
+        for k in range(k_total):
+            m = 0
+            for jj in range(rows):
+                i = nbr[j0 + jj, k]
+                if i < num_in:
+                    where[m] = jj
+                    for c in range(c_in):
+                        gathered[m, c] = feats[i, c]
+                    m += 1
+            if m == 0:
+                continue
+            np.dot(gathered[:m], weight[k], product[:m])
+            for p in range(m):
+                jj = where[p]
+                for o in range(c_out):
+                    acc[jj, o] += product[p, o]
+        for jj in range(rows):
+            for o in range(c_out):
+                out[j0 + jj, o] = acc[jj, o]
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def grad_weight_tiles(feats, nbr, num_in, grad_out, partial):
+    """Per block of :data:`GRAD_BLOCK_ROWS` output rows (parallel over blocks),
+    ``partial[blk, k] = sum_j feats[nbr[j, k]]^T grad_out[j]``: per offset and tile of
+    :data:`TILE_ROWS` rows, the active inputs and their output gradients are gathered into
+    dense blocks and multiplied with one BLAS GEMM. The caller sums the blocks in order.
+
+    Args:
+        partial: ``[num_blocks, K, C_in, C_out]`` zeros.
+    """
+    n_out, k_total = nbr.shape
+    c_in = feats.shape[1]
+    c_out = grad_out.shape[1]
+    for blk in prange(partial.shape[0]):
+        gathered = np.empty((TILE_ROWS, c_in), dtype=feats.dtype)
+        grads = np.empty((TILE_ROWS, c_out), dtype=grad_out.dtype)
+        product = np.empty((c_in, c_out), dtype=grad_out.dtype)
+        start = blk * GRAD_BLOCK_ROWS
+        end = min(start + GRAD_BLOCK_ROWS, n_out)
+        for j0 in range(start, end, TILE_ROWS):
+            rows = min(TILE_ROWS, end - j0)
+            for k in range(k_total):
+                m = 0
+                for jj in range(rows):
+                    i = nbr[j0 + jj, k]
+                    if i < num_in:
+                        for c in range(c_in):
+                            gathered[m, c] = feats[i, c]
+                        for o in range(c_out):
+                            grads[m, o] = grad_out[j0 + jj, o]
+                        m += 1
+                if m == 0:
+                    continue
+                np.dot(gathered[:m].T, grads[:m], product)
+                for c in range(c_in):
+                    for o in range(c_out):
+                        partial[blk, k, c, o] += product[c, o]

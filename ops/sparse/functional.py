@@ -7,15 +7,22 @@ scatter, no atomics. The backward is the same operation on the transposed table
 (``grad_in = gather(grad_out, nbr_t) @ W^T``) plus ``grad_W = im2col^T @ grad_out``. Every
 reduction has a fixed order for fixed shapes, so results are bitwise reproducible run to run.
 
-Where few neighbours are active (strided LiDAR layers fill ~10% of the table) two variants do
-far less work: on CPU with numba, ``"rows"`` (:func:`._numba.conv_rows`: output stationary over
-the active neighbours only, one output row per iteration of a parallel loop); elsewhere a
-per-offset gather - GEMM - ``index_add_``. ``_select_impl`` is the one place that chooses (by
-estimated cost and device). All three are deterministic on CPU; on CUDA ``index_add_`` uses
+Where few neighbours are active (LiDAR layers fill 9-64% of the table) other variants do
+far less work. On CPU with numba and scipy, ``"tiles"`` (:func:`._numba.conv_tiles`, the
+default there): per tile of 256 output rows and per offset, the active inputs are gathered
+into a dense block and multiplied with one BLAS GEMM, the products added into the tile's
+accumulator: only active pairs are multiplied, at BLAS speed, and everything stays in cache.
+Without scipy, ``"rows"`` (:func:`._numba.conv_rows`: output stationary over the active
+neighbours only, one output row per iteration of a parallel loop, numba's own arithmetic);
+without numba a per-offset gather - GEMM - ``index_add_``. ``_select_impl`` is the one place
+that chooses (by device, availability and estimated cost). All three are deterministic on CPU; on CUDA ``index_add_`` uses
 atomics, so ``deterministic=True`` forces the gather variant there.
 """
 
 from __future__ import annotations
+
+import functools
+from collections.abc import Callable
 
 import torch
 
@@ -131,6 +138,58 @@ def _rows_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> 
     return out
 
 
+@functools.cache
+def _blas_controller():
+    """threadpoolctl's view of the loaded BLAS libraries (scanned once)."""
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController()
+
+
+def _one_blas_thread():
+    """A context keeping BLAS single-threaded: the "tiles" kernels call it from every thread of
+    numba's parallel loop, and a BLAS that spawned its own threads there would oversubscribe
+    the cores."""
+    return _blas_controller().limit(limits=1, user_api="blas")
+
+
+def _tiles_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """:func:`._numba.conv_tiles`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` (CPU)."""
+    kernels = numba_kernels(feats.device)
+    feats = feats.detach().contiguous()
+    out = feats.new_empty(nbr.shape[0], weight.shape[2])  # every row is written
+    if nbr.shape[0]:
+        with _one_blas_thread():
+            kernels.conv_tiles(
+                feats.numpy(),
+                weight.detach().contiguous().numpy(),
+                nbr.numpy(),
+                feats.shape[0],
+                out.numpy(),
+            )
+    return out
+
+
+def _tiles_grad_weight(
+    feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tensor
+) -> torch.Tensor:
+    """``grad_W[k] = sum_j feats[nbr[j, k]]^T grad_out[j]`` -> ``[K, C_in, C_out]`` (CPU), as
+    per-block partial sums (:func:`._numba.grad_weight_tiles`) added in block order."""
+    kernels = numba_kernels(feats.device)
+    num_out, k = nbr.shape
+    blocks = max(1, -(-num_out // kernels.GRAD_BLOCK_ROWS))
+    partial = feats.new_zeros(blocks, k, feats.shape[1], grad_out.shape[1])
+    with _one_blas_thread():
+        kernels.grad_weight_tiles(
+            feats.detach().contiguous().numpy(),
+            nbr.numpy(),
+            feats.shape[0],
+            grad_out.detach().contiguous().numpy(),
+            partial.numpy(),
+        )
+    return partial.sum(0) if blocks > 1 else partial[0]
+
+
 def _rows_grad_weight(
     feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tensor
 ) -> torch.Tensor:
@@ -150,36 +209,59 @@ def _rows_grad_weight(
     return partial.sum(0) if blocks > 1 else partial[0]
 
 
-# A forced variant for tests ("gather", "scatter", "rows"; None: the cost model). A forced
-# "rows" where numba cannot run (CUDA) falls back to the cost model.
+# A forced variant for tests ("gather", "scatter", "rows", "tiles"; None: the choice below). A
+# forced numba variant where it cannot run (CUDA, no numba / scipy) falls back to the choice.
 _FORCED_IMPL: str | None = None
+
+
+@functools.cache
+def _tiles_importable() -> bool:
+    """numba's ``np.dot`` needs scipy's BLAS; threadpoolctl keeps it single-threaded."""
+    try:
+        import scipy.linalg.cython_blas  # noqa: F401
+        import threadpoolctl  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def _select_impl(
     device: torch.device,
     deterministic: bool,
-    fill: float,
+    fill: float | Callable[[], float],
     c_in: int,
     c_out: int,
     dtype: torch.dtype = torch.float32,
 ) -> str:
-    """The compute variant: "gather" (im2col GEMM), "rows" (numba, CPU) or "scatter"
-    (per-offset ``index_add_``).
+    """The compute variant: "tiles" or "rows" (numba, CPU), "gather" (im2col GEMM) or
+    "scatter" (per-offset ``index_add_``).
 
-    ``fill`` is the fraction of active entries of the neighbour table. On CPU every variant is
-    deterministic, so the choice is by estimated cost per table entry (ns, fitted on the
-    SECOND-like benchmark stack): im2col pays a row gather for every entry and multiplies zeros
-    at BLAS speed; "rows" pays only for active pairs but multiplies at numba's (slower) speed,
-    so it wins on sparse tables and few channels; without numba the per-offset variant extracts
-    the pairs (every entry) and pays a latency-bound gather and ``index_add_`` per active pair.
-    On CUDA ``deterministic`` forces "gather" (no atomics). A CUDA kernel would be slotted in
-    here; until one is written and tested on a GPU, CUDA runs the same torch code.
+    ``fill`` is the fraction of active entries of the neighbour table (or a function giving it,
+    called only where the choice needs it). On CPU with numba and
+    scipy, "tiles" (per tile of output rows and offset, a BLAS GEMM over the active pairs
+    only, everything cache resident) was the fastest on every layer of the SECOND-like
+    benchmark stack, 5 to 64 channels, fill 9% to 64% (BENCHMARKS.md). Without scipy, the
+    choice between "rows" and im2col is by estimated cost per table entry (ns, fitted on that
+    stack): im2col pays a row gather for every entry and multiplies zeros at BLAS speed; "rows"
+    pays only for active pairs but multiplies at numba's (slower) speed. Without numba the
+    per-offset variant extracts the pairs (every entry) and pays a latency-bound gather and
+    ``index_add_`` per active pair. Every CPU variant is deterministic; on CUDA
+    ``deterministic`` forces "gather" (no atomics). A CUDA kernel would be slotted in here;
+    until one is written and tested on a GPU, CUDA runs the same torch code.
     """
     if device.type == "cuda" and deterministic:
         return "gather"
     rows_ok = dtype in (torch.float32, torch.float64) and numba_kernels(device) is not None
-    if _FORCED_IMPL is not None and (_FORCED_IMPL != "rows" or rows_ok):
-        return _FORCED_IMPL
+    tiles_ok = rows_ok and _tiles_importable()
+    if _FORCED_IMPL is not None:
+        if _FORCED_IMPL == "tiles" and tiles_ok or _FORCED_IMPL == "rows" and rows_ok:
+            return _FORCED_IMPL
+        if _FORCED_IMPL not in ("tiles", "rows"):
+            return _FORCED_IMPL
+    if tiles_ok:
+        return "tiles"
+    if callable(fill):
+        fill = fill()
     if rows_ok:
         # Two threads, per table entry: im2col 3 + 0.011 * MACs, rows 8 + 0.05 * MACs per pair.
         macs = c_in * c_out
@@ -217,10 +299,13 @@ def sparse_conv_op(
         ``[N_out, C_out]`` float.
     """
     k, c_in, c_out = weight.shape
-    fill = _fill(nbr, feats.shape[0])
-    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out, feats.dtype)
+    impl = _select_impl(
+        feats.device, deterministic, lambda: _fill(nbr, feats.shape[0]), c_in, c_out, feats.dtype
+    )
     if impl == "rows":
         return _rows_conv(feats, weight, nbr)
+    if impl == "tiles":
+        return _tiles_conv(feats, weight, nbr)
     if impl == "scatter":
         return _scatter_conv(feats, weight, nbr, c_out)
     return _gather_gemm(feats, weight.reshape(k * c_in, c_out), nbr)
@@ -246,11 +331,15 @@ def sparse_conv_backward_op(
     grad_out = grad_out.contiguous()
     # grad_in[i] = sum_k grad_out[nbr_t[i, k]] @ W[k]^T
     w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
-    fill = _fill(nbr, feats.shape[0])
-    impl = _select_impl(feats.device, deterministic, fill, c_in, c_out, feats.dtype)
+    impl = _select_impl(
+        feats.device, deterministic, lambda: _fill(nbr, feats.shape[0]), c_in, c_out, feats.dtype
+    )
     if impl == "rows":
         grad_feats = _rows_conv(grad_out, weight.transpose(1, 2), nbr_t)
         grad_weight = _rows_grad_weight(feats, nbr, grad_out)
+    elif impl == "tiles":
+        grad_feats = _tiles_conv(grad_out, weight.transpose(1, 2), nbr_t)
+        grad_weight = _tiles_grad_weight(feats, nbr, grad_out)
     elif impl == "scatter":
         grad_feats = _scatter_conv(grad_out, weight.transpose(1, 2), nbr_t, c_in)
         grad_weight = _scatter_grad_weight(feats, nbr, grad_out)
@@ -328,8 +417,14 @@ def conv3d(
             raise ValueError(f"transposed conv: stride {stride} does not divide {x.stride}")
     else:
         out_stride = tuple(a * b for a, b in zip(x.stride, stride))
-    kmap, out_id = x.cache.kernel_map(x.coord_id, kernel_size, stride, dilation, transposed)
-    feats = sparse_conv_op(x.feats, weight.to(x.feats.dtype), kmap.nbr, kmap.nbr_t, deterministic)
+    # Only a backward reads the transposed table: without one, an empty stand-in, and the map
+    # does not build it.
+    needs_grad = torch.is_grad_enabled() and (x.feats.requires_grad or weight.requires_grad)
+    kmap, out_id = x.cache.kernel_map(
+        x.coord_id, kernel_size, stride, dilation, transposed, transpose_table=needs_grad
+    )
+    nbr_t = kmap.nbr_t if needs_grad else kmap.nbr[:0]
+    feats = sparse_conv_op(x.feats, weight.to(x.feats.dtype), kmap.nbr, nbr_t, deterministic)
     if bias is not None:
         feats = feats + bias
     return SparseTensor(feats, x.cache.coords(out_id), out_stride, cache=x.cache, _coord_id=out_id)

@@ -25,7 +25,6 @@ column lookup serves all ``kz`` offsets. The torch layouts are the reference of 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
 from types import ModuleType
 
 import numpy as np
@@ -84,22 +83,53 @@ def kernel_offsets(kernel_size: Triple, dilation: Triple) -> torch.Tensor:
     return torch.stack([g.reshape(-1) for g in grid], dim=1)
 
 
-@dataclass
 class KernelMap:
     """Neighbour tables of one convolution (see the module docstring).
 
     Attributes:
         nbr: ``[N_out, K]`` int64, input row per (output, offset), ``N_in`` where missing.
         nbr_t: ``[N_in, K]`` int64, output row per (input, offset), ``N_out`` where missing.
+            Only a backward or a transposed conv reads it, so it may be given as None and is
+            then built on first use: for a submanifold map with a symmetric kernel
+            (``symmetric``) ``nbr`` with the offsets reversed, else ``nbr`` transposed.
         num_in: ``N_in``.
         num_out: ``N_out``.
     """
 
-    nbr: torch.Tensor
-    nbr_t: torch.Tensor
-    num_in: int
-    num_out: int
-    _pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = field(default=None, repr=False)
+    def __init__(
+        self,
+        nbr: torch.Tensor,
+        nbr_t: torch.Tensor | None,
+        num_in: int,
+        num_out: int,
+        pairs: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        *,
+        symmetric: bool = False,
+    ) -> None:
+        self.nbr = nbr
+        self._nbr_t = nbr_t
+        self._symmetric = symmetric
+        self.num_in = num_in
+        self.num_out = num_out
+        self._pairs = pairs
+
+    def __repr__(self) -> str:
+        return f"KernelMap(num_in={self.num_in}, num_out={self.num_out}, K={self.nbr.shape[1]})"
+
+    @property
+    def nbr_t(self) -> torch.Tensor:
+        if self._nbr_t is None:
+            if self._symmetric:
+                # Submanifold with a symmetric kernel: offset K-1-k is offset k negated.
+                self._nbr_t = self.nbr.flip(1)
+            else:
+                kernels = numba_kernels(self.nbr.device)
+                self._nbr_t = (
+                    _transpose_table(self.nbr, self.num_in)
+                    if kernels is None
+                    else torch.from_numpy(kernels.transpose_table(self.nbr.numpy(), self.num_in))
+                )
+        return self._nbr_t
 
     def transposed(self) -> KernelMap:
         """The map of the transposed convolution: inputs and outputs swap roles."""
@@ -254,7 +284,9 @@ class CoordIndex:
             )
         if self.layout == "columns":
             kernels = numba_kernels(base.device)
-            out = torch.from_numpy(kernels.filled((m, kx * ky * kz), np.int64, self.num_rows))
+            # every entry is written; numpy's large arrays get transparent huge pages (fewer
+            # page faults than torch's allocator)
+            out = torch.from_numpy(np.empty((m, kx * ky * kz), dtype=np.int64))
             kernels.lookup_columns(
                 base.numpy(),
                 x_offs.numpy(),
@@ -263,6 +295,7 @@ class CoordIndex:
                 *self._geometry,
                 self.batches,
                 *self._tables,
+                self.num_rows,
                 out.numpy(),
             )
             return out
@@ -385,10 +418,9 @@ def build_kernel_map(
     offs = [o.to(device) for o in axis_offsets(kernel_size, dilation, in_stride)]
     nbr = in_index.lookup(out_coords, *offs)
     if in_index is out_index and all(k % 2 == 1 for k in kernel_size):
-        # Submanifold with a symmetric kernel: offset K-1-k is offset k negated.
-        nbr_t = nbr.flip(1)
-    else:
-        nbr_t = out_index.lookup(in_coords, *[-o.flip(0) for o in offs]).flip(1)
+        # nbr with the offsets reversed, built when a backward asks for it
+        return KernelMap(nbr, None, in_coords.shape[0], out_coords.shape[0], symmetric=True)
+    nbr_t = out_index.lookup(in_coords, *[-o.flip(0) for o in offs]).flip(1)
     return KernelMap(nbr, nbr_t, in_coords.shape[0], out_coords.shape[0])
 
 
@@ -486,10 +518,13 @@ def build_strided_kernel_map(
     stride: Triple,
     dilation: Triple,
     impl: str = "auto",
+    transpose: bool = True,
 ) -> tuple[torch.Tensor, KernelMap]:
     """Output sites and kernel map of a strided conv, in one pass over the input pairs.
 
     Args:
+        transpose: build the transposed table in the same pass (numba path); without it the
+            map makes it on first use (only a backward or a transposed conv needs it).
         impl: ``"numba"`` (CPU: a column index of the sites,
             :func:`._numba.strided_map_columns`), ``"torch"`` (vectorized enumeration +
             ``torch.unique``; the reference, and the CUDA path) or ``"auto"`` (numba where it
@@ -516,8 +551,9 @@ def build_strided_kernel_map(
         geometry = [
             np.asarray(v, dtype=np.int64) for v in (in_stride, kernel_size, stride, dilation)
         ]
-        out, nbr, nbr_t = kernels.strided_map_columns(coords.numpy(), *geometry)
-        kmap = KernelMap(torch.from_numpy(nbr), torch.from_numpy(nbr_t), num_in, nbr.shape[0])
+        out, nbr, nbr_t = kernels.strided_map_columns(coords.numpy(), *geometry, transpose)
+        nbr_t = None if nbr_t is None else torch.from_numpy(nbr_t)
+        kmap = KernelMap(torch.from_numpy(nbr), nbr_t, num_in, nbr.shape[0])
         return torch.from_numpy(out), kmap
     keys, in_idx, k_idx, hi = _strided_pairs(coords, in_stride, kernel_size, stride, dilation)
     sites, out_idx = torch.unique(keys, return_inverse=True)  # sorted

@@ -65,10 +65,13 @@ class SparseCache:
         stride: Triple,
         dilation: Triple,
         transposed: bool,
+        transpose_table: bool = True,
     ) -> tuple[KernelMap, int]:
         """The kernel map of a conv on coordinate set ``coord_id`` and its output set's id.
 
-        Built on first request, then reused. A transposed strided conv maps back onto the
+        Built on first request, then reused. ``transpose_table=False`` lets a strided map skip
+        its transposed table (a forward without autograd does not read it; it is built on
+        first use if a later call does). A transposed strided conv maps back onto the
         coordinates of the strided conv (same kernel, stride, dilation) that produced
         ``coord_id``; a :class:`ValueError` says so when there is none.
         """
@@ -104,7 +107,12 @@ class SparseCache:
         else:
             # Output sites and the map come from one enumeration of the input pairs.
             out_coords, self._maps[key] = build_strided_kernel_map(
-                self._sets[coord_id].coords, in_stride, kernel_size, stride, dilation
+                self._sets[coord_id].coords,
+                in_stride,
+                kernel_size,
+                stride,
+                dilation,
+                transpose=transpose_table,
             )
             self.num_builds += 1
             out_stride = tuple(a * b for a, b in zip(in_stride, stride))

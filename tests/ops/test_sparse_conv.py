@@ -19,8 +19,9 @@ from perception.ops.sparse.kernel_map import (
 )
 from tests.ops.harness import DEVICES, assert_parity
 
-IMPLS = ["gather", "scatter", "rows"]
+IMPLS = ["gather", "scatter", "rows", "tiles"]
 HAVE_NUMBA = numba_kernels(torch.device("cpu")) is not None
+HAVE_TILES = HAVE_NUMBA and functional._tiles_importable()
 
 
 @pytest.fixture
@@ -28,6 +29,8 @@ def force_impl(request, monkeypatch):
     """Forces one compute variant of the fast path (the default picks by estimated cost)."""
     if request.param == "rows" and not HAVE_NUMBA:
         pytest.skip("the 'rows' variant needs numba, which is not importable")
+    if request.param == "tiles" and not HAVE_TILES:
+        pytest.skip("the 'tiles' variant needs numba and scipy, which are not importable")
     monkeypatch.setattr(functional, "_FORCED_IMPL", request.param)
     return request.param
 
@@ -262,6 +265,9 @@ def test_pairs_match_table(fill, channels):
         expected_out = torch.nonzero(nbr[:, o] < num_in).squeeze(1)
         assert torch.equal(out_idx, expected_out) and torch.equal(in_idx, nbr[expected_out, o])
     impl = functional._select_impl(torch.device("cpu"), False, fill, *channels)
+    if HAVE_TILES:  # fastest at every fill of the benchmark stack
+        assert impl == "tiles"
+        return
     # A full table is never worth per-pair work; an empty one never worth im2col.
     sparse_variant = "rows" if HAVE_NUMBA else "scatter"
     assert impl == {0.0: sparse_variant, 1.0: "gather"}.get(fill, impl)
@@ -402,3 +408,42 @@ def test_low_precision_features_take_a_torch_variant():
     ref = conv3d(SparseTensor(feats, coords), weight)
     assert y.feats.dtype == torch.bfloat16
     torch.testing.assert_close(y.feats.float(), ref.feats, atol=0.1, rtol=0.05)
+
+
+@pytest.mark.parametrize("impl", ["numba", "torch"])
+def test_strided_map_without_transpose_builds_it_on_first_use(impl):
+    """A forward without autograd skips the transposed table; asked for later, it is the same."""
+    if impl == "numba" and not HAVE_NUMBA:
+        pytest.skip("the numba strided map needs numba, which is not importable")
+    coords = random_coords(60, 2, seed=7)
+    args = (coords, (1, 1, 1), (3, 3, 3), (2, 2, 2), (1, 1, 1))
+    out_full, full = build_strided_kernel_map(*args, impl=impl)
+    out_lazy, lazy = build_strided_kernel_map(*args, impl=impl, transpose=False)
+    assert torch.equal(out_lazy, out_full) and torch.equal(lazy.nbr, full.nbr)
+    assert torch.equal(lazy.nbr_t, full.nbr_t)
+
+
+def test_maps_built_without_autograd_serve_a_later_backward():
+    """Maps first built under no_grad (no transposed tables) give the same gradients, through
+    strided, submanifold and transposed layers, as maps built for training."""
+    from perception.ops.sparse import Conv3d
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(
+        Conv3d(3, 4, 3, stride=2), Conv3d(4, 4, 3), Conv3d(4, 3, 3, stride=2, transposed=True)
+    )
+    coords = random_coords(80, 2, seed=8)
+    feats = torch.randn(coords.shape[0], 3)
+
+    def grads(x: SparseTensor) -> list[torch.Tensor]:
+        net.zero_grad()
+        net(x).feats.square().sum().backward()
+        return [p.grad.clone() for p in net.parameters()]
+
+    warm = SparseTensor(feats, coords)
+    with torch.no_grad():
+        net(warm)
+    reused = grads(warm)
+    fresh = grads(SparseTensor(feats, coords))
+    for a, b in zip(reused, fresh):
+        assert torch.equal(a, b)
