@@ -42,6 +42,7 @@ from types import ModuleType
 
 import torch
 
+from . import _triton
 from ._geometry import as_grid, check_float_tensor, check_int_tensor
 from ._numba_threads import size_numba_pool
 
@@ -324,21 +325,35 @@ def _numba_kernels() -> ModuleType | None:
     return _bev_pool_numba
 
 
-POOL_IMPLS = ("numba", "csr")
+POOL_IMPLS = ("numba", "csr", "triton")
 
 
-def _choose_pool_impl(feats: torch.Tensor, impl: str | None) -> str:
-    """``"numba"`` for float32/float64 CPU features where numba is importable, else ``"csr"``
-    (device-generic); a forced ``impl`` is checked against what the features allow."""
-    numba_ok = feats.device.type == "cpu" and feats.dtype in (torch.float32, torch.float64)
+def _choose_pool_impl(feats: torch.Tensor, impl: str | None, *, numba: bool = True) -> str:
+    """``"numba"`` for float32/float64 CPU features where numba is importable (and ``numba``:
+    the op has such a kernel), ``"triton"`` for CUDA features where triton is importable, else
+    ``"csr"`` (device-generic); a forced ``impl`` is checked against what the features allow
+    (``"triton"`` runs on CPU tensors only under ``TRITON_INTERPRET=1``, for the tests)."""
+    numba_ok = (
+        numba
+        and feats.device.type == "cpu"
+        and feats.dtype in (torch.float32, torch.float64)
+        and _numba_kernels() is not None
+    )
     if impl is None:
-        return "numba" if numba_ok and _numba_kernels() is not None else "csr"
+        if numba_ok:
+            return "numba"
+        return "triton" if feats.device.type == "cuda" and _triton.available(feats) else "csr"
     if impl not in POOL_IMPLS:
         raise ValueError(f"impl must be one of {POOL_IMPLS} or None, got {impl!r}")
-    if impl == "numba" and not (numba_ok and _numba_kernels() is not None):
+    if impl == "numba" and not numba_ok:
         raise ValueError(
             f"impl='numba' needs float32/float64 CPU features and numba, got {feats.dtype} "
-            f"on {feats.device}"
+            f"on {feats.device}" + ("" if numba else " (and this op has no numba kernel)")
+        )
+    if impl == "triton" and not _triton.available(feats):
+        raise ValueError(
+            f"impl='triton' needs triton and CUDA features (or TRITON_INTERPRET=1), got "
+            f"{feats.device}"
         )
     return impl
 
@@ -355,8 +370,8 @@ def _bev_pool_csr(
     impl: str,
 ) -> torch.Tensor:
     """``feats [N, C]`` -> ``[B, C, Z, X, Y]``: CSR (cells x points, ones) @ feats (``impl``
-    "csr"), or the same sums by a point-order scatter partitioned by cell (``"numba"``,
-    :mod:`._bev_pool_numba`)."""
+    "csr": torch's sparse product; ``"triton"``: :func:`._triton.csr_spmm`), or the same sums by
+    a point-order scatter partitioned by cell (``"numba"``, :mod:`._bev_pool_numba`)."""
     n, c = feats.shape
     num_cells = cell_offsets.shape[0] - 1
     if point_index.shape[0] == 0 or c == 0:
@@ -435,9 +450,11 @@ def _bev_pool_depth_csr(
     pixel_pair_cell: torch.Tensor,
     batch_size: int,
     grid: list[int],
+    impl: str,
 ) -> torch.Tensor:
     """``depth [Ncam, D, H, W]``, ``context [Ncam, C, H, W]`` -> ``[B, C, Z, X, Y]``:
-    CSR (cells x pixels, summed depth weights) @ context ``[pixels, C]``."""
+    CSR (cells x pixels, summed depth weights) @ context ``[pixels, C]`` (torch's sparse
+    product, or :func:`._triton.csr_spmm` for ``impl`` "triton")."""
     ncam, c, h, w = context.shape
     num_cells = pair_offsets.shape[0] - 1
     num_pairs = pair_pixel.shape[0]
@@ -445,13 +462,16 @@ def _bev_pool_depth_csr(
         return _bev_empty(context, batch_size, grid, c)
     weights = _pair_weights(depth, point_index, point_pair, num_pairs)
     context_pix = context.permute(0, 2, 3, 1).reshape(ncam * h * w, c)  # [pixels, C]
-    out = _csr(pair_offsets, pair_pixel, weights, (num_cells, ncam * h * w)) @ context_pix
+    if impl == "triton":
+        out = _triton.csr_spmm(pair_offsets, pair_pixel, weights, context_pix.contiguous())
+    else:
+        out = _csr(pair_offsets, pair_pixel, weights, (num_cells, ncam * h * w)) @ context_pix
     return _cells_to_bev(out, batch_size, grid)
 
 
 @_bev_pool_depth_csr.register_fake
 def _(depth, context, *index_and_sizes):
-    batch_size, grid = index_and_sizes[-2:]
+    batch_size, grid = index_and_sizes[-3:-1]
     return _bev_empty(context, batch_size, grid, context.shape[1])
 
 
@@ -467,6 +487,7 @@ def _bev_pool_depth_csr_backward(
     pair_by_pixel: torch.Tensor,
     pixel_pair_offsets: torch.Tensor,
     pixel_pair_cell: torch.Tensor,
+    impl: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients w.r.t. ``depth [Ncam, D, H, W]`` and ``context [Ncam, C, H, W]``.
 
@@ -484,33 +505,51 @@ def _bev_pool_depth_csr_backward(
     num_cells = grad_cells.shape[0]
     weights = _pair_weights(depth, point_index, point_pair, num_pairs)
     weights_by_pixel = weights.index_select(0, pair_by_pixel)
-    transposed = _csr(
-        pixel_pair_offsets, pixel_pair_cell, weights_by_pixel, (num_pixels, num_cells)
-    )
-    grad_context_pix = transposed @ grad_cells  # [pixels, C]
-    grad_context = grad_context_pix.view(ncam, h, w, c).permute(0, 3, 1, 2).contiguous()
     context_pix = context.permute(0, 2, 3, 1).reshape(num_pixels, c)
-    pattern = _csr(pair_offsets, pair_pixel, weights.new_zeros(num_pairs), (num_cells, num_pixels))
-    per_pair = torch.sparse.sampled_addmm(pattern, grad_cells, context_pix.t(), beta=0.0).values()
+    if impl == "triton":
+        grad_context_pix = _triton.csr_spmm(
+            pixel_pair_offsets, pixel_pair_cell, weights_by_pixel, grad_cells
+        )
+        pair_cell = torch.repeat_interleave(
+            torch.arange(num_cells, device=grad_cells.device),
+            pair_offsets.diff().to(torch.int64),
+            output_size=num_pairs,
+        )
+        per_pair = _triton.sampled_dot(pair_cell, pair_pixel, grad_cells, context_pix.contiguous())
+    else:
+        transposed = _csr(
+            pixel_pair_offsets, pixel_pair_cell, weights_by_pixel, (num_pixels, num_cells)
+        )
+        grad_context_pix = transposed @ grad_cells  # [pixels, C]
+        pattern = _csr(
+            pair_offsets, pair_pixel, weights.new_zeros(num_pairs), (num_cells, num_pixels)
+        )
+        per_pair = torch.sparse.sampled_addmm(
+            pattern, grad_cells, context_pix.t(), beta=0.0
+        ).values()
+    grad_context = grad_context_pix.view(ncam, h, w, c).permute(0, 3, 1, 2).contiguous()
     grad_depth = torch.zeros(depth.numel(), dtype=depth.dtype, device=depth.device)
     grad_depth.index_copy_(0, point_index.to(torch.int64), per_pair.index_select(0, point_pair))
     return grad_depth.view_as(depth), grad_context
 
 
 @_bev_pool_depth_csr_backward.register_fake
-def _(grad_out, depth, context, *index):
+def _(grad_out, depth, context, *index_and_impl):
     return torch.empty_like(depth), torch.empty_like(context)
 
 
 def _bev_pool_depth_setup(ctx, inputs, output) -> None:
-    depth, context, *index, _, _ = inputs
+    depth, context, *index, _, _, impl = inputs
     ctx.save_for_backward(depth, context, *index)
+    ctx.impl = impl
 
 
 def _bev_pool_depth_backward(ctx, grad_out):
     depth, context, *index = ctx.saved_tensors
-    grad_depth, grad_context = _bev_pool_depth_csr_backward(grad_out, depth, context, *index)
-    return (grad_depth, grad_context) + (None,) * 9
+    grad_depth, grad_context = _bev_pool_depth_csr_backward(
+        grad_out, depth, context, *index, ctx.impl
+    )
+    return (grad_depth, grad_context) + (None,) * 10
 
 
 _bev_pool_depth_csr.register_autograd(_bev_pool_depth_backward, setup_context=_bev_pool_depth_setup)
@@ -540,8 +579,10 @@ def bev_pool(
         plan: a plan from :func:`build_bev_pool_plan` (or a :class:`BEVPoolPlanCache`) for
             these coords; built here when None.
         impl: ``"numba"`` (CPU, float32/float64, numba importable: a point-order scatter
-            partitioned by cell), ``"csr"`` (a CSR sparse product, any device) or None (numba
-            where it applies, else csr). Both sum each cell's points in input order.
+            partitioned by cell), ``"csr"`` (torch's CSR sparse product, any device),
+            ``"triton"`` (:func:`._triton.csr_spmm`, CUDA) or None (numba on CPU, triton on
+            CUDA where importable, else csr). numba and triton sum each cell's points in input
+            order.
 
     Returns:
         ``[B, C, Z, X, Y]`` (dtype of ``feats``, channels-last-3d memory format), each cell the
@@ -571,7 +612,9 @@ def bev_pool(
     )  # fmt: skip
 
 
-def bev_pool_depth(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan) -> torch.Tensor:
+def bev_pool_depth(
+    depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan, impl: str | None = None
+) -> torch.Tensor:
     """Fused lift-and-pool (BEVPoolv2): ``bev_pool(depth[:, :, None] * context[:, None])``
     without building the ``[Ncam * D * H * W, C]`` frustum features.
 
@@ -581,6 +624,8 @@ def bev_pool_depth(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan
         context: ``[Ncam, C, H, W]`` float, per-pixel context features (same dtype).
         plan: built from the frustum cell coordinates ``[Ncam, D, H, W, 4]``
             ``(batch, z, x, y)`` (:func:`build_bev_pool_plan`).
+        impl: ``"csr"`` (torch's sparse products, any device), ``"triton"`` (the kernels of
+            :mod:`._triton`: CUDA) or None (triton on CUDA where importable, else csr).
 
     Returns:
         ``[B, C, Z, X, Y]`` (channels-last-3d memory format); differentiable in both
@@ -607,6 +652,7 @@ def bev_pool_depth(depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan
         raise ValueError(f"depth/context must be on the plan's device {plan.device}")
     return _bev_pool_depth_csr(
         depth, context, *plan.fused_indices(), plan.batch_size, list(plan.grid),
+        _choose_pool_impl(context, impl, numba=False),
     )  # fmt: skip
 
 

@@ -8,6 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
+# Without a GPU, triton's interpreter runs the ops' triton kernels on CPU tensors, so their
+# parity tests run in CI too (ops/_triton.py; set before anything imports triton). With a GPU
+# (tools/gpu_check.sh) they compile and run on it.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 # Under pytest-xdist every worker is a process; more torch threads than cores per worker
 # oversubscribes the CPU (tests then run many times slower), so each worker uses one.
 if os.environ.get("PYTEST_XDIST_WORKER"):

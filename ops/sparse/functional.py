@@ -26,6 +26,7 @@ from collections.abc import Callable
 
 import torch
 
+from .. import _triton
 from .kernel_map import Triple, as_triple, numba_kernels
 from .tensor import SparseTensor
 
@@ -209,8 +210,8 @@ def _rows_grad_weight(
     return partial.sum(0) if blocks > 1 else partial[0]
 
 
-# A forced variant for tests ("gather", "scatter", "rows", "tiles"; None: the choice below). A
-# forced numba variant where it cannot run (CUDA, no numba / scipy) falls back to the choice.
+# A forced variant for tests ("gather", "scatter", "rows", "tiles", "triton"; None: the choice
+# below). A forced numba or triton variant where it cannot run falls back to the choice.
 _FORCED_IMPL: str | None = None
 
 
@@ -233,8 +234,9 @@ def _select_impl(
     c_out: int,
     dtype: torch.dtype = torch.float32,
 ) -> str:
-    """The compute variant: "tiles" or "rows" (numba, CPU), "gather" (im2col GEMM) or
-    "scatter" (per-offset ``index_add_``).
+    """The compute variant: "triton" (implicit GEMM, :func:`.._triton.sparse_conv`: CUDA),
+    "tiles" or "rows" (numba, CPU), "gather" (im2col GEMM) or "scatter" (per-offset
+    ``index_add_``).
 
     ``fill`` is the fraction of active entries of the neighbour table (or a function giving it,
     called only where the choice needs it). On CPU with numba and
@@ -245,19 +247,27 @@ def _select_impl(
     stack): im2col pays a row gather for every entry and multiplies zeros at BLAS speed; "rows"
     pays only for active pairs but multiplies at numba's (slower) speed. Without numba the
     per-offset variant extracts the pairs (every entry) and pays a latency-bound gather and
-    ``index_add_`` per active pair. Every CPU variant is deterministic; on CUDA
-    ``deterministic`` forces "gather" (no atomics). A CUDA kernel would be slotted in here;
-    until one is written and tested on a GPU, CUDA runs the same torch code.
+    ``index_add_`` per active pair. Every CPU variant is deterministic. On CUDA, "triton" where
+    triton is importable (float32/16, bfloat16; deterministic: no atomics), else the torch
+    variants, ``deterministic`` forcing "gather" (``index_add_`` uses atomics there).
     """
-    if device.type == "cuda" and deterministic:
-        return "gather"
+    triton_ok = (
+        _triton.importable()
+        and (device.type == "cuda" or _triton.interpreting())
+        and dtype in _triton.CONV_DTYPES
+    )
     rows_ok = dtype in (torch.float32, torch.float64) and numba_kernels(device) is not None
     tiles_ok = rows_ok and _tiles_importable()
     if _FORCED_IMPL is not None:
-        if _FORCED_IMPL == "tiles" and tiles_ok or _FORCED_IMPL == "rows" and rows_ok:
+        ok = {"tiles": tiles_ok, "rows": rows_ok, "triton": triton_ok}.get(_FORCED_IMPL, True)
+        if ok:
             return _FORCED_IMPL
-        if _FORCED_IMPL not in ("tiles", "rows"):
-            return _FORCED_IMPL
+    if device.type == "cuda":
+        # the triton implicit GEMM has no atomics: deterministic as it is
+        if triton_ok:
+            return "triton"
+        if deterministic:
+            return "gather"
     if tiles_ok:
         return "tiles"
     if callable(fill):
@@ -306,6 +316,8 @@ def sparse_conv_op(
         return _rows_conv(feats, weight, nbr)
     if impl == "tiles":
         return _tiles_conv(feats, weight, nbr)
+    if impl == "triton":
+        return _triton.sparse_conv(feats.detach(), weight.detach(), nbr)
     if impl == "scatter":
         return _scatter_conv(feats, weight, nbr, c_out)
     return _gather_gemm(feats, weight.reshape(k * c_in, c_out), nbr)
@@ -340,6 +352,9 @@ def sparse_conv_backward_op(
     elif impl == "tiles":
         grad_feats = _tiles_conv(grad_out, weight.transpose(1, 2), nbr_t)
         grad_weight = _tiles_grad_weight(feats, nbr, grad_out)
+    elif impl == "triton":
+        grad_feats = _triton.sparse_conv(grad_out, weight.detach().transpose(1, 2), nbr_t)
+        grad_weight = _im2col_t_gemm(feats, nbr, grad_out).view(k, c_in, c_out)
     elif impl == "scatter":
         grad_feats = _scatter_conv(grad_out, weight.transpose(1, 2), nbr_t, c_in)
         grad_weight = _scatter_grad_weight(feats, nbr, grad_out)

@@ -18,6 +18,15 @@ from perception.ops.bev_pool_reference import (
 from tests.ops.harness import DEVICES, assert_parity
 
 bev_pool_module = importlib.import_module("perception.ops.bev_pool")
+triton_kernels = importlib.import_module("perception.ops._triton")
+
+
+def needs_triton(device: str) -> None:
+    """Skips (with the reason) where the triton kernels cannot run on ``device``."""
+    if not triton_kernels.importable():
+        pytest.skip("triton is not importable (pip install triton)")
+    if not triton_kernels.available(torch.empty(0, device=device)):
+        pytest.skip("triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1")
 
 
 def make_coords(shape: tuple[int, ...], batch_size: int, grid, seed: int = 0) -> torch.Tensor:
@@ -73,6 +82,22 @@ def test_numba_pool_sums_in_input_order_for_any_thread_count(dtype, threads):
     finally:
         numba.set_num_threads(before)
     assert torch.equal(out, expected)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n", [0, 1, 300])
+@pytest.mark.parametrize("channels", [1, 20])
+@pytest.mark.parametrize("batch_size,grid", [(1, (1, 4, 5)), (2, (2, 3, 3))])
+def test_bev_pool_triton_matches_index_add(device, n, channels, batch_size, grid):
+    """The triton kernel (CUDA; CPU under triton's interpreter) against index_add_."""
+    needs_triton(device)
+    inputs = pool_inputs(n, channels, batch_size, grid, device)
+    assert_parity(
+        functools.partial(bev_pool, impl="triton"),
+        bev_pool_index_add,
+        inputs,
+        grad_inputs=["feats"],
+    )
 
 
 def test_bev_pool_impl_choice_and_errors():
@@ -180,6 +205,23 @@ def test_fused_matches_materialized(device, ncam, d, h, w, channels, batch_size,
     assert_parity(fused, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("ncam,d,h,w", [(1, 1, 1, 1), (2, 5, 3, 4)])
+@pytest.mark.parametrize("channels", [1, 20])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_fused_triton_matches_reference(device, ncam, d, h, w, channels, dtype):
+    """The triton kernels of the fused pool (forward, context and depth gradients) against the
+    plain reference (CUDA; CPU under triton's interpreter)."""
+    needs_triton(device)
+    inputs = fused_inputs(ncam, d, h, w, channels, 2, (2, 4, 3), device, dtype=dtype)
+
+    def fused_triton(depth, context, coords, batch_size, grid):
+        plan = build_bev_pool_plan(coords, batch_size, grid)
+        return bev_pool_depth(depth, context, plan, impl="triton")
+
+    assert_parity(fused_triton, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
+
+
 def test_fused_plan_is_canonical_csr():
     # cuSPARSE needs sorted, duplicate-free columns in each row; check both fused matrices.
     coords = make_coords((3, 20, 4, 5), 1, (1, 6, 6))
@@ -234,7 +276,7 @@ def test_custom_ops_opcheck():
     context = inputs["context"].requires_grad_(True)
     torch.library.opcheck(
         torch.ops.perception.bev_pool_depth_csr.default,
-        (depth, context, *plan.fused_indices(), 2, [1, 5, 5]),
+        (depth, context, *plan.fused_indices(), 2, [1, 5, 5], "csr"),
     )
 
 

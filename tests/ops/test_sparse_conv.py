@@ -19,9 +19,13 @@ from perception.ops.sparse.kernel_map import (
 )
 from tests.ops.harness import DEVICES, assert_parity
 
-IMPLS = ["gather", "scatter", "rows", "tiles"]
+IMPLS = ["gather", "scatter", "rows", "tiles", "triton"]
 HAVE_NUMBA = numba_kernels(torch.device("cpu")) is not None
 HAVE_TILES = HAVE_NUMBA and functional._tiles_importable()
+# the triton kernel runs on CPU tensors under triton's interpreter (tests/conftest.py sets it)
+HAVE_TRITON = functional._triton.importable() and (
+    torch.cuda.is_available() or functional._triton.interpreting()
+)
 
 
 @pytest.fixture
@@ -31,6 +35,8 @@ def force_impl(request, monkeypatch):
         pytest.skip("the 'rows' variant needs numba, which is not importable")
     if request.param == "tiles" and not HAVE_TILES:
         pytest.skip("the 'tiles' variant needs numba and scipy, which are not importable")
+    if request.param == "triton" and not HAVE_TRITON:
+        pytest.skip("the 'triton' variant needs triton (and CUDA, or TRITON_INTERPRET=1)")
     monkeypatch.setattr(functional, "_FORCED_IMPL", request.param)
     return request.param
 

@@ -1,0 +1,140 @@
+"""Triton kernels for the CUDA paths of the ops.
+
+- :func:`csr_spmm`: ``out[r] = sum_p values[p] * dense[cols[p]]`` over the entries ``p`` of CSR
+  row ``r``; one program per (row, block of channels), no atomics: each output row is written
+  by one program, its entries summed in CSR order. BEV pooling is this product three ways: the
+  materialized pool (cells x points, values 1), the fused pool (cells x pixels, the summed depth
+  weights) and the fused pool's context gradient (the transposed matrix).
+- :func:`sampled_dot`: ``out[p] = <a[rows[p]], b[cols[p]]>`` per entry (the fused pool's depth
+  gradient, evaluated once per (cell, pixel) pair).
+- :func:`sparse_conv`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]``, an implicit GEMM: per
+  tile of output rows and output channels, the neighbours of each offset are gathered straight
+  into ``tl.dot`` (missing ones load zeros); no atomics, so it is deterministic.
+
+The kernels run on CUDA tensors where triton is importable. With ``TRITON_INTERPRET=1`` set
+before the kernels are first used, triton's interpreter runs them on CPU tensors: that is how CI,
+which has no GPU, tests them against the plain references (``tests/ops``); ``tools/gpu_check.sh``
+runs the same tests compiled on a GPU. Matrix products use ``input_precision="ieee"`` (no TF32),
+so float32 results match the references' float32 arithmetic up to summation order.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+from types import ModuleType
+
+import torch
+
+__all__ = ["available", "csr_spmm", "importable", "sampled_dot", "sparse_conv"]
+
+CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+@functools.cache
+def importable() -> bool:
+    """Whether triton is installed (checked without importing it)."""
+    return importlib.util.find_spec("triton") is not None
+
+
+@functools.cache
+def _kernels() -> ModuleType:
+    from . import _triton_kernels
+
+    return _triton_kernels
+
+
+def interpreting() -> bool:
+    """Whether triton runs kernels in its interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def available(tensor: torch.Tensor) -> bool:
+    """Whether the kernels can run on ``tensor``'s device: CUDA with triton importable, or any
+    device under the interpreter."""
+    if not importable():
+        return False
+    return tensor.device.type == "cuda" or interpreting()
+
+
+def _acc_dtype(dtype: torch.dtype):
+    tl = _kernels().tl
+    return tl.float64 if dtype == torch.float64 else tl.float32
+
+
+def _block(n: int, lo: int = 16, hi: int = 128) -> int:
+    """A power of two covering ``n`` within ``[lo, hi]``."""
+    p = 1
+    while p < n:
+        p *= 2
+    return max(lo, min(hi, p))
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def csr_spmm(
+    offsets: torch.Tensor,
+    cols: torch.Tensor,
+    values: torch.Tensor | None,
+    dense: torch.Tensor,
+) -> torch.Tensor:
+    """``[R, C]``: row ``r`` sums ``values[p] * dense[cols[p]]`` (values 1 when None) over
+    ``p in offsets[r]:offsets[r + 1]``.
+
+    Args:
+        offsets: ``[R + 1]`` int CSR offsets; cols: ``[nnz]`` int; values: ``[nnz]`` or None;
+        dense: ``[M, C]`` float, contiguous.
+    """
+    num_rows, c = offsets.shape[0] - 1, dense.shape[1]
+    out = dense.new_empty(num_rows, c)
+    if num_rows == 0 or c == 0:
+        return out.zero_()
+    block_c = _block(c)
+    grid = (num_rows, _cdiv(c, block_c))
+    _kernels()._csr_spmm_kernel[grid](
+        offsets, cols, dense if values is None else values, dense.contiguous(), out, c,
+        HAS_VALUES=values is not None, ACC=_acc_dtype(dense.dtype), BLOCK_C=block_c,
+    )  # fmt: skip
+    return out
+
+
+def sampled_dot(
+    rows: torch.Tensor, cols: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+) -> torch.Tensor:
+    """``[P]``: ``<a[rows[p]], b[cols[p]]>`` for each entry ``p`` (``a [R, C]``, ``b [M, C]``)."""
+    num = rows.shape[0]
+    out = a.new_empty(num)
+    if num == 0:
+        return out
+    c = a.shape[1]
+    block_p = 64
+    _kernels()._sampled_dot_kernel[(_cdiv(num, block_p),)](
+        rows, cols, a.contiguous(), b.contiguous(), out, num, c,
+        ACC=_acc_dtype(a.dtype), BLOCK_P=block_p, BLOCK_C=_block(c, hi=64),
+    )  # fmt: skip
+    return out
+
+
+def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
+    """``[N_out, C_out]``: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]``, ``nbr[j, k] >=
+    N_in`` marking a missing neighbour (float32 / float16 / bfloat16; accumulates in float32).
+
+    Args:
+        feats: ``[N_in, C_in]``; weight: ``[K, C_in, C_out]``; nbr: ``[N_out, K]`` int.
+    """
+    num_out, k = nbr.shape
+    c_in, c_out = weight.shape[1], weight.shape[2]
+    out = feats.new_empty(num_out, c_out)
+    if num_out == 0 or c_out == 0:
+        return out.zero_()
+    block_m, block_n, block_k = 64, _block(c_out, hi=64), _block(c_in, hi=32)
+    grid = (_cdiv(num_out, block_m), _cdiv(c_out, block_n))
+    _kernels()._sparse_conv_kernel[grid](
+        feats.contiguous(), weight.contiguous(), nbr.contiguous(), out,
+        num_out, feats.shape[0], c_in, c_out, k,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+    )  # fmt: skip
+    return out
