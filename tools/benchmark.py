@@ -5,6 +5,8 @@ python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
     (collects what tools/accuracy_benchmark.sh trained and tested; checks the targets)
+python tools/benchmark.py runs A.json B.json ... [--labels A B ...]
+    (saved runs of one benchmark side by side: ms and ratio per run, median ratio)
 """
 
 from __future__ import annotations
@@ -15,7 +17,12 @@ import tempfile
 import time
 
 from perception.benchmarks.common import BenchRow
-from perception.benchmarks.report import machine_description, markdown_table, write_report
+from perception.benchmarks.report import (
+    machine_description,
+    markdown_table,
+    runs_table,
+    write_report,
+)
 
 
 def run_ops(args: argparse.Namespace) -> list[BenchRow]:
@@ -137,7 +144,17 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")
     for p in (ops, synth, model, node, acc):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
+    runs = sub.add_parser("runs", help="saved runs of one benchmark side by side")
+    runs.add_argument("files", nargs="+", help="JSON reports written by --out")
+    runs.add_argument("--labels", nargs="+", help="one per file (default A, B, ...)")
     args = parser.parse_args(argv)
+    if args.command == "runs":
+        try:
+            print(runs_table(args.files, args.labels))
+        except ValueError as exc:
+            print(f"benchmark runs: {exc}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "node":
         return run_node(args)
     if args.command == "accuracy":

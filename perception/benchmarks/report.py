@@ -59,3 +59,53 @@ def write_report(rows: list[BenchRow], out: str | Path, device: str) -> Path:
         f"{meta['date']}, {meta['machine']}\n\n`{meta['command']}`\n\n{markdown_table(rows)}\n"
     )
     return out
+
+
+def runs_table(paths: list[str | Path], labels: list[str] | None = None) -> str:
+    """Several saved runs of one benchmark (their JSON files, as :func:`write_report` writes
+    them) side by side: per row, the milliseconds and the ratio against the row's baseline in
+    each run, and the median ratio. Rows are matched by (group, name, input); a row missing
+    from a run shows as blank. The header names each run's file, date and machine."""
+    labels = labels or [chr(ord("A") + i) for i in range(len(paths))]
+    if len(labels) != len(paths):
+        raise ValueError(f"{len(paths)} runs but {len(labels)} labels")
+    runs = []
+    for path in paths:
+        try:
+            runs.append(json.loads(Path(path).read_text()))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: cannot read the benchmark run ({exc})") from exc
+        if "rows" not in runs[-1]:
+            raise ValueError(f"{path}: no 'rows' (not a tools/benchmark.py report)")
+    keys: list[tuple[str, str, str]] = []
+    by_run = []
+    for run in runs:
+        table = {}
+        for row in run["rows"]:
+            key = (row["group"], row["name"], row["shape"])
+            table[key] = row
+            if key not in keys:
+                keys.append(key)
+        by_run.append(table)
+    lines = [
+        f"- {label}: `{path}`, {run.get('date', '?')}, {run.get('machine', '?')}"
+        for label, path, run in zip(labels, paths, runs)
+    ]
+    lines += ["", "| group | what | " + " | ".join(f"{lb} ms" for lb in labels) + " | vs | "
+              + " | ".join(f"{lb} ratio" for lb in labels) + " | median ratio |"]  # fmt: skip
+    lines.append("|---|---|" + "---:|" * len(labels) + "---|" + "---:|" * (len(labels) + 1))
+    for key in keys:
+        rows = [table.get(key) for table in by_run]
+        ms = [f"{r['ms']:.1f}" if r else "" for r in rows]
+        ratios = [r["ratio"] for r in rows if r and r.get("ratio") is not None]
+        base = next((r["baseline"] for r in rows if r and r.get("baseline")), "")
+        cells = [f"{r['ratio']:.2f}x" if r and r.get("ratio") is not None else "" for r in rows]
+        median = f"{sorted(ratios)[len(ratios) // 2]:.2f}x" if len(ratios) % 2 else (
+            f"{(sorted(ratios)[len(ratios) // 2 - 1] + sorted(ratios)[len(ratios) // 2]) / 2:.2f}x"
+            if ratios else ""
+        )  # fmt: skip
+        lines.append(
+            f"| {key[0]} | {key[1]} | " + " | ".join(ms) + f" | {base} | " + " | ".join(cells)
+            + f" | {median} |"
+        )  # fmt: skip
+    return "\n".join(lines)

@@ -94,3 +94,40 @@ def test_accuracy_compares_fusion_only_at_equal_threads(tmp_path):
     assert benchmark(["accuracy", "--runs", str(tmp_path / "b"), "--out", str(out)]) == 0
     met = {c["target"]: c["met"] for c in json.loads(out.read_text())["targets"]}
     assert met["fusion beats LiDAR only and camera only (NDS and mAP)"] is False
+
+
+def _saved_run(path, ms_ours, ms_base, *, extra=False):
+    rows = [
+        {"group": "g", "name": "base", "shape": "s", "ms": ms_base, "baseline": None,
+         "ratio": None, "note": ""},
+        {"group": "g", "name": "ours", "shape": "s", "ms": ms_ours, "baseline": "base",
+         "ratio": ms_base / ms_ours, "note": ""},
+    ]  # fmt: skip
+    if extra:
+        rows.append({"group": "g", "name": "extra", "shape": "s", "ms": 1.0, "baseline": None,
+                     "ratio": None, "note": ""})  # fmt: skip
+    path.write_text(json.dumps({"date": "2026-12-04", "machine": "m", "command": "c",
+                                "rows": rows}))  # fmt: skip
+    return str(path)
+
+
+def test_runs_side_by_side(tmp_path, capsys):
+    files = [
+        _saved_run(tmp_path / "a.json", 10.0, 30.0),
+        _saved_run(tmp_path / "b.json", 10.0, 20.0, extra=True),
+        _saved_run(tmp_path / "c.json", 10.0, 40.0),
+    ]
+    assert benchmark(["runs", *files]) == 0
+    table = capsys.readouterr().out
+    ours = next(line for line in table.splitlines() if line.startswith("| g | ours |"))
+    assert ours == "| g | ours | 10.0 | 10.0 | 10.0 | base | 3.00x | 2.00x | 4.00x | 3.00x |"
+    extra = next(line for line in table.splitlines() if line.startswith("| g | extra |"))
+    assert extra == "| g | extra |  | 1.0 |  |  |  |  |  |  |"
+    assert f"- B: `{files[1]}`, 2026-12-04, m" in table
+
+
+def test_runs_bad_file(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    assert benchmark(["runs", str(bad)]) == 2
+    assert "bad.json: no 'rows'" in capsys.readouterr().err
