@@ -156,26 +156,23 @@ def lookup_columns(
     col_mask,
     col_start,
     row_table,
-    missing,
     out,
 ):
     """``out[j, (a * ky + b) * kz + c]`` = row at ``base[j] + (x_offs[a], y_offs[b], z_offs[c])``
-    in a column index (:func:`build_columns`), ``missing`` for absent sites.
+    in a column index (:func:`build_columns`); entries of absent sites are left as they are.
 
     Args:
         base: ``[M, 4]`` int32/int64 ``(batch, x, y, z)``, stride-1 units.
         x_offs, y_offs, z_offs: int64 offsets in stride-1 units.
         stride, lo, ext: ``[3]`` int64 of the indexed set; batches: its batch count.
         occupied .. row_table: the index's tables.
-        missing: the value of absent sites.
-        out: ``[M, K]`` int64, every entry written (rows in order, by contiguous blocks per
-        thread: each thread first-touches its own pages of a fresh array).
+        out: ``[M, K]`` int64, prefilled by the caller with the missing value (by one thread,
+        :func:`filled`: on the project's VM that is faster than the two threads of this loop
+        first-touching a fresh array).
     """
     kx, ky, kz = x_offs.shape[0], y_offs.shape[0], z_offs.shape[0]
     sx, sy, sz = stride[0], stride[1], stride[2]
     for j in prange(base.shape[0]):
-        for k in range(out.shape[1]):
-            out[j, k] = missing
         b = np.int64(base[j, 0])
         if b < 0 or b >= batches:
             continue
@@ -484,9 +481,10 @@ TILE_ROWS = 256
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def conv_tiles(feats, weight, nbr, num_in, out, tile_rows=TILE_ROWS):
     """``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` over active ``nbr[j, k] < num_in``, by
-    tiles of :data:`TILE_ROWS` output rows (parallel over tiles): per offset, the tile's active
-    inputs are gathered into a dense block, multiplied by ``weight[k]`` with one BLAS GEMM and
-    the products added into the tile's accumulator. Only active pairs are multiplied, at BLAS
+    tiles of :data:`TILE_ROWS` output rows (parallel over tiles): the tile's table rows are read
+    once (in storage order), listing its active pairs per offset; per offset, the active inputs
+    are gathered into a dense block, multiplied by ``weight[k]`` with one BLAS GEMM and the
+    products added into the tile's accumulator. Only active pairs are multiplied, at BLAS
     speed; nothing leaves the cache until the tile is written. Each row sums its offsets in
     order ``k = 0 .. K-1``: the result does not depend on the thread count.
 
@@ -504,21 +502,29 @@ def conv_tiles(feats, weight, nbr, num_in, out, tile_rows=TILE_ROWS):
         acc = np.zeros((rows, c_out), dtype=out.dtype)
         gathered = np.empty((rows, c_in), dtype=feats.dtype)
         product = np.empty((rows, c_out), dtype=out.dtype)
-        where = np.empty(rows, dtype=np.int64)
-        for k in range(k_total):
-            m = 0
-            for jj in range(rows):
+        # the tile's active pairs listed per offset, from one pass over its table rows
+        count = np.zeros(k_total, dtype=np.int64)
+        where = np.empty((k_total, rows), dtype=np.int32)
+        source = np.empty((k_total, rows), dtype=np.int64)
+        for jj in range(rows):
+            for k in range(k_total):
                 i = nbr[j0 + jj, k]
                 if i < num_in:
-                    where[m] = jj
-                    for c in range(c_in):
-                        gathered[m, c] = feats[i, c]
-                    m += 1
+                    m = count[k]
+                    where[k, m] = jj
+                    source[k, m] = i
+                    count[k] = m + 1
+        for k in range(k_total):
+            m = count[k]
             if m == 0:
                 continue
+            for p in range(m):
+                i = source[k, p]
+                for c in range(c_in):
+                    gathered[p, c] = feats[i, c]
             np.dot(gathered[:m], weight[k], product[:m])
             for p in range(m):
-                jj = where[p]
+                jj = where[k, p]
                 for o in range(c_out):
                     acc[jj, o] += product[p, o]
         for jj in range(rows):
@@ -543,22 +549,34 @@ def grad_weight_tiles(feats, nbr, num_in, grad_out, partial):
         gathered = np.empty((TILE_ROWS, c_in), dtype=feats.dtype)
         grads = np.empty((TILE_ROWS, c_out), dtype=grad_out.dtype)
         product = np.empty((c_in, c_out), dtype=grad_out.dtype)
+        count = np.empty(k_total, dtype=np.int64)
+        where = np.empty((k_total, TILE_ROWS), dtype=np.int32)
+        source = np.empty((k_total, TILE_ROWS), dtype=np.int64)
         start = blk * GRAD_BLOCK_ROWS
         end = min(start + GRAD_BLOCK_ROWS, n_out)
         for j0 in range(start, end, TILE_ROWS):
             rows = min(TILE_ROWS, end - j0)
-            for k in range(k_total):
-                m = 0
-                for jj in range(rows):
+            # the tile's active pairs listed per offset, from one pass over its table rows
+            count[:] = 0
+            for jj in range(rows):
+                for k in range(k_total):
                     i = nbr[j0 + jj, k]
                     if i < num_in:
-                        for c in range(c_in):
-                            gathered[m, c] = feats[i, c]
-                        for o in range(c_out):
-                            grads[m, o] = grad_out[j0 + jj, o]
-                        m += 1
+                        m = count[k]
+                        where[k, m] = jj
+                        source[k, m] = i
+                        count[k] = m + 1
+            for k in range(k_total):
+                m = count[k]
                 if m == 0:
                     continue
+                for p in range(m):
+                    i = source[k, p]
+                    jj = where[k, p]
+                    for c in range(c_in):
+                        gathered[p, c] = feats[i, c]
+                    for o in range(c_out):
+                        grads[p, o] = grad_out[j0 + jj, o]
                 np.dot(gathered[:m].T, grads[:m], product)
                 for c in range(c_in):
                     for o in range(c_out):

@@ -284,9 +284,7 @@ class CoordIndex:
             )
         if self.layout == "columns":
             kernels = numba_kernels(base.device)
-            # every entry is written; numpy's large arrays get transparent huge pages (fewer
-            # page faults than torch's allocator)
-            out = torch.from_numpy(np.empty((m, kx * ky * kz), dtype=np.int64))
+            out = torch.from_numpy(kernels.filled((m, kx * ky * kz), np.int64, self.num_rows))
             kernels.lookup_columns(
                 base.numpy(),
                 x_offs.numpy(),
@@ -295,7 +293,6 @@ class CoordIndex:
                 *self._geometry,
                 self.batches,
                 *self._tables,
-                self.num_rows,
                 out.numpy(),
             )
             return out
