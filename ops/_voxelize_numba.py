@@ -228,11 +228,14 @@ def hard_voxelize(points, lo, size, upper, gy, gz, num_keys, max_points, max_vox
     """
     n, d = points.shape
     capacity = min(n, max_voxels)
-    keys = np.empty(n, dtype=np.int64)
+    # 32-bit index arrays where the sizes allow: half the memory traffic of the passes
+    narrow = num_keys < 2**31 and n < 2**31 and capacity * max_points < 2**31
+    index = np.int32 if narrow else np.int64
+    keys = np.empty(n, dtype=index)
     _point_keys(points, lo, size, upper, gy, gz, keys)
-    touched = np.empty(n, dtype=np.int64)
-    word_base = np.empty(n, dtype=np.int64)
-    ids = np.empty(n, dtype=np.int64)
+    touched = np.empty(n, dtype=index)
+    word_base = np.empty(n, dtype=index)
+    ids = np.empty(n, dtype=index)
     with _BITMAP_LOCK:
         if not _BITMAP or _BITMAP[0].num_keys != num_keys:
             _BITMAP[:] = [_KeyBitmap(num_keys)]
@@ -242,10 +245,10 @@ def hard_voxelize(points, lo, size, upper, gy, gz, num_keys, max_points, max_vox
             _voxel_ids(keys, tables.bitmap, tables.word_id, word_base, ids)
         finally:
             _clear(tables.bitmap, tables.word_id, touched, num_words)
-    row_of_id = np.full(num_ids, -1, dtype=np.int64)
+    row_of_id = np.full(num_ids, -1, dtype=index)
     coords = np.empty((capacity, 3), dtype=np.int32)
     counts = np.zeros(capacity, dtype=np.int32)
-    slot_of = np.empty(n, dtype=np.int64)
+    slot_of = np.empty(n, dtype=index)
     m, num_dropped, num_overflow = _assign(
         keys, ids, row_of_id, max_points, max_voxels, gy, gz, coords, counts, slot_of
     )
