@@ -325,19 +325,25 @@ def _numba_kernels() -> ModuleType | None:
     return _bev_pool_numba
 
 
+@torch._dynamo.assume_constant_result
+def _numba_importable() -> bool:
+    """Whether the numba kernels load (a constant to ``torch.compile``, which would otherwise
+    trace the cached import)."""
+    return _numba_kernels() is not None
+
+
 POOL_IMPLS = ("numba", "csr", "triton")
 
 
-def _choose_pool_impl(feats: torch.Tensor, impl: str | None, *, numba: bool = True) -> str:
-    """``"numba"`` for float32/float64 CPU features where numba is importable (and ``numba``:
-    the op has such a kernel), ``"triton"`` for CUDA features where triton is importable, else
-    ``"csr"`` (device-generic); a forced ``impl`` is checked against what the features allow
-    (``"triton"`` runs on CPU tensors only under ``TRITON_INTERPRET=1``, for the tests)."""
+def _choose_pool_impl(feats: torch.Tensor, impl: str | None) -> str:
+    """``"numba"`` for float32/float64 CPU features where numba is importable, ``"triton"`` for
+    CUDA features where triton is importable, else ``"csr"`` (device-generic); a forced
+    ``impl`` is checked against what the features allow (``"triton"`` runs on CPU tensors only
+    under ``TRITON_INTERPRET=1``, for the tests)."""
     numba_ok = (
-        numba
-        and feats.device.type == "cpu"
+        feats.device.type == "cpu"
         and feats.dtype in (torch.float32, torch.float64)
-        and _numba_kernels() is not None
+        and _numba_importable()
     )
     if impl is None:
         if numba_ok:
@@ -348,7 +354,7 @@ def _choose_pool_impl(feats: torch.Tensor, impl: str | None, *, numba: bool = Tr
     if impl == "numba" and not numba_ok:
         raise ValueError(
             f"impl='numba' needs float32/float64 CPU features and numba, got {feats.dtype} "
-            f"on {feats.device}" + ("" if numba else " (and this op has no numba kernel)")
+            f"on {feats.device}"
         )
     if impl == "triton" and not _triton.available(feats):
         raise ValueError(
@@ -454,7 +460,8 @@ def _bev_pool_depth_csr(
 ) -> torch.Tensor:
     """``depth [Ncam, D, H, W]``, ``context [Ncam, C, H, W]`` -> ``[B, C, Z, X, Y]``:
     CSR (cells x pixels, summed depth weights) @ context ``[pixels, C]`` (torch's sparse
-    product, or :func:`._triton.csr_spmm` for ``impl`` "triton")."""
+    product, :func:`._triton.csr_spmm` for ``impl`` "triton", :func:`._bev_pool_numba.csr_spmm`
+    for "numba")."""
     ncam, c, h, w = context.shape
     num_cells = pair_offsets.shape[0] - 1
     num_pairs = pair_pixel.shape[0]
@@ -464,6 +471,15 @@ def _bev_pool_depth_csr(
     context_pix = context.permute(0, 2, 3, 1).reshape(ncam * h * w, c)  # [pixels, C]
     if impl == "triton":
         out = _triton.csr_spmm(pair_offsets, pair_pixel, weights, context_pix.contiguous())
+    elif impl == "numba":
+        out = torch.from_numpy(
+            _numba_kernels().csr_spmm(  # type: ignore[union-attr]
+                pair_offsets.numpy(),
+                pair_pixel.numpy(),
+                weights.detach().numpy(),
+                context_pix.detach().contiguous().numpy(),
+            )  # fmt: skip
+        )
     else:
         out = _csr(pair_offsets, pair_pixel, weights, (num_cells, ncam * h * w)) @ context_pix
     return _cells_to_bev(out, batch_size, grid)
@@ -516,6 +532,24 @@ def _bev_pool_depth_csr_backward(
             output_size=num_pairs,
         )
         per_pair = _triton.sampled_dot(pair_cell, pair_pixel, grad_cells, context_pix.contiguous())
+    elif impl == "numba":
+        kernels = _numba_kernels()
+        grad_context_pix = torch.from_numpy(
+            kernels.csr_spmm(  # type: ignore[union-attr]
+                pixel_pair_offsets.numpy(),
+                pixel_pair_cell.numpy(),
+                weights_by_pixel.detach().numpy(),
+                grad_cells.detach().numpy(),
+            )  # fmt: skip
+        )
+        per_pair = torch.from_numpy(
+            kernels.sampled_dot(  # type: ignore[union-attr]
+                pair_offsets.numpy(),
+                pair_pixel.numpy(),
+                grad_cells.detach().numpy(),
+                context_pix.detach().contiguous().numpy(),
+            )  # fmt: skip
+        )
     else:
         transposed = _csr(
             pixel_pair_offsets, pixel_pair_cell, weights_by_pixel, (num_pixels, num_cells)
@@ -624,8 +658,9 @@ def bev_pool_depth(
         context: ``[Ncam, C, H, W]`` float, per-pixel context features (same dtype).
         plan: built from the frustum cell coordinates ``[Ncam, D, H, W, 4]``
             ``(batch, z, x, y)`` (:func:`build_bev_pool_plan`).
-        impl: ``"csr"`` (torch's sparse products, any device), ``"triton"`` (the kernels of
-            :mod:`._triton`: CUDA) or None (triton on CUDA where importable, else csr).
+        impl: ``"numba"`` (CPU, float32/float64: :mod:`._bev_pool_numba`), ``"csr"`` (torch's
+            sparse products, any device), ``"triton"`` (the kernels of :mod:`._triton`: CUDA)
+            or None (numba on CPU, triton on CUDA where importable, else csr).
 
     Returns:
         ``[B, C, Z, X, Y]`` (channels-last-3d memory format); differentiable in both
@@ -652,7 +687,7 @@ def bev_pool_depth(
         raise ValueError(f"depth/context must be on the plan's device {plan.device}")
     return _bev_pool_depth_csr(
         depth, context, *plan.fused_indices(), plan.batch_size, list(plan.grid),
-        _choose_pool_impl(context, impl, numba=False),
+        _choose_pool_impl(context, impl),
     )  # fmt: skip
 
 

@@ -186,8 +186,8 @@ def fused_inputs(ncam, d, h, w, channels, batch_size, grid, device, dtype=torch.
     )
 
 
-def fused(depth, context, coords, batch_size, grid):
-    return bev_pool_depth(depth, context, build_bev_pool_plan(coords, batch_size, grid))
+def fused(depth, context, coords, batch_size, grid, impl=None):
+    return bev_pool_depth(depth, context, build_bev_pool_plan(coords, batch_size, grid), impl)
 
 
 def materialized(depth, context, coords, batch_size, grid):
@@ -196,13 +196,17 @@ def materialized(depth, context, coords, batch_size, grid):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["numba", "csr"])
 @pytest.mark.parametrize("ncam,d,h,w", [(1, 1, 1, 1), (2, 5, 3, 4), (6, 12, 4, 6)])
 @pytest.mark.parametrize("channels", [1, 16])
 @pytest.mark.parametrize("batch_size,grid", [(1, (1, 12, 12)), (2, (2, 6, 5))])
-def test_fused_matches_materialized(device, ncam, d, h, w, channels, batch_size, grid):
+def test_fused_matches_materialized(device, impl, ncam, d, h, w, channels, batch_size, grid):
+    if impl == "numba" and device == "cuda":
+        pytest.skip("the numba kernels are CPU only (CUDA tensors take triton or csr)")
     inputs = fused_inputs(ncam, d, h, w, channels, batch_size, grid, device)
-    assert_parity(fused, materialized, inputs, grad_inputs=["depth", "context"])
-    assert_parity(fused, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
+    fast = functools.partial(fused, impl=impl)
+    assert_parity(fast, materialized, inputs, grad_inputs=["depth", "context"])
+    assert_parity(fast, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -277,6 +281,10 @@ def test_custom_ops_opcheck():
     torch.library.opcheck(
         torch.ops.perception.bev_pool_depth_csr.default,
         (depth, context, *plan.fused_indices(), 2, [1, 5, 5], "csr"),
+    )
+    torch.library.opcheck(
+        torch.ops.perception.bev_pool_depth_csr.default,
+        (depth, context, *plan.fused_indices(), 2, [1, 5, 5], "numba"),
     )
 
 
