@@ -478,6 +478,22 @@ def weighted_scatter_add(src, rows, weights, num_tasks, out):
 TILE_ROWS = 256
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _tile_pairs(nbr, j0, rows, num_in, count, where, source):
+    """The active pairs of table rows ``j0 .. j0 + rows - 1`` listed per offset, from one pass
+    over those rows in storage order: ``where[k, :count[k]]`` the rows (tile-relative),
+    ``source[k, :count[k]]`` their inputs."""
+    count[:] = 0
+    for jj in range(rows):
+        for k in range(nbr.shape[1]):
+            i = nbr[j0 + jj, k]
+            if i < num_in:
+                m = count[k]
+                where[k, m] = jj
+                source[k, m] = i
+                count[k] = m + 1
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def conv_tiles(feats, weight, nbr, num_in, out, tile_rows=TILE_ROWS):
     """``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` over active ``nbr[j, k] < num_in``, by
@@ -502,18 +518,10 @@ def conv_tiles(feats, weight, nbr, num_in, out, tile_rows=TILE_ROWS):
         acc = np.zeros((rows, c_out), dtype=out.dtype)
         gathered = np.empty((rows, c_in), dtype=feats.dtype)
         product = np.empty((rows, c_out), dtype=out.dtype)
-        # the tile's active pairs listed per offset, from one pass over its table rows
-        count = np.zeros(k_total, dtype=np.int64)
+        count = np.empty(k_total, dtype=np.int64)
         where = np.empty((k_total, rows), dtype=np.int32)
         source = np.empty((k_total, rows), dtype=np.int64)
-        for jj in range(rows):
-            for k in range(k_total):
-                i = nbr[j0 + jj, k]
-                if i < num_in:
-                    m = count[k]
-                    where[k, m] = jj
-                    source[k, m] = i
-                    count[k] = m + 1
+        _tile_pairs(nbr, j0, rows, num_in, count, where, source)
         for k in range(k_total):
             m = count[k]
             if m == 0:
@@ -556,16 +564,7 @@ def grad_weight_tiles(feats, nbr, num_in, grad_out, partial):
         end = min(start + GRAD_BLOCK_ROWS, n_out)
         for j0 in range(start, end, TILE_ROWS):
             rows = min(TILE_ROWS, end - j0)
-            # the tile's active pairs listed per offset, from one pass over its table rows
-            count[:] = 0
-            for jj in range(rows):
-                for k in range(k_total):
-                    i = nbr[j0 + jj, k]
-                    if i < num_in:
-                        m = count[k]
-                        where[k, m] = jj
-                        source[k, m] = i
-                        count[k] = m + 1
+            _tile_pairs(nbr, j0, rows, num_in, count, where, source)
             for k in range(k_total):
                 m = count[k]
                 if m == 0:

@@ -21,6 +21,7 @@ atomics, so ``deterministic=True`` forces the gather variant there.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Callable
 
@@ -123,20 +124,47 @@ def _scatter_grad_weight(
     return grad_w
 
 
-def _rows_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
-    """:func:`._numba.conv_rows`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` (CPU)."""
+def _numba_conv(
+    feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor, variant: str
+) -> torch.Tensor:
+    """``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` (CPU) by :func:`._numba.conv_rows`
+    (``variant`` "rows") or :func:`._numba.conv_tiles` ("tiles")."""
     kernels = numba_kernels(feats.device)
     feats = feats.detach().contiguous()
     out = torch.from_numpy(kernels.filled((nbr.shape[0], weight.shape[2]), feats.numpy().dtype, 0))
     if nbr.shape[0]:
-        kernels.conv_rows(
-            feats.numpy(),
-            weight.detach().contiguous().numpy(),
+        kernel = kernels.conv_tiles if variant == "tiles" else kernels.conv_rows
+        with _one_blas_thread() if variant == "tiles" else contextlib.nullcontext():
+            kernel(
+                feats.numpy(),
+                weight.detach().contiguous().numpy(),
+                nbr.numpy(),
+                feats.shape[0],
+                out.numpy(),
+            )
+    return out
+
+
+def _numba_grad_weight(
+    feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tensor, variant: str
+) -> torch.Tensor:
+    """``grad_W[k] = sum_j feats[nbr[j, k]]^T grad_out[j]`` -> ``[K, C_in, C_out]`` (CPU), as
+    per-block partial sums (:func:`._numba.grad_weight_rows` or, for "tiles",
+    :func:`._numba.grad_weight_tiles`) added in block order."""
+    kernels = numba_kernels(feats.device)
+    num_out, k = nbr.shape
+    blocks = max(1, -(-num_out // kernels.GRAD_BLOCK_ROWS))
+    partial = feats.new_zeros(blocks, k, feats.shape[1], grad_out.shape[1])
+    kernel = kernels.grad_weight_tiles if variant == "tiles" else kernels.grad_weight_rows
+    with _one_blas_thread() if variant == "tiles" else contextlib.nullcontext():
+        kernel(
+            feats.detach().contiguous().numpy(),
             nbr.numpy(),
             feats.shape[0],
-            out.numpy(),
+            grad_out.detach().contiguous().numpy(),
+            partial.numpy(),
         )
-    return out
+    return partial.sum(0) if blocks > 1 else partial[0]
 
 
 @functools.cache
@@ -152,62 +180,6 @@ def _one_blas_thread():
     numba's parallel loop, and a BLAS that spawned its own threads there would oversubscribe
     the cores."""
     return _blas_controller().limit(limits=1, user_api="blas")
-
-
-def _tiles_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) -> torch.Tensor:
-    """:func:`._numba.conv_tiles`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]`` (CPU)."""
-    kernels = numba_kernels(feats.device)
-    feats = feats.detach().contiguous()
-    out = feats.new_empty(nbr.shape[0], weight.shape[2])  # every row is written
-    if nbr.shape[0]:
-        with _one_blas_thread():
-            kernels.conv_tiles(
-                feats.numpy(),
-                weight.detach().contiguous().numpy(),
-                nbr.numpy(),
-                feats.shape[0],
-                out.numpy(),
-            )
-    return out
-
-
-def _tiles_grad_weight(
-    feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tensor
-) -> torch.Tensor:
-    """``grad_W[k] = sum_j feats[nbr[j, k]]^T grad_out[j]`` -> ``[K, C_in, C_out]`` (CPU), as
-    per-block partial sums (:func:`._numba.grad_weight_tiles`) added in block order."""
-    kernels = numba_kernels(feats.device)
-    num_out, k = nbr.shape
-    blocks = max(1, -(-num_out // kernels.GRAD_BLOCK_ROWS))
-    partial = feats.new_zeros(blocks, k, feats.shape[1], grad_out.shape[1])
-    with _one_blas_thread():
-        kernels.grad_weight_tiles(
-            feats.detach().contiguous().numpy(),
-            nbr.numpy(),
-            feats.shape[0],
-            grad_out.detach().contiguous().numpy(),
-            partial.numpy(),
-        )
-    return partial.sum(0) if blocks > 1 else partial[0]
-
-
-def _rows_grad_weight(
-    feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tensor
-) -> torch.Tensor:
-    """``grad_W[k] = sum_j feats[nbr[j, k]]^T grad_out[j]`` -> ``[K, C_in, C_out]`` (CPU), as
-    per-block partial sums (:func:`._numba.grad_weight_rows`) added in block order."""
-    kernels = numba_kernels(feats.device)
-    num_out, k = nbr.shape
-    blocks = max(1, -(-num_out // kernels.GRAD_BLOCK_ROWS))
-    partial = feats.new_zeros(blocks, k, feats.shape[1], grad_out.shape[1])
-    kernels.grad_weight_rows(
-        feats.detach().contiguous().numpy(),
-        nbr.numpy(),
-        feats.shape[0],
-        grad_out.detach().contiguous().numpy(),
-        partial.numpy(),
-    )
-    return partial.sum(0) if blocks > 1 else partial[0]
 
 
 # A forced variant for tests ("gather", "scatter", "rows", "tiles", "triton"; None: the choice
@@ -312,10 +284,8 @@ def sparse_conv_op(
     impl = _select_impl(
         feats.device, deterministic, lambda: _fill(nbr, feats.shape[0]), c_in, c_out, feats.dtype
     )
-    if impl == "rows":
-        return _rows_conv(feats, weight, nbr)
-    if impl == "tiles":
-        return _tiles_conv(feats, weight, nbr)
+    if impl in ("rows", "tiles"):
+        return _numba_conv(feats, weight, nbr, impl)
     if impl == "triton":
         return _triton.sparse_conv(feats.detach(), weight.detach(), nbr)
     if impl == "scatter":
@@ -346,12 +316,9 @@ def sparse_conv_backward_op(
     impl = _select_impl(
         feats.device, deterministic, lambda: _fill(nbr, feats.shape[0]), c_in, c_out, feats.dtype
     )
-    if impl == "rows":
-        grad_feats = _rows_conv(grad_out, weight.transpose(1, 2), nbr_t)
-        grad_weight = _rows_grad_weight(feats, nbr, grad_out)
-    elif impl == "tiles":
-        grad_feats = _tiles_conv(grad_out, weight.transpose(1, 2), nbr_t)
-        grad_weight = _tiles_grad_weight(feats, nbr, grad_out)
+    if impl in ("rows", "tiles"):
+        grad_feats = _numba_conv(grad_out, weight.transpose(1, 2), nbr_t, impl)
+        grad_weight = _numba_grad_weight(feats, nbr, grad_out, impl)
     elif impl == "triton":
         grad_feats = _triton.sparse_conv(grad_out, weight.detach().transpose(1, 2), nbr_t)
         grad_weight = _im2col_t_gemm(feats, nbr, grad_out).view(k, c_in, c_out)
