@@ -14,9 +14,11 @@ into a dense block and multiplied with one BLAS GEMM, the products added into th
 accumulator: only active pairs are multiplied, at BLAS speed, and everything stays in cache.
 Without scipy, ``"rows"`` (:func:`._numba.conv_rows`: output stationary over the active
 neighbours only, one output row per iteration of a parallel loop, numba's own arithmetic);
-without numba a per-offset gather - GEMM - ``index_add_``. ``_select_impl`` is the one place
-that chooses (by device, availability and estimated cost). All three are deterministic on CPU; on CUDA ``index_add_`` uses
-atomics, so ``deterministic=True`` forces the gather variant there.
+without numba a per-offset gather - GEMM - ``index_add_``. On CUDA, the triton implicit GEMM
+of :mod:`.._triton` where triton is importable. ``_select_impl`` is the one place that chooses
+(by device, availability and estimated cost). Every CPU variant and the triton one are
+deterministic; on CUDA without triton, ``index_add_`` uses atomics, so ``deterministic=True``
+forces the gather variant there.
 """
 
 from __future__ import annotations
