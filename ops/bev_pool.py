@@ -391,6 +391,8 @@ def _bev_pool_csr(
                 point_cell.numpy(),
             )  # fmt: skip
         )
+    elif impl == "triton":
+        out = _triton.csr_spmm(cell_offsets, point_index, None, feats.detach().contiguous())
     else:
         ones = feats.new_ones(point_index.shape[0])
         out = _csr(cell_offsets, point_index, ones, (num_cells, n)) @ feats  # [cells, C]

@@ -88,16 +88,23 @@ def test_numba_pool_sums_in_input_order_for_any_thread_count(dtype, threads):
 @pytest.mark.parametrize("n", [0, 1, 300])
 @pytest.mark.parametrize("channels", [1, 20])
 @pytest.mark.parametrize("batch_size,grid", [(1, (1, 4, 5)), (2, (2, 3, 3))])
-def test_bev_pool_triton_matches_index_add(device, n, channels, batch_size, grid):
+def test_bev_pool_triton_matches_index_add(device, n, channels, batch_size, grid, monkeypatch):
     """The triton kernel (CUDA; CPU under triton's interpreter) against index_add_."""
+    csr_spmm = triton_kernels.csr_spmm
     needs_triton(device)
     inputs = pool_inputs(n, channels, batch_size, grid, device)
+    calls = []
+    monkeypatch.setattr(
+        triton_kernels, "csr_spmm", lambda *a: calls.append(1) or csr_spmm(*a), raising=True
+    )
     assert_parity(
         functools.partial(bev_pool, impl="triton"),
         bev_pool_index_add,
         inputs,
         grad_inputs=["feats"],
     )
+    kept = build_bev_pool_plan(inputs["coords"], batch_size, grid).num_kept
+    assert bool(calls) == (kept > 0)  # the kernel ran wherever there was something to pool
 
 
 def test_bev_pool_impl_choice_and_errors():
@@ -213,17 +220,25 @@ def test_fused_matches_materialized(device, impl, ncam, d, h, w, channels, batch
 @pytest.mark.parametrize("ncam,d,h,w", [(1, 1, 1, 1), (2, 5, 3, 4)])
 @pytest.mark.parametrize("channels", [1, 20])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_fused_triton_matches_reference(device, ncam, d, h, w, channels, dtype):
+def test_fused_triton_matches_reference(device, ncam, d, h, w, channels, dtype, monkeypatch):
     """The triton kernels of the fused pool (forward, context and depth gradients) against the
     plain reference (CUDA; CPU under triton's interpreter)."""
     needs_triton(device)
     inputs = fused_inputs(ncam, d, h, w, channels, 2, (2, 4, 3), device, dtype=dtype)
+    calls = []
+    for name in ("csr_spmm", "sampled_dot"):
+        kernel = getattr(triton_kernels, name)
+        monkeypatch.setattr(
+            triton_kernels, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a)
+        )
 
     def fused_triton(depth, context, coords, batch_size, grid):
         plan = build_bev_pool_plan(coords, batch_size, grid)
         return bev_pool_depth(depth, context, plan, impl="triton")
 
     assert_parity(fused_triton, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
+    if build_bev_pool_plan(inputs["coords"], 2, (2, 4, 3)).num_kept:
+        assert {"csr_spmm", "sampled_dot"} <= set(calls)  # forward and both gradients ran
 
 
 def test_fused_plan_is_canonical_csr():

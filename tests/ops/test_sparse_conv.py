@@ -30,7 +30,9 @@ HAVE_TRITON = functional._triton.importable() and (
 
 @pytest.fixture
 def force_impl(request, monkeypatch):
-    """Forces one compute variant of the fast path (the default picks by estimated cost)."""
+    """Forces one compute variant of the fast path (the default picks by estimated cost). A
+    numba or triton variant that cannot run on a test's dtype (float64 for triton) falls
+    back to the choice; test_triton_kernel_runs_forward_and_backward checks triton really runs."""
     if request.param == "rows" and not HAVE_NUMBA:
         pytest.skip("the 'rows' variant needs numba, which is not importable")
     if request.param == "tiles" and not HAVE_TILES:
@@ -190,6 +192,30 @@ def test_fast_path_matches_reference(device, n, kernel_size, stride, force_impl)
     nonempty = _ref_conv(**inputs)[0].shape[0] > 0
     grads = ["feats", "weight"] if nonempty else []
     assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=grads)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_triton_kernel_runs_forward_and_backward(device, stride, monkeypatch):
+    """The forced triton variant really runs its kernel (forward and input gradient) and
+    matches the reference; elsewhere a forced variant that cannot run falls back."""
+    if not HAVE_TRITON or (device == "cpu" and not functional._triton.interpreting()):
+        pytest.skip("the 'triton' variant needs triton (and CUDA, or TRITON_INTERPRET=1)")
+    monkeypatch.setattr(functional, "_FORCED_IMPL", "triton")
+    calls = []
+    kernel = functional._triton.sparse_conv
+    monkeypatch.setattr(functional._triton, "sparse_conv", lambda *a: calls.append(1) or kernel(*a))
+    coords = random_coords(80, 2, seed=9, grid=14).to(device)
+    inputs = {
+        "feats": torch.randn(coords.shape[0], 5, device=device),
+        "coords": coords,
+        "weight": torch.randn(27, 5, 7, device=device),
+        "kernel_size": 3,
+        "stride": stride,
+        "dilation": 1,
+    }
+    assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=["feats", "weight"])
+    assert len(calls) >= 2  # forward, and the input gradient of the backward
 
 
 LAYOUTS = ["dense", "sorted"] + (["columns"] if HAVE_NUMBA else [])
