@@ -101,6 +101,34 @@ def test_numba_matches_torch_on_lidar_sweeps(max_points, max_voxels):
     assert fast.num_dropped > 0 and fast.num_overflow > 0
 
 
+@needs_numba
+@pytest.mark.parametrize("cloud", ["lidar", "dense"])
+@pytest.mark.parametrize("parts", [1, 2, 3, 7])
+def test_numba_bitmap_parts_do_not_change_the_output(parts, cloud):
+    """The bitmap pass splits the grid's words into ``parts`` ranges (one per thread by
+    default); any split gives the torch path's voxels. "dense" fills every voxel of an 8^3 grid
+    (8 bitmap words), so every range boundary has keys on both sides."""
+    kernels = voxelize_module._numba_kernels()
+    if cloud == "lidar":
+        pts = lidar_like(30_000, seed=parts)
+        voxel_size, pc_range = (0.075, 0.075, 0.2), (-30.0, -30.0, -3.0, 30.0, 30.0, 1.0)
+    else:
+        pts = torch.rand(4_000, 4, generator=torch.Generator().manual_seed(parts)) * 8
+        voxel_size, pc_range = (1.0, 1.0, 1.0), (0.0, 0.0, 0.0, 8.0, 8.0, 8.0)
+    np_pts = pts.numpy()
+    geometry = voxelize_module._numba_geometry(np_pts, voxel_size, pc_range)
+    out, coords, counts, mean, m, dropped, overflow = kernels.hard_voxelize(
+        np_pts, *geometry, 5, 8_000, parts=parts
+    )
+    want = voxelize(pts, voxel_size, pc_range, 5, 8_000, impl="torch")
+    assert m == want.coords.shape[0]
+    assert (dropped, overflow) == (want.num_dropped, want.num_overflow)
+    assert torch.equal(torch.from_numpy(out), want.points)
+    assert torch.equal(torch.from_numpy(coords), want.coords)
+    assert torch.equal(torch.from_numpy(counts), want.num_points)
+    assert torch.equal(torch.from_numpy(mean), want.mean)
+
+
 @pytest.mark.parametrize("impl", CPU_IMPLS)
 def test_grid_beyond_int32_keys(impl):
     # 1 mm voxels: 8000 x 8000 x 4000 keys need int64 (the numba table too)
