@@ -11,7 +11,8 @@ Every group times its rows in one run on the same inputs:
   :func:`bev_pool_depth`.
 * ``voxelize``: 300k LiDAR-like points (10 sweeps), 0.075 x 0.075 x 0.2 m voxels, 10 points a
   voxel, 120k voxels: spconv's ``PointToVoxel`` on CPU (baseline, when importable) vs ours
-  (on CPU both paths: numba, the default, and the vectorized torch path).
+  (on CPU both paths: numba, the default, and the vectorized torch path), timed in turns
+  (five rounds of five calls each, :func:`~perception.benchmarks.common.time_interleaved`).
 * ``nms``: ~1000 crowded boxes: shapely brute force (baseline) vs ours; circle NMS too.
 
 ``quick=True`` shrinks every input for a CI smoke run (a few seconds).
@@ -24,7 +25,7 @@ import time
 
 import torch
 
-from perception.benchmarks.common import BenchRow, compare, time_ms
+from perception.benchmarks.common import BenchRow, compare, time_interleaved, time_ms
 from perception.ops.bev_pool import bev_pool, bev_pool_depth, build_bev_pool_plan
 from perception.ops.bev_pool_reference import bev_pool_cumsum, bev_pool_index_add
 from perception.ops.nms import circle_nms, nms_bev
@@ -199,33 +200,32 @@ def _voxelize_rows(quick: bool, device: str) -> list[BenchRow]:
     max_voxels = 10_000 if quick else 120_000
     points = lidar_sweeps(num_points).to(device)
     shape = f"{num_points // 1000}k pts, voxel {VOXEL_SIZE} m, 10 pts/voxel, {max_voxels // 1000}k voxels"
-    timings = {}
     notes = {}
     try:
         from spconv.pytorch.utils import PointToVoxel
     except ImportError:
         PointToVoxel = None  # noqa: N806
+    fns = {}
     if PointToVoxel is not None and device == "cpu":
         generator = PointToVoxel(
             vsize_xyz=list(VOXEL_SIZE), coors_range_xyz=list(PC_RANGE), num_point_features=5,
             max_num_voxels=max_voxels, max_num_points_per_voxel=10,
         )  # fmt: skip
-        timings["spconv PointToVoxel"] = time_ms(lambda: generator(points), device=device, repeat=7)
+        fns["spconv PointToVoxel"] = lambda: generator(points)
     # CPU: the numba path (the default there) and the vectorized torch path (the CUDA path and
-    # the fallback); the first call compiles the numba kernels (untimed: time_ms warms up)
+    # the fallback); timed in turns with spconv (a few ms a call: five rounds of five)
     impls = ("numba", "torch") if device == "cpu" else ("torch",)
     for impl in impls:
         ours = voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, impl=impl)
         name = f"ours ({impl})"
-        timings[name] = time_ms(
-            lambda impl=impl: voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, impl=impl),
-            device=device,
-            repeat=7,
+        fns[name] = lambda impl=impl: voxelize(
+            points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, impl=impl
         )
         notes[name] = (
             f"{ours.coords.shape[0]} voxels, {ours.num_dropped} dropped, "
             f"{ours.num_overflow} overflow"
         )
+    timings = time_interleaved(fns, device=device)
     if "spconv PointToVoxel" not in timings:
         return [
             BenchRow(

@@ -55,6 +55,30 @@ def time_ms(
     return statistics.median(times)
 
 
+def time_interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    device: torch.device | str = "cpu",
+    rounds: int = 5,
+    repeat: int = 5,
+) -> dict[str, float]:
+    """Median wall time in ms of each of `fns`, timed in `rounds` rounds of `repeat` calls each,
+    the functions taking turns within every round (one warm-up call each first): a drift in the
+    machine's speed during the measurement hits every function alike."""
+    for fn in fns.values():
+        fn()
+    _sync(device)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            for _ in range(repeat):
+                start = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def compare(group: str, shape: str, baseline: str, timings: dict[str, float], notes=None):
     """Rows for `timings` (name -> ms), each with its ratio against `timings[baseline]`."""
     notes = notes or {}

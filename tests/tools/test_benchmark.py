@@ -131,3 +131,14 @@ def test_runs_bad_file(tmp_path, capsys):
     bad.write_text("{}")
     assert benchmark(["runs", str(bad)]) == 2
     assert "bad.json: no 'rows'" in capsys.readouterr().err
+
+
+def test_time_interleaved_takes_turns():
+    from perception.benchmarks.common import time_interleaved
+
+    order = []
+    fns = {"a": lambda: order.append("a"), "b": lambda: order.append("b")}
+    timings = time_interleaved(fns, rounds=2, repeat=3)
+    assert set(timings) == {"a", "b"} and all(ms >= 0 for ms in timings.values())
+    # one warm-up call each, then per round three of a and three of b
+    assert order == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
