@@ -16,6 +16,9 @@
 # worlds exist, `tools/accuracy_benchmark.sh OUT fused & tools/accuracy_benchmark.sh OUT lidar`;
 # alone: `OMP_NUM_THREADS=2 tools/accuracy_benchmark.sh OUT fused lidar`. STEPS overrides the
 # step count; SEED (default: the config's) reseeds the weights and the data order, for repeats.
+# BUDGET_MIN=M trains each variant for M minutes of training loop instead of a fixed step count
+# (train.time_budget_min: the schedule is fitted to the machine's pace; at most STEPS, default
+# 4000, steps); train_time.json then records the steps that ran.
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -28,6 +31,8 @@ VARIANTS=("$@")
 BATCH=${BATCH:-2}
 SEED_SET=()
 [ -n "${SEED:-}" ] && SEED_SET=(--set seed="$SEED")
+BUDGET_SET=()
+[ -n "${BUDGET_MIN:-}" ] && BUDGET_SET=(--set train.time_budget_min="$BUDGET_MIN")
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
@@ -69,13 +74,17 @@ for variant in "${VARIANTS[@]}"; do
                    extra=(--set data.clip_frames=1 --set model.camera.tsm_mode=off) ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
+    [ -n "${BUDGET_MIN:-}" ] && steps=${STEPS:-4000}
     work="$OUT/$variant"
     train=($PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}"
            "${extra[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
-           "${SEED_SET[@]}")
+           "${SEED_SET[@]}" "${BUDGET_SET[@]}")
     start=$(date +%s)
     OMP_NUM_THREADS=$THREADS "${train[@]}"
     end=$(date +%s)
+    if [ -n "${BUDGET_MIN:-}" ]; then  # the steps the budget allowed: the last checkpoint's
+        steps=$(ls "$work/checkpoints" | sed -n 's/^step_//p' | sort -n | tail -1)
+    fi
     $PY -c 'import json, sys; print(json.dumps({"variant": sys.argv[1], "train_seconds": int(sys.argv[2]),
         "steps": int(sys.argv[3]), "command": "OMP_NUM_THREADS=" + sys.argv[4] + " " + " ".join(sys.argv[5:])}))' \
         "$variant" $((end - start)) "$steps" "$THREADS" "${train[@]}" > "$work/train_time.json"

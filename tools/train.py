@@ -9,6 +9,13 @@ per `train.log_every` steps), WORK_DIR/checkpoints/step_<N>/ and, if tensorboard
 installed, WORK_DIR/tensorboard/. `--resume` continues from the latest checkpoint at the same
 step, learning rate and data position.
 
+A wall-time budget instead of a fixed length: `--set train.time_budget_min=28` (with
+`train.max_steps` or `train.epochs` as the most steps it may run) measures the pace over the
+first steps, shortens the LR schedule to the steps that fit in 97% of the budget (re-planned
+every 100 steps), and stops at the budget in any case; log.jsonl records each plan
+(`"time_budget": "planned"`, with seconds per step). The step count then depends on the
+machine, so leave it unset where runs must repeat exactly.
+
 One machine, several GPUs (or CPU processes with gloo): `train.batch_size` is per process,
 so the global batch is batch_size x processes:
 

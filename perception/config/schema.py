@@ -190,13 +190,24 @@ class TrainConfig(StrictModel):
     """The training loop: optimizer, LR schedule, checkpoints and logging.
 
     `batch_size` is per process: under `torchrun` the global batch is `batch_size` times the
-    world size. The run lasts `max_steps` optimizer steps if set, else `epochs` epochs.
+    world size. The run lasts `max_steps` optimizer steps if set, else `epochs` epochs, or
+    fewer with `time_budget_min` (see `perception.engine.trainer`).
     """
 
     batch_size: PositiveInt = 4
     workers: int = Field(2, ge=0, description="data-loading worker processes per process")
     epochs: PositiveInt = 20
     max_steps: PositiveInt | None = Field(None, description="overrides `epochs` when set")
+    time_budget_min: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "minutes of training-loop wall time the run may take: the schedule is re-planned "
+            "to the steps that fit at the measured pace (never more than `max_steps` / "
+            "`epochs` give) and the run stops at the budget in any case; the step count then "
+            "depends on the machine's speed (leave unset for reproducible runs)"
+        ),
+    )
     lr: float = Field(2e-4, gt=0, description="peak learning rate (AdamW)")
     weight_decay: float = Field(0.01, ge=0)
     schedule: Literal["onecycle", "cosine"] = "cosine"

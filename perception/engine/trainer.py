@@ -21,6 +21,15 @@ and torch generators, which are reseeded before every step from (seed, rank, ste
 run, on any rank, draws exactly what the uninterrupted one drew. Data augmentation draws from
 (seed, epoch, sample index) in the dataset, the same with any number of workers or processes.
 
+A time budget (`train.time_budget_min`) bounds the training loop's wall time on any machine:
+after `BUDGET_FIRST_PLAN` steps the pace (seconds a step, measured from `BUDGET_PACE_FROM`,
+so start-up is left out) decides how many steps fit in `BUDGET_TARGET` of the budget, and the
+schedule's length becomes that (at most the configured steps); the plan is redone every
+`BUDGET_REPLAN_EVERY` steps with the pace so far, and the run stops (saving a checkpoint) if
+the budget runs out anyway. The planned length and the seconds spent are saved with every
+checkpoint, so `--resume` continues the same plan and budget. Under `torchrun` every process
+plans from the slowest process's clock.
+
 Under `torchrun` (see `distributed.py`) training follows one process on the global batch:
 BatchNorm layers are converted to `SyncBatchNorm` (global-batch statistics), the forward pass
 runs inside `global_batch()` (the CenterPoint losses divide by global object counts), and DDP
@@ -59,6 +68,10 @@ from .checkpoint import find_latest, load_checkpoint, save_checkpoint
 from .distributed import convert_sync_batchnorm, global_batch
 
 LOG_NAME = "log.jsonl"
+BUDGET_PACE_FROM = 5  # the pace of a time-budgeted run is measured from this step ...
+BUDGET_FIRST_PLAN = 25  # ... first planned at this one ...
+BUDGET_REPLAN_EVERY = 100  # ... and re-planned every this many steps
+BUDGET_TARGET = 0.97  # plans aim to end at this fraction of the budget (pace varies)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -252,15 +265,24 @@ class Trainer:
             raise ValueError("the data loader yields no batches (dataset smaller than a batch?)")
         self.steps_per_epoch = len(loader)
         tc = self.train_config
-        self.total_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
+        self.configured_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
+        self.total_steps = self.configured_steps  # shortened by a time budget's plans
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
         )
-        total, schedule, warmup = self.total_steps, tc.schedule, tc.warmup
+        schedule, warmup = tc.schedule, tc.warmup
+        # reads total_steps at every step: a time budget's plan changes the schedule's length
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer,
-            lambda step: lr_factor(step, total_steps=total, schedule=schedule, warmup=warmup),
+            lambda step: lr_factor(
+                step, total_steps=self.total_steps, schedule=schedule, warmup=warmup
+            ),
         )
+        self.budget_s = None if tc.time_budget_min is None else 60.0 * tc.time_budget_min
+        self.clock = time.perf_counter  # the budget's clock (tests replace it)
+        self.spent_before = 0.0  # loop seconds of the run before a resume
+        self.pace_mark: tuple[int, float] | None = None  # (step, spent seconds) to measure from
+        self.loop_start: float | None = None  # the clock when `train`'s loop started
         self.amp = tc.amp and self.device.type == "cuda"
         self.step = 0
         self.last_checkpoint: Path | None = None
@@ -283,6 +305,9 @@ class Trainer:
             )
         self.step = state.step
         self.last_checkpoint = state.path
+        if self.budget_s is not None:
+            self.spent_before = float(state.extra.get("train_seconds", 0.0))
+            self.total_steps = int(state.extra.get("planned_steps", self.total_steps))
 
     def _save(self) -> None:
         if self.is_main:
@@ -294,7 +319,12 @@ class Trainer:
                 scheduler=self.scheduler,
                 config=self.config,
                 epoch=(self.step - 1) // self.steps_per_epoch,
-                extra={"steps_per_epoch": self.steps_per_epoch, "world_size": self.world_size},
+                extra={
+                    "steps_per_epoch": self.steps_per_epoch,
+                    "world_size": self.world_size,
+                    "planned_steps": self.total_steps,
+                    "train_seconds": self._spent(),
+                },
                 keep=self.train_config.keep_checkpoints,
             )
         if self.distributed:
@@ -320,6 +350,53 @@ class Trainer:
                     self.tensorboard.add_scalar(key, value, record["step"])
             for key, value in record["losses"].items():
                 self.tensorboard.add_scalar(f"loss/{key}", value, record["step"])
+
+    def _spent(self) -> float:
+        """Seconds of training loop so far, this run and before a resume (0 before `train`)."""
+        start = self.loop_start
+        return self.spent_before + (0.0 if start is None else self.clock() - start)
+
+    def _slowest(self, seconds: float) -> float:
+        """The largest of `seconds` over the processes (every process plans the same)."""
+        if not self.distributed:
+            return seconds
+        value = torch.tensor([seconds], dtype=torch.float64, device=self.device)
+        torch_dist.all_reduce(value, op=torch_dist.ReduceOp.MAX)
+        return float(value.item())
+
+    def _follow_budget(self, loop_steps: int) -> None:
+        """With a time budget, after each step (`loop_steps` of them in this `train` call): at
+        planning steps, sets `total_steps` to the steps that fit; at planning and logging
+        steps, ends the run (`total_steps` = this step) once the budget is spent."""
+        step = self.step
+        if loop_steps == BUDGET_PACE_FROM:
+            self.pace_mark = (step, self._slowest(self._spent()))
+        due = loop_steps == BUDGET_FIRST_PLAN or (
+            loop_steps > BUDGET_FIRST_PLAN and step % BUDGET_REPLAN_EVERY == 0
+        )
+        if not due and step % self.train_config.log_every:
+            return
+        spent = self._slowest(self._spent())
+        if spent >= self.budget_s:
+            self.total_steps = step
+            self._log_budget(spent, None, "stopped: time budget spent")
+        elif due and self.pace_mark is not None:
+            pace = (spent - self.pace_mark[1]) / (step - self.pace_mark[0])
+            fit = int((BUDGET_TARGET * self.budget_s - spent) / max(pace, 1e-9))
+            planned = max(step + 1, min(self.configured_steps, step + fit))
+            if planned != self.total_steps:
+                self.total_steps = planned
+                self._log_budget(spent, pace, "planned")
+
+    def _log_budget(self, spent: float, pace: float | None, event: str) -> None:
+        if not self.is_main:
+            return
+        record = {"step": self.step, "time_budget": event, "planned_steps": self.total_steps,
+                  "train_seconds": round(spent, 3), "budget_seconds": self.budget_s}  # fmt: skip
+        if pace is not None:
+            record["seconds_per_step"] = round(pace, 5)
+        with open(self.work_dir / LOG_NAME, "a") as f:
+            f.write(json.dumps(record) + "\n")
 
     def _open_tensorboard(self):
         if not self.is_main:
@@ -389,6 +466,8 @@ class Trainer:
         )
         self.model.train()
         last_log_time, last_log_step = time.perf_counter(), self.step
+        self.loop_start = self.clock()
+        loop_steps = 0
         try:
             while self.step < stop:
                 epoch, seen = divmod(self.step, self.steps_per_epoch)
@@ -396,6 +475,11 @@ class Trainer:
                 loader = _loader_skipping(self.loader, seen) if seen else self.loader
                 for batch in loader:
                     values = self._train_step(batch)
+                    loop_steps += 1
+                    if self.budget_s is not None:
+                        self._follow_budget(loop_steps)
+                        stop = min(self.total_steps, until_step or self.total_steps)
+                        bar.total = self.total_steps
                     bar.update(1)
                     bar.set_postfix(loss=f"{values['total']:.4f}", epoch=epoch)
                     if self.step % tc.log_every == 0 or self.step == stop:

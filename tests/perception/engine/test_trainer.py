@@ -1,9 +1,10 @@
 """The training loop on the tiny world with a micro model: finite losses, checkpoints, logs,
 exact resume inside an epoch (also after a kill inside a checkpoint write), per-step seeding,
-and a NaN stop that keeps the last good checkpoint."""
+a NaN stop that keeps the last good checkpoint, and the time budget's plans."""
 
 from __future__ import annotations
 
+import importlib
 import json
 import random
 
@@ -25,6 +26,7 @@ from perception.engine import (
 from perception.models.builder import build_model
 from tests.perception.models.test_detector import MICRO
 
+trainer_module = importlib.import_module("perception.engine.trainer")
 VERSION = "v1.0-mini"
 # the whole tiny world (12 samples): batch 4 -> 3 steps an epoch, so 4 steps cross an epoch
 TRAIN = ["data.train_split=all", "train.batch_size=4", "train.workers=0", "train.log_every=1",
@@ -173,3 +175,86 @@ def test_schedules_warm_up_and_decay():
         f = [lr_factor(s, total_steps=100, schedule=schedule, warmup=0.1) for s in range(101)]
         assert f[0] < f[5] < f[10] == pytest.approx(1.0)
         assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and f[100] < 1e-2
+
+
+# -- time budget ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_budget_steps(monkeypatch):
+    """Plans from the first steps so a run of ~10 steps exercises them."""
+    monkeypatch.setattr(trainer_module, "BUDGET_PACE_FROM", 1)
+    monkeypatch.setattr(trainer_module, "BUDGET_FIRST_PLAN", 3)
+    monkeypatch.setattr(trainer_module, "BUDGET_REPLAN_EVERY", 4)
+    monkeypatch.setattr(trainer_module, "BUDGET_TARGET", 1.0)
+
+
+def fake_clock(trainer, seconds_of_step):
+    """Makes `trainer`'s budget clock advance `seconds_of_step(step)` per optimizer step."""
+    now = {"t": 1000.0}
+    trainer.clock = lambda: now["t"]
+    real_step = trainer._train_step
+
+    def step(batch):
+        now["t"] += seconds_of_step(trainer.step + 1)
+        return real_step(batch)
+
+    trainer._train_step = step
+
+
+def log_lines(work_dir):
+    return [json.loads(x) for x in (work_dir / "log.jsonl").read_text().splitlines()]
+
+
+def saved_extra(checkpoint):
+    return json.loads((checkpoint / "training_state.json").read_text())["extra"]
+
+
+BUDGET_10S = ["train.max_steps=100", f"train.time_budget_min={10 / 60}"]
+
+
+def test_a_time_budget_plans_the_schedule_to_fit(indexed_world, tmp_path, small_budget_steps):
+    trainer = make_trainer(indexed_world, tmp_path, *BUDGET_10S)
+    fake_clock(trainer, lambda step: 1.0)
+    last = trainer.train()
+    # one second a step: planned at step 3 with 3 s spent -> 7 more steps fit in 10 s
+    assert last.name == "step_10" and trainer.step == 10
+    lines = log_lines(tmp_path)
+    plans = [x for x in lines if x.get("time_budget") == "planned"]
+    assert plans[0]["step"] == 3 and plans[0]["planned_steps"] == 10
+    assert plans[0]["seconds_per_step"] == pytest.approx(1.0)
+    # the schedule spans the planned 10 steps: decayed to its end at step 10, not at step 100
+    last_lr = [x["lr"] for x in lines if "lr" in x][-1]
+    assert last_lr == pytest.approx(1e-3 * lr_factor(10, total_steps=10, schedule="cosine",
+                                                     warmup=0.25))  # fmt: skip
+    extra = saved_extra(last)
+    assert extra["planned_steps"] == 10 and extra["train_seconds"] == pytest.approx(10.0)
+
+
+def test_a_time_budget_stops_a_run_that_slows_down(indexed_world, tmp_path, small_budget_steps):
+    trainer = make_trainer(indexed_world, tmp_path, *BUDGET_10S)
+    fake_clock(trainer, lambda step: 1.0 if step <= 5 else 5.0)
+    last = trainer.train()
+    # planned 10 steps at step 3; step 6 ends at 10 s: the run stops there, saved
+    assert last.name == "step_6" and trainer.step == 6
+    stops = [x for x in log_lines(tmp_path) if x.get("time_budget", "").startswith("stopped")]
+    assert [x["step"] for x in stops] == [6]
+
+
+def test_a_time_budget_survives_a_resume(indexed_world, tmp_path, small_budget_steps):
+    first = make_trainer(indexed_world, tmp_path, *BUDGET_10S, "train.checkpoint_every=100")
+    fake_clock(first, lambda step: 1.0)
+    first.train(until_step=4)  # interrupted after the plan
+    resumed = make_trainer(indexed_world, tmp_path, *BUDGET_10S, resume=True)
+    fake_clock(resumed, lambda step: 1.0)
+    last = resumed.train()
+    # the plan (10 steps) and the 4 s spent came back with the checkpoint
+    assert last.name == "step_10"
+    assert saved_extra(last)["train_seconds"] == pytest.approx(10.0)
+
+
+def test_without_a_time_budget_the_configured_steps_run(indexed_world, tmp_path):
+    trainer = make_trainer(indexed_world, tmp_path, "train.max_steps=4")
+    fake_clock(trainer, lambda step: 1e6)  # the clock has no say
+    assert trainer.train().name == "step_4"
+    assert not [x for x in log_lines(tmp_path) if "time_budget" in x]
