@@ -109,8 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             progress=not args.no_progress,
         )
         if dist.is_main:
+            budget = config.train.time_budget_min
+            budget = f" at most (fitted to a {budget:g} min time budget)" if budget else ""
             print(
-                f"training {config.name}: {trainer.total_steps} steps, "
+                f"training {config.name}: {trainer.total_steps} steps"
+                f"{budget}, "
                 f"{len(dataset)} samples, global batch "
                 f"{config.train.batch_size * dist.world_size} on {dist.world_size} process(es)"
             )
