@@ -10,6 +10,19 @@
 - :func:`sparse_conv`: ``out[j] = sum_k feats[nbr[j, k]] @ weight[k]``, an implicit GEMM: per
   tile of output rows and output channels, the neighbours of each offset are gathered straight
   into ``tl.dot`` (missing ones load zeros); no atomics, so it is deterministic.
+- :func:`scatter_add_rows`: ``out[rows[i, k]] += weights[i, k] * src[i]`` (point -> voxel
+  scatter-mean, the devoxelization's gradient) as a CSR product after one stable sort of the
+  targets: each output row summed by one program in input order, so deterministic (``index_add_``
+  on CUDA uses atomics).
+- :func:`voxel_keys`: each point's linear voxel key ``(x * Y + y) * Z + z`` or a sentinel
+  (out of range, not finite), in one pass over the points (the torch path takes a dozen); the
+  division is IEEE-rounded, so a point on a voxel boundary lands where torch puts it.
+- :func:`intersection_area`: the area shared by two convex quadrilaterals per pair (the BEV IoU
+  of rotated boxes), without a vertex buffer: by Green's theorem the area is the sum, over the
+  edges of both, of ``x dy - y dx`` along the piece of the edge inside the other polygon, and
+  that piece is one parameter interval clipped by the other's four half-planes; an edge lying
+  on an edge of the other polygon counts once (the first polygon's, when both run the same
+  way; neither, when they run opposite ways, as for boxes that only touch).
 
 The kernels run on CUDA tensors where triton is importable. With ``TRITON_INTERPRET=1`` set
 before the kernels are first used, triton's interpreter runs them on CPU tensors: that is how CI,
@@ -27,7 +40,16 @@ from types import ModuleType
 
 import torch
 
-__all__ = ["available", "csr_spmm", "importable", "sampled_dot", "sparse_conv"]
+__all__ = [
+    "available",
+    "csr_spmm",
+    "importable",
+    "intersection_area",
+    "sampled_dot",
+    "scatter_add_rows",
+    "sparse_conv",
+    "voxel_keys",
+]
 
 CONV_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
@@ -138,3 +160,67 @@ def sparse_conv(feats: torch.Tensor, weight: torch.Tensor, nbr: torch.Tensor) ->
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
     )  # fmt: skip
     return out
+
+
+def scatter_add_rows(
+    out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor, weights: torch.Tensor | None
+) -> torch.Tensor:
+    """``out[rows[i, k]] += weights[i, k] * src[i]`` (weights 1 when None), in place, through
+    :func:`csr_spmm` over the (row, i) pairs sorted stably by row.
+
+    Args:
+        out: ``[M, C]``; rows: ``[N, K]`` int, each in ``[0, M)``; src: ``[N, C]``;
+        weights: ``[N, K]`` or None.
+    """
+    num_rows = out.shape[0]
+    flat = rows.reshape(-1)
+    if flat.numel() == 0 or out.shape[1] == 0:
+        return out
+    order = torch.sort(flat, stable=True).indices
+    sources = torch.div(order, rows.shape[1], rounding_mode="floor")
+    counts = torch.bincount(flat, minlength=num_rows)
+    offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=out.device)
+    torch.cumsum(counts, 0, out=offsets[1:])
+    values = None if weights is None else weights.reshape(-1).index_select(0, order)
+    out += csr_spmm(offsets, sources, values, src.contiguous())
+    return out
+
+
+def intersection_area(poly: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
+    """``[P]`` areas of ``poly[p] ∩ clip[p]`` for ``[P, 4, 2]`` counter-clockwise convex
+    quadrilaterals (float32 / float64; float16 and bfloat16 are summed in float32)."""
+    num = poly.shape[0]
+    out = poly.new_empty(num)
+    if num == 0:
+        return out
+    # an edge counts as lying on the other's edge line within this relative distance
+    eps = 1e-12 if poly.dtype == torch.float64 else 1e-5
+    block = 128
+    _kernels()._intersection_area_kernel[(_cdiv(num, block),)](
+        poly.contiguous(), clip.contiguous(), out, num,
+        EPS=eps, ACC=_acc_dtype(poly.dtype), BLOCK=block,
+    )  # fmt: skip
+    return out
+
+
+def voxel_keys(
+    points: torch.Tensor, params: torch.Tensor, grid: tuple[int, int, int], dtype: torch.dtype
+) -> torch.Tensor:
+    """``[N]`` keys of ``dtype`` (int32 / int64) of ``points [N, D]``: ``(x * Y + y) * Z + z``
+    for ``floor((p - lo) / size)`` within ``0 .. grid - 1`` with every column finite, else
+    ``X * Y * Z``.
+
+    Args:
+        params: ``[9]`` in the points' dtype: ``lo`` (3), ``size`` (3), ``grid - 1`` (3).
+    """
+    num = points.shape[0]
+    keys = torch.empty(num, dtype=dtype, device=points.device)
+    if num == 0:
+        return keys
+    gx, gy, gz = grid
+    block = 256
+    _kernels()._voxel_keys_kernel[(_cdiv(num, block),)](
+        points.contiguous(), params, keys, num, points.shape[1], gy, gz, gx * gy * gz,
+        F64=points.dtype == torch.float64, BLOCK=block,
+    )  # fmt: skip
+    return keys

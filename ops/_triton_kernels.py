@@ -79,3 +79,107 @@ def _sparse_conv_kernel(
         acc.to(out.dtype.element_ty),
         mask=rmask[:, None] & omask[None, :],
     )
+
+
+@triton.jit
+def _corner(poly, rows, mask, K: tl.constexpr):
+    """Corner ``K`` (x, y) of each row's quadrilateral ``poly [P, 4, 2]``."""
+    x = tl.load(poly + rows * 8 + 2 * K, mask=mask, other=0.0)
+    y = tl.load(poly + rows * 8 + 2 * K + 1, mask=mask, other=0.0)
+    return x, y
+
+
+@triton.jit
+def _edges_inside(
+    poly, clip, rows, mask, EPS: tl.constexpr, KEEP_SHARED: tl.constexpr, ACC: tl.constexpr
+):
+    """Sum over the edges of ``poly`` of the part of ``x dy - y dx`` along the piece of the
+    edge inside ``clip`` (both counter-clockwise, convex): the piece is the edge's parameter
+    range ``[lo, hi]`` left of every edge of ``clip``. An edge on a line of ``clip`` (both ends
+    within EPS) counts whole when running the same way and KEEP_SHARED, else not at all: the
+    shared boundary is then counted once over both polygons."""
+    total = tl.zeros(rows.shape, dtype=ACC)
+    for i in tl.static_range(4):
+        p0x, p0y = _corner(poly, rows, mask, i)
+        p1x, p1y = _corner(poly, rows, mask, (i + 1) % 4)
+        p0x, p0y, p1x, p1y = p0x.to(ACC), p0y.to(ACC), p1x.to(ACC), p1y.to(ACC)
+        dx = p1x - p0x
+        dy = p1y - p0y
+        lo = tl.zeros(rows.shape, dtype=ACC)
+        hi = lo + 1.0
+        dead = rows < 0  # all False
+        for j in tl.static_range(4):
+            q0x, q0y = _corner(clip, rows, mask, j)
+            q1x, q1y = _corner(clip, rows, mask, (j + 1) % 4)
+            q0x, q0y, q1x, q1y = q0x.to(ACC), q0y.to(ACC), q1x.to(ACC), q1y.to(ACC)
+            ex = q1x - q0x
+            ey = q1y - q0y
+            s0 = ex * (p0y - q0y) - ey * (p0x - q0x)  # > 0: left of the clip edge (inside)
+            s1 = ex * (p1y - q0y) - ey * (p1x - q0x)
+            tol = EPS * (ex * ex + ey * ey)
+            shared = (tl.abs(s0) <= tol) & (tl.abs(s1) <= tol)
+            if KEEP_SHARED:
+                dead = dead | (shared & (dx * ex + dy * ey <= 0))
+            else:
+                dead = dead | shared
+            free = ~shared
+            dead = dead | (free & (s0 < 0) & (s1 < 0))
+            cross = free & ((s0 < 0) != (s1 < 0))
+            t = s0 / tl.where(cross, s0 - s1, 1.0)
+            lo = tl.where(cross & (s0 < 0), tl.maximum(lo, t), lo)
+            hi = tl.where(cross & (s1 < 0), tl.minimum(hi, t), hi)
+        keep = ~dead & (hi > lo)
+        ax = p0x + lo * dx
+        ay = p0y + lo * dy
+        bx = p0x + hi * dx
+        by = p0y + hi * dy
+        total += tl.where(keep, ax * by - bx * ay, 0.0)
+    return total
+
+
+@triton.jit
+def _intersection_area_kernel(
+    poly, clip, out, P, EPS: tl.constexpr, ACC: tl.constexpr, BLOCK: tl.constexpr
+):
+    rows = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = rows < P
+    rows64 = rows.to(tl.int64)
+    twice = _edges_inside(poly, clip, rows64, mask, EPS, True, ACC)
+    twice += _edges_inside(clip, poly, rows64, mask, EPS, False, ACC)
+    area = tl.maximum(0.5 * twice, 0.0)
+    tl.store(out + rows64, area.to(out.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _voxel_keys_kernel(
+    points, params, keys, N, D, GY, GZ, SENTINEL, F64: tl.constexpr, BLOCK: tl.constexpr
+):  # fmt: skip
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = i < N
+    row = points + i.to(tl.int64) * D
+    valid = mask
+    key = tl.zeros([BLOCK], dtype=tl.int64)
+    for axis in tl.static_range(3):
+        lo = tl.load(params + axis)
+        size = tl.load(params + 3 + axis)
+        upper = tl.load(params + 6 + axis)
+        p = tl.load(row + axis, mask=mask, other=0.0)
+        # IEEE-rounded division (a bare float32 `/` may compile to an approximate one on the
+        # GPU; float64's is exact): the same voxel as torch's (p - lo) / size on a boundary
+        if F64:
+            c = tl.floor((p - lo) / size)
+        else:
+            c = tl.floor(tl.math.div_rn(p - lo, size))
+        valid = valid & (c >= 0) & (c <= upper)  # NaN fails both, inf the second
+        c = tl.where(valid, c, 0.0).to(tl.int64)
+        if axis == 0:
+            key = c
+        elif axis == 1:
+            key = key * GY + c
+        else:
+            key = key * GZ + c
+    for j in range(3, D):
+        v = tl.load(row + j, mask=mask, other=0.0)
+        valid = valid & ((v - v) == 0)  # finite: inf - inf and NaN - NaN are NaN
+    key = tl.where(valid, key, SENTINEL)
+    tl.store(keys + i, key.to(keys.dtype.element_ty), mask=mask)

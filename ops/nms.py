@@ -12,8 +12,10 @@ distance is at most ``radius``.
 
 The fast path is vectorized PyTorch (device-generic): pairwise IoU by Sutherland-Hodgman
 clipping of one rectangle by the other's four edges with fixed-size (8-vertex) polygon
-buffers, no Python loop over pairs; the greedy pass runs on the host over the boolean
-overlap matrix, as torchvision's CUDA NMS does with its bit mask. ``bev_iou`` is the
+buffers, no Python loop over pairs; on CUDA (where triton is importable) the pairwise
+intersection areas come from one triton kernel instead (:func:`._triton.intersection_area`).
+The greedy pass runs on the host over the boolean overlap matrix, as torchvision's CUDA NMS
+does with its bit mask. ``bev_iou`` is the
 ``perception::bev_iou`` custom op (a device kernel can be registered on it). The shapely
 reference is :mod:`perception.ops.nms_reference`.
 """
@@ -23,6 +25,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from . import _triton
 from ._geometry import check_float_tensor, check_int_tensor
 
 __all__ = [
@@ -117,8 +120,24 @@ def _intersection_area(poly: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
     return area.clamp(min=0)
 
 
-def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Elementwise BEV IoU of ``a [P, 5]`` and ``b [P, 5]`` -> ``[P]``."""
+IOU_IMPLS = ("torch", "triton")
+
+
+def _pair_iou(a: torch.Tensor, b: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
+    """Elementwise BEV IoU of ``a [P, 5]`` and ``b [P, 5]`` -> ``[P]``.
+
+    ``impl``: "torch" (the vectorized clipping above, any device), "triton"
+    (:func:`._triton.intersection_area`: CUDA, or CPU under triton's interpreter) or None:
+    triton for CUDA boxes where it is importable, else torch.
+    """
+    if impl is None:
+        impl = "triton" if a.device.type == "cuda" and _triton.available(a) else "torch"
+    elif impl not in IOU_IMPLS or (impl == "triton" and not _triton.available(a)):
+        raise ValueError(
+            f"impl must be one of {IOU_IMPLS} (triton: CUDA boxes with triton importable, or "
+            f"TRITON_INTERPRET=1), got {impl!r} for {a.device.type} boxes"
+        )
+    area = _triton.intersection_area if impl == "triton" else _intersection_area
     if a.shape[0] == 0:
         return a.new_zeros(0)
     # Work relative to a's centre: keeps float32 precise for boxes far from the origin.
@@ -128,7 +147,7 @@ def _pair_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     for start in range(0, a.shape[0], _PAIR_CHUNK):
         ca = a[start : start + _PAIR_CHUNK] - origin[start : start + _PAIR_CHUNK]
         cb = b[start : start + _PAIR_CHUNK] - origin[start : start + _PAIR_CHUNK]
-        inter = _intersection_area(box_corners(ca), box_corners(cb))
+        inter = area(box_corners(ca), box_corners(cb))
         union = ca[:, 2] * ca[:, 3] + cb[:, 2] * cb[:, 3] - inter
         out.append(inter / union.clamp(min=torch.finfo(a.dtype).tiny))
     return torch.cat(out)

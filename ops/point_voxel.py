@@ -14,8 +14,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from . import _triton
 from .sparse.kernel_map import Triple, as_triple, numba_kernels
 from .sparse.tensor import SparseTensor
+
+SCATTER_IMPLS = ("numba", "triton", "index_add")
+SCATTER_IMPL: str | None = None
+"""A forced scatter variant (tests): one of :data:`SCATTER_IMPLS`, or None to choose. A forced
+variant that cannot run on the tensors at hand falls back to the choice."""
+
+
+def _scatter_impl(out: torch.Tensor, src: torch.Tensor) -> str:
+    """numba on CPU (float32 / float64, numba importable), triton on CUDA (importable), else
+    ``index_add_``; :data:`SCATTER_IMPL` first where it can run."""
+    numba_ok = (
+        numba_kernels(out.device) is not None
+        and src.shape[0] > 0
+        and src.dtype in (torch.float32, torch.float64)
+    )
+    triton_ok = _triton.available(out)
+    if SCATTER_IMPL == "numba" and numba_ok or SCATTER_IMPL == "triton" and triton_ok:
+        return SCATTER_IMPL
+    if SCATTER_IMPL == "index_add":
+        return "index_add"
+    if numba_ok:
+        return "numba"
+    return "triton" if out.device.type == "cuda" and triton_ok else "index_add"
 
 
 def _scatter_add(
@@ -23,19 +47,21 @@ def _scatter_add(
 ) -> torch.Tensor:
     """``out[rows[i, k]] += weights[i, k] * src[i]`` (weights 1 when None), in place.
 
-    CPU with numba: one parallel pass (:func:`.sparse._numba.weighted_scatter_add`); elsewhere
-    one ``index_add_`` per column of ``rows``. Both are deterministic on CPU.
+    CPU with numba: one parallel pass (:func:`.sparse._numba.weighted_scatter_add`); CUDA with
+    triton: a CSR product after a stable sort of the targets
+    (:func:`._triton.scatter_add_rows`); elsewhere one ``index_add_`` per column of ``rows``.
+    All but ``index_add_`` on CUDA (atomics) are deterministic.
 
     Args:
         out: ``[M, C]``; rows: ``[N, K]`` int64; src: ``[N, C]``; weights: ``[N, K]`` or None.
     """
-    kernels = numba_kernels(out.device)
-    if kernels is not None and src.shape[0] and src.dtype in (torch.float32, torch.float64):
+    impl = _scatter_impl(out, src)
+    if impl == "numba":
         if weights is None:
             weights = src.new_ones(rows.shape)
         # One channel range per thread, at least 8 channels (a 32-byte float32 run) each.
         tasks = max(1, min(torch.get_num_threads(), src.shape[1] // 8))
-        kernels.weighted_scatter_add(
+        numba_kernels(out.device).weighted_scatter_add(
             src.detach().contiguous().numpy(),
             rows.contiguous().numpy(),
             weights.detach().contiguous().numpy(),
@@ -43,6 +69,8 @@ def _scatter_add(
             out.numpy(),
         )
         return out
+    if impl == "triton":
+        return _triton.scatter_add_rows(out, rows, src.detach(), weights)
     for k in range(rows.shape[1]):
         term = src if weights is None else src * weights[:, k : k + 1]
         out.index_add_(0, rows[:, k], term)

@@ -17,7 +17,8 @@ Two fast paths, chosen per call by :func:`_choose_impl` (or forced with ``impl=`
   bitmap kept between calls, parallel where the first-come rule allows
   (:mod:`perception.ops._voxelize_numba`).
 * ``"torch"`` (everything else: CUDA, other dtypes, autograd): sorts the points' linear voxel
-  keys once (stable), so no Python loop runs over points; it runs unchanged on CUDA tensors.
+  keys once (stable), so no Python loop runs over points; it runs unchanged on CUDA tensors,
+  where one triton kernel computes the keys (where triton is importable).
 
 Both give identical outputs. The plain reference is :mod:`perception.ops.voxelize_reference`.
 """
@@ -32,6 +33,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from . import _triton
 from ._geometry import (
     as_float_triple,
     as_pc_range,
@@ -215,10 +217,16 @@ def _dynamic_voxelize_numba(
     return torch.from_numpy(point_to_voxel), torch.from_numpy(coords[:m]), int(num_dropped)
 
 
+KEYS_IMPL: str | None = None
+"""A forced variant of the torch path's voxel keys (tests): "triton" or "torch"; None chooses
+(triton for CUDA points where it is importable). Forced triton falls back where it cannot run."""
+
+
 def _voxel_keys(
     points: torch.Tensor, voxel_size: tuple[float, float, float], pc_range: tuple[float, ...]
 ) -> tuple[torch.Tensor, int, tuple[int, int, int]]:
     """Linear voxel key of every point, ``(x * Y + y) * Z + z``; dropped points get ``X*Y*Z``.
+    On CUDA (triton importable) one kernel computes them (:func:`._triton.voxel_keys`).
 
     Returns ``key [N]`` (int32 when the grid allows, else int64), the sentinel ``X*Y*Z`` and
     the grid ``(X, Y, Z)``. The voxel index is :func:`point_voxel_coords`' (same arithmetic).
@@ -227,9 +235,14 @@ def _voxel_keys(
     gx, gy, gz = grid
     sentinel = gx * gy * gz
     dtype = torch.int32 if sentinel < 2**31 - 1 else torch.int64
-    # Same arithmetic as point_voxel_coords, with fewer passes over the points.
     lo = torch.tensor(pc_range[:3], dtype=points.dtype, device=points.device)
     size = torch.tensor(voxel_size, dtype=points.dtype, device=points.device)
+    triton_ok = _triton.available(points) and points.dtype in (torch.float32, torch.float64)
+    if triton_ok and (KEYS_IMPL == "triton" or KEYS_IMPL is None and points.is_cuda):
+        upper = torch.tensor(grid, dtype=points.dtype, device=points.device) - 1
+        params = torch.cat([lo, size, upper])
+        return _triton.voxel_keys(points, params, grid, dtype), sentinel, grid
+    # Same arithmetic as point_voxel_coords, with fewer passes over the points.
     scaled = torch.floor_((points[:, :3] - lo) / size)  # [N, 3], NaN stays NaN
     upper = torch.tensor(grid, dtype=points.dtype, device=points.device) - 1
     valid = (scaled == scaled.clamp(min=0).minimum(upper)).all(dim=1)  # NaN/inf: False

@@ -23,6 +23,16 @@ import torch
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 
+def needs_triton(device: str) -> None:
+    """Skips (with the reason) where the ops' triton kernels cannot run on ``device``."""
+    from perception.ops import _triton
+
+    if not _triton.importable():
+        pytest.skip("triton is not importable (pip install triton)")
+    if not _triton.available(torch.empty(0, device=device)):
+        pytest.skip("triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1")
+
+
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
     if isinstance(out, torch.Tensor):
         return (out,)

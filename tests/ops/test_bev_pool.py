@@ -15,18 +15,10 @@ from perception.ops.bev_pool_reference import (
     bev_pool_depth_reference,
     bev_pool_index_add,
 )
-from tests.ops.harness import DEVICES, assert_parity
+from tests.ops.harness import DEVICES, assert_parity, needs_triton
 
 bev_pool_module = importlib.import_module("perception.ops.bev_pool")
 triton_kernels = importlib.import_module("perception.ops._triton")
-
-
-def needs_triton(device: str) -> None:
-    """Skips (with the reason) where the triton kernels cannot run on ``device``."""
-    if not triton_kernels.importable():
-        pytest.skip("triton is not importable (pip install triton)")
-    if not triton_kernels.available(torch.empty(0, device=device)):
-        pytest.skip("triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1")
 
 
 def make_coords(shape: tuple[int, ...], batch_size: int, grid, seed: int = 0) -> torch.Tensor:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
 import torch
 
@@ -12,7 +14,10 @@ from perception.ops.point_voxel import (
     voxel_to_point_reference,
 )
 from perception.ops.sparse import SparseTensor, conv3d
-from tests.ops.harness import DEVICES, assert_parity
+from tests.ops.harness import DEVICES, assert_parity, needs_triton
+
+point_voxel_module = importlib.import_module("perception.ops.point_voxel")
+triton_kernels = importlib.import_module("perception.ops._triton")
 
 
 def random_points(n: int, batch: int, seed: int, extent: float = 6.0) -> torch.Tensor:
@@ -83,6 +88,46 @@ def test_voxel_to_point_matches_loops(device, stride, density):
     assert_parity(
         fast, ref, {"voxel_feats": feats, "point_coords": points}, grad_inputs=["voxel_feats"]
     )
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["numba", "triton", "index_add"])
+def test_scatter_variants_match_loops(device, impl, monkeypatch):
+    """Each scatter variant (point -> voxel means, the devoxelization's gradient) against the
+    loops: numba (CPU), triton (CUDA; CPU under triton's interpreter), index_add_ (any)."""
+    if impl == "triton":
+        needs_triton(device)
+    if impl == "numba" and (
+        device != "cpu" or point_voxel_module.numba_kernels(torch.device("cpu")) is None
+    ):
+        pytest.skip("the numba scatter runs on CPU where numba is importable")
+    monkeypatch.setattr(point_voxel_module, "SCATTER_IMPL", impl)
+    calls = []
+    kernel = triton_kernels.scatter_add_rows
+    monkeypatch.setattr(
+        triton_kernels, "scatter_add_rows", lambda *a: calls.append(1) or kernel(*a)
+    )
+    points = random_points(60, 2, seed=5).to(device)
+    feats = torch.randn(60, 9, dtype=torch.float64, device=device, requires_grad=True)
+    vox = point_to_voxel(feats, points, 2)
+    ref = point_to_voxel_reference(feats, points, vox.coords.to(torch.int64), 2)
+    torch.testing.assert_close(vox.feats, ref)
+    up = torch.randn_like(ref)
+    torch.testing.assert_close(
+        torch.autograd.grad((vox.feats * up).sum(), feats)[0],
+        torch.autograd.grad((ref * up).sum(), feats)[0],
+    )
+    voxel_feats = vox.feats.detach().requires_grad_(True)
+    at_points = voxel_to_point(vox.replace_feats(voxel_feats), points)
+    want = voxel_to_point_reference(voxel_feats, vox.coords.to(torch.int64), 2, points)
+    torch.testing.assert_close(at_points, want)
+    up = torch.randn_like(want)
+    torch.testing.assert_close(
+        torch.autograd.grad((at_points * up).sum(), voxel_feats)[0],
+        torch.autograd.grad((want * up).sum(), voxel_feats)[0],
+    )
+    # the mean's forward and the devoxelization's backward scatter
+    assert len(calls) == (2 if impl == "triton" else 0)
 
 
 def test_voxel_to_point_at_voxel_centre_returns_that_voxel():

@@ -10,6 +10,7 @@ import torch
 
 from perception.ops import dynamic_voxelize, voxelize, voxelize_batch
 from perception.ops.voxelize_reference import dynamic_voxelize_reference, voxelize_reference
+from tests.ops.harness import DEVICES, needs_triton
 
 # the module (perception.ops.voxelize the attribute is the function)
 voxelize_module = importlib.import_module("perception.ops.voxelize")
@@ -127,6 +128,33 @@ def test_numba_bitmap_parts_do_not_change_the_output(parts, cloud):
     assert torch.equal(torch.from_numpy(coords), want.coords)
     assert torch.equal(torch.from_numpy(counts), want.num_points)
     assert torch.equal(torch.from_numpy(mean), want.mean)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_triton_voxel_keys_match_torch(device, dtype, monkeypatch):
+    """The torch path's keys from the triton kernel (CUDA; CPU under triton's interpreter):
+    the same voxels and drops as torch's arithmetic, boundary and non-finite points included."""
+    needs_triton(device)
+    triton_ops = importlib.import_module("perception.ops._triton")
+    calls = []
+    kernel = triton_ops.voxel_keys
+    monkeypatch.setattr(triton_ops, "voxel_keys", lambda *a: calls.append(1) or kernel(*a))
+    pts = make_points(3000, d=5, seed=4).to(dtype)
+    # points exactly on voxel faces and on the range's min and max faces
+    pts[10:20, :3] = torch.tensor([PC_RANGE[0], 0.0, PC_RANGE[5]], dtype=dtype)
+    pts[20:30, :3] = torch.tensor([0.5, -0.25, PC_RANGE[2]], dtype=dtype)
+    pts, want = pts.to(device), {}
+    for keys_impl in ("torch", "triton"):
+        monkeypatch.setattr(voxelize_module, "KEYS_IMPL", keys_impl)
+        want[keys_impl] = (
+            voxelize(pts, 0.25, PC_RANGE, 4, 500, impl="torch"),
+            dynamic_voxelize(pts, 0.25, PC_RANGE, impl="torch"),
+        )
+    assert len(calls) == 2
+    assert_same_voxels(want["triton"][0], want["torch"][0])
+    for a, b in zip(want["triton"][1], want["torch"][1], strict=True):
+        assert a == b if isinstance(a, int) else torch.equal(a, b)
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
