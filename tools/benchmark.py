@@ -1,6 +1,6 @@
 """Benchmarks: every figure a ratio against a named baseline measured in the same run.
 
-python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|bev] [--out F]
+python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|point_voxel|bev] [--out F]
 python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
@@ -31,6 +31,10 @@ def run_ops(args: argparse.Namespace) -> list[BenchRow]:
         from perception.benchmarks import sparse_ops
 
         rows += sparse_ops.run(device=args.device, quick=args.quick)
+    if args.only in (None, "point_voxel"):
+        from perception.benchmarks import point_voxel_ops
+
+        rows += point_voxel_ops.run(device=args.device, quick=args.quick)
     if args.only in (None, "bev"):
         from perception.benchmarks import bev_ops
 
@@ -120,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     ops = sub.add_parser("ops", help="operator benchmarks against reference and peer libraries")
     ops.add_argument("--device", default="cpu")
     ops.add_argument("--quick", action="store_true", help="small inputs (a smoke test)")
-    ops.add_argument("--only", choices=["sparse", "bev"])
+    ops.add_argument("--only", choices=["sparse", "point_voxel", "bev"])
     synth = sub.add_parser("synth", help="time the synthetic world generator")
     synth.add_argument("--version", default="v1.0-mini")
     synth.add_argument("--scenes", type=int, default=10)

@@ -26,7 +26,10 @@ def test_ops_benchmark_quick(tmp_path):
     out = tmp_path / "ops.json"
     assert benchmark(["ops", "--quick", "--out", str(out)]) == 0
     rows = json.loads(out.read_text())["rows"]
-    assert {row["group"] for row in rows} >= {"sparse_conv"}
+    assert {row["group"] for row in rows} >= {
+        "sparse_conv", "point_to_voxel", "point_to_voxel_fwd_bwd", "voxel_to_point",
+        "voxel_to_point_fwd_bwd", "bev_pool", "voxelize",
+    }  # fmt: skip
     assert any(row["ratio"] is not None for row in rows)
 
 
@@ -142,3 +145,23 @@ def test_time_interleaved_takes_turns():
     assert set(timings) == {"a", "b"} and all(ms >= 0 for ms in timings.values())
     # one warm-up call each, then per round three of a and three of b
     assert order == ["a", "b"] + (["a"] * 3 + ["b"] * 3) * 2
+
+
+def test_point_voxel_baselines_compute_what_ours_computes():
+    """The plain-torch baselines of the point <-> voxel rows give ours' outputs (else the
+    ratios would compare different work)."""
+    import torch
+
+    from perception.benchmarks import point_voxel_ops as bench
+    from perception.ops.point_voxel import point_to_voxel, voxel_to_point
+
+    coords = bench.point_coords(3000, "cpu")
+    feats = torch.randn(coords.shape[0], 4)
+    extent = torch.floor(coords[:, 1:]).long().amax(dim=0) + 2
+    voxels = point_to_voxel(feats, coords, 1)
+    torch.testing.assert_close(bench.plain_point_to_voxel(feats, coords, extent), voxels.feats)
+    keys = bench._linear_keys(voxels.coords[:, 1:].long(), extent)
+    torch.testing.assert_close(
+        bench.plain_voxel_to_point(voxels.feats, keys, coords, extent),
+        voxel_to_point(voxels, coords),
+    )
