@@ -82,11 +82,14 @@ def _sparse_conv_kernel(
 
 
 @triton.jit
-def _corner(poly, rows, mask, K: tl.constexpr):
-    """Corner ``K`` (x, y) of each row's quadrilateral ``poly [P, 4, 2]``."""
-    x = tl.load(poly + rows * 8 + 2 * K, mask=mask, other=0.0)
-    y = tl.load(poly + rows * 8 + 2 * K + 1, mask=mask, other=0.0)
-    return x, y
+def _edge(poly, rows, mask, K: tl.constexpr, ACC: tl.constexpr):
+    """Edge ``K`` of each row's quadrilateral ``poly [P, 4, 2]``: its start corner (x, y) and
+    its end, corner ``K + 1``, in ACC."""
+    x0 = tl.load(poly + rows * 8 + 2 * K, mask=mask, other=0.0).to(ACC)
+    y0 = tl.load(poly + rows * 8 + 2 * K + 1, mask=mask, other=0.0).to(ACC)
+    x1 = tl.load(poly + rows * 8 + 2 * ((K + 1) % 4), mask=mask, other=0.0).to(ACC)
+    y1 = tl.load(poly + rows * 8 + 2 * ((K + 1) % 4) + 1, mask=mask, other=0.0).to(ACC)
+    return x0, y0, x1, y1
 
 
 @triton.jit
@@ -100,18 +103,14 @@ def _edges_inside(
     shared boundary is then counted once over both polygons."""
     total = tl.zeros(rows.shape, dtype=ACC)
     for i in tl.static_range(4):
-        p0x, p0y = _corner(poly, rows, mask, i)
-        p1x, p1y = _corner(poly, rows, mask, (i + 1) % 4)
-        p0x, p0y, p1x, p1y = p0x.to(ACC), p0y.to(ACC), p1x.to(ACC), p1y.to(ACC)
+        p0x, p0y, p1x, p1y = _edge(poly, rows, mask, i, ACC)
         dx = p1x - p0x
         dy = p1y - p0y
         lo = tl.zeros(rows.shape, dtype=ACC)
         hi = lo + 1.0
         dead = rows < 0  # all False
         for j in tl.static_range(4):
-            q0x, q0y = _corner(clip, rows, mask, j)
-            q1x, q1y = _corner(clip, rows, mask, (j + 1) % 4)
-            q0x, q0y, q1x, q1y = q0x.to(ACC), q0y.to(ACC), q1x.to(ACC), q1y.to(ACC)
+            q0x, q0y, q1x, q1y = _edge(clip, rows, mask, j, ACC)
             ex = q1x - q0x
             ey = q1y - q0y
             s0 = ex * (p0y - q0y) - ey * (p0x - q0x)  # > 0: left of the clip edge (inside)
