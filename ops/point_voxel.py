@@ -59,15 +59,19 @@ def _scatter_add(
     if impl == "numba":
         if weights is None:
             weights = src.new_ones(rows.shape)
-        # One channel range per thread, at least 8 channels (a 32-byte float32 run) each.
-        tasks = max(1, min(torch.get_num_threads(), src.shape[1] // 8))
-        numba_kernels(out.device).weighted_scatter_add(
+        # One channel range per thread, at least 32 channels each: every task walks all the
+        # points (random rows of `out`), so narrower splits cost more than they share out.
+        tasks = max(1, min(torch.get_num_threads(), src.shape[1] // 32))
+        kernels = numba_kernels(out.device)
+        args = (
             src.detach().contiguous().numpy(),
             rows.contiguous().numpy(),
             weights.detach().contiguous().numpy(),
-            tasks,
-            out.numpy(),
         )
+        if tasks == 1:  # no parallel region to start
+            kernels.scatter_channels(*args, 0, src.shape[1], out.numpy())
+        else:
+            kernels.weighted_scatter_add(*args, tasks, out.numpy())
         return out
     if impl == "triton":
         return _triton.scatter_add_rows(out, rows, src.detach(), weights)
@@ -184,7 +188,7 @@ class _ScatterMean(torch.autograd.Function):
         sums = point_feats.new_zeros(num_voxels + 1, point_feats.shape[1])
         _scatter_add(sums, rows.unsqueeze(1), point_feats, None)
         ctx.save_for_backward(rows, inv)
-        return sums[:num_voxels] * inv.unsqueeze(1)
+        return sums[:num_voxels].mul_(inv.unsqueeze(1))  # in place: no second [M, C] array
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):

@@ -447,30 +447,39 @@ def grad_weight_rows(feats, nbr, num_in, grad_out, partial):
                         partial[blk, k, c, o] += f * grad_out[j, o]
 
 
+@njit(cache=True, nogil=True, error_model="numpy")
+def scatter_channels(src, rows, weights, c0, c1, out):
+    """``out[rows[i, k], c0:c1] += weights[i, k] * src[i, c0:c1]`` for every ``i, k``, in
+    order (one thread). Row slices keep the channel loop vectorized: indexing ``out[r, c]``
+    inside a parallel region measured ~4x slower."""
+    n, k_total = rows.shape
+    for i in range(n):
+        s = src[i, c0:c1]
+        for k in range(k_total):
+            o = out[rows[i, k], c0:c1]
+            w = weights[i, k]
+            for c in range(s.shape[0]):
+                o[c] += w * s[c]
+
+
 @njit(cache=True, nogil=True, parallel=True, error_model="numpy")
 def weighted_scatter_add(src, rows, weights, num_tasks, out):
     """``out[rows[i, k]] += weights[i, k] * src[i]`` for every ``i, k``.
 
     Parallel over ``num_tasks`` contiguous channel ranges (one per thread): each task runs every
-    ``(i, k)`` in order on its own channels, so rows shared by many points need no atomics, and
-    every channel sums in the same order however the channels are split: the result is bitwise
-    the same for any ``num_tasks``.
+    ``(i, k)`` in order on its own channels (:func:`scatter_channels`), so rows shared by many
+    points need no atomics, and every channel sums in the same order however the channels are
+    split: the result is bitwise the same for any ``num_tasks``.
 
     Args:
         src: ``[N, C]``; rows: ``[N, K]`` int64 in ``[0, len(out))``; weights: ``[N, K]`` (the
         dtype of ``src``); num_tasks: ``1 .. C``; out: ``[M, C]``, accumulated into.
     """
-    n, k_total = rows.shape
     c_total = src.shape[1]
     for task in prange(num_tasks):
         c0 = task * c_total // num_tasks
         c1 = (task + 1) * c_total // num_tasks
-        for i in range(n):
-            for k in range(k_total):
-                r = rows[i, k]
-                w = weights[i, k]
-                for c in range(c0, c1):
-                    out[r, c] += w * src[i, c]
+        scatter_channels(src, rows, weights, c0, c1, out)
 
 
 # Output rows per tile of the "tiles" convolution: the tile's accumulator, gathered inputs and
