@@ -33,7 +33,7 @@ def _scatter_impl(out: torch.Tensor, src: torch.Tensor) -> str:
         and src.dtype in (torch.float32, torch.float64)
     )
     triton_ok = _triton.available(out)
-    if SCATTER_IMPL == "numba" and numba_ok or SCATTER_IMPL == "triton" and triton_ok:
+    if (SCATTER_IMPL == "numba" and numba_ok) or (SCATTER_IMPL == "triton" and triton_ok):
         return SCATTER_IMPL
     if SCATTER_IMPL == "index_add":
         return "index_add"

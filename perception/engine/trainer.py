@@ -380,7 +380,7 @@ class Trainer:
         if spent >= self.budget_s:
             self.total_steps = step
             self._log_budget(spent, None, "stopped: time budget spent")
-        elif due and self.pace_mark is not None:
+        elif due and self.pace_mark is not None and step > self.pace_mark[0]:
             pace = (spent - self.pace_mark[1]) / (step - self.pace_mark[0])
             fit = int((BUDGET_TARGET * self.budget_s - spent) / max(pace, 1e-9))
             planned = max(step + 1, min(self.configured_steps, step + fit))
