@@ -149,9 +149,11 @@ def _intersection_area_kernel(
     tl.store(out + rows64, area.to(out.dtype.element_ty), mask=mask)
 
 
+# (`bounds`, not `params`: triton's compiled launcher binds the arguments into a local dict
+# named `params`, so an argument of that name reaches the kernel as that dict.)
 @triton.jit
 def _voxel_keys_kernel(
-    points, params, keys, N, D, GY, GZ, SENTINEL, F64: tl.constexpr, BLOCK: tl.constexpr
+    points, bounds, keys, N, D, GY, GZ, SENTINEL, F64: tl.constexpr, BLOCK: tl.constexpr
 ):  # fmt: skip
     i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = i < N
@@ -159,9 +161,9 @@ def _voxel_keys_kernel(
     valid = mask
     key = tl.zeros([BLOCK], dtype=tl.int64)
     for axis in tl.static_range(3):
-        lo = tl.load(params + axis)
-        size = tl.load(params + 3 + axis)
-        upper = tl.load(params + 6 + axis)
+        lo = tl.load(bounds + axis)
+        size = tl.load(bounds + 3 + axis)
+        upper = tl.load(bounds + 6 + axis)
         p = tl.load(row + axis, mask=mask, other=0.0)
         # IEEE-rounded division (a bare float32 `/` may compile to an approximate one on the
         # GPU; float64's is exact): the same voxel as torch's (p - lo) / size on a boundary
