@@ -43,6 +43,7 @@ from types import ModuleType
 import torch
 
 from . import _triton
+from ._autocast import float32_under_autocast
 from ._geometry import as_grid, check_float_tensor, check_int_tensor
 from ._numba_threads import size_numba_pool
 
@@ -701,3 +702,9 @@ def _check_plan(plan: BEVPoolPlan, batch_size: int, grid: Sequence[int]) -> None
             f"plan was built for batch_size={plan.batch_size}, grid={plan.grid}; "
             f"got batch_size={batch_size}, grid={tuple(grid)}"
         )
+
+
+float32_under_autocast(_bev_pool_csr)
+float32_under_autocast(_bev_pool_csr_backward)
+float32_under_autocast(_bev_pool_depth_csr)
+float32_under_autocast(_bev_pool_depth_csr_backward)

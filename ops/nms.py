@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from . import _triton
+from ._autocast import float32_under_autocast
 from ._geometry import check_float_tensor, check_int_tensor
 
 __all__ = [
@@ -314,3 +315,6 @@ def batched_circle_nms(
     _check_scores(scores, centers.shape[0])
     _check_idxs(idxs, centers.shape[0])
     return _circle_nms(centers, scores, idxs, float(radius))
+
+
+float32_under_autocast(_bev_iou_op)

@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 
 from .. import _triton
+from .._autocast import float32_under_autocast
 from .kernel_map import Triple, as_triple, numba_kernels
 from .tensor import SparseTensor
 
@@ -412,3 +413,7 @@ def conv3d(
     if bias is not None:
         feats = feats + bias
     return SparseTensor(feats, x.cache.coords(out_id), out_stride, cache=x.cache, _coord_id=out_id)
+
+
+float32_under_autocast(sparse_conv_op)
+float32_under_autocast(sparse_conv_backward_op)

@@ -200,7 +200,10 @@ class LSSViewTransform(nn.Module):
         present = batch.camera_mask.flatten().to(depth.dtype)  # [B*N]
         depth = depth * present[:, None, None, None]  # a missing camera lifts nothing
         context = x[:, D:]  # [B*N, C_ctx, fH, fW]
-        bev = bev_pool_depth(depth, context, plan)  # [B, C_ctx, Z, X, Y]
+        # under autocast the softmax comes out float32 and the convolution's context bfloat16:
+        # pool in the wider of the two (each cell sums many pixels)
+        dtype = torch.promote_types(depth.dtype, context.dtype)
+        bev = bev_pool_depth(depth.to(dtype), context.to(dtype), plan)  # [B, C_ctx, Z, X, Y]
         bev = bev.flatten(1, 2)  # [B, C_ctx * Z, X, Y]
         aux: dict[str, torch.Tensor] = {}
         if self.training and self.depth_loss_weight > 0:

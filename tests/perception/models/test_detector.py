@@ -201,3 +201,18 @@ def test_camera_branch_streaming_matches_clip():
 def test_one_call_from_a_config_file():
     model = build_model(REPO / "configs" / "bevfusion_tiny_lidar.yaml", ["model.fuser_channels=16"])
     assert model.modalities == ("lidar",) and model.fuser.out_channels == 16
+
+
+def test_bfloat16_autocast_forward_backward():
+    """Mixed precision (`train.amp` on CUDA) on CPU's autocast: the ops take the mixed dtypes
+    an autocast region makes (float32 softmax beside bfloat16 convolutions) and run in float32
+    (ops/_autocast.py); losses finite, every parameter gets a float32 gradient."""
+    torch.manual_seed(0)
+    config = micro_config()
+    model = build_model(config).train()
+    with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
+        losses = model(synthetic_batch(config))
+    total = sum(losses.values())
+    assert torch.isfinite(total)
+    total.backward()
+    assert all(p.grad is not None and p.grad.dtype == torch.float32 for p in model.parameters())
