@@ -1,6 +1,7 @@
 """Benchmarks: every figure a ratio against a named baseline measured in the same run.
 
 python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|point_voxel|bev] [--out F]
+python tools/benchmark.py model --config C [C ...] [--device cpu|cuda] [--repeat 3] [--out F]
 python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
@@ -72,7 +73,7 @@ def run_model(args: argparse.Namespace) -> list[BenchRow]:
 
     rows: list[BenchRow] = []
     for config in args.config:
-        rows += model.run(config, root=args.root, repeat=args.repeat)
+        rows += model.run(config, root=args.root, repeat=args.repeat, device=args.device)
     return rows
 
 
@@ -135,6 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--config", nargs="+", required=True, help="one or more config files")
     model.add_argument("--root", help="dataroot for a real sample (default: the config's)")
     model.add_argument("--repeat", type=int, default=3)
+    model.add_argument("--device", default="cpu", help="cpu or cuda (times synchronize)")
     node = sub.add_parser("node", help="the real-time node under bag replay (1x, 2x, 5x)")
     node.add_argument("--bag", required=True, help="rosbag2 (tools/nusc_to_bag.py)")
     node.add_argument("--config", required=True)

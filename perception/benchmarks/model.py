@@ -7,6 +7,7 @@ for the sparse branch), else a fixed random batch of the config's shapes (`rando
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import torch
@@ -20,7 +21,8 @@ from ..datasets.pipeline import build_dataset
 from ..datasets.random_batch import random_batch
 from ..models.builder import build_model
 from ..structures import Batch
-from .common import BenchRow, time_ms
+from .common import BenchRow
+from .common import time_ms as _time_ms
 
 
 def _inputs(config: ExperimentConfig, root: str | None) -> tuple[Batch, str]:
@@ -43,14 +45,18 @@ def _params(module: torch.nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() for p in module.parameters())
 
 
-def run(config_path: str, *, root: str | None = None, repeat: int = 3) -> list[BenchRow]:
+def run(
+    config_path: str, *, root: str | None = None, repeat: int = 3, device: str = "cpu"
+) -> list[BenchRow]:
     config = load_config(config_path)
     torch.manual_seed(0)
-    model = build_model(config).eval()
+    model = build_model(config).eval().to(device)
     batch, source = _inputs(config, root)
+    batch = batch.to(device)
     name = Path(config_path).stem
-    group = f"model:{name}"
+    group = f"model:{name}" if device == "cpu" else f"model:{name} ({device})"
     shape = f"B=1, {source}"
+    time_ms = functools.partial(_time_ms, device=device)
     timings: dict[str, float] = {}
     notes: dict[str, str] = {}
     with torch.no_grad():
@@ -114,7 +120,9 @@ def run(config_path: str, *, root: str | None = None, repeat: int = 3) -> list[B
     if model.camera is not None and config.data.clip_frames > 1:
         encoder = model.camera.encoder
         frames = images[:, :, -1]  # [B, Ncam, 3, H, W]
-        state = encoder.initial_state(1, frames.shape[1], tuple(frames.shape[-2:]))
+        state = encoder.initial_state(
+            1, frames.shape[1], tuple(frames.shape[-2:]), device=frames.device
+        )
         with torch.no_grad():
             clip_ms = time_ms(lambda: encoder(images), repeat=repeat)
             stream_ms = time_ms(lambda: encoder.forward_stream(frames, state), repeat=repeat)
