@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from . import _triton
 from .sparse.kernel_map import Triple, as_triple, numba_kernels
-from .sparse.tensor import SparseTensor
+from .sparse.tensor import SparseCache, SparseTensor
 
 SCATTER_IMPLS = ("numba", "triton", "index_add")
 SCATTER_IMPL: str | None = None
@@ -158,7 +158,11 @@ def point_to_voxel(
     mean = _ScatterMean.apply(point_feats, rows, num_voxels)
     if isinstance(target, SparseTensor):
         return target.replace_feats(mean)
-    return SparseTensor(mean, unique.to(torch.int32), stride)
+    # Coordinates made here are valid by construction (unique rows of non-negative multiples of
+    # the stride), so they skip the constructor's checks (~3 ms at 165k voxels on 2 CPU cores).
+    coords = unique.to(torch.int32)
+    cache = SparseCache()
+    return SparseTensor(mean, coords, stride, cache=cache, _coord_id=cache.register(coords, stride))
 
 
 def _corner_weights(

@@ -142,7 +142,7 @@ def _check_coords(coords: torch.Tensor, feats: torch.Tensor, stride: Triple) -> 
         if bool((coords < 0).any()):
             raise ValueError("coords must be non-negative (batch, x, y, z)")
         stride_t = torch.tensor(stride, dtype=coords.dtype, device=coords.device)
-        if bool((coords[:, 1:] % stride_t).any()):
+        if stride != (1, 1, 1) and bool((coords[:, 1:] % stride_t).any()):
             raise ValueError(f"coords are not multiples of the tensor stride {stride}")
     return coords.to(torch.int32)
 
