@@ -168,20 +168,30 @@ def scatter_add_rows(
     """``out[rows[i, k]] += weights[i, k] * src[i]`` (weights 1 when None), in place, through
     :func:`csr_spmm` over the (row, i) pairs sorted stably by row.
 
+    Entries of weight 0 are dropped first (they add nothing to finite sums). Devoxelization
+    sends every missing neighbour to one padding row with weight 0: over half of its ``8N``
+    entries on a LiDAR scene (1.15M of 2.1M in the point<->voxel benchmark), which as one CSR
+    row would be summed by a single program, serially.
+
     Args:
         out: ``[M, C]``; rows: ``[N, K]`` int, each in ``[0, M)``; src: ``[N, C]``;
         weights: ``[N, K]`` or None.
     """
     num_rows = out.shape[0]
     flat = rows.reshape(-1)
+    entries = None  # kept positions in `flat` (all when None)
+    if weights is not None:
+        entries = torch.nonzero(weights.reshape(-1)).squeeze(1)
+        flat = flat.index_select(0, entries)
     if flat.numel() == 0 or out.shape[1] == 0:
         return out
     order = torch.sort(flat, stable=True).indices
-    sources = torch.div(order, rows.shape[1], rounding_mode="floor")
+    picked = order if entries is None else entries.index_select(0, order)
+    sources = torch.div(picked, rows.shape[1], rounding_mode="floor")
     counts = torch.bincount(flat, minlength=num_rows)
     offsets = torch.zeros(num_rows + 1, dtype=torch.int64, device=out.device)
     torch.cumsum(counts, 0, out=offsets[1:])
-    values = None if weights is None else weights.reshape(-1).index_select(0, order)
+    values = None if weights is None else weights.reshape(-1).index_select(0, picked)
     out += csr_spmm(offsets, sources, values, src.contiguous())
     return out
 
