@@ -17,6 +17,9 @@
 - :func:`voxel_keys`: each point's linear voxel key ``(x * Y + y) * Z + z`` or a sentinel
   (out of range, not finite), in one pass over the points (the torch path takes a dozen); the
   division is IEEE-rounded, so a point on a voxel boundary lands where torch puts it.
+- :func:`dense_lookup`: rows of a dense two-level coordinate index at every (query, offset), in
+  one launch (the torch path runs a few dozen small ops per chunk of queries, which on a GPU
+  is launch bound: the devoxelization's and sparse conv's kernel-map lookups).
 - :func:`intersection_area`: the area shared by two convex quadrilaterals per pair (the BEV IoU
   of rotated boxes), without a vertex buffer: by Green's theorem the area is the sum, over the
   edges of both, of ``x dy - y dx`` along the piece of the edge inside the other polygon, and
@@ -43,6 +46,7 @@ import torch
 __all__ = [
     "available",
     "csr_spmm",
+    "dense_lookup",
     "importable",
     "intersection_area",
     "sampled_dot",
@@ -193,6 +197,39 @@ def scatter_add_rows(
     torch.cumsum(counts, 0, out=offsets[1:])
     values = None if weights is None else weights.reshape(-1).index_select(0, picked)
     out += csr_spmm(offsets, sources, values, src.contiguous())
+    return out
+
+
+def dense_lookup(
+    base: torch.Tensor,
+    offsets: list[torch.Tensor],
+    geometry: tuple[list[int], list[int], list[int]],
+    batches: int,
+    tables: tuple[torch.Tensor, ...],
+    missing: int,
+) -> torch.Tensor:
+    """``[M, K]`` int64 rows of a two-level dense coordinate index (the "dense" layout of
+    :class:`.sparse.kernel_map.CoordIndex`) at ``base + (dx, dy, dz)`` for the product of the
+    per-axis offsets (x slowest), ``missing`` where the site is not in the set: one kernel
+    launch instead of a few dozen torch ops per chunk of queries.
+
+    Args:
+        base: ``[M, 4]`` int ``(batch, x, y, z)``, stride-1 units; offsets: the ``[kx]``,
+            ``[ky]``, ``[kz]`` int64 offsets; geometry: the index's ``stride``, ``lo``, ``ext``;
+        tables: ``column_table``, ``col_start``, ``col_zlo``, ``col_zext``, ``row_table``.
+    """
+    m = base.shape[0]
+    kx, ky, kz = (o.numel() for o in offsets)
+    out = torch.empty((m, kx * ky * kz), dtype=torch.int64, device=base.device)
+    if out.numel() == 0:
+        return out
+    (sx, sy, sz), (lx, ly, lz), (ex, ey, ez) = geometry
+    block = 256
+    _kernels()._dense_lookup_kernel[(_cdiv(m, block), kx * ky * kz)](
+        base.contiguous(), *(o.contiguous() for o in offsets), *tables, out,
+        m, ky, kz, sx, sy, sz, lx, ly, lz, ex, ey, ez, batches, missing,
+        BLOCK=block,
+    )  # fmt: skip
     return out
 
 

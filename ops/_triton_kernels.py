@@ -184,3 +184,41 @@ def _voxel_keys_kernel(
         valid = valid & ((v - v) == 0)  # finite: inf - inf and NaN - NaN are NaN
     key = tl.where(valid, key, SENTINEL)
     tl.store(keys + i, key.to(keys.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _axis_grid(base, off, stride, lo, ext):
+    """Grid index (relative to ``lo``) of ``base + off`` on an axis, and whether it is a site."""
+    q = base + off
+    # C-style `//` and `%` in triton; a multiple of `stride` divides exactly either way
+    g = q // stride - lo
+    valid = (q % stride == 0) & (g >= 0) & (g < ext)
+    return g, valid
+
+
+@triton.jit
+def _dense_lookup_kernel(
+    base, x_offs, y_offs, z_offs, column_table, col_start, col_zlo, col_zext, row_table, out,
+    M, KY, KZ, SX, SY, SZ, LX, LY, LZ, EX, EY, EZ, BATCHES, MISSING,
+    BLOCK: tl.constexpr,
+):  # fmt: skip
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    k = tl.program_id(1)
+    K = tl.num_programs(1)
+    mask = i < M
+    row = base + i.to(tl.int64) * 4
+    b = tl.load(row, mask=mask, other=0).to(tl.int64)
+    ox = tl.load(x_offs + k // (KY * KZ))
+    oy = tl.load(y_offs + (k // KZ) % KY)
+    oz = tl.load(z_offs + k % KZ)
+    gx, vx = _axis_grid(tl.load(row + 1, mask=mask, other=0).to(tl.int64), ox, SX, LX, EX)
+    gy, vy = _axis_grid(tl.load(row + 2, mask=mask, other=0).to(tl.int64), oy, SY, LY, EY)
+    gz, vz = _axis_grid(tl.load(row + 3, mask=mask, other=0).to(tl.int64), oz, SZ, LZ, EZ)
+    valid = mask & vx & vy & vz & (b >= 0) & (b < BATCHES)
+    colkey = (b * EX + gx) * EY + gy
+    col = tl.load(column_table + colkey, mask=valid, other=0).to(tl.int64)
+    start = tl.load(col_start + col, mask=valid, other=0).to(tl.int64)
+    dz = gz - tl.load(col_zlo + col, mask=valid, other=0)
+    valid = valid & (dz >= 0) & (dz < tl.load(col_zext + col, mask=valid, other=0))
+    found = tl.load(row_table + start + dz, mask=valid, other=MISSING)
+    tl.store(out + i.to(tl.int64) * K + k, tl.where(valid, found, MISSING), mask=mask)

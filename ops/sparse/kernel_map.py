@@ -17,7 +17,8 @@ Conventions (shared by the whole ``perception.ops.sparse`` package):
 Hashing: a :class:`CoordIndex` per coordinate set. On CPU, where numba is importable, a column
 index probed by a parallel numba loop (:mod:`._numba`); otherwise (CUDA, no
 numba) a two-level dense table (a column table over ``(batch, x, y)`` and a per-column table
-over ``z``; two gathers per lookup) or, when the extent makes those tables too large, sorted
+over ``z``; two gathers per lookup, on CUDA one triton kernel for all offsets,
+:func:`.._triton.dense_lookup`) or, when the extent makes those tables too large, sorted
 int64 keys with ``torch.searchsorted``. Kernel offsets form a product of per-axis offsets, so one
 column lookup serves all ``kz`` offsets. The torch layouts are the reference of the column index.
 """
@@ -30,6 +31,7 @@ from types import ModuleType
 import numpy as np
 import torch
 
+from .. import _triton
 from .._numba_threads import size_numba_pool
 
 Triple = tuple[int, int, int]
@@ -265,12 +267,17 @@ class CoordIndex:
         x_offs: torch.Tensor,
         y_offs: torch.Tensor,
         z_offs: torch.Tensor,
+        impl: str = "auto",
     ) -> torch.Tensor:
         """Rows at ``base + (dx, dy, dz)`` for the product of the per-axis offsets.
 
         Args:
             base: ``[M, 4]`` int ``(batch, x, y, z)`` in stride-1 units.
             x_offs, y_offs, z_offs: ``[kx]``, ``[ky]``, ``[kz]`` int64 offsets, stride-1 units.
+            impl: for the "dense" layout, ``"triton"`` (one kernel,
+                :func:`.._triton.dense_lookup`: CUDA, or CPU under triton's interpreter),
+                ``"torch"`` (chunks of torch ops) or ``"auto"`` (triton on CUDA where it is
+                importable); the other layouts have one implementation each.
 
         Returns:
             ``[M, kx * ky * kz]`` int64 row ids, offsets row-major (x slowest), ``num_rows``
@@ -296,15 +303,41 @@ class CoordIndex:
                 out.numpy(),
             )
             return out
+        if impl not in ("auto", "torch", "triton"):
+            raise ValueError(f"unknown lookup impl {impl!r}")
+        if self.layout == "dense" and impl != "torch":
+            use_triton = _triton.available(base) and (
+                impl == "triton" or base.device.type == "cuda"
+            )
+            if impl == "triton" and not use_triton:
+                raise ValueError("the triton lookup needs CUDA (or TRITON_INTERPRET=1) and triton")
+            if use_triton:
+                return _triton.dense_lookup(
+                    base,
+                    [x_offs, y_offs, z_offs],
+                    (list(self.stride), self.lo, self.ext),
+                    self.batches,
+                    (
+                        self.column_table,
+                        self.col_start,
+                        self.col_zlo,
+                        self.col_zext,
+                        self.row_table,
+                    ),
+                    self.num_rows,
+                )
         out = torch.empty((m, kx * ky * kz), dtype=torch.int64, device=base.device)
         # Chunks keep the temporaries small: cache resident, and reused by the allocator instead
         # of being freshly page-faulted on every call (which dominated the unchunked version).
-        for start in range(0, m, self.chunk_rows):
-            end = min(start + self.chunk_rows, m)
+        # On a GPU each chunk costs a few dozen kernel launches: there, large chunks.
+        chunk = self.chunk_rows if base.device.type == "cpu" else self.chunk_rows_gpu
+        for start in range(0, m, chunk):
+            end = min(start + chunk, m)
             out[start:end] = self._lookup_chunk(base[start:end], x_offs, y_offs, z_offs).t()
         return out
 
     chunk_rows = 8192
+    chunk_rows_gpu = 1 << 18
 
     def _lookup_chunk(
         self,

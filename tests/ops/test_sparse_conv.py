@@ -17,7 +17,7 @@ from perception.ops.sparse.kernel_map import (
     make_coord_index,
     numba_kernels,
 )
-from tests.ops.harness import DEVICES, assert_parity
+from tests.ops.harness import DEVICES, assert_parity, needs_triton
 
 IMPLS = ["gather", "scatter", "rows", "tiles", "triton"]
 HAVE_NUMBA = numba_kernels(torch.device("cpu")) is not None
@@ -250,6 +250,38 @@ def test_kernel_map_matches_reference(layout, in_stride, conv):
             assert torch.equal(strided.nbr, ref.nbr) and torch.equal(strided.nbr_t, ref.nbr_t)
             for (i, o), (ref_i, ref_o) in zip(strided.pairs(), ref.pairs()):
                 assert torch.equal(i, ref_i) and torch.equal(o, ref_o)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("stride", [1, 2])
+def test_dense_lookup_triton_matches_torch(device, stride):
+    """The one-kernel lookup of the dense index against its torch path and the sorted index:
+    queries off the stride, outside the extent, in a missing batch, over tall columns."""
+    needs_triton(device)
+    g = torch.Generator().manual_seed(3)
+    n = 500
+    xyz = torch.stack(
+        [torch.randint(0, 6, (n,), generator=g), torch.randint(-4, 5, (n,), generator=g),
+         torch.randint(0, 90, (n,), generator=g)], 1,
+    ) * stride  # fmt: skip
+    b = torch.randint(0, 3, (n, 1), generator=g)
+    coords = torch.unique(torch.cat([b, xyz], 1), dim=0).to(torch.int32).to(device)
+    s3 = (stride,) * 3
+    dense = make_coord_index(coords, s3, "dense")
+    sorted_ = make_coord_index(coords, s3, "sorted")
+    extra = torch.tensor([[0, -stride, 0, 0], [5, 0, 0, 0], [1, 1, 1, 1], [2, 100, -50, 7]])
+    queries = torch.cat([coords.long().cpu(), extra, extra + 1]).to(device)
+    offs = [
+        torch.tensor([-stride, 0, stride]).to(device),
+        torch.tensor([0, 1, stride]).to(device),
+        torch.arange(-3, 4).to(device),
+    ]
+    ours = dense.lookup(queries, *offs, impl="triton")
+    assert ours.dtype == torch.int64 and ours.shape == (queries.shape[0], 3 * 3 * 7)
+    assert torch.equal(ours, dense.lookup(queries, *offs, impl="torch"))
+    assert torch.equal(ours, sorted_.lookup(queries, *offs))
+    assert (ours < len(coords)).any() and (ours == len(coords)).any()
+    assert dense.lookup(queries[:0], *offs, impl="triton").shape == (0, 63)
 
 
 @pytest.mark.skipif(not HAVE_NUMBA, reason="the column index needs numba, not importable here")
