@@ -18,7 +18,8 @@
 # step count; SEED (default: the config's) reseeds the weights and the data order, for repeats.
 # BUDGET_MIN=M trains each variant for M minutes of training loop instead of a fixed step count
 # (train.time_budget_min: the schedule is fitted to the machine's pace; at most STEPS, default
-# 4000, steps); train_time.json then records the steps that ran.
+# 4000, steps); train_time.json then records the steps that ran. CAMERA_START=F trains the fused
+# variant LiDAR first (train.camera_start: the camera joins after F of the steps).
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -33,6 +34,8 @@ SEED_SET=()
 [ -n "${SEED:-}" ] && SEED_SET=(--set seed="$SEED")
 BUDGET_SET=()
 [ -n "${BUDGET_MIN:-}" ] && BUDGET_SET=(--set train.time_budget_min="$BUDGET_MIN")
+LIDAR_FIRST=()
+[ -n "${CAMERA_START:-}" ] && LIDAR_FIRST=(--set train.camera_start="$CAMERA_START")
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
@@ -64,7 +67,7 @@ for variant in "${VARIANTS[@]}"; do
         fused) config=configs/bevfusion_tiny.yaml
                if [ "$THREADS" -ge 2 ]; then steps=${STEPS:-1800}; else steps=${STEPS:-760}; fi
                extra=(--set data.clip_frames=1 --set model.camera.tsm_mode=off
-                      --set "model.modality_dropout=[0.0,0.0]") ;;
+                      --set "model.modality_dropout=[0.0,0.0]" "${LIDAR_FIRST[@]}") ;;
         lidar) config=configs/bevfusion_tiny_lidar.yaml
                if [ "$THREADS" -ge 2 ]; then steps=${STEPS:-2000}; else steps=${STEPS:-1400}; fi ;;
         camera) config=configs/bevfusion_tiny_camera.yaml

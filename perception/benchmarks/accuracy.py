@@ -41,12 +41,15 @@ def read_run(work: Path) -> dict[str, Any]:
     summary = metrics["summary"]
     command = timing.get("command", "")
     threads = re.search(r"OMP_NUM_THREADS=(\d+)", command)
+    camera_start = re.search(r"train\.camera_start=([0-9.]+)", command)
     return {
         "variant": timing["variant"],
         "train_command": command,
         # training threads (the accuracy script's modes: 1 = two runs side by side, 2 = alone)
         "threads": int(threads.group(1)) if threads else None,
         "steps": timing["steps"],
+        # LiDAR first: the fraction of the steps trained before the camera joined (fused only)
+        "camera_start": float(camera_start.group(1)) if camera_start else 0.0,
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
         "mAP": summary["mean_ap"],
         "NDS": summary["nd_score"],
@@ -109,6 +112,13 @@ def check_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     return checks
 
 
+def _label(run: dict[str, Any]) -> str:
+    label = VARIANTS.get(run["variant"], run["variant"])
+    if run.get("camera_start"):
+        label += f", LiDAR first (camera from {run['camera_start']:g} of the steps)"
+    return label
+
+
 def markdown(result: dict[str, Any]) -> str:
     lines = [
         "| variant | threads | steps x batch 2 | train minutes | mAP | NDS | mATE | mASE | mAOE "
@@ -118,7 +128,7 @@ def markdown(result: dict[str, Any]) -> str:
     for r in result["runs"]:
         e = r["tp_errors"]
         lines.append(
-            f"| {VARIANTS.get(r['variant'], r['variant'])} | {r.get('threads') or '?'} "
+            f"| {_label(r)} | {r.get('threads') or '?'} "
             f"| {r['steps']} | {r['train_minutes']} "
             f"| {r['mAP']:.3f} | {r['NDS']:.3f} | "
             + " | ".join(f"{e[k]:.3f}" for k in TP_ERRORS)

@@ -218,6 +218,17 @@ class TrainConfig(StrictModel):
     log_every: PositiveInt = 10
     deterministic: bool = False
     amp: bool = Field(False, description="bfloat16 autocast; CUDA only, ignored on CPU")
+    camera_start: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description=(
+            "LiDAR first (BEVFusion's recipe, in one schedule): the fraction of the run's steps "
+            "trained with the camera branch skipped and no images decoded; the camera joins at "
+            "the first epoch that starts past it. 0: fused from the first step. Needs a model "
+            "with both branches"
+        ),
+    )
 
 
 class ExperimentConfig(StrictModel):
@@ -231,6 +242,15 @@ class ExperimentConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     eval: EvalConfig = EvalConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="after")
+    def _check_camera_start(self) -> ExperimentConfig:
+        if self.train.camera_start > 0 and (self.model.camera is None or self.model.lidar is None):
+            raise ValueError(
+                "train.camera_start > 0 trains LiDAR first, then adds the camera: it needs both "
+                "model.camera and model.lidar"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_version(self) -> ExperimentConfig:

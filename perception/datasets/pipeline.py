@@ -11,8 +11,9 @@ How the epoch reaches the workers: with worker processes (persistent ones above 
 worker holds its own copy of the dataset, so `set_epoch` on the main process's dataset would
 change nothing there. The loader therefore draws indices from an `EpochSampler`, which runs in
 the main process: each time the loader is iterated it reads the dataset's current epoch and
-yields `(epoch, index)` pairs; the loader's dataset is an `EpochDataset`, which sets that
-epoch on its copy before loading the sample. Augmentation randomness, seeded by the dataset
+yields `(epoch, index, load_images)` keys; the loader's dataset is an `EpochDataset`, which
+sets that epoch (and whether images are decoded: the trainer's LiDAR-first phase turns it off
+on the main process's dataset) on its copy before loading the sample. Augmentation randomness, seeded by the dataset
 from (seed, epoch, index), is thus the same with 0 or N workers. The shuffle order is a
 `DistributedSampler` order (one replica when not distributed), seeded by (seed + epoch).
 """
@@ -99,8 +100,9 @@ def build_dataset(
 
 
 class EpochDataset(Dataset):
-    """Wraps a dataset with `set_epoch` so that it is indexed by `(epoch, index)` pairs (from
-    `EpochSampler`): each worker's copy switches to the epoch the main process asked for."""
+    """Wraps a dataset with `set_epoch` so that it is indexed by `(epoch, index, load_images)`
+    keys (from `EpochSampler`): each worker's copy switches to the epoch, and to decoding
+    images or not, as the main process asked."""
 
     def __init__(self, dataset: NuScenesDataset):
         self.dataset = dataset
@@ -111,17 +113,19 @@ class EpochDataset(Dataset):
     def set_epoch(self, epoch: int) -> None:
         self.dataset.set_epoch(epoch)
 
-    def __getitem__(self, key: tuple[int, int]) -> Sample:
-        epoch, index = key
+    def __getitem__(self, key: tuple[int, int, bool]) -> Sample:
+        epoch, index, load_images = key
         if self.dataset.epoch != epoch:
             self.dataset.set_epoch(epoch)
+        self.dataset.load_images = load_images
         return self.dataset[index]
 
 
-class EpochSampler(Sampler[tuple[int, int]]):
-    """Yields `(epoch, index)`: the indices of this rank's shard, shuffled by (seed + epoch)
-    when `shuffle`, with the epoch read from `dataset.epoch` each time it is iterated (in the
-    main process, where the caller's `dataset.set_epoch` took effect).
+class EpochSampler(Sampler[tuple[int, int, bool]]):
+    """Yields `(epoch, index, load_images)`: the indices of this rank's shard, shuffled by
+    (seed + epoch) when `shuffle`, with the epoch and `load_images` read from the dataset each
+    time it is iterated (in the main process, where the caller's `dataset.set_epoch` took
+    effect).
 
     `num_replicas`/`rank` default to 1/0, or to torch.distributed's world size and rank when
     `distributed` and a process group is initialized. Shards are padded by repetition to equal
@@ -164,10 +168,10 @@ class EpochSampler(Sampler[tuple[int, int]]):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __iter__(self) -> Iterator[tuple[int, int]]:
-        epoch = self.dataset.epoch
+    def __iter__(self) -> Iterator[tuple[int, int, bool]]:
+        epoch, images = self.dataset.epoch, self.dataset.load_images
         self.indices.set_epoch(epoch)
-        return ((epoch, i) for i in self.indices)
+        return ((epoch, i, images) for i in self.indices)
 
 
 def seed_worker(worker_id: int) -> None:

@@ -25,10 +25,19 @@ A time budget (`train.time_budget_min`) bounds the training loop's wall time on 
 after `BUDGET_FIRST_PLAN` steps the pace (seconds a step, measured from `BUDGET_PACE_FROM`,
 so start-up is left out) decides how many steps fit in `BUDGET_TARGET` of the budget, and the
 schedule's length becomes that (at most the configured steps); the plan is redone every
-`BUDGET_REPLAN_EVERY` steps with the pace so far, and the run stops (saving a checkpoint) if
+`BUDGET_REPLAN_EVERY` steps with the pace since the previous plan (a LiDAR-first run slows
+down when the camera joins), and the run stops (saving a checkpoint) if
 the budget runs out anyway. The planned length and the seconds spent are saved with every
 checkpoint, so `--resume` continues the same plan and budget. Under `torchrun` every process
 plans from the slowest process's clock.
+
+LiDAR first (`train.camera_start` = f > 0, a fused model): BEVFusion trains its LiDAR-only
+detector, then the fused one from it; here both happen in one run and one LR schedule. Until the
+first epoch that starts at or past f of the (planned) steps, the model skips its camera branch
+(`camera_enabled` False: with the fuser's zero-initialized camera weights it is exactly the
+LiDAR-only model) and the loader decodes no images; from that epoch on it trains fused. The
+epoch the camera joined is saved with every checkpoint, so a resumed run switches where the
+uninterrupted one did.
 
 Under `torchrun` (see `distributed.py`) training follows one process on the global batch:
 BatchNorm layers are converted to `SyncBatchNorm` (global-batch statistics), the forward pass
@@ -256,7 +265,8 @@ class Trainer:
             self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
                 self.model,
                 device_ids=ids,
-                find_unused_parameters=any(p > 0 for p in config.model.modality_dropout),
+                find_unused_parameters=any(p > 0 for p in config.model.modality_dropout)
+                or config.train.camera_start > 0,
             )
         else:
             self.ddp_model = self.model
@@ -287,6 +297,18 @@ class Trainer:
         self.step = 0
         self.last_checkpoint: Path | None = None
         self.tensorboard = None
+        self.camera_from_epoch: int | None = None  # LiDAR first: the epoch the camera joined
+        if tc.camera_start > 0 and not (
+            getattr(self.model, "camera", None) is not None
+            and getattr(self.model, "lidar", None) is not None
+            and hasattr(self.model, "camera_enabled")
+        ):
+            raise ValueError(
+                "train.camera_start > 0 needs a fused model (camera and LiDAR branches, "
+                "`camera_enabled`)"
+            )
+        # LiDAR first turns image decoding off and on; `data.load_images: false` keeps it off
+        self.images_configured = tc.camera_start > 0 and loader.sampler.dataset.load_images
 
     # -- pieces ------------------------------------------------------------------------
 
@@ -305,6 +327,7 @@ class Trainer:
             )
         self.step = state.step
         self.last_checkpoint = state.path
+        self.camera_from_epoch = state.extra.get("camera_from_epoch")
         if self.budget_s is not None:
             self.spent_before = float(state.extra.get("train_seconds", 0.0))
             self.total_steps = int(state.extra.get("planned_steps", self.total_steps))
@@ -324,6 +347,7 @@ class Trainer:
                     "world_size": self.world_size,
                     "planned_steps": self.total_steps,
                     "train_seconds": self._spent(),
+                    "camera_from_epoch": self.camera_from_epoch,
                 },
                 keep=self.train_config.keep_checkpoints,
             )
@@ -384,9 +408,28 @@ class Trainer:
             pace = (spent - self.pace_mark[1]) / (step - self.pace_mark[0])
             fit = int((BUDGET_TARGET * self.budget_s - spent) / max(pace, 1e-9))
             planned = max(step + 1, min(self.configured_steps, step + fit))
+            self.pace_mark = (step, spent)  # the next plan measures the pace from here
             if planned != self.total_steps:
                 self.total_steps = planned
                 self._log_budget(spent, pace, "planned")
+
+    def _set_camera(self, epoch: int, starting: bool) -> None:
+        """LiDAR first: at the start of an epoch (`starting`), lets the camera join once the
+        step reaches `camera_start` of the planned steps; sets the model and the loader to the
+        epoch's phase (also when resuming mid-epoch)."""
+        if (
+            self.camera_from_epoch is None
+            and starting
+            and self.step >= self.train_config.camera_start * self.total_steps
+        ):
+            self.camera_from_epoch = epoch
+            if self.is_main:
+                with open(self.work_dir / LOG_NAME, "a") as f:
+                    f.write(json.dumps({"step": self.step, "epoch": epoch, "camera": "joins"}))
+                    f.write("\n")
+        on = self.camera_from_epoch is not None and epoch >= self.camera_from_epoch
+        self.model.camera_enabled = on
+        self.loader.sampler.dataset.load_images = on and self.images_configured
 
     def _log_budget(self, spent: float, pace: float | None, event: str) -> None:
         if not self.is_main:
@@ -472,6 +515,8 @@ class Trainer:
             while self.step < stop:
                 epoch, seen = divmod(self.step, self.steps_per_epoch)
                 self.loader.dataset.set_epoch(epoch)
+                if tc.camera_start > 0:
+                    self._set_camera(epoch, starting=seen == 0)
                 loader = _loader_skipping(self.loader, seen) if seen else self.loader
                 for batch in loader:
                     values = self._train_step(batch)

@@ -45,6 +45,11 @@ class BEVFusion(nn.Module):
         head: the detection head on the decoder's map.
         modality_dropout: in training, drops a sensor per sample at random (never both), so
             the detector learns to run degraded.
+
+    `camera_enabled` (default True) False skips a fused model's camera branch: the fuser sees
+    the camera as missing from every sample, and a fuser that starts with zero camera weights
+    (`ConvFuser(zero_init=...)`) then computes exactly the LiDAR-only model. The trainer's
+    LiDAR-first schedule (`train.camera_start`) switches it.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class BEVFusion(nn.Module):
         self.decoder = decoder
         self.head = head
         self.modality_dropout = modality_dropout
+        self.camera_enabled = True
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -91,9 +97,13 @@ class BEVFusion(nn.Module):
         aux: dict[str, torch.Tensor] = {}
         maps: list[torch.Tensor | None] = []
         present = self._presence(batch)
-        if self.training and self.modality_dropout is not None and len(present) > 1:
+        skip_camera = self.camera is not None and self.lidar is not None and not self.camera_enabled
+        if skip_camera:
+            present[0] = torch.zeros_like(present[0])
+            maps.append(None)
+        elif self.training and self.modality_dropout is not None and len(present) > 1:
             present = list(self.modality_dropout(present))
-        if self.camera is not None:
+        if self.camera is not None and not skip_camera:
             camera_batch = batch
             if self.lidar is not None:  # a camera branch reading LiDAR depths sees what's kept
                 camera_batch = replace(batch, lidar_mask=batch.lidar_mask & present[-1])

@@ -115,7 +115,7 @@ def test_distributed_shards_are_disjoint_and_cover(indexed_world, config):
     dataset = build_dataset(config, train=True, root=indexed_world)
     assert len(dataset) % 2 == 0  # no padding: shards must be exactly disjoint
     shards = [
-        [i for _, i in EpochSampler(dataset, shuffle=True, seed=0, num_replicas=2, rank=rank)]
+        [i for _, i, _ in EpochSampler(dataset, shuffle=True, seed=0, num_replicas=2, rank=rank)]
         for rank in (0, 1)
     ]
     assert not set(shards[0]) & set(shards[1])
@@ -128,7 +128,7 @@ def test_distributed_shards_are_disjoint_and_cover(indexed_world, config):
             distributed=True, num_replicas=2, rank=rank,
         )  # fmt: skip
         assert loader.sampler.num_replicas == 2 and loader.sampler.rank == rank
-        tokens.append([t for _, i in loader.sampler for t in [dataset.tokens[i]]])
+        tokens.append([t for _, i, _ in loader.sampler for t in [dataset.tokens[i]]])
     assert not set(tokens[0]) & set(tokens[1])
     assert sorted(tokens[0] + tokens[1]) == sorted(dataset.tokens)
 

@@ -177,6 +177,59 @@ def test_schedules_warm_up_and_decay():
         assert all(a >= b for a, b in zip(f[10:], f[11:], strict=False)) and f[100] < 1e-2
 
 
+# -- LiDAR first ---------------------------------------------------------------------------
+
+
+def record_images(trainer):
+    """Records whether each training batch holds decoded images (not decoded: all zeros)."""
+    decoded, real_step = [], trainer._train_step
+
+    def step(batch):
+        decoded.append(bool(batch.images.any()))
+        return real_step(batch)
+
+    trainer._train_step = step
+    return decoded
+
+
+def test_lidar_first_adds_the_camera_at_an_epoch_and_resumes_there(indexed_world, tmp_path):
+    # 3 steps an epoch; camera_start 0.4 of 6 steps: epoch 0 starts at step 0 < 2.4, epoch 1
+    # at step 3: the camera joins there
+    steps = ("train.max_steps=6", "train.camera_start=0.4", "train.checkpoint_every=100")
+    straight = make_trainer(indexed_world, tmp_path / "a", *steps)
+    camera_before = {k: v.clone() for k, v in straight.model.camera.state_dict().items()}
+    decoded = record_images(straight)
+    states = []
+    real_step = straight._train_step
+    straight._train_step = lambda batch: (real_step(batch), states.append(
+        {k: v.clone() for k, v in straight.model.camera.state_dict().items()}))[0]  # fmt: skip
+    straight.train()
+    assert decoded == [False] * 3 + [True] * 3
+    joins = [x for x in log_lines(tmp_path / "a") if x.get("camera") == "joins"]
+    assert [(x["step"], x["epoch"]) for x in joins] == [(3, 1)]
+    for key, value in camera_before.items():  # untouched while LiDAR only, trained after
+        assert torch.equal(states[2][key], value), key
+    assert any(not torch.equal(states[-1][k], v) for k, v in camera_before.items())
+    assert saved_extra(find_latest(tmp_path / "a"))["camera_from_epoch"] == 1
+
+    for stop in (2, 4):  # interrupted before the camera joined, and after (mid-epoch)
+        work = tmp_path / f"stop{stop}"
+        make_trainer(indexed_world, work, *steps).train(until_step=stop)
+        torch.manual_seed(1234)
+        resumed = make_trainer(indexed_world, work, *steps, resume=True)
+        decoded = record_images(resumed)
+        resumed.train()
+        assert decoded == [False] * (3 - stop) + [True] * min(3, 6 - stop)
+        a, b = straight.model.state_dict(), resumed.model.state_dict()
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"stop {stop}: {key}")
+
+
+def test_lidar_first_needs_both_branches(indexed_world, tmp_path):
+    with pytest.raises(ValueError, match="camera_start"):
+        make_trainer(indexed_world, tmp_path, "train.camera_start=0.5", "model.camera=null")
+
+
 # -- time budget ---------------------------------------------------------------------------
 
 

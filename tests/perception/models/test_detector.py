@@ -88,6 +88,39 @@ def test_lidar_depth_input_follows_modality_dropout(lidar_dropped):
     sum(losses.values()).backward()
 
 
+def test_camera_disabled_is_the_lidar_part_of_a_zero_init_fusion():
+    """`camera_enabled` False skips the camera branch; with the fuser's camera weights at zero
+    the losses are those of the camera-enabled model (whose camera then changes nothing)."""
+    torch.manual_seed(0)
+    config = micro_config(
+        "model.fuser_zero_init=[camera]",
+        "model.camera.depth_loss_weight=1.0",
+        "model.modality_dropout=[0.5, 0.5]",  # ignored while the camera is off
+    )
+    model = build_model(config).train()
+    batch = synthetic_batch(config)
+    torch.manual_seed(1)
+    with_camera = model(batch)
+    assert "camera/depth" in with_camera
+    model.camera_enabled = False
+    calls = []
+    model.camera.register_forward_pre_hook(lambda module, args: calls.append(1))
+    torch.manual_seed(1)
+    without = model(batch)
+    assert not calls and not any(k.startswith("camera/") for k in without)
+    model.modality_dropout = None  # the camera-enabled run had dropout: compare without it
+    model.camera_enabled = True
+    torch.manual_seed(1)
+    reference = {k: v for k, v in model(batch).items() if not k.startswith("camera/")}
+    assert reference.keys() == without.keys()
+    for name in reference:
+        torch.testing.assert_close(without[name], reference[name], msg=name)
+    model.zero_grad()
+    sum(without.values()).backward()
+    assert all(p.grad is None for p in model.camera.parameters())
+    assert all(p.grad is not None for p in model.lidar.parameters())
+
+
 def test_eval_returns_detections_per_sample():
     torch.manual_seed(0)
     config = micro_config()
