@@ -34,8 +34,18 @@ from .._autocast import float32_under_autocast
 from .kernel_map import Triple, as_triple, numba_kernels
 from .tensor import SparseTensor
 
-# Elements of one im2col chunk: 1M floats (4 MB) keeps the chunk cache resident.
+# Elements of one im2col chunk: 1M floats (4 MB) keeps the chunk cache resident on a CPU. On a
+# GPU, where each chunk costs a gather and a GEMM launch, 32M (128 MB): the 6-layer benchmark
+# stack's weight gradients took ~520 launches of each with 1M-element chunks (profile on an
+# H200, BENCHMARKS.md).
 _CHUNK_ELEMS = 1 << 20
+_CHUNK_ELEMS_GPU = 1 << 25
+
+
+def _chunk_rows(device: torch.device, row_elems: int) -> int:
+    """Rows of ``row_elems`` elements in one im2col chunk on ``device``."""
+    elems = _CHUNK_ELEMS if device.type == "cpu" else _CHUNK_ELEMS_GPU
+    return max(1, elems // max(1, row_elems))
 
 
 def _padded(x: torch.Tensor) -> torch.Tensor:
@@ -59,7 +69,7 @@ def _gather_gemm(feats: torch.Tensor, weight_2d: torch.Tensor, nbr: torch.Tensor
     if num_out == 0:
         return out
     src = _padded(feats)
-    rows = max(1, _CHUNK_ELEMS // max(1, k * c_in))
+    rows = _chunk_rows(feats.device, k * c_in)
     for start in range(0, num_out, rows):
         end = min(start + rows, num_out)
         cols = src.index_select(0, nbr[start:end].reshape(-1)).view(end - start, k * c_in)
@@ -75,7 +85,7 @@ def _im2col_t_gemm(feats: torch.Tensor, nbr: torch.Tensor, grad_out: torch.Tenso
     if num_out == 0:
         return grad_w
     src = _padded(feats)
-    rows = max(1, _CHUNK_ELEMS // max(1, k * c_in))
+    rows = _chunk_rows(feats.device, k * c_in)
     for start in range(0, num_out, rows):
         end = min(start + rows, num_out)
         cols = src.index_select(0, nbr[start:end].reshape(-1)).view(end - start, k * c_in)

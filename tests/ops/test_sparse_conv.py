@@ -253,6 +253,25 @@ def test_kernel_map_matches_reference(layout, in_stride, conv):
 
 
 @pytest.mark.parametrize("device", DEVICES)
+def test_im2col_chunks_sum_to_one_product(device, monkeypatch):
+    """The im2col GEMMs in chunks of rows (CPU-sized, GPU-sized, tiny) equal one product."""
+    g = torch.Generator().manual_seed(4)
+    feats = torch.randn(50, 3, generator=g, dtype=torch.float64).to(device)
+    nbr = torch.randint(0, 51, (40, 27), generator=g).to(device)  # 50: missing
+    weight = torch.randn(27 * 3, 5, generator=g, dtype=torch.float64).to(device)
+    grad_out = torch.randn(40, 5, generator=g, dtype=torch.float64).to(device)
+    cols = torch.cat([feats, feats.new_zeros(1, 3)])[nbr].reshape(40, 27 * 3)
+    for elems in (1 << 20, 200):
+        monkeypatch.setattr(functional, "_CHUNK_ELEMS", elems)
+        monkeypatch.setattr(functional, "_CHUNK_ELEMS_GPU", elems)
+        assert functional._chunk_rows(feats.device, 27 * 3) == max(1, elems // 81)
+        torch.testing.assert_close(functional._gather_gemm(feats, weight, nbr), cols @ weight)
+        torch.testing.assert_close(
+            functional._im2col_t_gemm(feats, nbr, grad_out), cols.t() @ grad_out
+        )
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_dense_lookup_triton_matches_torch(device, stride):
     """The one-kernel lookup of the dense index against its torch path and the sorted index:
