@@ -18,8 +18,9 @@
 # step count; SEED (default: the config's) reseeds the weights and the data order, for repeats.
 # BUDGET_MIN=M trains each variant for M minutes of training loop instead of a fixed step count
 # (train.time_budget_min: the schedule is fitted to the machine's pace; at most STEPS, default
-# 4000, steps); train_time.json then records the steps that ran. CAMERA_START=F trains the fused
-# variant LiDAR first (train.camera_start: the camera joins after F of the steps).
+# 4000, steps); train_time.json then records the steps that ran. The fused variant trains LiDAR
+# first as its config says (train.camera_start, 0.5 since 2026-12-04); CAMERA_START=F overrides
+# it (CAMERA_START=0: fused from the first step, as every fused run recorded before that).
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail

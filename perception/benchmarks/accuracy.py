@@ -14,6 +14,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from .report import machine_description
 
 VARIANTS: dict[str, str] = {
@@ -34,6 +36,19 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the run's record ({exc})") from exc
 
 
+def _camera_start(work: Path) -> float:
+    """`train.camera_start` of the run's resolved config (`config.yaml`, saved by the trainer);
+    0 when absent (runs from before the option)."""
+    path = work / "config.yaml"
+    if not path.is_file():
+        return 0.0
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ValueError(f"{path}: cannot read the run's config ({exc})") from exc
+    return float((config.get("train") or {}).get("camera_start", 0.0))
+
+
 def read_run(work: Path) -> dict[str, Any]:
     """One variant's record from its work directory."""
     timing = _read_json(work / "train_time.json")
@@ -41,7 +56,6 @@ def read_run(work: Path) -> dict[str, Any]:
     summary = metrics["summary"]
     command = timing.get("command", "")
     threads = re.search(r"OMP_NUM_THREADS=(\d+)", command)
-    camera_start = re.search(r"train\.camera_start=([0-9.]+)", command)
     return {
         "variant": timing["variant"],
         "train_command": command,
@@ -49,7 +63,7 @@ def read_run(work: Path) -> dict[str, Any]:
         "threads": int(threads.group(1)) if threads else None,
         "steps": timing["steps"],
         # LiDAR first: the fraction of the steps trained before the camera joined (fused only)
-        "camera_start": float(camera_start.group(1)) if camera_start else 0.0,
+        "camera_start": _camera_start(work),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
         "mAP": summary["mean_ap"],
         "NDS": summary["nd_score"],

@@ -248,7 +248,7 @@ class ExperimentConfig(StrictModel):
         if self.train.camera_start > 0 and (self.model.camera is None or self.model.lidar is None):
             raise ValueError(
                 "train.camera_start > 0 trains LiDAR first, then adds the camera: it needs both "
-                "model.camera and model.lidar"
+                "model.camera and model.lidar (set train.camera_start=0 for a one-sensor model)"
             )
         return self
 

@@ -66,6 +66,12 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     assert met["lidar: trained within 30 minutes"] is False
     assert "| fused (" in out.with_suffix(".md").read_text()
     assert result["runs"][0]["per_class_ap"] == {"car": 0.42, "truck": 0.21}
+    assert result["runs"][0]["camera_start"] == 0.0  # no config.yaml: a run from before
+    # a LiDAR-first run says so, read from the resolved config the trainer saved
+    (runs / "fused" / "config.yaml").write_text("train:\n  camera_start: 0.5\n")
+    assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
+    assert json.loads(out.read_text())["runs"][0]["camera_start"] == 0.5
+    assert "LiDAR first (camera from 0.5 of the steps)" in out.with_suffix(".md").read_text()
 
 
 def test_accuracy_reports_missing_runs(tmp_path, capsys):
