@@ -14,8 +14,9 @@ the main process: each time the loader is iterated it reads the dataset's curren
 yields `(epoch, index, load_images)` keys; the loader's dataset is an `EpochDataset`, which
 sets that epoch (and whether images are decoded: the trainer's LiDAR-first phase turns it off
 on the main process's dataset) on its copy before loading the sample. Augmentation randomness,
-seeded by the dataset from (seed, epoch, index), is thus the same with 0 or N workers. The shuffle order is a
-`DistributedSampler` order (one replica when not distributed), seeded by (seed + epoch).
+seeded by the dataset from (seed, epoch, index), is thus the same with 0 or N workers. The
+shuffle order is a `DistributedSampler` order (one replica when not distributed), seeded by
+(seed + epoch).
 """
 
 from __future__ import annotations
