@@ -377,7 +377,7 @@ class PerceptionNode:
 
         # streaming state (receive thread)
         self.tf = TfBuffer(map_frame=MAP_FRAME, base_frame=BASE_FRAME)
-        self.sweeps = SweepAccumulator(config.data.sweeps)
+        self.sweeps = SweepAccumulator(config.data.sweeps, stride=config.data.sweep_stride)
         self.histories = {c: CameraHistory(config.data.clip_frames + 2) for c in self.cameras}
         self.calibrations: dict[str, CameraCalibration] = {}
         self.stamps = StampTracker(time_jump_ns=int(options.time_jump_s * 1e9))

@@ -146,8 +146,8 @@ def merge_sweeps(sweep: Sweep, earlier: tuple[Sweep, ...], max_age_ns: int) -> n
 
 @dataclass
 class SweepAccumulator:
-    """The last `sweeps - 1` accepted clouds, merged into each new one as the dataset does
-    (`NuScenesDataset._points`, see `merge_sweeps`).
+    """`sweeps - 1` earlier accepted clouds (every `stride`-th, counting back from the newest),
+    merged into each new one as the dataset does (`NuScenesDataset._points`, see `merge_sweeps`).
 
     Every valid cloud enters the history, processed by the model or not, so dropping frames
     under load does not change which sweeps later clouds merge. `add` is cheap (the receive
@@ -156,16 +156,22 @@ class SweepAccumulator:
 
     sweeps: int
     max_age_ns: int = 1_000_000_000
+    stride: int = 1
     history: deque = field(init=False)
 
     def __post_init__(self) -> None:
         if self.sweeps < 1:
             raise ValueError(f"sweeps must be >= 1, got {self.sweeps}")
-        self.history = deque(maxlen=max(self.sweeps - 1, 1))
+        if self.stride < 1:
+            raise ValueError(f"sweep stride must be >= 1, got {self.stride}")
+        self.history = deque(maxlen=max((self.sweeps - 1) * self.stride, 1))
 
     def add(self, sweep: Sweep) -> tuple[Sweep, ...]:
         """Remembers `sweep`; returns the earlier sweeps to merge into it (oldest first)."""
-        earlier = tuple(self.history) if self.sweeps > 1 else ()
+        earlier = ()
+        if self.sweeps > 1:
+            newest_first = list(self.history)[::-1]
+            earlier = tuple(newest_first[self.stride - 1 :: self.stride][::-1])
         if self.sweeps > 1:
             self.history.append(sweep)
         return earlier

@@ -21,6 +21,8 @@
 # 4000, steps); train_time.json then records the steps that ran. The fused variant trains LiDAR
 # first as its config says (train.camera_start, 0.5 since 2026-12-04); CAMERA_START=F overrides
 # it (CAMERA_START=0: fused from the first step, as every fused run recorded before that).
+# SET="key=value ..." adds config overrides to every variant's training and test (e.g.
+# SET="data.sweep_stride=4"); each run's config.yaml records what it ran.
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -37,6 +39,8 @@ BUDGET_SET=()
 [ -n "${BUDGET_MIN:-}" ] && BUDGET_SET=(--set train.time_budget_min="$BUDGET_MIN")
 LIDAR_FIRST=()
 [ -n "${CAMERA_START:-}" ] && LIDAR_FIRST=(--set train.camera_start="$CAMERA_START")
+EXTRA_SET=()
+for kv in ${SET:-}; do EXTRA_SET+=(--set "$kv"); done
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
@@ -81,7 +85,7 @@ for variant in "${VARIANTS[@]}"; do
     [ -n "${BUDGET_MIN:-}" ] && steps=${STEPS:-4000}
     work="$OUT/$variant"
     train=($PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}"
-           "${extra[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
+           "${extra[@]}" "${EXTRA_SET[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
            "${SEED_SET[@]}" "${BUDGET_SET[@]}")
     start=$(date +%s)
     OMP_NUM_THREADS=$THREADS "${train[@]}"
@@ -94,6 +98,6 @@ for variant in "${VARIANTS[@]}"; do
         "$variant" $((end - start)) "$steps" "$THREADS" "${train[@]}" > "$work/train_time.json"
     OMP_NUM_THREADS=$THREADS $PY tools/test.py "$config" "$work" --split val \
         --out "$work/test" --no-progress \
-        "${TEST_WORLD[@]}" "${extra[@]}"
+        "${TEST_WORLD[@]}" "${extra[@]}" "${EXTRA_SET[@]}"
 done
 echo "collect: $PY tools/benchmark.py accuracy --runs $OUT --out benchmarks/accuracy_cpu.json"

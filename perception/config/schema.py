@@ -27,6 +27,14 @@ class DataConfig(StrictModel):
     sweeps: PositiveInt = Field(
         10, description="LiDAR sweeps merged into a keyframe (1 = key only)"
     )
+    sweep_stride: PositiveInt = Field(
+        1,
+        description=(
+            "merge every k-th earlier sweep: at 20 Hz, sweeps 3 with stride 4 reach 0.4 s back "
+            "(motion like 9 sweeps) with the points of 3; needs (sweeps - 1) * k earlier sweeps "
+            "in the index"
+        ),
+    )
     clip_frames: PositiveInt = Field(
         1, description="camera frames per clip (T) for temporal models"
     )

@@ -62,6 +62,8 @@ class NuScenesDataset(Dataset):
         split: a devkit split name or `all`.
         index_path: default `<root>/perception_index_<version>.json.gz`.
         sweeps: LiDAR sweeps per sample (1 = keyframe only); at most the index's `max_sweeps`.
+        sweep_stride: merge every k-th earlier sweep (1: consecutive sweeps); the oldest merged
+            is the `(sweeps - 1) * k`-th before the keyframe, within the index's `max_sweeps - 1`.
         clip_frames: camera frames per clip (T); at most the index's `max_clip_frames`.
         cameras: which cameras to load, in this order.
         load_images: False leaves `images` as zeros of shape [Ncam, T, 3, 1, 1] (LiDAR-only).
@@ -79,6 +81,7 @@ class NuScenesDataset(Dataset):
         *,
         index_path: str | Path | None = None,
         sweeps: int = 10,
+        sweep_stride: int = 1,
         clip_frames: int = 1,
         cameras: Sequence[str] = CAMERA_NAMES,
         load_images: bool = True,
@@ -92,6 +95,12 @@ class NuScenesDataset(Dataset):
         )
         if not 1 <= sweeps <= self.index.max_sweeps:
             raise ValueError(f"sweeps={sweeps}: the index holds 1..{self.index.max_sweeps}")
+        if sweep_stride < 1 or (sweeps - 1) * sweep_stride > self.index.max_sweeps - 1:
+            raise ValueError(
+                f"sweeps={sweeps} with sweep_stride={sweep_stride} reach "
+                f"{(sweeps - 1) * sweep_stride} sweeps back; the index holds "
+                f"{self.index.max_sweeps - 1} earlier sweeps (tools/create_data.py --max-sweeps)"
+            )
         if not 1 <= clip_frames <= self.index.max_clip_frames:
             raise ValueError(
                 f"clip_frames={clip_frames}: the index holds 1..{self.index.max_clip_frames}"
@@ -107,6 +116,7 @@ class NuScenesDataset(Dataset):
             )
         self.split = split
         self.sweeps = sweeps
+        self.sweep_stride = sweep_stride
         self.clip_frames = clip_frames
         self.cameras = tuple(cameras)
         self.load_images = load_images
@@ -140,7 +150,8 @@ class NuScenesDataset(Dataset):
         """[N, 5] float32 (x, y, z, intensity, time_lag) in the keyframe LiDAR frame."""
         key = read_points(self.root / record["lidar"]["path"])
         parts = [np.concatenate([key[:, :4], np.zeros((len(key), 1), np.float32)], 1)]
-        for sweep in record["sweeps"][: self.sweeps - 1]:
+        k = self.sweep_stride  # record["sweeps"] runs newest first
+        for sweep in record["sweeps"][k - 1 :: k][: self.sweeps - 1]:
             pts = read_points(self.root / sweep["path"])
             pts = pts[np.linalg.norm(pts[:, :2], axis=1) > EGO_RADIUS_M]
             m = np.asarray(sweep["sweep_to_lidar"], dtype=np.float64).reshape(4, 4)

@@ -92,6 +92,7 @@ def build_dataset(
         data.version,
         split,
         sweeps=data.sweeps,
+        sweep_stride=data.sweep_stride,
         clip_frames=data.clip_frames,
         cameras=data.cameras,
         load_images=data.load_images and config.model.camera is not None,

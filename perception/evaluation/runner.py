@@ -183,6 +183,7 @@ def _pictures(
             config.data.version,
             split,
             sweeps=config.data.sweeps,
+            sweep_stride=config.data.sweep_stride,
             clip_frames=1,
             cameras=config.data.cameras,
             load_images=load_images,

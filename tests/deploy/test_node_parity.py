@@ -43,9 +43,9 @@ def bag(world, tmp_path_factory):
 
 
 def _offline_and_node(
-    world, bag, tmp_path, temporal, clip_frames, keyframes=None, every_cloud=False
+    world, bag, tmp_path, temporal, clip_frames, keyframes=None, every_cloud=False, data=None
 ):
-    raw = node_raw(world, clip_frames=clip_frames)
+    raw = node_raw(world, clip_frames=clip_frames, **(data or {}))
     _, work = save_micro_checkpoint(raw, tmp_path)
     config = parse_config(raw)
     dataset = build_dataset(config, "mini_val", train=False)
@@ -87,8 +87,13 @@ def _same_detections(node_dets, offline_dets):
 
 
 @pytest.mark.slow
-def test_clip_mode_matches_offline_inputs_and_detections(world, bag, tmp_path):
-    dataset, key_stamps, offline, jobs, node = _offline_and_node(world, bag, tmp_path, "clip", 2)
+@pytest.mark.parametrize(
+    "sweeps", [{}, {"sweeps": 2, "sweep_stride": 2}], ids=["consecutive", "strided"]
+)
+def test_clip_mode_matches_offline_inputs_and_detections(world, bag, tmp_path, sweeps):
+    dataset, key_stamps, offline, jobs, node = _offline_and_node(
+        world, bag, tmp_path, "clip", 2, data=sweeps
+    )
     assert set(jobs) == set(key_stamps), "every keyframe cloud processed"
     assert node.stats.dropped == {} and node.stats.rejected == {}
     for stamp, index in key_stamps.items():

@@ -70,6 +70,22 @@ def test_sweeps_merge_into_the_newest_frame_with_time_lag():
     assert len(acc.merge(Sweep(200_000_000, third, _pose(3.0)))) == 1
 
 
+def test_sweep_stride_merges_every_kth_earlier_cloud():
+    acc = SweepAccumulator(sweeps=3, stride=2)
+    lags = []
+    for k in range(7):  # clouds 50 ms apart, one point each at x = 10 + k
+        cloud = np.array([[10.0 + k, 0, 0, k]], np.float32)
+        lags.append(acc.merge(Sweep(k * 50_000_000, cloud, _pose(0.0)))[:, 4].tolist())
+    assert lags[1] == [0.0]  # nothing 2 clouds back yet
+    assert lags[2] == pytest.approx([0.0, 0.1])
+    assert lags[3] == pytest.approx([0.0, 0.1])
+    assert lags[4] == pytest.approx([0.0, 0.1, 0.2])  # clouds 2 and 0: newest earlier first
+    assert lags[6] == pytest.approx([0.0, 0.1, 0.2])
+    assert len(acc.history) == 4
+    with pytest.raises(ValueError, match="stride must be >= 1"):
+        SweepAccumulator(sweeps=3, stride=0)
+
+
 def test_points_in_range_is_half_open():
     points = np.array([[0, 0, 0, 0, 0], [1, 0, 0, 0, 0], [-1, 0, 0, 0, 0]], np.float32)
     kept = points_in_range(points, [-1, -1, -1, 1, 1, 1])

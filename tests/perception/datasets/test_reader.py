@@ -53,6 +53,22 @@ def test_sample_shapes_and_sweeps(indexed_world):
     )
 
 
+def test_sweep_stride_reaches_further_back_with_the_same_sweeps(indexed_world):
+    consecutive = NuScenesDataset(indexed_world, VERSION, "all", sweeps=9, load_images=False)
+    strided = NuScenesDataset(
+        indexed_world, VERSION, "all", sweeps=3, sweep_stride=4, load_images=False
+    )
+    i = len(strided) - 1  # late in its scene: all sweeps available
+    every, picked = consecutive[i].points, strided[i].points
+    lags = picked[:, 4].unique()
+    # 20 Hz sweeps: the keyframe, the 4th and the 8th sweep before it (0.2 s and 0.4 s back)
+    assert lags.tolist() == pytest.approx([0.0, 0.2, 0.4], abs=0.01)
+    for lag in lags.tolist():  # the very points the consecutive merge holds at those lags
+        assert torch.equal(picked[picked[:, 4] == lag], every[every[:, 4] == lag])
+    with pytest.raises(ValueError, match=r"sweep_stride=5 reach 10 sweeps back.*holds 9"):
+        NuScenesDataset(indexed_world, VERSION, "all", sweeps=3, sweep_stride=5)
+
+
 def test_split_selects_scenes(indexed_world):
     val = NuScenesDataset(indexed_world, VERSION, "mini_val", load_images=False)
     train = NuScenesDataset(indexed_world, VERSION, "mini_train", load_images=False)
