@@ -36,17 +36,16 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the run's record ({exc})") from exc
 
 
-def _camera_start(work: Path) -> float:
-    """`train.camera_start` of the run's resolved config (`config.yaml`, saved by the trainer);
-    0 when absent (runs from before the option)."""
+def _run_config(work: Path) -> dict[str, Any]:
+    """The run's resolved config (`config.yaml`, saved by the trainer); {} when absent (runs
+    from before the trainer saved it)."""
     path = work / "config.yaml"
     if not path.is_file():
-        return 0.0
+        return {}
     try:
-        config = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise ValueError(f"{path}: cannot read the run's config ({exc})") from exc
-    return float((config.get("train") or {}).get("camera_start", 0.0))
 
 
 def read_run(work: Path) -> dict[str, Any]:
@@ -55,6 +54,8 @@ def read_run(work: Path) -> dict[str, Any]:
     metrics = _read_json(work / "test" / "metrics.json")
     summary = metrics["summary"]
     command = timing.get("command", "")
+    config = _run_config(work)
+    data = config.get("data") or {}
     threads = re.search(r"OMP_NUM_THREADS=(\d+)", command)
     return {
         "variant": timing["variant"],
@@ -63,7 +64,10 @@ def read_run(work: Path) -> dict[str, Any]:
         "threads": int(threads.group(1)) if threads else None,
         "steps": timing["steps"],
         # LiDAR first: the fraction of the steps trained before the camera joined (fused only)
-        "camera_start": _camera_start(work),
+        # (0 when absent: runs from before the option)
+        "camera_start": float((config.get("train") or {}).get("camera_start", 0.0)),
+        # every k-th earlier LiDAR sweep merged (1: consecutive; absent: before the option)
+        "sweep_stride": int(data.get("sweep_stride", 1)),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
         "mAP": summary["mean_ap"],
         "NDS": summary["nd_score"],
@@ -130,6 +134,8 @@ def _label(run: dict[str, Any]) -> str:
     label = VARIANTS.get(run["variant"], run["variant"])
     if run.get("camera_start"):
         label += f", LiDAR first (camera from {run['camera_start']:g} of the steps)"
+    if run.get("sweep_stride", 1) > 1:
+        label += f", every {run['sweep_stride']}th earlier sweep"
     return label
 
 

@@ -68,10 +68,14 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     assert result["runs"][0]["per_class_ap"] == {"car": 0.42, "truck": 0.21}
     assert result["runs"][0]["camera_start"] == 0.0  # no config.yaml: a run from before
     # a LiDAR-first run says so, read from the resolved config the trainer saved
-    (runs / "fused" / "config.yaml").write_text("train:\n  camera_start: 0.5\n")
+    (runs / "fused" / "config.yaml").write_text(
+        "train:\n  camera_start: 0.5\ndata:\n  sweep_stride: 4\n"
+    )
     assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
-    assert json.loads(out.read_text())["runs"][0]["camera_start"] == 0.5
-    assert "LiDAR first (camera from 0.5 of the steps)" in out.with_suffix(".md").read_text()
+    fused = json.loads(out.read_text())["runs"][0]
+    assert (fused["camera_start"], fused["sweep_stride"]) == (0.5, 4)
+    table = out.with_suffix(".md").read_text()
+    assert "LiDAR first (camera from 0.5 of the steps), every 4th earlier sweep" in table
 
 
 def test_accuracy_reports_missing_runs(tmp_path, capsys):
