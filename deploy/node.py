@@ -24,10 +24,10 @@ cloud waits for its next image at most `camera_wait_s` (sensor time, or wall tim
 `wall_timeout`), since cameras fire while the LiDAR spins past them, some just after the cloud's
 stamp. Dead cameras are never waited for; a newer cloud ends the wait.
 
-Streaming state (`deploy/state.py`): the TF buffer, the last `data.sweeps - 1` clouds merged into
-each new one with ego motion from TF (the dataset's rule), each camera's recent pre-processed
-frames (kept encoded), and the camera encoder's TSM caches (`deploy/pipeline.py`). All of it
-resets on a time jump (`StampTracker` sees a stamp step back by more than `time_jump_s`, e.g. a
+Streaming state (`deploy/state.py`): the TF buffer, `data.sweeps - 1` earlier clouds (every
+`data.sweep_stride`-th) merged into each new one with ego motion from TF (the dataset's rule),
+each camera's recent pre-processed frames (kept encoded), and the camera encoder's TSM caches
+(`deploy/pipeline.py`). All of it resets on a time jump (`StampTracker` sees a stamp step back by more than `time_jump_s`, e.g. a
 looping bag) or a message on `/perception/reset`.
 
 Threads and drop policy: the receive thread deserializes and validates every message (cheap
