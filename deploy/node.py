@@ -27,8 +27,8 @@ stamp. Dead cameras are never waited for; a newer cloud ends the wait.
 Streaming state (`deploy/state.py`): the TF buffer, `data.sweeps - 1` earlier clouds (every
 `data.sweep_stride`-th) merged into each new one with ego motion from TF (the dataset's rule),
 each camera's recent pre-processed frames (kept encoded), and the camera encoder's TSM caches
-(`deploy/pipeline.py`). All of it resets on a time jump (`StampTracker` sees a stamp step back by more than `time_jump_s`, e.g. a
-looping bag) or a message on `/perception/reset`.
+(`deploy/pipeline.py`). All of it resets on a time jump (`StampTracker` sees a stamp step back
+by more than `time_jump_s`, e.g. a looping bag) or a message on `/perception/reset`.
 
 Threads and drop policy: the receive thread deserializes and validates every message (cheap
 header checks; images stay JPEG) and does the sync; a cloud ready for the model goes into a
