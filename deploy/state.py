@@ -168,13 +168,11 @@ class SweepAccumulator:
 
     def add(self, sweep: Sweep) -> tuple[Sweep, ...]:
         """Remembers `sweep`; returns the earlier sweeps to merge into it (oldest first)."""
-        earlier = ()
-        if self.sweeps > 1:
-            newest_first = list(self.history)[::-1]
-            earlier = tuple(newest_first[self.stride - 1 :: self.stride][::-1])
-        if self.sweeps > 1:
-            self.history.append(sweep)
-        return earlier
+        if self.sweeps == 1:
+            return ()
+        newest_first = list(self.history)[::-1]
+        self.history.append(sweep)
+        return tuple(newest_first[self.stride - 1 :: self.stride][::-1])
 
     def merge(self, sweep: Sweep) -> np.ndarray:
         """`add`, then `merge_sweeps`."""

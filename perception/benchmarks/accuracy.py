@@ -134,8 +134,10 @@ def _label(run: dict[str, Any]) -> str:
     label = VARIANTS.get(run["variant"], run["variant"])
     if run.get("camera_start"):
         label += f", LiDAR first (camera from {run['camera_start']:g} of the steps)"
-    if run.get("sweep_stride", 1) > 1:
-        label += f", every {run['sweep_stride']}th earlier sweep"
+    k = run.get("sweep_stride", 1)
+    if k > 1:
+        ordinal = {2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (12, 13) else 0, "th")
+        label += f", every {k}{ordinal} earlier sweep"
     return label
 
 
