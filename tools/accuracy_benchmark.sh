@@ -23,6 +23,9 @@
 # it (CAMERA_START=0: fused from the first step, as every fused run recorded before that).
 # SET="key=value ..." adds config overrides to every variant's training and test (e.g.
 # SET="data.sweep_stride=4"); each run's config.yaml records what it ran.
+# TRAIN_SCENES=N (default 30) trains on a world of N scenes from the same seed (1), 3 of them
+# in its val split: data/synth-train for 30, else data/synth-train-sN (generated when absent).
+# The test world is the same whatever N.
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -44,12 +47,15 @@ for kv in ${SET:-}; do EXTRA_SET+=(--set "$kv"); done
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
-if [ ! -f data/synth-train/v1.0-trainval/sample.json ]; then
-    $PY tools/create_data.py synth --out data/synth-train --version v1.0-trainval \
-        --scenes 30 --val-scenes 3 --seed 1
+SCENES=${TRAIN_SCENES:-30}
+TRAIN_ROOT=data/synth-train
+[ "$SCENES" -ne 30 ] && TRAIN_ROOT=data/synth-train-s$SCENES
+if [ ! -f $TRAIN_ROOT/v1.0-trainval/sample.json ]; then
+    $PY tools/create_data.py synth --out $TRAIN_ROOT --version v1.0-trainval \
+        --scenes "$SCENES" --val-scenes 3 --seed 1
 fi
-[ -f data/synth-train/perception_index_v1.0-trainval.json.gz ] || \
-    $PY tools/create_data.py nuscenes --root data/synth-train --version v1.0-trainval
+[ -f $TRAIN_ROOT/perception_index_v1.0-trainval.json.gz ] || \
+    $PY tools/create_data.py nuscenes --root $TRAIN_ROOT --version v1.0-trainval
 if [ ! -f data/synth-heldout/v1.0-trainval/sample.json ]; then
     $PY tools/create_data.py synth --out data/synth-heldout --version v1.0-trainval \
         --scenes 10 --val-scenes 10 --seed 2
@@ -57,7 +63,7 @@ fi
 [ -f data/synth-heldout/perception_index_v1.0-trainval.json.gz ] || \
     $PY tools/create_data.py nuscenes --root data/synth-heldout --version v1.0-trainval
 
-TRAIN_WORLD=(--set data.root=data/synth-train --set data.version=v1.0-trainval
+TRAIN_WORLD=(--set data.root=$TRAIN_ROOT --set data.version=v1.0-trainval
              --set data.train_split=train --set data.val_split=val)
 TEST_WORLD=(--set data.root=data/synth-heldout --set data.version=v1.0-trainval)
 

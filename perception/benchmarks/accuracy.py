@@ -27,6 +27,8 @@ VARIANTS: dict[str, str] = {
 TP_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 TRAIN_BUDGET_MIN = 30.0
 TARGET_MAP, TARGET_NDS = 0.40, 0.45
+# the world tools/accuracy_benchmark.sh trains on by default (30 scenes, seed 1)
+DEFAULT_TRAIN_WORLD = "synth-train"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -68,6 +70,8 @@ def read_run(work: Path) -> dict[str, Any]:
         "camera_start": float((config.get("train") or {}).get("camera_start", 0.0)),
         # every k-th earlier LiDAR sweep merged (1: consecutive; absent: before the option)
         "sweep_stride": int(data.get("sweep_stride", 1)),
+        # the world it trained on (None: runs from before the trainer saved its config)
+        "train_world": data.get("root"),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
         "mAP": summary["mean_ap"],
         "NDS": summary["nd_score"],
@@ -138,6 +142,9 @@ def _label(run: dict[str, Any]) -> str:
     if k > 1:
         ordinal = {2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (12, 13) else 0, "th")
         label += f", every {k}{ordinal} earlier sweep"
+    world = run.get("train_world")
+    if world and Path(world).name != DEFAULT_TRAIN_WORLD:
+        label += f", trained on `{Path(world).name}`"
     return label
 
 

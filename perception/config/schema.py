@@ -233,8 +233,8 @@ class TrainConfig(StrictModel):
         description=(
             "LiDAR first (BEVFusion's recipe, in one schedule): the fraction of the run's steps "
             "trained with the camera branch skipped and no images decoded; the camera joins at "
-            "the first epoch that starts past it. 0: fused from the first step. Needs a model "
-            "with both branches"
+            "the epoch start nearest it. 0: fused from the first step. Needs a model with both "
+            "branches"
         ),
     )
 

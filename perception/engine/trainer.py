@@ -33,7 +33,7 @@ plans from the slowest process's clock.
 
 LiDAR first (`train.camera_start` = f > 0, a fused model): BEVFusion trains its LiDAR-only
 detector, then the fused one from it; here both happen in one run and one LR schedule. Until the
-first epoch that starts at or past f of the (planned) steps, the model skips its camera branch
+epoch whose start is nearest f of the (planned) steps, the model skips its camera branch
 (`camera_enabled` False: with the fuser's zero-initialized camera weights it is exactly the
 LiDAR-only model) and the loader decodes no images; from that epoch on it trains fused. The
 epoch the camera joined is saved with every checkpoint, so a resumed run switches where the
@@ -414,13 +414,15 @@ class Trainer:
                 self._log_budget(spent, pace, "planned")
 
     def _set_camera(self, epoch: int, starting: bool) -> None:
-        """LiDAR first: at the start of an epoch (`starting`), lets the camera join once the
-        step reaches `camera_start` of the planned steps; sets the model and the loader to the
-        epoch's phase (also when resuming mid-epoch)."""
+        """LiDAR first: at the start of an epoch (`starting`), lets the camera join at the epoch
+        start nearest `camera_start` of the planned steps (the loader switches per epoch; with
+        long epochs "the first start past it" could leave the camera far fewer steps); sets the
+        model and the loader to the epoch's phase (also when resuming mid-epoch)."""
         if (
             self.camera_from_epoch is None
             and starting
-            and self.step >= self.train_config.camera_start * self.total_steps
+            and self.step + self.steps_per_epoch / 2
+            > self.train_config.camera_start * self.total_steps
         ):
             self.camera_from_epoch = epoch
             if self.is_main:

@@ -76,6 +76,15 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     assert (fused["camera_start"], fused["sweep_stride"]) == (0.5, 4)
     table = out.with_suffix(".md").read_text()
     assert "LiDAR first (camera from 0.5 of the steps), every 4th earlier sweep" in table
+    assert "trained on" not in table  # no data.root: the default world
+    # a run on another training world (TRAIN_SCENES) names it; the default world does not
+    (runs / "fused" / "config.yaml").write_text("data:\n  root: data/synth-train-s100\n")
+    (runs / "lidar" / "config.yaml").write_text("data:\n  root: data/synth-train\n")
+    assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
+    table = out.with_suffix(".md").read_text()
+    assert "| fused (`bevfusion_tiny`, cameras T=1), trained on `synth-train-s100` |" in table
+    assert json.loads(out.read_text())["runs"][1]["train_world"] == "data/synth-train"
+    assert "| LiDAR only (`bevfusion_tiny_lidar`) |" in table
 
 
 def test_accuracy_reports_missing_runs(tmp_path, capsys):

@@ -192,10 +192,11 @@ def record_images(trainer):
     return decoded
 
 
-def test_lidar_first_adds_the_camera_at_an_epoch_and_resumes_there(indexed_world, tmp_path):
-    # 3 steps an epoch; camera_start 0.4 of 6 steps: epoch 0 starts at step 0 < 2.4, epoch 1
-    # at step 3: the camera joins there
-    steps = ("train.max_steps=6", "train.camera_start=0.4", "train.checkpoint_every=100")
+@pytest.mark.parametrize("start", [0.4, 0.6])
+def test_lidar_first_adds_the_camera_at_an_epoch_and_resumes_there(indexed_world, tmp_path, start):
+    # 3 steps an epoch; camera_start 0.4 or 0.6 of 6 steps (2.4, 3.6): the epoch start nearest
+    # is epoch 1's, step 3: the camera joins there
+    steps = ("train.max_steps=6", f"train.camera_start={start}", "train.checkpoint_every=100")
     straight = make_trainer(indexed_world, tmp_path / "a", *steps)
     camera_before = {k: v.clone() for k, v in straight.model.camera.state_dict().items()}
     decoded = record_images(straight)
