@@ -114,6 +114,14 @@ class CameraModelConfig(StrictModel):
     lidar_depth_input: bool = Field(
         False, description="the depth net reads LiDAR depths (BEVFusion's DepthLSS); fused only"
     )
+    ground_depth_input: float | None = Field(
+        None,
+        description=(
+            "the ground's height in the LiDAR frame (m; -1.84 for nuScenes' LIDAR_TOP): the depth "
+            "net also reads where each feature cell's ray meets that flat ground, a prior from "
+            "calibration alone (camera-only models too); null: off"
+        ),
+    )
 
     @field_validator("tsm_mode", mode="before")
     @classmethod

@@ -66,6 +66,7 @@ def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
         downsample=cam.bev_downsample,
         depth_loss_weight=cam.depth_loss_weight,
         lidar_depth_input=cam.lidar_depth_input,
+        ground_depth_input=cam.ground_depth_input,
     )
     return CameraBEVBranch(encoder=encoder, view_transform=view_transform)
 

@@ -49,6 +49,12 @@ class LSSViewTransform(nn.Module):
             LiDAR measured instead of learning depth from pixels alone. At run time the
             camera branch of such a model needs the points of the same batch (a sample whose
             `lidar_mask` is False gets no depth input).
+        ground_depth_input: the ground's height in the LiDAR frame (m; -1.84 for nuScenes'
+            LIDAR_TOP) or None. The depth net then also reads, for every feature cell, the
+            depth at which its ray meets that flat ground (one-hot bin; zeros for rays that
+            meet it nowhere in the depth range, e.g. above the horizon): a geometric prior from
+            calibration alone, for models that must find depth without LiDAR. An object
+            standing on the ground sits at the ground depth of the cells just below it.
     """
 
     def __init__(
@@ -64,6 +70,7 @@ class LSSViewTransform(nn.Module):
         downsample: int = 1,
         depth_loss_weight: float = 0.0,
         lidar_depth_input: bool = False,
+        ground_depth_input: float | None = None,
     ):
         super().__init__()
         d_min, d_max, d_step = depth_bins
@@ -79,6 +86,7 @@ class LSSViewTransform(nn.Module):
         self.context_channels = context_channels
         self.depth_loss_weight = depth_loss_weight
         self.lidar_depth_input = lidar_depth_input
+        self.ground_depth_input = ground_depth_input
         self.num_depth = int(round((d_max - d_min) / d_step))
         f_h, f_w = height // feature_stride, width // feature_stride
         # (u, v, d) of every frustum point in augmented-image pixels and metres: [D, fH, fW, 3]
@@ -87,7 +95,7 @@ class LSSViewTransform(nn.Module):
         vs = torch.linspace(0, height - 1, f_h)
         d, v, u = torch.meshgrid(depths, vs, us, indexing="ij")
         self.register_buffer("frustum", torch.stack([u, v, d], dim=-1), persistent=False)
-        depth_input = self.num_depth if lidar_depth_input else 0
+        depth_input = self.num_depth * (int(lidar_depth_input) + int(ground_depth_input is not None))
         self.depth_net = nn.Sequential(
             _conv_bn_relu(in_channels + depth_input, in_channels),
             nn.Conv2d(in_channels, self.num_depth + context_channels, 1),
@@ -128,6 +136,42 @@ class LSSViewTransform(nn.Module):
         batch_index = batch_index.view(B, 1, 1, 1, 1).expand_as(ix)
         cells = torch.stack([batch_index, iz, ix, iy], dim=-1).long()  # [B, N, D, fH, fW, 4]
         return cells.flatten(0, 1)  # [B*N, D, fH, fW, 4]
+
+    def ground_depth(self, batch: Batch) -> torch.Tensor:
+        """`[B*Ncam, fH, fW]` depth (m, along the optical axis) at which the ray of each feature
+        cell meets the ground plane z = `ground_depth_input` of the LiDAR frame before its
+        augmentation (a global rotation, flip or scale moves the plane; the camera depth of
+        a ground point does not change); inf where the ray never meets it ahead."""
+        assert self.ground_depth_input is not None
+        B, N = batch.intrinsics.shape[:2]
+        identity = torch.eye(4, device=batch.intrinsics.device).expand(B, 1, 4, 4)
+        image_from_sensor = lidar_to_image(
+            batch.intrinsics.float(),
+            batch.camera_to_lidar[:, :, -1].float(),
+            batch.image_aug.float(),
+            identity,
+        )
+        sensor_from_image = torch.linalg.inv(image_from_sensor.double())  # [B, N, 4, 4]
+        u, v = self.frustum[0, ..., 0].double(), self.frustum[0, ..., 1].double()  # [fH, fW]
+        # the point at depth d is d * (M0 u + M1 v + M2) + M3 (columns of M): its height is
+        # d * slope + z0, so the ground is met at d = (ground - z0) / slope
+        row = sensor_from_image[:, :, 2]  # [B, N, 4]
+        slope = row[..., 0, None, None] * u + row[..., 1, None, None] * v + row[..., 2, None, None]
+        depth = (self.ground_depth_input - row[..., 3, None, None]) / slope  # [B, N, fH, fW]
+        depth = torch.where(depth > 0, depth, torch.full_like(depth, float("inf")))
+        return depth.float().flatten(0, 1)
+
+    def _depth_one_hot(self, depth_bin: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """`[B*N, fH, fW]` bin index (-1: none) -> `[B*N, D, fH, fW]` one-hot (zeros: none)."""
+        one_hot = F.one_hot(depth_bin.clamp(min=0), self.num_depth).permute(0, 3, 1, 2)
+        return one_hot.to(dtype) * (depth_bin >= 0)[:, None].to(dtype)
+
+    def _bins(self, depth: torch.Tensor) -> torch.Tensor:
+        """Depths (m) -> bin indices, -1 outside [d_min, d_max)."""
+        d_min, d_max, d_step = self.depth_bins
+        bins = torch.floor((depth - d_min) / d_step)
+        inside = (depth >= d_min) & (depth < d_max)
+        return torch.where(inside, bins, torch.full_like(bins, -1)).long().clamp(max=self.num_depth - 1)
 
     # -- depth supervision ------------------------------------------------------------------
 
@@ -191,9 +235,11 @@ class LSSViewTransform(nn.Module):
                 target = self.depth_targets(batch, image_from_lidar)
         x = features.flatten(0, 1)  # [B*N, C, fH, fW]
         if self.lidar_depth_input:
-            one_hot = F.one_hot(target.clamp(min=0), D).permute(0, 3, 1, 2)  # [B*N, D, fH, fW]
-            one_hot = one_hot.to(x.dtype) * (target >= 0)[:, None].to(x.dtype)
-            x = torch.cat([x, one_hot], dim=1)
+            x = torch.cat([x, self._depth_one_hot(target, x.dtype)], dim=1)
+        if self.ground_depth_input is not None:
+            with torch.no_grad():
+                ground = self._bins(self.ground_depth(batch))
+            x = torch.cat([x, self._depth_one_hot(ground, x.dtype)], dim=1)
         x = self.depth_net(x)  # [B*N, D + C_ctx, fH, fW]
         depth_logits = x[:, :D]  # [B*N, D, fH, fW]
         depth = depth_logits.softmax(dim=1)

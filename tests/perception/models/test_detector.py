@@ -88,6 +88,22 @@ def test_lidar_depth_input_follows_modality_dropout(lidar_dropped):
     sum(losses.values()).backward()
 
 
+def test_camera_only_model_with_the_ground_prior_trains():
+    """`ground_depth_input` feeds a camera-only model's depth net from calibration alone."""
+    torch.manual_seed(0)
+    config = micro_config("model.lidar=null", "model.camera.ground_depth_input=-1.84")
+    model = build_model(config).train()
+    vt = model.camera.view_transform
+    inputs = []
+    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    losses = model(synthetic_batch(config))
+    assert all(torch.isfinite(v) for v in losses.values())
+    prior = inputs[0][:, -vt.num_depth :]  # [B*Ncam, D, fH, fW] one-hot ground depths
+    assert prior.sum() > 0 and prior.sum(1).max() == 1
+    sum(losses.values()).backward()
+    assert vt.depth_net[0][0].weight.grad[:, -vt.num_depth :].abs().sum() > 0
+
+
 def test_camera_disabled_is_the_lidar_part_of_a_zero_init_fusion():
     """`camera_enabled` False skips the camera branch; with the fuser's camera weights at zero
     the losses are those of the camera-enabled model (whose camera then changes nothing)."""

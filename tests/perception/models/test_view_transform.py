@@ -108,3 +108,54 @@ def test_lidar_depth_input_reads_the_points_of_present_lidar_only():
     assert inputs[1][:, 8:].abs().max() == 0 and inputs[2][:, 8:].abs().max() == 0
     assert (outputs[0] - outputs[1]).abs().max() > 0
     torch.testing.assert_close(outputs[1], outputs[2])
+
+
+def test_ground_depth_meets_the_ground_plane_whatever_the_lidar_augmentation():
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    ground = float(batch.camera_to_lidar[0, 0, -1, 2, 3]) - 1.5  # 1.5 m below CAM_FRONT
+    vt = make_transform(ground_depth_input=ground)
+    depth = vt.ground_depth(batch)  # [6, fH, fW]
+    f_h, f_w = depth.shape[1:]
+    # back-project every cell at its ground depth: each lands on the plane
+    identity = Batch(**{**batch.__dict__, "lidar_aug": torch.eye(4)[None]})
+    sensor_from_image = torch.linalg.inv(vt.image_from_lidar(identity)[0].double())  # [6, 4, 4]
+    u, v = vt.frustum[0, ..., 0].double(), vt.frustum[0, ..., 1].double()
+    met = torch.isfinite(depth)
+    d = torch.where(met, depth, torch.ones_like(depth)).double()
+    pixel = torch.stack([u * d, v * d, d, torch.ones_like(d)], dim=-1)  # [6, fH, fW, 4]
+    z = torch.einsum("nj,nhwj->nhw", sensor_from_image[:, 2], pixel)
+    torch.testing.assert_close(z[met], torch.full_like(z[met], ground), rtol=0, atol=1e-4)
+    # CAM_FRONT looks level: the image's lower half meets the ground, the upper half does not
+    assert met[0, f_h // 2 + 1 :].all() and not met[0, : f_h // 2].any()
+    # the cell straight below the optical axis row: depth = height / tan(angle below it)
+    f = 0.6 * 176
+    row = f_h - 1
+    expected = 1.5 * f / (float(v[row, 0]) - 32.0)
+    torch.testing.assert_close(float(depth[0, row, f_w // 2]), expected, rtol=1e-4, atol=0)
+    # a global rotation, flip and scale of the LiDAR frame changes nothing
+    c, s = 0.6, 0.8
+    moved = torch.tensor([[c, -s, 0, 1.0], [-s, -c, 0, 2.0], [0, 0, 1, 0.5], [0, 0, 0, 1]]) * 1.1
+    moved[3, 3] = 1.0
+    augmented = Batch(**{**batch.__dict__, "lidar_aug": moved[None]})
+    torch.testing.assert_close(vt.ground_depth(augmented), depth)
+
+
+def test_ground_depth_input_needs_no_lidar():
+    torch.manual_seed(0)
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    ground = float(batch.camera_to_lidar[0, 0, -1, 2, 3]) - 1.5
+    vt = make_transform(ground_depth_input=ground).eval()
+    inputs = []
+    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    features = torch.randn(1, 6, 8, 8, 22)
+    no_lidar = Batch(**{**batch.__dict__, "lidar_mask": torch.zeros(1, dtype=torch.bool)})
+    with torch.no_grad():
+        vt(features, batch)
+        vt(features, no_lidar)
+    prior = inputs[0][:, 8:]  # [6, D, fH, fW] after the 8 feature channels
+    assert prior.shape[1] == vt.num_depth
+    bins = vt._bins(vt.ground_depth(batch))  # [6, fH, fW]
+    assert torch.equal(prior.sum(1), (bins >= 0).to(prior.dtype))  # one bin a cell, or none
+    cam, row, col = (bins >= 0).nonzero()[0].tolist()
+    assert prior[cam, bins[cam, row, col], row, col] == 1
+    torch.testing.assert_close(inputs[1], inputs[0])  # calibration only: no points needed
