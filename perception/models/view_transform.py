@@ -95,7 +95,8 @@ class LSSViewTransform(nn.Module):
         vs = torch.linspace(0, height - 1, f_h)
         d, v, u = torch.meshgrid(depths, vs, us, indexing="ij")
         self.register_buffer("frustum", torch.stack([u, v, d], dim=-1), persistent=False)
-        depth_input = self.num_depth * (int(lidar_depth_input) + int(ground_depth_input is not None))
+        depth_inputs = int(lidar_depth_input) + int(ground_depth_input is not None)
+        depth_input = self.num_depth * depth_inputs  # one-hot depths the depth net reads
         self.depth_net = nn.Sequential(
             _conv_bn_relu(in_channels + depth_input, in_channels),
             nn.Conv2d(in_channels, self.num_depth + context_channels, 1),
@@ -171,7 +172,8 @@ class LSSViewTransform(nn.Module):
         d_min, d_max, d_step = self.depth_bins
         bins = torch.floor((depth - d_min) / d_step)
         inside = (depth >= d_min) & (depth < d_max)
-        return torch.where(inside, bins, torch.full_like(bins, -1)).long().clamp(max=self.num_depth - 1)
+        bins = torch.where(inside, bins, torch.full_like(bins, -1)).long()
+        return bins.clamp(max=self.num_depth - 1)
 
     # -- depth supervision ------------------------------------------------------------------
 
