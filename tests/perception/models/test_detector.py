@@ -65,6 +65,18 @@ def test_train_losses_and_gradients(modalities):
     assert not missing, missing
 
 
+def train_losses_and_depth_input(config):
+    """The training losses of a fresh model and the last `num_depth` channels its depth net
+    read (`[B*Ncam, D, fH, fW]`: the one-hot depth input that comes last)."""
+    model = build_model(config).train()
+    vt = model.camera.view_transform
+    inputs = []
+    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
+    losses = model(synthetic_batch(config))
+    assert all(torch.isfinite(v) for v in losses.values())
+    return model, losses, inputs[0][:, -vt.num_depth :]
+
+
 @pytest.mark.parametrize("lidar_dropped", [False, True])
 def test_lidar_depth_input_follows_modality_dropout(lidar_dropped):
     """A camera branch reading LiDAR depths gets none for a sample whose LiDAR was dropped."""
@@ -75,13 +87,7 @@ def test_lidar_depth_input_follows_modality_dropout(lidar_dropped):
         "model.camera.depth_loss_weight=1.0",
         f"model.modality_dropout={drop}",
     )
-    model = build_model(config).train()
-    vt = model.camera.view_transform
-    inputs = []
-    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-    losses = model(synthetic_batch(config))
-    assert all(torch.isfinite(v) for v in losses.values())
-    depth_in = inputs[0][:, -vt.num_depth :]  # [B*Ncam, D, fH, fW] one-hot LiDAR depths
+    _, losses, depth_in = train_losses_and_depth_input(config)  # one-hot LiDAR depths
     assert (depth_in.abs().max() == 0) == lidar_dropped
     # no LiDAR depths, no depth supervision either: the loss is there, at zero
     assert (float(losses["camera/depth"].detach()) == 0) == lidar_dropped
@@ -92,16 +98,11 @@ def test_camera_only_model_with_the_ground_prior_trains():
     """`ground_depth_input` feeds a camera-only model's depth net from calibration alone."""
     torch.manual_seed(0)
     config = micro_config("model.lidar=null", "model.camera.ground_depth_input=-1.84")
-    model = build_model(config).train()
-    vt = model.camera.view_transform
-    inputs = []
-    vt.depth_net.register_forward_pre_hook(lambda module, args: inputs.append(args[0]))
-    losses = model(synthetic_batch(config))
-    assert all(torch.isfinite(v) for v in losses.values())
-    prior = inputs[0][:, -vt.num_depth :]  # [B*Ncam, D, fH, fW] one-hot ground depths
+    model, losses, prior = train_losses_and_depth_input(config)  # one-hot ground depths
     assert prior.sum() > 0 and prior.sum(1).max() == 1
     sum(losses.values()).backward()
-    assert vt.depth_net[0][0].weight.grad[:, -vt.num_depth :].abs().sum() > 0
+    depth_conv = model.camera.view_transform.depth_net[0][0]
+    assert depth_conv.weight.grad[:, -prior.shape[1] :].abs().sum() > 0
 
 
 def test_camera_disabled_is_the_lidar_part_of_a_zero_init_fusion():
