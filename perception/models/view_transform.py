@@ -182,8 +182,8 @@ class LSSViewTransform(nn.Module):
         each feature cell, -1 where none does (everywhere in a sample whose `lidar_mask` is
         False)."""
         B, N = image_from_lidar.shape[:2]
-        D, f_h, f_w = self.frustum.shape[:3]
-        d_min, d_max, d_step = self.depth_bins
+        f_h, f_w = self.frustum.shape[1:3]
+        d_min, d_max, _ = self.depth_bins
         target = torch.full((B * N, f_h * f_w), float("inf"), device=batch.points.device)
         points = batch.points  # [P, 6] (batch, x, y, z, ...)
         for b in range(B):
@@ -207,9 +207,7 @@ class LSSViewTransform(nn.Module):
             cam = torch.arange(N, device=xyz.device)[:, None].expand_as(col)
             flat = (b * N + cam)[ok] * (f_h * f_w) + (row * f_w + col)[ok]
             target.view(-1).scatter_reduce_(0, flat, depth[ok], reduce="amin")
-        bins = torch.floor((target - d_min) / d_step)
-        bins = torch.where(torch.isfinite(target), bins, torch.full_like(bins, -1)).long()
-        return bins.clamp(max=D - 1).view(B * N, f_h, f_w)
+        return self._bins(target).view(B * N, f_h, f_w)  # inf (no point): -1
 
     # -- forward -----------------------------------------------------------------------------
 
