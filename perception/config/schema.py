@@ -122,6 +122,15 @@ class CameraModelConfig(StrictModel):
             "calibration alone (camera-only models too); null: off"
         ),
     )
+    perspective_loss_weight: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "> 0: in training, a small head classifies every image feature cell (the class of "
+            "the nearest box projecting onto it, or background), supervising the camera "
+            "backbone in the image plane; 0: off"
+        ),
+    )
 
     @field_validator("tsm_mode", mode="before")
     @classmethod

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..config import load_config
 from ..config.schema import ExperimentConfig
+from ..structures.classes import CLASS_NAMES
 from .bev_decoder import SECOND, SECONDFPN, BEVDecoder
 from .bev_grid import BEVGrid
 from .camera import (
@@ -24,6 +25,7 @@ from .fuser import ConvFuser, ModalityDropout
 from .heads.centerpoint import CenterPointHead, DecodeConfig, LossWeights
 from .heads.targets import TargetConfig
 from .lidar import SPVConvEncoder
+from .perspective import PerspectiveHead
 from .view_transform import LSSViewTransform
 
 IMAGE_FEATURE_STRIDE = 8  # the camera neck's output stride
@@ -67,6 +69,11 @@ def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
         depth_loss_weight=cam.depth_loss_weight,
         lidar_depth_input=cam.lidar_depth_input,
         ground_depth_input=cam.ground_depth_input,
+        perspective=(
+            PerspectiveHead(encoder.out_channels, len(CLASS_NAMES), cam.perspective_loss_weight)
+            if cam.perspective_loss_weight > 0
+            else None
+        ),
     )
     return CameraBEVBranch(encoder=encoder, view_transform=view_transform)
 

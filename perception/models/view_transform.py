@@ -18,6 +18,7 @@ from ..geometry import lidar_to_image
 from ..ops.bev_pool import BEVPoolPlanCache, bev_pool_depth
 from ..structures import Batch
 from .bev_grid import BEVGrid
+from .perspective import PerspectiveHead, perspective_labels
 
 
 def _conv_bn_relu(in_ch: int, out_ch: int, stride: int = 1) -> nn.Sequential:
@@ -55,6 +56,9 @@ class LSSViewTransform(nn.Module):
             meet it nowhere in the depth range, e.g. above the horizon): a geometric prior from
             calibration alone, for models that must find depth without LiDAR. An object
             standing on the ground sits at the ground depth of the cells just below it.
+        perspective: in training, a head that classifies every feature cell (the class of the
+            nearest ground-truth box projecting onto it, or background) and adds its loss as
+            `perspective` (`perception.models.perspective`); None for none.
     """
 
     def __init__(
@@ -71,6 +75,7 @@ class LSSViewTransform(nn.Module):
         depth_loss_weight: float = 0.0,
         lidar_depth_input: bool = False,
         ground_depth_input: float | None = None,
+        perspective: PerspectiveHead | None = None,
     ):
         super().__init__()
         d_min, d_max, d_step = depth_bins
@@ -108,6 +113,7 @@ class LSSViewTransform(nn.Module):
         self.bev_conv = nn.Sequential(*layers)
         self.out_channels = out_channels
         self.plan_cache = BEVPoolPlanCache()
+        self.perspective = perspective
 
     # -- geometry ---------------------------------------------------------------------------
 
@@ -209,6 +215,29 @@ class LSSViewTransform(nn.Module):
             target.view(-1).scatter_reduce_(0, flat, depth[ok], reduce="amin")
         return self._bins(target).view(B * N, f_h, f_w)  # inf (no point): -1
 
+    def perspective_targets(
+        self, batch: Batch, image_from_lidar: torch.Tensor, depth_bins: torch.Tensor | None
+    ) -> torch.Tensor:
+        """`[B*Ncam, fH, fW]` labels of the perspective head; `depth_bins` (the LiDAR depth
+        targets, if computed) mark cells where a nearer surface hides the box."""
+        assert self.perspective is not None
+        surface = None
+        if depth_bins is not None:
+            d_min, _, d_step = self.depth_bins
+            surface = torch.where(
+                depth_bins >= 0, d_min + d_step * depth_bins.float(), float("inf")
+            )
+        with torch.no_grad():
+            return perspective_labels(
+                batch.gt_boxes,
+                batch.gt_labels,
+                image_from_lidar,
+                feature_shape=tuple(self.frustum.shape[1:3]),
+                feature_stride=self.feature_stride,
+                background=self.perspective.num_classes,
+                surface_depth=surface,
+            )
+
     # -- forward -----------------------------------------------------------------------------
 
     def forward(
@@ -234,6 +263,12 @@ class LSSViewTransform(nn.Module):
             with torch.no_grad():
                 target = self.depth_targets(batch, image_from_lidar)
         x = features.flatten(0, 1)  # [B*N, C, fH, fW]
+        present = batch.camera_mask.flatten()  # [B*N]
+        aux: dict[str, torch.Tensor] = {}
+        if self.training and self.perspective is not None:
+            aux["perspective"] = self.perspective.loss(
+                x, self.perspective_targets(batch, image_from_lidar, target), present
+            )
         if self.lidar_depth_input:
             x = torch.cat([x, self._depth_one_hot(target, x.dtype)], dim=1)
         if self.ground_depth_input is not None:
@@ -243,18 +278,16 @@ class LSSViewTransform(nn.Module):
         x = self.depth_net(x)  # [B*N, D + C_ctx, fH, fW]
         depth_logits = x[:, :D]  # [B*N, D, fH, fW]
         depth = depth_logits.softmax(dim=1)
-        present = batch.camera_mask.flatten().to(depth.dtype)  # [B*N]
-        depth = depth * present[:, None, None, None]  # a missing camera lifts nothing
+        depth = depth * present[:, None, None, None].to(depth.dtype)  # a missing camera: none
         context = x[:, D:]  # [B*N, C_ctx, fH, fW]
         # under autocast the softmax comes out float32 and the convolution's context bfloat16:
         # pool in the wider of the two (each cell sums many pixels)
         dtype = torch.promote_types(depth.dtype, context.dtype)
         bev = bev_pool_depth(depth.to(dtype), context.to(dtype), plan)  # [B, C_ctx, Z, X, Y]
         bev = bev.flatten(1, 2)  # [B, C_ctx * Z, X, Y]
-        aux: dict[str, torch.Tensor] = {}
         if self.training and self.depth_loss_weight > 0:
             assert target is not None
-            valid = (target >= 0) & (present[:, None, None] > 0)
+            valid = (target >= 0) & present[:, None, None]
             # the mean over the global batch's supervised pixels under torchrun (every process
             # reaches this all-reduce, with or without pixels of its own)
             normaliser = global_mean_normaliser(valid.sum().float(), min_value=1)
