@@ -122,8 +122,12 @@ class PerspectiveHead(nn.Module):
         self, features: torch.Tensor, target: torch.Tensor, present: torch.Tensor
     ) -> torch.Tensor:
         """`target` `[B*Ncam, fH, fW]` (background = `num_classes`); `present` `[B*Ncam]` bool."""
-        logits = self.net(features)  # [B*N, K+1, fH, fW]
         cells = present[:, None, None].expand_as(target)
+        # every process reaches the all-reduce under torchrun, with or without cameras of its own
         normaliser = global_mean_normaliser(cells.sum().float(), min_value=1)
-        per_cell = F.cross_entropy(logits.float(), target, reduction="none")
-        return self.loss_weight * (per_cell * cells).sum() / normaliser
+        if not bool(present.any()):  # zero, with a (zero) gradient for every parameter
+            return sum(p.sum() for p in self.parameters()) * 0.0 + features.sum() * 0.0
+        # missing cameras stay out of the BatchNorm statistics too
+        logits = self.net(features[present])  # [P, K+1, fH, fW]
+        loss = F.cross_entropy(logits.float(), target[present], reduction="sum")
+        return self.loss_weight * loss / normaliser
