@@ -58,6 +58,7 @@ def read_run(work: Path) -> dict[str, Any]:
     command = timing.get("command", "")
     config = _run_config(work)
     data = config.get("data") or {}
+    camera = (config.get("model") or {}).get("camera") or {}
     threads = re.search(r"OMP_NUM_THREADS=(\d+)", command)
     return {
         "variant": timing["variant"],
@@ -70,6 +71,9 @@ def read_run(work: Path) -> dict[str, Any]:
         "camera_start": float((config.get("train") or {}).get("camera_start", 0.0)),
         # every k-th earlier LiDAR sweep merged (1: consecutive; absent: before the option)
         "sweep_stride": int(data.get("sweep_stride", 1)),
+        # camera options beyond the config's defaults (0 / None: off, or runs from before them)
+        "perspective_loss_weight": float(camera.get("perspective_loss_weight") or 0.0),
+        "ground_depth_input": camera.get("ground_depth_input"),
         # the world it trained on (None: runs from before the trainer saved its config)
         "train_world": data.get("root"),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
@@ -142,6 +146,10 @@ def _label(run: dict[str, Any]) -> str:
     if k > 1:
         ordinal = {2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (12, 13) else 0, "th")
         label += f", every {k}{ordinal} earlier sweep"
+    if run.get("ground_depth_input") is not None:
+        label += ", flat-ground depth prior"
+    if run.get("perspective_loss_weight"):
+        label += f", perspective supervision (weight {run['perspective_loss_weight']:g})"
     world = run.get("train_world")
     if world and Path(world).name != DEFAULT_TRAIN_WORLD:
         label += f", trained on `{Path(world).name}`"

@@ -77,6 +77,13 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert "LiDAR first (camera from 0.5 of the steps), every 4th earlier sweep" in table
     assert "trained on" not in table  # no data.root: the default world
+    assert "perspective" not in table and "prior" not in table  # not in the config: off
+    (runs / "camera_t1" / "config.yaml").write_text(
+        "model:\n  camera:\n    perspective_loss_weight: 1.0\n    ground_depth_input: -1.84\n"
+    )
+    assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
+    table = out.with_suffix(".md").read_text()
+    assert ", flat-ground depth prior, perspective supervision (weight 1) |" in table
     # a run on another training world (TRAIN_SCENES) names it; the default world does not
     (runs / "fused" / "config.yaml").write_text("data:\n  root: data/synth-train-s100\n")
     (runs / "lidar" / "config.yaml").write_text("data:\n  root: data/synth-train\n")
