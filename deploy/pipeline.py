@@ -249,7 +249,8 @@ class ModelStages:
         start = time.perf_counter()
         self._voxelize_time = None
         with torch.inference_mode():
-            bev = self.model.lidar(batch.points, batch.batch_size, batch.lidar_mask)
+            points = self.model.lidar_points(batch)  # painted when the model paints
+            bev = self.model.lidar(points, batch.batch_size, batch.lidar_mask)
         voxelize = (self._voxelize_time or start) - start
         return bev, voxelize
 

@@ -71,10 +71,15 @@ def run(
             notes["view transform"] = "pooling plan cached (fixed calibration)"
             cam_bev, _ = model.camera.view_transform(feats, batch)
         if model.lidar is not None:
+            points = model.lidar_points(batch)
+            if model.paint_points:
+                timings["point painting"] = time_ms(
+                    lambda: model.lidar_points(batch), repeat=repeat
+                )
             timings["lidar (voxelize + SPVConv)"] = time_ms(
-                lambda: model.lidar(batch.points, 1, batch.lidar_mask), repeat=repeat
+                lambda: model.lidar(points, 1, batch.lidar_mask), repeat=repeat
             )
-            lidar_bev = model.lidar(batch.points, 1, batch.lidar_mask)
+            lidar_bev = model.lidar(points, 1, batch.lidar_mask)
         maps = [m for m in (cam_bev, lidar_bev) if m is not None]
         present = model._presence(batch)
         timings["fuser"] = time_ms(lambda: model.fuser(maps, present), repeat=repeat)

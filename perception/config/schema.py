@@ -190,6 +190,13 @@ class ModelConfig(StrictModel):
     # modalities whose fuser weights start at zero: ("camera",) makes a fused model start as
     # its LiDAR-only part and let the camera in as the detection loss finds it useful
     fuser_zero_init: tuple[Literal["camera", "lidar"], ...] = ()
+    paint_points: bool = Field(
+        False,
+        description=(
+            "fused only: the LiDAR branch also reads the colour of the keyframe pixel each "
+            "point projects to (PointPainting with raw pixels), beside the camera BEV branch"
+        ),
+    )
 
     @model_validator(mode="after")
     def _check(self) -> ModelConfig:
@@ -199,6 +206,11 @@ class ModelConfig(StrictModel):
         if self.camera is not None and self.camera.lidar_depth_input and self.lidar is None:
             raise ValueError(
                 "model.camera.lidar_depth_input needs LiDAR at run time, but model.lidar is null"
+            )
+        if self.paint_points and (self.camera is None or self.lidar is None):
+            raise ValueError(
+                "model.paint_points colours LiDAR points from the cameras: it needs both "
+                "model.camera and model.lidar"
             )
         for name in self.fuser_zero_init:
             if not present[name]:

@@ -35,7 +35,8 @@ LiDAR first (`train.camera_start` = f > 0, a fused model): BEVFusion trains its 
 detector, then the fused one from it; here both happen in one run and one LR schedule. Until the
 epoch whose start is nearest f of the (planned) steps, the model skips its camera branch
 (`camera_enabled` False: with the fuser's zero-initialized camera weights it is exactly the
-LiDAR-only model) and the loader decodes no images; from that epoch on it trains fused. The
+LiDAR-only model) and the loader decodes no images (unless the model paints its points with
+them, `model.paint_points`); from that epoch on it trains fused. The
 epoch the camera joined is saved with every checkpoint, so a resumed run switches where the
 uninterrupted one did.
 
@@ -431,7 +432,8 @@ class Trainer:
                     f.write("\n")
         on = self.camera_from_epoch is not None and epoch >= self.camera_from_epoch
         self.model.camera_enabled = on
-        self.loader.sampler.dataset.load_images = on and self.images_configured
+        painting = getattr(self.model, "paint_points", False)  # paints from the first step
+        self.loader.sampler.dataset.load_images = (on or painting) and self.images_configured
 
     def _log_budget(self, spent: float, pace: float | None, event: str) -> None:
         if not self.is_main:

@@ -25,6 +25,7 @@ from .fuser import ConvFuser, ModalityDropout
 from .heads.centerpoint import CenterPointHead, DecodeConfig, LossWeights
 from .heads.targets import TargetConfig
 from .lidar import SPVConvEncoder
+from .painting import PAINT_CHANNELS
 from .perspective import PerspectiveHead
 from .view_transform import LSSViewTransform
 
@@ -82,7 +83,7 @@ def build_lidar_branch(config: ExperimentConfig) -> SPVConvEncoder:
     lidar = config.model.lidar
     assert lidar is not None
     return SPVConvEncoder(
-        in_channels=POINT_FEATURES,
+        in_channels=POINT_FEATURES + (PAINT_CHANNELS if config.model.paint_points else 0),
         stem_channels=lidar.stem_channels,
         stage_channels=lidar.stage_channels,
         stage_blocks=lidar.stage_blocks,
@@ -167,4 +168,5 @@ def build_model(config: ExperimentConfig | str | Path, overrides: Sequence[str] 
         decoder=decoder,
         head=head,
         modality_dropout=dropout,
+        paint_points=m.paint_points,
     )

@@ -20,6 +20,7 @@ from ..structures import Batch, Detections
 from .bev_decoder import BEVDecoder
 from .fuser import ConvFuser, ModalityDropout
 from .heads.centerpoint import CenterPointHead
+from .painting import paint_points as painted
 
 
 class CameraBranch(Protocol):
@@ -29,7 +30,8 @@ class CameraBranch(Protocol):
 
 
 class LidarBranch(Protocol):
-    """Points `[P, 6]` (batch index first) of B samples -> LiDAR BEV `[B, C_lidar, X, Y]`."""
+    """Points `[P, 6]` (batch index first; `[P, 10]` painted) of B samples -> LiDAR BEV
+    `[B, C_lidar, X, Y]`."""
 
     def __call__(self, points: torch.Tensor, batch_size: int) -> torch.Tensor: ...
 
@@ -45,11 +47,16 @@ class BEVFusion(nn.Module):
         head: the detection head on the decoder's map.
         modality_dropout: in training, drops a sensor per sample at random (never both), so
             the detector learns to run degraded.
+        paint_points: a fused model's LiDAR branch reads each point's keyframe pixel colour
+            (`perception.models.painting`; the branch then takes 4 more point columns). A
+            sample's missing or dropped cameras paint nothing.
 
     `camera_enabled` (default True) False skips a fused model's camera branch: the fuser sees
     the camera as missing from every sample, and a fuser that starts with zero camera weights
     (`ConvFuser(zero_init=...)`) then computes exactly the LiDAR-only model. The trainer's
-    LiDAR-first schedule (`train.camera_start`) switches it.
+    LiDAR-first schedule (`train.camera_start`) switches it. Painting does not depend on it:
+    a painting model skipping its camera branch still paints the points (the loader keeps
+    decoding images for it).
     """
 
     def __init__(
@@ -61,6 +68,7 @@ class BEVFusion(nn.Module):
         decoder: BEVDecoder,
         head: CenterPointHead,
         modality_dropout: ModalityDropout | None = None,
+        paint_points: bool = False,
     ):
         super().__init__()
         if camera is None and lidar is None:
@@ -77,6 +85,9 @@ class BEVFusion(nn.Module):
         self.head = head
         self.modality_dropout = modality_dropout
         self.camera_enabled = True
+        if paint_points and (camera is None or lidar is None):
+            raise ValueError("paint_points needs both a camera and a LiDAR branch")
+        self.paint_points = paint_points
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -92,6 +103,13 @@ class BEVFusion(nn.Module):
             present.append(batch.lidar_mask)  # [B]
         return present
 
+    def lidar_points(self, batch: Batch, cameras: torch.Tensor | None = None) -> torch.Tensor:
+        """The points the LiDAR branch reads: `batch.points`, painted when `paint_points`, by
+        `cameras` `[B, Ncam]` (default: the present ones, `batch.camera_mask`)."""
+        if not self.paint_points:
+            return batch.points
+        return painted(batch, batch.camera_mask if cameras is None else cameras)
+
     def bev_features(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The fused and decoded BEV map `[B, C, X, Y]` and the branches' auxiliary losses."""
         aux: dict[str, torch.Tensor] = {}
@@ -103,6 +121,11 @@ class BEVFusion(nn.Module):
             maps.append(None)
         elif self.training and self.modality_dropout is not None and len(present) > 1:
             present = list(self.modality_dropout(present))
+        painters = None
+        if self.paint_points:  # dropout's choice, not the LiDAR-first skip
+            painters = batch.camera_mask
+            if not skip_camera:
+                painters = painters & present[0][:, None]
         if self.camera is not None and not skip_camera:
             camera_batch = batch
             if self.lidar is not None:  # a camera branch reading LiDAR depths sees what's kept
@@ -111,7 +134,8 @@ class BEVFusion(nn.Module):
             maps.append(camera_bev)
             aux.update({f"camera/{k}": v for k, v in camera_aux.items()})
         if self.lidar is not None:
-            maps.append(self.lidar(batch.points, batch.batch_size, batch.lidar_mask))
+            points = self.lidar_points(batch, painters)
+            maps.append(self.lidar(points, batch.batch_size, batch.lidar_mask))
         fused = self.fuser(maps, present)  # [B, C_fused, X, Y]
         return self.decoder(fused), aux
 

@@ -18,6 +18,7 @@ from ..geometry import lidar_to_image
 from ..ops.bev_pool import BEVPoolPlanCache, bev_pool_depth
 from ..structures import Batch
 from .bev_grid import BEVGrid
+from .painting import image_from_lidar
 from .perspective import PerspectiveHead, perspective_labels
 
 
@@ -120,12 +121,7 @@ class LSSViewTransform(nn.Module):
     def image_from_lidar(self, batch: Batch) -> torch.Tensor:
         """`[B, Ncam, 4, 4]`: augmented LiDAR point -> (u*d, v*d, d, 1) in the augmented image of
         each camera's keyframe (the clip's last frame)."""
-        return lidar_to_image(
-            batch.intrinsics.float(),  # [B, Ncam, 3, 3]
-            batch.camera_to_lidar[:, :, -1].float(),  # [B, Ncam, 4, 4]
-            batch.image_aug.float(),  # [B, Ncam, 4, 4]
-            batch.lidar_aug.float()[:, None],  # [B, 1, 4, 4]
-        )
+        return image_from_lidar(batch)
 
     def frustum_cells(self, image_from_lidar: torch.Tensor) -> torch.Tensor:
         """`[B*Ncam, D, fH, fW, 4]` int64 (batch, z, x, y) BEV cell of every frustum point;

@@ -226,6 +226,19 @@ def test_lidar_first_adds_the_camera_at_an_epoch_and_resumes_there(indexed_world
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=f"stop {stop}: {key}")
 
 
+def test_lidar_first_keeps_decoding_images_for_a_painting_model(indexed_world, tmp_path):
+    steps = ("train.max_steps=6", "train.camera_start=0.5", "model.paint_points=true")
+    trainer = make_trainer(indexed_world, tmp_path, *steps)
+    decoded = record_images(trainer)
+    enabled = []
+    real_step = trainer._train_step
+    trainer._train_step = lambda batch: (enabled.append(trainer.model.camera_enabled),
+                                         real_step(batch))[1]  # fmt: skip
+    trainer.train()
+    assert decoded == [True] * 6  # the points are painted from the first step
+    assert enabled == [False] * 3 + [True] * 3  # the camera branch still joins later
+
+
 def test_lidar_first_needs_both_branches(indexed_world, tmp_path):
     with pytest.raises(ValueError, match="camera_start"):
         make_trainer(indexed_world, tmp_path, "train.camera_start=0.5", "model.camera=null")
