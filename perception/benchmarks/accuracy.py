@@ -58,7 +58,8 @@ def read_run(work: Path) -> dict[str, Any]:
     command = timing.get("command", "")
     config = _run_config(work)
     data = config.get("data") or {}
-    camera = (config.get("model") or {}).get("camera") or {}
+    model = config.get("model") or {}
+    camera = model.get("camera") or {}
     threads = re.search(r"OMP_NUM_THREADS=(\d+)", command)
     return {
         "variant": timing["variant"],
@@ -74,6 +75,8 @@ def read_run(work: Path) -> dict[str, Any]:
         # camera options beyond the config's defaults (0 / None: off, or runs from before them)
         "perspective_loss_weight": float(camera.get("perspective_loss_weight") or 0.0),
         "ground_depth_input": camera.get("ground_depth_input"),
+        # LiDAR points painted with the pixel colours (fused only; absent: before the option)
+        "paint_points": bool(model.get("paint_points", False)),
         # the world it trained on (None: runs from before the trainer saved its config)
         "train_world": data.get("root"),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
@@ -146,6 +149,8 @@ def _label(run: dict[str, Any]) -> str:
     if k > 1:
         ordinal = {2: "nd", 3: "rd"}.get(k % 10 if k % 100 not in (12, 13) else 0, "th")
         label += f", every {k}{ordinal} earlier sweep"
+    if run.get("paint_points"):
+        label += ", points painted with pixel colours"
     if run.get("ground_depth_input") is not None:
         label += ", flat-ground depth prior"
     if run.get("perspective_loss_weight"):

@@ -74,11 +74,13 @@ def paint_points(batch: Batch, cameras: torch.Tensor) -> torch.Tensor:
         seen = (
             (depth > MIN_DEPTH) & (u >= 0) & (u < W) & (v >= 0) & (v < H) & cameras[b, :, None]
         )  # [N, P_b]; NaN coordinates compare False
-        hit = seen.any(0)  # [P_b]
-        if not bool(hit.any()):
+        first = torch.full_like(rows, -1)  # [P_b] the first camera that sees each point
+        for n in reversed(range(N)):  # (an argmax over cameras is ~10x slower on CPU)
+            first = torch.where(seen[n], n, first)
+        index = torch.nonzero(first >= 0).squeeze(1)  # [S]
+        if not len(index):
             continue
-        camera = seen.to(torch.uint8).argmax(0)[hit]  # [S] the first camera that sees it
-        index = torch.nonzero(hit).squeeze(1)
+        camera = first[index]
         col = u[camera, index].long()
         row = v[camera, index].long()
         colour = keyframes[b][camera, :, row, col]  # [S, 3] uint8

@@ -69,13 +69,17 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     assert result["runs"][0]["camera_start"] == 0.0  # no config.yaml: a run from before
     # a LiDAR-first run says so, read from the resolved config the trainer saved
     (runs / "fused" / "config.yaml").write_text(
-        "train:\n  camera_start: 0.5\ndata:\n  sweep_stride: 4\n"
+        "train:\n  camera_start: 0.5\ndata:\n  sweep_stride: 4\nmodel:\n  paint_points: true\n"
     )
     assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
     fused = json.loads(out.read_text())["runs"][0]
     assert (fused["camera_start"], fused["sweep_stride"]) == (0.5, 4)
     table = out.with_suffix(".md").read_text()
-    assert "LiDAR first (camera from 0.5 of the steps), every 4th earlier sweep" in table
+    assert (
+        "LiDAR first (camera from 0.5 of the steps), every 4th earlier sweep, points painted"
+        in table
+    )
+    assert fused["paint_points"] and not json.loads(out.read_text())["runs"][1]["paint_points"]
     assert "trained on" not in table  # no data.root: the default world
     assert "perspective" not in table and "prior" not in table  # not in the config: off
     (runs / "camera_t1" / "config.yaml").write_text(
