@@ -112,9 +112,10 @@ def test_latest_slot_replaces_a_waiting_item():
     assert slot.get(0.01) is None
 
 
-def test_stages_compose_to_the_model():
+@pytest.mark.parametrize("overrides", [[], ["model.paint_points=true"]])
+def test_stages_compose_to_the_model(overrides):
     torch.manual_seed(0)
-    config = parse_config(MICRO)
+    config = parse_config(MICRO, overrides)
     model = build_model(config).eval()
     batch = random_batch(config, batch_size=1, seed=0)
     stages = ModelStages(model)
