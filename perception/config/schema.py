@@ -114,6 +114,15 @@ class CameraModelConfig(StrictModel):
     lidar_depth_input: bool = Field(
         False, description="the depth net reads LiDAR depths (BEVFusion's DepthLSS); fused only"
     )
+    lidar_depth_prior: float = Field(
+        0.0,
+        ge=0,
+        description=(
+            "with lidar_depth_input, > 0 adds a learnable scale (starting here) times the "
+            "one-hot LiDAR depth to the depth logits: the lift is sharp at measured depths from "
+            "the first step; 0: off"
+        ),
+    )
     ground_depth_input: float | None = Field(
         None,
         description=(
@@ -207,6 +216,12 @@ class ModelConfig(StrictModel):
             raise ValueError(
                 "model.camera.lidar_depth_input needs LiDAR at run time, but model.lidar is null"
             )
+        if self.camera is not None and self.camera.lidar_depth_prior > 0:
+            if not self.camera.lidar_depth_input:
+                raise ValueError(
+                    "model.camera.lidar_depth_prior is a prior on the LiDAR depth input: it needs "
+                    "model.camera.lidar_depth_input: true"
+                )
         if self.paint_points and (self.camera is None or self.lidar is None):
             raise ValueError(
                 "model.paint_points colours LiDAR points from the cameras: it needs both "

@@ -69,6 +69,7 @@ def build_camera_branch(config: ExperimentConfig) -> CameraBEVBranch:
         downsample=cam.bev_downsample,
         depth_loss_weight=cam.depth_loss_weight,
         lidar_depth_input=cam.lidar_depth_input,
+        lidar_depth_prior=cam.lidar_depth_prior,
         ground_depth_input=cam.ground_depth_input,
         perspective=(
             PerspectiveHead(encoder.out_channels, len(CLASS_NAMES), cam.perspective_loss_weight)

@@ -51,6 +51,12 @@ class LSSViewTransform(nn.Module):
             LiDAR measured instead of learning depth from pixels alone. At run time the
             camera branch of such a model needs the points of the same batch (a sample whose
             `lidar_mask` is False gets no depth input).
+        lidar_depth_prior: with `lidar_depth_input`, > 0 also adds a learnable scale (starting
+            at this value) times that one-hot LiDAR bin to the depth logits, so the lift is
+            sharp at the measured depth from the first step instead of after the depth net has
+            learned to copy its input (a tiny depth net takes hundreds of steps: the depth
+            loss of the tiny fused model falls from ~3.7 to ~0.6 nats over its first ~160
+            camera steps); 0 for none. Cells without a LiDAR point get no prior.
         ground_depth_input: the ground's height in the LiDAR frame (m; -1.84 for nuScenes'
             LIDAR_TOP) or None. The depth net then also reads, for every feature cell, the
             depth at which its ray meets that flat ground (one-hot bin; zeros for rays that
@@ -75,6 +81,7 @@ class LSSViewTransform(nn.Module):
         downsample: int = 1,
         depth_loss_weight: float = 0.0,
         lidar_depth_input: bool = False,
+        lidar_depth_prior: float = 0.0,
         ground_depth_input: float | None = None,
         perspective: PerspectiveHead | None = None,
     ):
@@ -92,6 +99,14 @@ class LSSViewTransform(nn.Module):
         self.context_channels = context_channels
         self.depth_loss_weight = depth_loss_weight
         self.lidar_depth_input = lidar_depth_input
+        if lidar_depth_prior < 0 or (lidar_depth_prior > 0 and not lidar_depth_input):
+            raise ValueError(
+                f"lidar_depth_prior must be >= 0 and needs lidar_depth_input, got "
+                f"{lidar_depth_prior} with lidar_depth_input={lidar_depth_input}"
+            )
+        self.lidar_depth_prior = (
+            nn.Parameter(torch.tensor(float(lidar_depth_prior))) if lidar_depth_prior > 0 else None
+        )
         self.ground_depth_input = ground_depth_input
         self.num_depth = int(round((d_max - d_min) / d_step))
         f_h, f_w = height // feature_stride, width // feature_stride
@@ -265,14 +280,18 @@ class LSSViewTransform(nn.Module):
             aux["perspective"] = self.perspective.loss(
                 x, self.perspective_targets(batch, image_from_lidar, target), present
             )
+        lidar_depth = None  # [B*N, D, fH, fW] one-hot LiDAR depth bins, zeros where none
         if self.lidar_depth_input:
-            x = torch.cat([x, self._depth_one_hot(target, x.dtype)], dim=1)
+            lidar_depth = self._depth_one_hot(target, x.dtype)
+            x = torch.cat([x, lidar_depth], dim=1)
         if self.ground_depth_input is not None:
             with torch.no_grad():
                 ground = self._bins(self.ground_depth(batch))
             x = torch.cat([x, self._depth_one_hot(ground, x.dtype)], dim=1)
         x = self.depth_net(x)  # [B*N, D + C_ctx, fH, fW]
         depth_logits = x[:, :D]  # [B*N, D, fH, fW]
+        if self.lidar_depth_prior is not None:
+            depth_logits = depth_logits + self.lidar_depth_prior * lidar_depth
         depth = depth_logits.softmax(dim=1)
         depth = depth * present[:, None, None, None].to(depth.dtype)  # a missing camera: none
         context = x[:, D:]  # [B*N, C_ctx, fH, fW]

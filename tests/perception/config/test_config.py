@@ -33,6 +33,8 @@ def test_overrides_are_typed():
             ["model.camera.lidar_depth_input=true"],
             "lidar_depth_input needs LiDAR",
         ),
+        ({}, ["model.camera.lidar_depth_prior=4"], "lidar_depth_prior is a prior"),
+        ({}, ["model.camera.lidar_depth_prior=-1"], "model.camera.lidar_depth_prior"),
     ],
 )
 def test_errors_name_the_key(raw, overrides, message):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from perception.models.bev_grid import BEVGrid
@@ -108,6 +109,29 @@ def test_lidar_depth_input_reads_the_points_of_present_lidar_only():
     assert inputs[1][:, 8:].abs().max() == 0 and inputs[2][:, 8:].abs().max() == 0
     assert (outputs[0] - outputs[1]).abs().max() > 0
     torch.testing.assert_close(outputs[1], outputs[2])
+
+
+def test_lidar_depth_prior_peaks_the_lift_at_the_measured_depth():
+    torch.manual_seed(0)
+    batch = synthetic_batch(micro_config(), batch_size=1)
+    point = torch.tensor([[0.0, 10.3, 0.0, 1.5, 0.0, 0.0]])  # 10.3 m ahead of CAM_FRONT
+    batch = Batch(**{**batch.__dict__, "points": point})
+    features = torch.randn(1, 6, 8, 8, 22)
+
+    def depth_loss(vt):  # the cross entropy at the one cell the point supervises
+        return vt.train()(features, batch)[1]["depth"]
+
+    plain = make_transform(lidar_depth_input=True, depth_loss_weight=1.0)
+    with_prior = make_transform(
+        lidar_depth_input=True, depth_loss_weight=1.0, lidar_depth_prior=30.0
+    )
+    with_prior.load_state_dict(plain.state_dict(), strict=False)  # the same depth net
+    loss_plain, loss_prior = depth_loss(plain), depth_loss(with_prior)
+    assert loss_prior < 1e-6 < loss_plain  # one supervised cell: the prior puts it in bin 9
+    loss_prior.backward()
+    assert with_prior.lidar_depth_prior.grad is not None  # the scale is learned
+    with pytest.raises(ValueError, match="needs lidar_depth_input"):
+        make_transform(lidar_depth_prior=1.0)
 
 
 def test_ground_depth_meets_the_ground_plane_whatever_the_lidar_augmentation():
