@@ -33,6 +33,7 @@ from torch import nn
 from perception.config import load_config
 from perception.datasets.pipeline import build_dataloader, build_dataset
 from perception.engine import Trainer, seed_everything
+from perception.models.bev_grid import BEVGrid
 from perception.models.builder import build_model
 from perception.structures import Batch
 
@@ -117,7 +118,31 @@ class WithClassInput(nn.Module):
         return torch.cat([out[:, :D] + bias, out[:, D:]], dim=1)
 
 
-def build(variant: str, overrides: list[str]):
+def conv_block(channels: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(channels, channels, 3, padding=1, bias=False),
+        nn.BatchNorm2d(channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+def split_height(view_transform, cells: int, z_range=(-5.0, 3.0)) -> None:
+    """Pools the frustum into `cells` height cells over `z_range` (m) instead of one, stacked
+    as channels for the BEV convolution (whose first layer is rebuilt to read them)."""
+    grid = view_transform.grid
+    r, v = grid.point_range, grid.voxel_size
+    view_transform.grid = BEVGrid(
+        point_range=(r[0], r[1], z_range[0], r[3], r[4], z_range[1]),
+        voxel_size=(v[0], v[1], (z_range[1] - z_range[0]) / cells),
+        stride=grid.stride,
+    )
+    first = view_transform.bev_conv[0][0]
+    view_transform.bev_conv[0][0] = nn.Conv2d(
+        view_transform.context_channels * cells, first.out_channels, 3, padding=1, bias=False
+    )
+
+
+def build(variant: str, overrides: list[str], bev_layers: int = 0, height_cells: int = 1):
     config_path = "configs/bevfusion_tiny_lidar.yaml"
     if variant != "lidar":
         config_path = "configs/bevfusion_tiny_camera.yaml"
@@ -141,6 +166,14 @@ def build(variant: str, overrides: list[str]):
                 wrapper.classes = cell_classes(module, args[1])
 
         view_transform.register_forward_pre_hook(set_classes)
+    if height_cells > 1:
+        split_height(model.camera.view_transform, height_cells)
+    if bev_layers:  # more spatial context on the lifted map before the shared decoder
+        view_transform = model.camera.view_transform
+        channels = view_transform.out_channels
+        view_transform.bev_conv = nn.Sequential(
+            view_transform.bev_conv, *(conv_block(channels) for _ in range(bev_layers))
+        )
     return config, model
 
 
@@ -151,6 +184,22 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--seed", type=int, default=3)
     parser.add_argument("--out", default="outputs/camera_bottleneck")
+    parser.add_argument("--name", help="the run's folder under --out (default: the variant)")
+    parser.add_argument(
+        "--height-cells",
+        type=int,
+        default=1,
+        help="camera variants: lift into this many height cells over -5..3 m (default 1)",
+    )
+    parser.add_argument(
+        "--bev-layers",
+        type=int,
+        default=0,
+        help="camera variants: this many more 3x3 conv-BN-ReLU layers on the lifted BEV map",
+    )
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], help="config override key=value"
+    )
     args = parser.parse_args()
     overrides = [
         f"data.root={args.root}",
@@ -159,8 +208,9 @@ def main() -> None:
         "data.val_split=val",
         f"train.max_steps={args.steps}",
         f"seed={args.seed}",
+        *args.overrides,
     ]
-    config, model = build(args.variant, overrides)
+    config, model = build(args.variant, overrides, args.bev_layers, args.height_cells)
     dataset = build_dataset(config, train=True)
     loader = build_dataloader(
         dataset,
@@ -170,7 +220,7 @@ def main() -> None:
         seed=config.seed,
         distributed=False,
     )
-    work = Path(args.out) / args.variant.replace("+", "_")
+    work = Path(args.out) / (args.name or args.variant.replace("+", "_"))
     Trainer(config=config, model=model, loader=loader, work_dir=work, progress=False).train()
     curve = []
     for line in open(work / "log.jsonl"):
@@ -181,7 +231,15 @@ def main() -> None:
             curve.append(
                 (record["step"], round(heatmap, 2), round(losses.get("camera/depth", 0), 2))
             )
-    print(f"{args.variant}: (step, heatmap loss summed over tasks, depth loss)")
+    settings = " ".join(
+        [
+            *args.overrides,
+            *[f"bev_layers={args.bev_layers}"] * bool(args.bev_layers),
+            *[f"height_cells={args.height_cells}"] * (args.height_cells > 1),
+        ]
+    )
+    settings = f" {settings}" if settings else ""
+    print(f"{args.variant}{settings}: (step, heatmap loss summed over tasks, depth loss)")
     print(" ".join(f"{s}:{h}/{d}" for s, h, d in curve))
 
 

@@ -75,6 +75,7 @@ def read_run(work: Path) -> dict[str, Any]:
         # camera options beyond the config's defaults (0 / None: off, or runs from before them)
         "perspective_loss_weight": float(camera.get("perspective_loss_weight") or 0.0),
         "ground_depth_input": camera.get("ground_depth_input"),
+        "lidar_depth_prior": float(camera.get("lidar_depth_prior") or 0.0),
         # LiDAR points painted with the pixel colours (fused only; absent: before the option)
         "paint_points": bool(model.get("paint_points", False)),
         # the world it trained on (None: runs from before the trainer saved its config)
@@ -153,6 +154,8 @@ def _label(run: dict[str, Any]) -> str:
         label += ", points painted with pixel colours"
     if run.get("ground_depth_input") is not None:
         label += ", flat-ground depth prior"
+    if run.get("lidar_depth_prior"):
+        label += f", LiDAR depth logit prior ({run['lidar_depth_prior']:g})"
     if run.get("perspective_loss_weight"):
         label += f", perspective supervision (weight {run['perspective_loss_weight']:g})"
     world = run.get("train_world")

@@ -70,6 +70,7 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     # a LiDAR-first run says so, read from the resolved config the trainer saved
     (runs / "fused" / "config.yaml").write_text(
         "train:\n  camera_start: 0.5\ndata:\n  sweep_stride: 4\nmodel:\n  paint_points: true\n"
+        "  camera:\n    lidar_depth_prior: 5.0\n"
     )
     assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
     fused = json.loads(out.read_text())["runs"][0]
@@ -77,11 +78,11 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert (
         "LiDAR first (camera from 0.5 of the steps), every 4th earlier sweep, points painted"
-        in table
+        " with pixel colours, LiDAR depth logit prior (5) |" in table
     )
     assert fused["paint_points"] and not json.loads(out.read_text())["runs"][1]["paint_points"]
     assert "trained on" not in table  # no data.root: the default world
-    assert "perspective" not in table and "prior" not in table  # not in the config: off
+    assert "perspective" not in table and "flat-ground" not in table  # not in the config: off
     (runs / "camera_t1" / "config.yaml").write_text(
         "model:\n  camera:\n    perspective_loss_weight: 1.0\n    ground_depth_input: -1.84\n"
     )
