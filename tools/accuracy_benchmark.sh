@@ -26,6 +26,10 @@
 # TRAIN_SCENES=N (default 30) trains on a world of N scenes from the same seed (1), 3 of them
 # in its val split: data/synth-train for 30, else data/synth-train-sN (generated when absent).
 # The test world is the same whatever N.
+# PRETRAINED=DIR starts the camera encoder of the fused and camera-only variants from the
+# camera run in DIR (tools/pretrain_camera.sh: another world, seed 5); the rest of each model
+# trains from scratch, and the pretraining's minutes are not part of the budget (as an
+# ImageNet- or nuImages-pretrained backbone's are not).
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -44,6 +48,9 @@ LIDAR_FIRST=()
 [ -n "${CAMERA_START:-}" ] && LIDAR_FIRST=(--set train.camera_start="$CAMERA_START")
 EXTRA_SET=()
 for kv in ${SET:-}; do EXTRA_SET+=(--set "$kv"); done
+INIT_SET=()
+[ -n "${PRETRAINED:-}" ] && INIT_SET=(--set train.init_from="$PRETRAINED"
+                                      --set "train.init_prefixes=[camera.encoder.]")
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 
@@ -89,10 +96,12 @@ for variant in "${VARIANTS[@]}"; do
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     [ -n "${BUDGET_MIN:-}" ] && steps=${STEPS:-4000}
+    init=()
+    [ "$variant" != lidar ] && init=("${INIT_SET[@]}")
     work="$OUT/$variant"
     train=($PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}"
            "${extra[@]}" "${EXTRA_SET[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
-           "${SEED_SET[@]}" "${BUDGET_SET[@]}")
+           "${SEED_SET[@]}" "${BUDGET_SET[@]}" "${init[@]}")
     start=$(date +%s)
     OMP_NUM_THREADS=$THREADS "${train[@]}"
     end=$(date +%s)

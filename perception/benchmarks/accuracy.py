@@ -78,6 +78,8 @@ def read_run(work: Path) -> dict[str, Any]:
         "lidar_depth_prior": float(camera.get("lidar_depth_prior") or 0.0),
         # LiDAR points painted with the pixel colours (fused only; absent: before the option)
         "paint_points": bool(model.get("paint_points", False)),
+        # the run whose weights started the camera encoder (None: from scratch)
+        "camera_init_from": (config.get("train") or {}).get("init_from"),
         # the world it trained on (None: runs from before the trainer saved its config)
         "train_world": data.get("root"),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
@@ -158,6 +160,8 @@ def _label(run: dict[str, Any]) -> str:
         label += f", LiDAR depth logit prior ({run['lidar_depth_prior']:g})"
     if run.get("perspective_loss_weight"):
         label += f", perspective supervision (weight {run['perspective_loss_weight']:g})"
+    if run.get("camera_init_from"):
+        label += f", camera encoder pretrained (`{Path(run['camera_init_from']).name}`)"
     world = run.get("train_world")
     if world and Path(world).name != DEFAULT_TRAIN_WORLD:
         label += f", trained on `{Path(world).name}`"

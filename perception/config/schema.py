@@ -281,6 +281,28 @@ class TrainConfig(StrictModel):
             "branches"
         ),
     )
+    init_from: str | None = Field(
+        None,
+        description=(
+            "a checkpoint (its directory, or a work dir: the latest one) whose weights start "
+            "the model, e.g. a camera encoder pretrained on another world; not a resume (the "
+            "step, optimizer and schedule start fresh), and unused when `--resume` finds a "
+            "checkpoint of the run itself"
+        ),
+    )
+    init_prefixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "with `init_from`: load only the weights whose names start with one of these "
+            "(e.g. `camera.encoder.`), each of which must match at least one; empty: all"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check_init(self) -> TrainConfig:
+        if self.init_prefixes and self.init_from is None:
+            raise ValueError("train.init_prefixes needs train.init_from")
+        return self
 
 
 class ExperimentConfig(StrictModel):

@@ -11,6 +11,7 @@ from .checkpoint import (
     TrainingState,
     find_latest,
     load_checkpoint,
+    load_partial_weights,
     load_weights,
     save_checkpoint,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "global_batch",
     "global_mean_normaliser",
     "load_checkpoint",
+    "load_partial_weights",
     "load_weights",
     "lr_factor",
     "save_checkpoint",

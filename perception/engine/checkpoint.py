@@ -558,6 +558,37 @@ def load_checkpoint(
     )
 
 
+def load_partial_weights(
+    path: str | Path, model: nn.Module, prefixes: list[str] | tuple[str, ...] = ()
+) -> list[str]:
+    """Initialises the weights of `model` whose names start with one of `prefixes` (all of
+    them when empty) from a checkpoint (directory or work dir), verified as `load_checkpoint`
+    does; the rest of the model is left as it is. Every prefix must match some weight of the
+    checkpoint, and every weight loaded must exist in the model with the same shape, else
+    `CheckpointError` names it (the model is unchanged then). Returns the names loaded."""
+    ckpt = _Checkpoint(_resolve(path))
+    source = ckpt.path / MODEL_FILE
+    saved = ckpt.tensors(MODEL_FILE)
+    model = _unwrap(model)
+    own = model.state_dict()
+    chosen = {k: v for k, v in saved.items() if not prefixes or k.startswith(tuple(prefixes))}
+    for prefix in prefixes:
+        if not any(k.startswith(prefix) for k in saved):
+            raise CheckpointError(f"{source}: no weight named {prefix}...")
+    for key, value in sorted(chosen.items()):
+        if key not in own:
+            raise CheckpointError(f"{source}: {key} is not a weight of this model")
+        if own[key].shape != value.shape:
+            raise CheckpointError(
+                f"{source}: {key} has shape {tuple(value.shape)}, the model's "
+                f"{tuple(own[key].shape)}"
+            )
+    with torch.no_grad():
+        for key, value in chosen.items():
+            own[key].copy_(value)
+    return sorted(chosen)
+
+
 def load_weights(path: str | Path, model: nn.Module) -> ExperimentConfig:
     """Loads only the model weights (for inference) and returns the saved config.
 

@@ -74,7 +74,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..config.schema import ExperimentConfig, TrainConfig
-from .checkpoint import find_latest, load_checkpoint, save_checkpoint
+from .checkpoint import find_latest, load_checkpoint, load_partial_weights, save_checkpoint
 from .distributed import convert_sync_batchnorm, global_batch
 
 LOG_NAME = "log.jsonl"
@@ -313,10 +313,11 @@ class Trainer:
 
     # -- pieces ------------------------------------------------------------------------
 
-    def _restore(self) -> None:
+    def _restore(self) -> bool:
+        """Restores the latest checkpoint of the work dir; False when there is none."""
         latest = find_latest(self.work_dir)
         if latest is None:
-            return
+            return False
         state = load_checkpoint(
             latest, model=self.model, optimizer=self.optimizer, scheduler=self.scheduler
         )
@@ -332,6 +333,7 @@ class Trainer:
         if self.budget_s is not None:
             self.spent_before = float(state.extra.get("train_seconds", 0.0))
             self.total_steps = int(state.extra.get("planned_steps", self.total_steps))
+        return True
 
     def _save(self) -> None:
         if self.is_main:
@@ -497,8 +499,12 @@ class Trainer:
 
         tc = self.train_config
         self.work_dir.mkdir(parents=True, exist_ok=True)
-        if self.resume:
-            self._restore()
+        if not (self.resume and self._restore()) and tc.init_from:
+            loaded = load_partial_weights(tc.init_from, self.model, tc.init_prefixes)
+            if self.is_main:
+                record = {"step": self.step, "init_from": tc.init_from, "weights": len(loaded)}
+                with open(self.work_dir / LOG_NAME, "a") as f:
+                    f.write(json.dumps(record) + "\n")
         stop = min(self.total_steps, until_step or self.total_steps)
         if self.step >= stop:
             return self.last_checkpoint

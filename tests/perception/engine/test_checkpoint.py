@@ -22,6 +22,7 @@ from perception.engine import (
     CheckpointError,
     find_latest,
     load_checkpoint,
+    load_partial_weights,
     load_weights,
     save_checkpoint,
 )
@@ -172,6 +173,36 @@ def test_load_weights_for_inference(tmp_path):
     other = _model(2)
     assert load_weights(tmp_path, other) == config
     _assert_same_state(other.state_dict(), model.state_dict())
+
+
+def test_partial_weights_load_only_the_named_prefix(tmp_path):
+    source = _model(1)
+    save_checkpoint(tmp_path, step=3, model=source, config=ExperimentConfig())
+    target = _model(2)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    assert load_partial_weights(tmp_path, target, ["0."]) == ["0.bias", "0.weight"]
+    after = target.state_dict()
+    for key in ("0.weight", "0.bias"):
+        assert torch.equal(after[key], source.state_dict()[key])
+    for key in ("3.weight", "3.bias"):  # not named: left as they were
+        assert torch.equal(after[key], before[key])
+        assert not torch.equal(after[key], source.state_dict()[key])
+    everything = _model(3)
+    assert len(load_partial_weights(tmp_path, everything)) == 4  # no prefix: all
+    _assert_same_state(everything.state_dict(), source.state_dict())
+
+
+def test_partial_weights_name_what_does_not_fit(tmp_path):
+    save_checkpoint(tmp_path, step=1, model=_model(0), config=ExperimentConfig())
+    with pytest.raises(CheckpointError, match=r"model\.safetensors: no weight named camera\."):
+        load_partial_weights(tmp_path, _model(1), ["camera."])
+    wider = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Dropout(0.2), nn.Linear(32, 4))
+    before = {k: v.clone() for k, v in wider.state_dict().items()}
+    with pytest.raises(CheckpointError, match=r"0\.bias has shape \(16,\), the model's \(32,\)"):
+        load_partial_weights(tmp_path, wider)
+    _assert_same_state(wider.state_dict(), before)  # nothing half-loaded
+    with pytest.raises(CheckpointError, match=r"3\.bias is not a weight of this model"):
+        load_partial_weights(tmp_path, nn.Sequential(nn.Linear(8, 16)))
 
 
 def test_flipped_byte_names_sha256_and_file(tmp_path):

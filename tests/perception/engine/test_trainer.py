@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from perception.config import parse_config
+from perception.config import ConfigError, parse_config
 from perception.datasets.pipeline import build_dataloader, build_dataset
 from perception.engine import (
     NonFiniteLossError,
@@ -325,3 +325,37 @@ def test_without_a_time_budget_the_configured_steps_run(indexed_world, tmp_path)
     fake_clock(trainer, lambda step: 1e6)  # the clock has no say
     assert trainer.train().name == "step_4"
     assert not [x for x in log_lines(tmp_path) if "time_budget" in x]
+
+
+def test_init_from_starts_the_named_weights_from_another_run(indexed_world, tmp_path):
+    make_trainer(indexed_world, tmp_path / "source", "train.max_steps=1").train()
+    source = load_checkpoint(tmp_path / "source", model=build_model(parse_config(MICRO)))
+    saved = make_trainer(indexed_world, tmp_path / "x", "train.max_steps=1").model
+    load_checkpoint(source.path, model=saved, restore_rng=False)
+    init = [f"train.init_from={tmp_path / 'source'}", "train.init_prefixes=[camera.encoder.]",
+            "train.max_steps=1", "train.lr=1e-12", "seed=7"]  # fmt: skip
+    trainer = make_trainer(indexed_world, tmp_path / "run", *init)
+    fresh = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    trainer.train()  # one step at a negligible learning rate: the weights stay where they began
+    after, before = trainer.model.state_dict(), saved.state_dict()
+    encoder = [k for k in after if k.startswith("camera.encoder.")]
+    assert encoder and any("weight" in k for k in encoder)
+    for key, value in after.items():
+        if not value.is_floating_point() or "running_" in key:
+            continue  # BatchNorm statistics move with the step's batch, whatever the lr
+        start = before[key] if key.startswith("camera.encoder.") else fresh[key]
+        torch.testing.assert_close(value, start, atol=1e-8, rtol=0, msg=key)
+    assert not torch.equal(fresh[encoder[0]], before[encoder[0]])  # the seeds differ
+    lines = [json.loads(x) for x in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert lines[0] == {"step": 0, "init_from": str(tmp_path / "source"), "weights": len(encoder)}
+    # a resume restores the run's own checkpoint and does not load the init weights again
+    resumed = make_trainer(indexed_world, tmp_path / "run", *init, "train.max_steps=2",
+                           resume=True)  # fmt: skip
+    resumed.train()
+    lines = (tmp_path / "run" / "log.jsonl").read_text().splitlines()
+    assert sum("init_from" in x for x in lines) == 1
+
+
+def test_init_prefixes_need_init_from():
+    with pytest.raises(ConfigError, match="train.init_prefixes needs train.init_from"):
+        parse_config(MICRO, ["train.init_prefixes=[camera.]"])
