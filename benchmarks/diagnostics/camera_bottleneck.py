@@ -36,6 +36,7 @@ from perception.engine import Trainer, seed_everything
 from perception.models.bev_grid import BEVGrid
 from perception.models.builder import build_model
 from perception.structures import Batch
+from perception.structures.classes import CLASS_NAMES
 
 VARIANTS = ("camera", "depth", "depth+class", "exact", "lidar")
 EXACT_LOGIT = 30.0
@@ -60,23 +61,20 @@ def points_in_boxes(xyz: torch.Tensor, boxes, margin: float = 0.2) -> torch.Tens
     return torch.where(inside.any(dim=1), index, torch.full_like(index, -1))
 
 
-def cell_classes(view_transform, batch: Batch) -> torch.Tensor:
-    """`[B*Ncam, fH, fW]` class of the box the nearest LiDAR point of each feature cell lies
-    in; `NUM_CLASSES` for background or no point."""
+def nearest_point_boxes(view_transform, batch: Batch) -> torch.Tensor:
+    """`[B*Ncam, fH, fW]` index (within its sample) of the box that the nearest LiDAR point
+    projecting into each feature cell lies in; -1 for none, -2 where no point projects."""
     image_from_lidar = view_transform.image_from_lidar(batch)
     B, N = image_from_lidar.shape[:2]
     f_h, f_w = view_transform.frustum.shape[1:3]
     stride = view_transform.feature_stride
     nearest = torch.full((B * N * f_h * f_w,), float("inf"))
-    labels = torch.full((B * N * f_h * f_w,), NUM_CLASSES, dtype=torch.long)
+    boxes = torch.full((B * N * f_h * f_w,), -2, dtype=torch.long)
     for b in range(B):
         xyz = batch.points[batch.points[:, 0] == b, 1:4].float()
         if not len(xyz):
             continue
         box = points_in_boxes(xyz, batch.gt_boxes[b])
-        point_class = torch.where(
-            box >= 0, batch.gt_labels[b][box.clamp(min=0)], torch.full_like(box, NUM_CLASSES)
-        )
         homogeneous = torch.cat([xyz, torch.ones_like(xyz[:, :1])], 1)
         projected = torch.einsum("nij,pj->npi", image_from_lidar[b].float(), homogeneous)
         depth = projected[..., 2]
@@ -88,8 +86,71 @@ def cell_classes(view_transform, batch: Batch) -> torch.Tensor:
         flat = ((b * N + cam) * (f_h * f_w) + row * f_w + col)[ok]
         nearest.scatter_reduce_(0, flat, depth[ok], reduce="amin")
         is_nearest = depth[ok] == nearest[flat]
-        labels[flat[is_nearest]] = point_class.expand(N, -1)[ok][is_nearest]
-    return labels.view(B * N, f_h, f_w)
+        boxes[flat[is_nearest]] = box.expand(N, -1)[ok][is_nearest]
+    return boxes.view(B * N, f_h, f_w)
+
+
+def cell_classes(view_transform, batch: Batch) -> torch.Tensor:
+    """`[B*Ncam, fH, fW]` class of the box the nearest LiDAR point of each feature cell lies
+    in; `NUM_CLASSES` for background or no point."""
+    boxes = nearest_point_boxes(view_transform, batch)
+    labels = torch.full_like(boxes, NUM_CLASSES)
+    per_sample = boxes.shape[0] // len(batch.gt_labels)
+    for b, sample_labels in enumerate(batch.gt_labels):
+        cells = boxes[b * per_sample : (b + 1) * per_sample]
+        hit = cells >= 0
+        labels[b * per_sample : (b + 1) * per_sample][hit] = sample_labels[cells[hit]]
+    return labels
+
+
+def visibility(view_transform, loader, samples: int) -> list[dict]:
+    """Per class, over the first `samples` samples: how many boxes, how many have LiDAR
+    points, how many are the nearest surface of at least one camera ray (one ray per
+    feature cell: what the lift can place on them), how many have their centre in some
+    camera's image, and the mean LiDAR points and camera rays per box."""
+    rows = [
+        dict(boxes=0, lidar_boxes=0, ray_boxes=0, centre_in_image=0, points=0, rays=0)
+        for _ in range(NUM_CLASSES)
+    ]
+    seen = 0
+    for batch in loader:
+        cells = nearest_point_boxes(view_transform, batch)
+        image_from_lidar = view_transform.image_from_lidar(batch).float()
+        width, height = view_transform.image_size
+        per_sample = cells.shape[0] // len(batch.gt_labels)
+        for b, labels in enumerate(batch.gt_labels):
+            if seen == samples:
+                return rows
+            seen += 1
+            boxes = batch.gt_boxes[b]
+            if not len(boxes):
+                continue
+            xyz = batch.points[batch.points[:, 0] == b, 1:4].float()
+            points = torch.bincount(
+                (inside := points_in_boxes(xyz, boxes))[inside >= 0], minlength=len(boxes)
+            )
+            hit = cells[b * per_sample : (b + 1) * per_sample].flatten()
+            rays = torch.bincount(hit[hit >= 0], minlength=len(boxes))
+            centre = torch.cat([boxes.center.float(), torch.ones(len(boxes), 1)], 1)
+            projected = torch.einsum("nij,kj->nki", image_from_lidar[b], centre)
+            depth = projected[..., 2]
+            uv = projected[..., :2] / depth.clamp(min=1e-3)[..., None]
+            in_image = (
+                (depth > 0.5)
+                & (uv[..., 0] >= 0)
+                & (uv[..., 0] < width)
+                & (uv[..., 1] >= 0)
+                & (uv[..., 1] < height)
+            ).any(dim=0)
+            for k, label in enumerate(labels.tolist()):
+                row = rows[label]
+                row["boxes"] += 1
+                row["lidar_boxes"] += int(points[k] > 0)
+                row["ray_boxes"] += int(rays[k] > 0)
+                row["centre_in_image"] += int(in_image[k])
+                row["points"] += int(points[k])
+                row["rays"] += int(rays[k])
+    return rows
 
 
 class WithClassInput(nn.Module):
@@ -177,6 +238,39 @@ def build(variant: str, overrides: list[str], bev_layers: int = 0, height_cells:
     return config, model
 
 
+def print_visibility(config, model, samples: int, overrides: list[str]) -> None:
+    if model.camera is None:
+        raise SystemExit("--visibility needs a camera variant (the rays are the camera's)")
+    dataset = build_dataset(config, config.data.train_split, train=False)
+    loader = build_dataloader(dataset, batch_size=2, train=False, workers=0, seed=config.seed)
+    view_transform = model.camera.view_transform
+    with torch.no_grad():
+        rows = visibility(view_transform, loader, samples)
+    width, height = view_transform.image_size
+    f_h, f_w = view_transform.frustum.shape[1:3]
+    print(
+        f"visibility, {samples} samples of {config.data.root} ({config.data.train_split}), "
+        f"images {width}x{height}, {f_w}x{f_h} rays a camera{' ' if overrides else ''}"
+        + " ".join(overrides)
+    )
+    print(
+        "| class | boxes | with LiDAR points | with a camera ray | centre in an image "
+        "| LiDAR points a box | camera rays a box |"
+    )
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    total = {k: 0 for k in rows[0]}
+    for row in rows:
+        for k, v in row.items():
+            total[k] += v
+    for name, row in [*zip(CLASS_NAMES, rows), ("all", total)]:
+        n = max(row["boxes"], 1)
+        print(
+            f"| {name} | {row['boxes']} | {row['lidar_boxes'] / n:.0%} | "
+            f"{row['ray_boxes'] / n:.0%} | {row['centre_in_image'] / n:.0%} | "
+            f"{row['points'] / n:.0f} | {row['rays'] / n:.1f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--variant", choices=VARIANTS, required=True)
@@ -200,6 +294,13 @@ def main() -> None:
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], help="config override key=value"
     )
+    parser.add_argument(
+        "--visibility",
+        type=int,
+        metavar="N",
+        help="no training: count, per class over the first N samples of the train split (no "
+        "augmentation), the boxes that LiDAR points and camera rays reach",
+    )
     args = parser.parse_args()
     overrides = [
         f"data.root={args.root}",
@@ -211,6 +312,9 @@ def main() -> None:
         *args.overrides,
     ]
     config, model = build(args.variant, overrides, args.bev_layers, args.height_cells)
+    if args.visibility:
+        print_visibility(config, model, args.visibility, args.overrides)
+        return
     dataset = build_dataset(config, train=True)
     loader = build_dataloader(
         dataset,
