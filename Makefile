@@ -34,8 +34,8 @@ test-all: $(STAMP)
 	$(PY) -m pytest -q -n 2 $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check perception ops deploy tools tests
-	$(VENV)/bin/ruff format --check perception ops deploy tools tests
+	$(VENV)/bin/ruff check perception ops deploy tools tests benchmarks
+	$(VENV)/bin/ruff format --check perception ops deploy tools tests benchmarks
 
 demo: $(STAMP)
 	@test -f $(DEMO_ROOT)/$(DEMO_VERSION)/sample.json || \

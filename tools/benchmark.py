@@ -8,14 +8,18 @@ python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/acc
     (collects what tools/accuracy_benchmark.sh trained and tested; checks the targets)
 python tools/benchmark.py runs A.json B.json ... [--labels A B ...]
     (saved runs of one benchmark side by side: ms and ratio per run, median ratio)
+python tools/benchmark.py pairs benchmarks/accuracy_cpu*.json [--out benchmarks/accuracy_pairs.md]
+    (every fused / LiDAR-only and camera T=2 / T=1 pair recorded, one table each)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 from perception.benchmarks.common import BenchRow
 from perception.benchmarks.report import (
@@ -79,8 +83,6 @@ def run_model(args: argparse.Namespace) -> list[BenchRow]:
 
 def run_node(args: argparse.Namespace) -> int:
     """The node under bag replay (its own JSON layout: runs, not ratio rows)."""
-    import json
-    from pathlib import Path
 
     from perception.benchmarks import node
 
@@ -117,6 +119,30 @@ def run_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_pairs(args: argparse.Namespace) -> int:
+    """The accuracy comparisons recorded so far, one row a pair (`accuracy.pairs`)."""
+    from perception.benchmarks import accuracy
+
+    results = {}
+    for name in args.files:
+        try:
+            result = json.loads(Path(name).read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            print(f"benchmark pairs: {name}: cannot read it ({exc})", file=sys.stderr)
+            return 2
+        if not isinstance(result, dict) or not isinstance(result.get("runs"), list):
+            print(f"benchmark pairs: {name}: no 'runs' list (not `accuracy --out`'s JSON)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        results[Path(name).stem] = result
+    table = accuracy.pairs(results)
+    print(table)
+    if args.out:
+        Path(args.out).write_text(table + "\n")
+        print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -150,6 +176,11 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")
     for p in (ops, synth, model, node, acc):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
+    pairs = sub.add_parser(
+        "pairs", help="every fused / LiDAR-only and TSM pair in saved accuracy JSONs, one table"
+    )
+    pairs.add_argument("files", nargs="+", help="JSONs written by `accuracy --out`")
+    pairs.add_argument("--out", help="write the tables here (Markdown)")
     runs = sub.add_parser("runs", help="saved runs of one benchmark side by side")
     runs.add_argument("files", nargs="+", help="JSON reports written by --out")
     runs.add_argument("--labels", nargs="+", help="one per file (default A, B, ...)")
@@ -161,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"benchmark runs: {exc}", file=sys.stderr)
             return 2
         return 0
+    if args.command == "pairs":
+        return run_pairs(args)
     if args.command == "node":
         return run_node(args)
     if args.command == "accuracy":

@@ -33,10 +33,10 @@ def test_ops_benchmark_quick(tmp_path):
     assert any(row["ratio"] is not None for row in rows)
 
 
-def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600, threads=1):
+def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600, threads=1, sets=""):
     work = root / variant
     (work / "test").mkdir(parents=True)
-    command = f"OMP_NUM_THREADS={threads} python tools/train.py x"
+    command = f"OMP_NUM_THREADS={threads} python tools/train.py x {sets}".strip()
     (work / "train_time.json").write_text(
         json.dumps({"variant": variant, "train_seconds": seconds, "steps": 10, "command": command})
     )
@@ -200,3 +200,53 @@ def test_point_voxel_baselines_compute_what_ours_computes():
         bench.plain_voxel_to_point(voxels.feats, keys, coords, extent),
         voxel_to_point(voxels, coords),
     )
+
+
+def test_pairs_tabulates_every_recorded_comparison(tmp_path, capsys):
+    budget = "--set seed=3 --set train.time_budget_min=28.5"
+    _fake_run(tmp_path / "a", "fused", mAP=0.50, NDS=0.50, sets=budget)
+    _fake_run(tmp_path / "a", "lidar", mAP=0.55, NDS=0.52, sets=budget)
+    _fake_run(tmp_path / "b", "fused", mAP=0.60, NDS=0.55)
+    _fake_run(tmp_path / "b", "lidar", mAP=0.55, NDS=0.52)
+    _fake_run(tmp_path / "b", "camera", mAP=0.01, NDS=0.1, vel_err=1.5)
+    _fake_run(tmp_path / "b", "camera_t1", mAP=0.02, NDS=0.1, vel_err=1.7)
+    _fake_run(tmp_path / "c", "lidar", mAP=0.55, NDS=0.52)  # no partner: no row
+    files = []
+    for name in "abc":
+        files.append(str(tmp_path / f"acc_{name}.json"))
+        assert benchmark(["accuracy", "--runs", str(tmp_path / name), "--out", files[-1]]) == 0
+    capsys.readouterr()
+    out = tmp_path / "pairs.md"
+    assert benchmark(["pairs", *files, "--out", str(out)]) == 0
+    table = out.read_text()
+    assert "fusion ahead on both mAP and NDS in 1 of 2 pairs; at equal wall time" in table
+    assert "(both runs fitted to one time budget) in 0 of 1." in table
+    rows = [line for line in table.splitlines() if line.startswith("| acc_")]
+    assert [row.split(" | ")[0] for row in rows] == ["| acc_a", "| acc_b", "| acc_b"]  # + TSM
+    assert "| 3 | - | budget 28.5 min | 10 / 10 | 0.500 | 0.550 | -0.050 |" in rows[0]
+    assert rows[0].endswith("| -0.020 | no |")
+    assert "| config | - | 10 steps | 10 / 10 | 0.600 | 0.550 | +0.050 |" in rows[1]
+    assert rows[1].endswith("| +0.030 | yes |")
+    assert "mAVE lower with TSM in 1 of 1 pairs" in table
+    assert "| 10 / 10 | 0.010 | 0.020 | 1.500 | 1.700 | yes |" in table
+    assert table in capsys.readouterr().out
+
+
+def test_pairs_backfills_old_records_and_rejects_other_files(tmp_path, capsys):
+    _fake_run(tmp_path / "a", "fused", mAP=0.5, NDS=0.5, sets="--set model.paint_points=true")
+    _fake_run(tmp_path / "a", "lidar", mAP=0.5, NDS=0.5)
+    acc = tmp_path / "acc.json"
+    assert benchmark(["accuracy", "--runs", str(tmp_path / "a"), "--out", str(acc)]) == 0
+    result = json.loads(acc.read_text())
+    for run in result["runs"]:  # a record from before the painting option
+        del run["paint_points"]
+    acc.write_text(json.dumps(result))
+    capsys.readouterr()
+    assert benchmark(["pairs", str(acc)]) == 0
+    assert "| points painted with pixel colours |" in capsys.readouterr().out
+    other = tmp_path / "ops.json"
+    other.write_text(json.dumps({"rows": []}))
+    assert benchmark(["pairs", str(other)]) == 2
+    assert "ops.json: no 'runs' list" in capsys.readouterr().err
+    assert benchmark(["pairs", str(tmp_path / "missing.json")]) == 2
+    assert "missing.json: cannot read it" in capsys.readouterr().err
