@@ -29,7 +29,8 @@
 # PRETRAINED=DIR starts the camera encoder of the fused and camera-only variants from the
 # camera run in DIR (tools/pretrain_camera.sh: another world, seed 5); the rest of each model
 # trains from scratch, and the pretraining's minutes are not part of the budget (as an
-# ImageNet- or nuImages-pretrained backbone's are not).
+# ImageNet- or nuImages-pretrained backbone's are not). FREEZE_ENCODER=1 (with PRETRAINED) also
+# keeps that encoder frozen (train.freeze_prefixes): no backward through it, a cheaper step.
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -51,6 +52,10 @@ for kv in ${SET:-}; do EXTRA_SET+=(--set "$kv"); done
 INIT_SET=()
 [ -n "${PRETRAINED:-}" ] && INIT_SET=(--set train.init_from="$PRETRAINED"
                                       --set "train.init_prefixes=[camera.encoder.]")
+if [ -n "${FREEZE_ENCODER:-}" ]; then
+    [ -n "${PRETRAINED:-}" ] || { echo "FREEZE_ENCODER needs PRETRAINED" >&2; exit 2; }
+    INIT_SET+=(--set "train.freeze_prefixes=[camera.encoder.]")
+fi
 THREADS=${OMP_NUM_THREADS:-1}
 mkdir -p "$OUT"
 

@@ -99,15 +99,19 @@ def main(argv: list[str] | None = None) -> int:
             seed=config.seed,
             distributed=dist.world_size > 1,
         )
-        trainer = Trainer(
-            config=config,
-            model=model,
-            loader=loader,
-            work_dir=work_dir,
-            device=dist.device,
-            resume=args.resume,
-            progress=not args.no_progress,
-        )
+        try:
+            trainer = Trainer(
+                config=config,
+                model=model,
+                loader=loader,
+                work_dir=work_dir,
+                device=dist.device,
+                resume=args.resume,
+                progress=not args.no_progress,
+            )
+        except ConfigError as exc:  # a setting that does not fit the model built
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
         if dist.is_main:
             budget = config.train.time_budget_min
             budget = f" at most (fitted to a {budget:g} min time budget)" if budget else ""

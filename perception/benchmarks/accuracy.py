@@ -80,6 +80,8 @@ def read_run(work: Path) -> dict[str, Any]:
         "paint_points": bool(model.get("paint_points", False)),
         # the run whose weights started the camera encoder (None: from scratch)
         "camera_init_from": (config.get("train") or {}).get("init_from"),
+        # weights not trained (train.freeze_prefixes; [] when absent)
+        "frozen": list((config.get("train") or {}).get("freeze_prefixes") or []),
         # the world it trained on (None: runs from before the trainer saved its config)
         "train_world": data.get("root"),
         "train_minutes": round(timing["train_seconds"] / 60.0, 1),
@@ -162,6 +164,8 @@ def _label(run: dict[str, Any]) -> str:
         label += f", perspective supervision (weight {run['perspective_loss_weight']:g})"
     if run.get("camera_init_from"):
         label += f", camera encoder pretrained (`{Path(run['camera_init_from']).name}`)"
+    if run.get("frozen"):
+        label += ", frozen: " + ", ".join(f"`{prefix}`" for prefix in run["frozen"])
     world = run.get("train_world")
     if world and Path(world).name != DEFAULT_TRAIN_WORLD:
         label += f", trained on `{Path(world).name}`"

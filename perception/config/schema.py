@@ -298,6 +298,16 @@ class TrainConfig(StrictModel):
         ),
     )
 
+    freeze_prefixes: list[str] = Field(
+        default_factory=list,
+        description=(
+            "parameters whose names start with one of these (e.g. `camera.encoder.`) are not "
+            "trained: no gradient, not in the optimizer, and the modules under them keep "
+            "BatchNorm statistics and dropout in eval mode (a frozen backbone, usually "
+            "pretrained: `init_from`); each must match at least one parameter"
+        ),
+    )
+
     @model_validator(mode="after")
     def _check_init(self) -> TrainConfig:
         if self.init_prefixes and self.init_from is None:

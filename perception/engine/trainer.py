@@ -73,6 +73,7 @@ import torch.distributed as torch_dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
+from ..config.loader import ConfigError
 from ..config.schema import ExperimentConfig, TrainConfig
 from .checkpoint import find_latest, load_checkpoint, load_partial_weights, save_checkpoint
 from .distributed import convert_sync_batchnorm, global_batch
@@ -261,6 +262,8 @@ class Trainer:
         if self.distributed and self.world_size > 1:
             model = convert_sync_batchnorm(model)
         self.model = model.to(self.device)
+        # before DDP, which hooks the parameters that need a gradient when it wraps the model
+        self.frozen_modules = self._freeze(config.train.freeze_prefixes)
         if self.distributed:
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.ddp_model: nn.Module = nn.parallel.DistributedDataParallel(
@@ -279,7 +282,9 @@ class Trainer:
         self.configured_steps = tc.max_steps or tc.epochs * self.steps_per_epoch
         self.total_steps = self.configured_steps  # shortened by a time budget's plans
         self.optimizer = torch.optim.AdamW(
-            self.model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay
+            [p for p in self.model.parameters() if p.requires_grad],
+            lr=tc.lr,
+            weight_decay=tc.weight_decay,
         )
         schedule, warmup = tc.schedule, tc.warmup
         # reads total_steps at every step: a time budget's plan changes the schedule's length
@@ -489,6 +494,28 @@ class Trainer:
         values["total"] = sum(v for k, v in values.items() if k != "total")
         return values
 
+    def _freeze(self, prefixes: list[str]) -> list[nn.Module]:
+        """Stops the gradient of every parameter under `prefixes` (`train.freeze_prefixes`);
+        returns the modules under them, which `train` keeps in eval mode."""
+        if not prefixes:
+            return []
+        names = [name for name, _ in self.model.named_parameters()]
+        for prefix in prefixes:
+            if not any(name.startswith(prefix) for name in names):
+                tops = sorted({name.split(".")[0] + "." for name in names})
+                raise ConfigError(
+                    f"train.freeze_prefixes: {prefix!r} matches no parameter of the model "
+                    f"(its parameter names start with {', '.join(tops)})"
+                )
+        for name, parameter in self.model.named_parameters():
+            if name.startswith(tuple(prefixes)):
+                parameter.requires_grad_(False)
+        return [
+            module
+            for name, module in self.model.named_modules()
+            if name and f"{name}.".startswith(tuple(prefixes))
+        ]
+
     # -- the loop ----------------------------------------------------------------------
 
     def train(self, *, until_step: int | None = None) -> Path | None:
@@ -505,6 +532,11 @@ class Trainer:
                 record = {"step": self.step, "init_from": tc.init_from, "weights": len(loaded)}
                 with open(self.work_dir / LOG_NAME, "a") as f:
                     f.write(json.dumps(record) + "\n")
+        if tc.freeze_prefixes and self.step == 0 and self.is_main:
+            frozen = sum(not p.requires_grad for p in self.model.parameters())
+            with open(self.work_dir / LOG_NAME, "a") as f:
+                f.write(json.dumps({"step": 0, "frozen": tc.freeze_prefixes, "parameters": frozen}))
+                f.write("\n")
         stop = min(self.total_steps, until_step or self.total_steps)
         if self.step >= stop:
             return self.last_checkpoint
@@ -518,6 +550,8 @@ class Trainer:
             desc="train",
         )
         self.model.train()
+        for module in self.frozen_modules:  # frozen BatchNorm keeps its statistics
+            module.eval()
         last_log_time, last_log_step = time.perf_counter(), self.step
         self.loop_start = self.clock()
         loop_steps = 0

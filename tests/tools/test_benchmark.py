@@ -85,13 +85,13 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     assert "perspective" not in table and "flat-ground" not in table  # not in the config: off
     (runs / "camera_t1" / "config.yaml").write_text(
         "model:\n  camera:\n    perspective_loss_weight: 1.0\n    ground_depth_input: -1.84\n"
-        "train:\n  init_from: outputs/camera_pretrain\n"
+        "train:\n  init_from: outputs/camera_pretrain\n  freeze_prefixes: [camera.encoder.]\n"
     )
     assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
     table = out.with_suffix(".md").read_text()
     assert (
         ", flat-ground depth prior, perspective supervision (weight 1), camera encoder "
-        "pretrained (`camera_pretrain`) |" in table
+        "pretrained (`camera_pretrain`), frozen: `camera.encoder.` |" in table
     )
     # a run on another training world (TRAIN_SCENES) names it; the default world does not
     (runs / "fused" / "config.yaml").write_text("data:\n  root: data/synth-train-s100\n")

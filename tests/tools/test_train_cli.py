@@ -51,6 +51,16 @@ def test_unknown_override_key_names_its_path(micro_yaml, tmp_path, capsys):
     assert not (tmp_path / "config.yaml").exists()
 
 
+def test_a_setting_the_model_lacks_fails_with_its_key(micro_yaml, tmp_path, capsys):
+    code = train([str(micro_yaml), "--work-dir", str(tmp_path), "--no-progress",
+                  "--set", "train.freeze_prefixes=[camera.nothing.]", "--set", "train.workers=0"])  # fmt: skip
+    assert code == 2
+    assert (
+        "train.freeze_prefixes: 'camera.nothing.' matches no parameter" in capsys.readouterr().err
+    )
+    assert not (tmp_path / "checkpoints").exists()
+
+
 def _torchrun(*args: str, timeout: float = 300) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(

@@ -356,6 +356,36 @@ def test_init_from_starts_the_named_weights_from_another_run(indexed_world, tmp_
     assert sum("init_from" in x for x in lines) == 1
 
 
+def test_freeze_prefixes_keep_those_weights_and_statistics(indexed_world, tmp_path):
+    trainer = make_trainer(indexed_world, tmp_path, "train.max_steps=2",
+                           "train.freeze_prefixes=[camera.encoder.]")  # fmt: skip
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    frozen = [n for n, p in trainer.model.named_parameters() if n.startswith("camera.encoder.")]
+    optimized = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert frozen and not any(
+        id(p) in optimized for n, p in trainer.model.named_parameters() if n in frozen
+    )
+    trainer.train()
+    after = trainer.model.state_dict()
+    encoder = [k for k in after if k.startswith("camera.encoder.")]
+    assert any("running_mean" in k for k in encoder)  # BatchNorm inside: eval mode kept them
+    for key in encoder:
+        assert torch.equal(after[key], before[key]), key
+    moved = [k for k in after if not k.startswith("camera.encoder.")
+             and after[k].is_floating_point() and not torch.equal(after[k], before[k])]  # fmt: skip
+    assert any(k.startswith("camera.view_transform.") for k in moved)
+    assert any(k.startswith("lidar.") for k in moved) and any(k.startswith("head.") for k in moved)
+    assert not trainer.model.camera.encoder.training and trainer.model.camera.training
+    first = json.loads((tmp_path / "log.jsonl").read_text().splitlines()[0])
+    assert first == {"step": 0, "frozen": ["camera.encoder."], "parameters": len(frozen)}
+
+
+def test_freeze_prefixes_must_name_parameters(indexed_world, tmp_path):
+    with pytest.raises(ConfigError, match=r"train.freeze_prefixes: 'camera.encdr.' matches no "
+                       r"parameter of the model \(its parameter names start with camera\."):  # fmt: skip
+        make_trainer(indexed_world, tmp_path, "train.freeze_prefixes=[camera.encdr.]")
+
+
 def test_init_prefixes_need_init_from():
     with pytest.raises(ConfigError, match="train.init_prefixes needs train.init_from"):
         parse_config(MICRO, ["train.init_prefixes=[camera.]"])
