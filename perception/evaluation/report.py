@@ -69,6 +69,7 @@ class ReportData:
     config_yaml: str = ""
     run_info: dict[str, str] = field(default_factory=dict)  # shown as a key/value table
     score_threshold: float = 0.3  # predictions drawn in the pictures score at least this
+    note: str | None = None  # shown under the headline metrics: what a reader must know
 
 
 # --------------------------------------------------------------------------------------
@@ -250,6 +251,8 @@ def _summary_section(data: ReportData) -> str:
             f'<div class="k">{html.escape(key + unit)}</div></div>'
         )
     parts.append(f'<div class="headline">{"".join(cells)}</div>')
+    if data.note:
+        parts.append(f'<p class="note">Note: {html.escape(data.note)}</p>')
     return "\n".join(parts)
 
 
