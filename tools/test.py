@@ -24,12 +24,8 @@ import argparse
 import shlex
 import sys
 
-from perception.config import ConfigError, add_override_option, load_config
-from perception.datasets.io import DataError
-from perception.engine import CheckpointError, cleanup_distributed, setup_distributed
-from perception.evaluation import SplitError, SubmissionError, split_sample_tokens
-from perception.evaluation.inference import DROPPABLE, check_drop_sensors
-from perception.evaluation.runner import evaluate_checkpoint, resolve_checkpoint
+# Only light imports before the arguments are parsed: --help and usage errors answer at once.
+from perception.cli import add_override_option, usage_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         default=[],
         metavar="SENSOR",
-        help=f"sensors to drop before the model: {', '.join(DROPPABLE)}",
+        help="sensors to drop before the model: lidar, cameras, lidar_half_beams or camera "
+        "channels (CAM_FRONT, CAM_FRONT_LEFT, ...)",
     )
     parser.add_argument(
         "--robustness",
@@ -65,6 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")  # exits with 2
+    from perception.config import ConfigError, load_config
+    from perception.datasets.io import DataError
+    from perception.engine import CheckpointError, cleanup_distributed, setup_distributed
+    from perception.evaluation import SplitError, SubmissionError, split_sample_tokens
+    from perception.evaluation.inference import check_drop_sensors
+    from perception.evaluation.runner import evaluate_checkpoint, resolve_checkpoint
+
     # Usage errors (exit code 2) are found before any work starts.
     try:
         config = load_config(args.config, args.overrides)
@@ -73,8 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         split_sample_tokens(config.data.root, config.data.version, split)
         resolve_checkpoint(args.checkpoint)
     except (ConfigError, ValueError, FileNotFoundError) as exc:  # SplitError is a ValueError
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
 
     dist = setup_distributed()
     try:
@@ -107,6 +110,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"report:  {outcome.report_path.resolve()}")
             return 1
         print((out / "metrics.md").read_text())
+        if outcome.note:  # all-zero metrics (a model that kept no box): also on stderr
+            print(f"note: {outcome.note}", file=sys.stderr)
         print(f"results: {outcome.results_path.resolve()}")
         print(f"metrics: {(out / 'metrics.json').resolve()}")
         print(f"report:  {outcome.report_path.resolve()}")

@@ -6,7 +6,6 @@ Errors name the file and the dotted key path, e.g.
 
 from __future__ import annotations
 
-import argparse
 import copy
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ..cli import add_override_option  # noqa: F401 (re-exported; the tools use perception.cli)
 from .schema import ExperimentConfig
 
 
@@ -56,18 +56,6 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             node = child
         node[parts[-1]] = value
     return result
-
-
-def add_override_option(parser: argparse.ArgumentParser, example: str) -> None:
-    """The tools' repeatable `--set KEY=VALUE` (into `args.overrides`, for `load_config`)."""
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config value, e.g. --set {example} (repeatable)",
-    )
 
 
 def parse_config(

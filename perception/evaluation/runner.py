@@ -40,9 +40,14 @@ from ..engine.checkpoint import (
 from .inference import DROP_CAMERAS, DROP_HALF_BEAMS, DROP_LIDAR, InferenceResult, run_inference
 from .nuscenes_eval import (
     DEFAULT_RANGE_BANDS,
+    METRICS_FORMAT_VERSION,
     DetectionMetrics,
     EvaluationError,
+    devkit_version,
     evaluate,
+    format_metrics,
+    load_devkit_config,
+    range_band_metrics,
 )
 from .report import ReportData, RobustnessRow, SamplePicture, draw_sample_pictures, write_report
 from .splits import split_sample_tokens
@@ -75,6 +80,7 @@ class EvalOutcome:
     results_path: Path | None
     report_path: Path | None
     out_dir: Path
+    note: str | None = None  # what a reader of the metrics must know (e.g. why all are 0)
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -126,6 +132,94 @@ def _sensors_used(model: nn.Module, drop: Sequence[str]) -> tuple[bool, bool]:
     return use_camera, use_lidar
 
 
+def no_box_note(config: ExperimentConfig, split: str, num_samples: int) -> str:
+    """Why every metric of a run whose model kept no box is 0 (shown with its metrics)."""
+    threshold = config.model.head.score_threshold
+    return (
+        f"no metric to read: the model kept no box above its score threshold "
+        f"(model.head.score_threshold = {threshold:g}) in any of the {num_samples} samples of "
+        f"split {split!r}, so every AP is 0 and every TP error 1 (the devkit's values for a "
+        "class without predictions): mAP 0, NDS 0. Usual for an early checkpoint; train longer, "
+        "or see what it ranks with a lower threshold (--set model.head.score_threshold=0.01)"
+    )
+
+
+def evaluate_no_boxes(
+    config: ExperimentConfig,
+    split: str,
+    results_path: Path,
+    out_dir: Path,
+    *,
+    tokens: Sequence[str],
+    nusc: Any,
+    range_bands: Sequence[tuple[float, float]] | None,
+) -> DetectionMetrics:
+    """The devkit's metrics of a submission with no box, written as `evaluate` writes them
+    (`metrics.json`, `metrics.md`, `metrics_summary.json`, `metrics_details.json`).
+
+    `DetectionEval` cannot load an empty submission (its box filter reads the box type from
+    the first box), so this runs its steps on the GT alone: the devkit's GT loading and
+    filters, then its own metric computation (`DetectionEval.evaluate`) against no
+    prediction, which gives every class its no-prediction data: AP 0, TP errors 1 (NaN where
+    the devkit defines none), mAP 0, NDS 0.
+    """
+    from types import SimpleNamespace
+
+    from nuscenes.eval.common.data_classes import EvalBoxes
+    from nuscenes.eval.common.loaders import (
+        add_center_dist,
+        filter_eval_boxes,
+        load_gt_of_sample_tokens,
+    )
+    from nuscenes.eval.detection.data_classes import DetectionBox
+    from nuscenes.eval.detection.evaluate import DetectionEval
+
+    from .. import __version__ as perception_version
+    from ..structures import CLASS_NAMES
+
+    devkit = load_devkit_config(config.eval.devkit_config)
+    gt = add_center_dist(nusc, load_gt_of_sample_tokens(nusc, list(tokens), DetectionBox))
+    if gt.all:  # the filter fails on an empty set as well
+        gt = filter_eval_boxes(nusc, gt, devkit.class_range)
+    pred = EvalBoxes()
+    for token in tokens:
+        pred.add_boxes(token, [])
+    steps = SimpleNamespace(cfg=devkit, gt_boxes=gt, pred_boxes=pred, verbose=False)
+    devkit_metrics, metric_data = DetectionEval.evaluate(steps)
+    summary = devkit_metrics.serialize()
+    summary["meta"] = json.loads(results_path.read_text())["meta"]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "metrics_summary.json").write_text(json.dumps(summary, indent=2))
+    (out_dir / "metrics_details.json").write_text(json.dumps(metric_data.serialize(), indent=2))
+
+    num_gt = {c: 0 for c in CLASS_NAMES}
+    for box in gt.all:
+        num_gt[box.detection_name] += 1
+    root = Path(config.data.root)
+    evaluated = {
+        "root": str(root.resolve()),
+        "version": config.data.version,
+        "split": split,
+        "results": str(results_path.resolve()),
+        "num_samples": len(tokens),
+        "devkit_version": devkit_version(),
+        "devkit_config": str(config.eval.devkit_config),
+        "perception_version": perception_version,
+        "num_gt": num_gt,
+        "num_pred": {c: 0 for c in CLASS_NAMES},
+        "note": no_box_note(config, split, len(tokens)),
+    }
+    bands = range_band_metrics(gt, pred, devkit, range_bands) if range_bands else ()
+    metrics = DetectionMetrics.from_summary(summary, num_gt, evaluated["num_pred"], bands)
+    content = {"format_version": METRICS_FORMAT_VERSION, "evaluated": evaluated, "summary": summary}
+    if bands:
+        content["range_bands"] = [b.to_json() for b in bands]
+    (out_dir / "metrics.json").write_text(json.dumps(content, indent=2))
+    markdown = format_metrics(metrics, evaluated)
+    (out_dir / "metrics.md").write_text(f"{markdown.rstrip()}\n\nNote: {evaluated['note']}\n")
+    return metrics
+
+
 def _write_and_evaluate(
     result: InferenceResult,
     model: nn.Module,
@@ -136,9 +230,10 @@ def _write_and_evaluate(
     tokens: Sequence[str],
     nusc: Any,
     range_bands: Sequence[tuple[float, float]] | None,
-) -> tuple[Path, DetectionMetrics | None, str | None]:
-    """Writes the submission and evaluates it; an evaluation the devkit cannot run (e.g. no
-    box at all) comes back as an error message instead of metrics."""
+) -> tuple[Path, DetectionMetrics | None, str | None, str | None]:
+    """Writes the submission and evaluates it: (results, metrics, error, note). A model that
+    kept no box gets the devkit's all-zero metrics and a note saying why; an evaluation the
+    devkit cannot run comes back as an error message instead of metrics."""
     use_camera, use_lidar = _sensors_used(model, result.drop_sensors)
     writer = result.submission(
         use_camera=use_camera,
@@ -147,6 +242,17 @@ def _write_and_evaluate(
     )
     results_path = writer.write(out_dir / RESULTS_FILE, sample_tokens=tokens)
     try:
+        if not any(len(r["boxes"]) for r in result.records):
+            metrics = evaluate_no_boxes(
+                config,
+                split,
+                results_path,
+                out_dir,
+                tokens=tokens,
+                nusc=nusc,
+                range_bands=range_bands,
+            )
+            return results_path, metrics, None, no_box_note(config, split, len(tokens))
         metrics = evaluate(
             config.data.root,
             config.data.version,
@@ -158,8 +264,8 @@ def _write_and_evaluate(
             range_bands=range_bands,
         )
     except EvaluationError as exc:
-        return results_path, None, str(exc)
-    return results_path, metrics, None
+        return results_path, None, str(exc), None
+    return results_path, metrics, None, None
 
 
 def _pictures(
@@ -267,7 +373,7 @@ def evaluate_checkpoint(
             setting = result if tuple(drop) == result.drop_sensors else infer(drop, name)
             if not main:
                 continue
-            _, metrics, error = _write_and_evaluate(
+            _, metrics, error, _ = _write_and_evaluate(
                 setting,
                 model,
                 config,
@@ -289,7 +395,7 @@ def evaluate_checkpoint(
     if not main:
         return EvalOutcome(None, None, None, None, out_dir)
 
-    results_path, metrics, error = _write_and_evaluate(
+    results_path, metrics, error, note = _write_and_evaluate(
         result,
         model,
         config,
@@ -327,6 +433,7 @@ def evaluate_checkpoint(
         config_yaml=yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
         run_info=run_info,
         score_threshold=picture_score_threshold,
+        note=note,
     )
     report_path = write_report(out_dir / REPORT_FILE, report)
-    return EvalOutcome(metrics, error, results_path, report_path, out_dir)
+    return EvalOutcome(metrics, error, results_path, report_path, out_dir, note)

@@ -183,12 +183,32 @@ def test_torchrun_two_processes_write_what_one_writes(micro, tmp_path):
     assert "x 2 process(es)" in (tmp_path / "two" / "report.html").read_text()
 
 
-def test_no_box_at_all_still_writes_the_report(micro, tmp_path, capsys):
+def test_no_box_at_all_writes_zero_metrics_and_says_why(micro, tmp_path, capsys):
+    """An early checkpoint keeps no box above the score threshold: all-zero metrics (the
+    devkit's values for classes without predictions), the reason in metrics.md, metrics.json,
+    the report and on stderr, exit 0 (before: exit 1 and no metrics)."""
     config, work = micro
     out = tmp_path / "out"
     code = run_cli([str(config), str(work), "--out", str(out), "--no-progress",
                     "--pictures", "0", "--set", "model.head.score_threshold=1.0"])  # fmt: skip
-    assert code == 1
-    assert "error: not evaluated:" in capsys.readouterr().err
-    assert (out / "results_nusc.json").is_file() and not (out / "metrics.json").exists()
-    assert "Not evaluated:" in (out / "report.html").read_text()
+    assert code == 0
+    captured = capsys.readouterr()
+    assert "note: no metric to read: the model kept no box above its score threshold" in (
+        captured.err
+    )
+    assert "(model.head.score_threshold = 1)" in captured.err
+    content = json.loads((out / "metrics.json").read_text())
+    summary = content["summary"]
+    assert summary["mean_ap"] == 0.0 and summary["nd_score"] == 0.0
+    assert all(v == 1.0 for v in summary["tp_errors"].values())
+    assert set(summary["mean_dist_aps"].values()) == {0.0}
+    assert sum(content["evaluated"]["num_gt"].values()) > 0
+    assert sum(content["evaluated"]["num_pred"].values()) == 0
+    assert "kept no box" in content["evaluated"]["note"]
+    assert [b["lo"] for b in content["range_bands"]] == [0.0, 20.0, 30.0]
+    for name in ("metrics_summary.json", "metrics_details.json"):
+        assert (out / name).is_file(), name
+    markdown = (out / "metrics.md").read_text()
+    assert "kept no box" in markdown and markdown in captured.out
+    page = (out / "report.html").read_text()
+    assert "Not evaluated" not in page and "kept no box above its score threshold" in page
