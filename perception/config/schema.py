@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -64,13 +65,65 @@ class DataConfig(StrictModel):
 
 
 class ImageAugConfig(StrictModel):
-    """BEVFusion-style image augmentation: resize by a factor, crop to `final_size`, flip, rotate."""
+    """BEVFusion-style image augmentation, relative to each camera's input image: resize by
+    `scale` times the fit (the smallest factor at which the image covers `final_size`: 0.44
+    for 1600x900 -> 704x256, 0.32 for 800x450 -> 256x96), crop `final_size` anchored at the
+    bottom (less `bottom_crop_lim` of the rows) and centred (random in training), flip,
+    rotate. The same keys thus crop the same part of the view at any input resolution."""
 
     final_size: tuple[PositiveInt, PositiveInt] = (704, 256)  # (W, H) the model sees
-    resize_lim: tuple[float, float] = (0.38, 0.55)
+    scale_lim: tuple[float, float] = Field(
+        (0.864, 1.25),
+        description=(
+            "training resize range, relative to the fit (1.0: the image just covers "
+            "final_size); BEVFusion's 0.38-0.55 of 1600x900 images at 704x256"
+        ),
+    )
+    test_scale: float | None = Field(
+        None, gt=0, description="test-time resize relative to the fit; null: middle of scale_lim"
+    )
     bottom_crop_lim: tuple[float, float] = (0.0, 0.0)  # fraction of rows cut at the bottom
     rotate_lim_deg: tuple[float, float] = (-5.4, 5.4)
     flip: bool = True
+    min_horizon_keep: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description=(
+            "the crop must keep at least this fraction of each camera's rows above the "
+            "horizon (from its calibration), checked when the dataset is built: an error when "
+            "the test (or middle training) crop keeps less, a warning when only the largest "
+            "training resize does; 0: no check"
+        ),
+    )
+    resize_lim: tuple[float, float] | None = Field(
+        None,
+        description=(
+            "deprecated: an absolute resize range, right for one input size only; use "
+            "scale_lim (resize_lim / fit). When set it replaces scale_lim"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> ImageAugConfig:
+        for key in ("scale_lim", "bottom_crop_lim", "rotate_lim_deg", "resize_lim"):
+            lim = getattr(self, key)
+            if lim is not None and lim[0] > lim[1]:
+                raise ValueError(f"{key} must be (low, high), got {lim}")
+        if self.scale_lim[0] <= 0:
+            raise ValueError(f"scale_lim must be positive, got {self.scale_lim}")
+        if not (0 <= self.bottom_crop_lim[0] and self.bottom_crop_lim[1] < 1):
+            raise ValueError(f"bottom_crop_lim must lie in [0, 1), got {self.bottom_crop_lim}")
+        if self.resize_lim is not None:
+            warnings.warn(
+                f"augment.image.resize_lim {list(self.resize_lim)} is deprecated: an absolute "
+                "factor fits one input size only. Use augment.image.scale_lim, relative to the "
+                "fit (resize_lim / fit; fit = max(final W / image W, final H / image H), e.g. "
+                "0.32 for 800x450 -> 256x96); resize_lim replaces scale_lim while it is set",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return self
 
 
 class LidarAugConfig(StrictModel):
@@ -86,8 +139,27 @@ class LidarAugConfig(StrictModel):
 class AugmentConfig(StrictModel):
     image: ImageAugConfig = ImageAugConfig()
     lidar: LidarAugConfig = LidarAugConfig()
-    # At test time the image is resized by the middle of `resize_lim` and centre-cropped.
-    test_resize: float | None = None
+    test_resize: float | None = Field(
+        None,
+        gt=0,
+        description=(
+            "deprecated: an absolute test-time resize, right for one input size only; use "
+            "augment.image.test_scale (test_resize / fit). When set it replaces test_scale"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> AugmentConfig:
+        if self.test_resize is not None:
+            warnings.warn(
+                f"augment.test_resize {self.test_resize} is deprecated: an absolute factor fits "
+                "one input size only. Use augment.image.test_scale, relative to the fit "
+                "(test_resize / fit; fit = max(final W / image W, final H / image H), e.g. "
+                "0.32 for 800x450 -> 256x96); test_resize replaces test_scale while it is set",
+                FutureWarning,
+                stacklevel=2,
+            )
+        return self
 
 
 class EvalConfig(StrictModel):

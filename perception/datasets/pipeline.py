@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import time
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -34,9 +35,81 @@ from ..config.schema import ExperimentConfig
 from ..structures import CAMERA_NAMES, Sample
 from .collate import collate_samples
 from .nuscenes import NuScenesDataset, Transform
-from .transforms import BoxesRangeFilter, DropSensors, ImageAug, LidarAug, PointsRangeFilter
+from .transforms import (
+    BoxesRangeFilter,
+    DropSensors,
+    ImageAug,
+    LidarAug,
+    PointsRangeFilter,
+    horizon_row,
+)
 
 LIDAR_NAME = "LIDAR_TOP"
+
+
+def image_transform(config: ExperimentConfig, *, train: bool) -> ImageAug:
+    """The image resize/crop(/flip/rotate) of `config`: what the dataset applies and, with
+    `train=False`, what the node applies to each camera frame (deploy/pipeline.py)."""
+    augment = config.augment
+    return ImageAug(augment.image, train=train, test_resize=None if train else augment.test_resize)
+
+
+def check_image_crops(
+    aug: ImageAug, records: Sequence[dict], cameras: Sequence[str], *, source: str
+) -> None:
+    """Checks, per camera, that `aug`'s crop keeps at least `min_horizon_keep` of the image's
+    rows above the horizon, with each sample's calibration (index records: intrinsics, image
+    size, keyframe `camera_to_lidar`, `lidar_to_ego`).
+
+    Raises ValueError naming the camera and the worst sample when the test crop (train: the
+    middle draw) keeps less; warns when only the largest training resize does.
+    """
+    min_keep = aug.config.min_horizon_keep
+    if min_keep <= 0:
+        return
+    mode = "training (middle draw)" if aug.train else "test"
+    for channel in cameras:
+        by_size: dict[tuple[int, int], list[tuple[str, np.ndarray, np.ndarray]]] = {}
+        for record in records:
+            cam = record["cameras"].get(channel)
+            if cam is None:
+                continue
+            k = np.asarray(cam["intrinsics"], np.float64).reshape(3, 3)
+            camera_to_lidar = np.asarray(cam["frames"][0]["camera_to_lidar"]).reshape(4, 4)
+            lidar_to_ego = np.asarray(record["lidar"]["lidar_to_ego"]).reshape(4, 4)
+            size = (int(cam["size"][0]), int(cam["size"][1]))
+            by_size.setdefault(size, []).append(
+                (record["token"], k, lidar_to_ego @ camera_to_lidar)
+            )
+        for (width, height), views in by_size.items():
+            tokens = [token for token, _, _ in views]
+            rows = horizon_row(np.stack([v[1] for v in views]), np.stack([v[2] for v in views]))
+            typical, worst = aug.horizon_keep(width, height, rows)
+            where = (
+                f"{source}: {channel} ({width}x{height}, augment.image.final_size "
+                f"{list(aug.config.final_size)})"
+            )
+            low = np.nan_to_num(typical, nan=1.0) < min_keep
+            if low.any():
+                i = int(np.nanargmin(typical))
+                raise ValueError(
+                    f"{where}: the {mode} crop keeps {typical[i]:.0%} of the {rows[i]:.0f} "
+                    f"rows above the horizon in sample {tokens[i]} ({int(low.sum())} of "
+                    f"{len(tokens)} samples below augment.image.min_horizon_keep {min_keep}): "
+                    "the model would see mostly road. Resize less or cut more at the bottom "
+                    "(augment.image.scale_lim / test_scale relative to the fit, "
+                    "bottom_crop_lim), or set min_horizon_keep: 0"
+                )
+            low = np.nan_to_num(worst, nan=1.0) < min_keep
+            if low.any():
+                i = int(np.nanargmin(worst))
+                warnings.warn(
+                    f"{where}: the largest training resize keeps {worst[i]:.0%} of the "
+                    f"{rows[i]:.0f} rows above the horizon in sample {tokens[i]} "
+                    f"({int(low.sum())} of {len(tokens)} samples below "
+                    f"augment.image.min_horizon_keep {min_keep})",
+                    stacklevel=2,
+                )
 
 
 def build_transforms(config: ExperimentConfig, *, train: bool) -> list[Transform]:
@@ -44,15 +117,9 @@ def build_transforms(config: ExperimentConfig, *, train: bool) -> list[Transform
     filters (after LidarAug, so what leaves the pipeline lies in `data.point_range`).
     Test: the deterministic image resize/centre crop and the range filters."""
     point_range = config.data.point_range
+    augment: list[Transform] = [image_transform(config, train=train)]
     if train:
-        augment: list[Transform] = [
-            ImageAug(config.augment.image, train=True),
-            LidarAug(config.augment.lidar),
-        ]
-    else:
-        augment = [
-            ImageAug(config.augment.image, train=False, test_resize=config.augment.test_resize)
-        ]
+        augment.append(LidarAug(config.augment.lidar))
     return [*augment, PointsRangeFilter(point_range), BoxesRangeFilter(point_range)]
 
 
@@ -87,7 +154,7 @@ def build_dataset(
                 lidar=LIDAR_NAME in drop_sensors,
             )
         )
-    return NuScenesDataset(
+    dataset = NuScenesDataset(
         root or data.root,
         data.version,
         split,
@@ -99,6 +166,12 @@ def build_dataset(
         transforms=transforms,
         seed=config.seed,
     )
+    if dataset.load_images:  # each camera's calibration against the crop, once per dataset
+        image_aug = next(t for t in transforms if isinstance(t, ImageAug))
+        check_image_crops(
+            image_aug, dataset.records, dataset.cameras, source=f"{dataset.root} {split}"
+        )
+    return dataset
 
 
 class EpochDataset(Dataset):

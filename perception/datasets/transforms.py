@@ -27,30 +27,117 @@ def _rotation_z(angle: float) -> np.ndarray:
     return m
 
 
+def fit_scale(width: int, height: int, final_size: Sequence[int]) -> float:
+    """The smallest resize factor at which a `width` x `height` image covers `final_size`
+    (W, H): the unit of `ImageAugConfig.scale_lim` and `test_scale`."""
+    final_w, final_h = final_size
+    return max(final_w / width, final_h / height)
+
+
+def horizon_row(intrinsics: np.ndarray, camera_to_ego: np.ndarray) -> np.ndarray:
+    """The image row of the horizon: where rays parallel to the ground (the ego frame's x-y
+    plane, z up) project, at the principal point's column.
+
+    Args:
+        intrinsics: `[..., 3, 3]` pixels.
+        camera_to_ego: `[..., 3, 3]` or `[..., 4, 4]`, camera (x right, y down, z forward)
+            to ego; only the rotation is used.
+    Returns:
+        `[...]` float64 rows (may lie outside the image; NaN for a camera whose up direction
+        points down the image, e.g. mounted upside down, or that looks straight up or down).
+    """
+    k = np.asarray(intrinsics, np.float64)
+    up = np.asarray(camera_to_ego, np.float64)[..., 2, :3]  # ego z in camera axes: R^T e_z
+    # The horizon is the vanishing line of the ground plane: l = K^-T n (l . [u, v, 1] = 0);
+    # image points above it have l . x > 0.
+    line = np.einsum("...ji,...j->...i", np.linalg.inv(k), up)
+    u = k[..., 0, 2]
+    l0, l1, l2 = line[..., 0], line[..., 1], line[..., 2]
+    upright = l1 < -1e-9 * np.abs(line).max(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(upright, -(l0 * u + l2) / np.where(upright, l1, 1.0), np.nan)
+
+
 @dataclass(frozen=True)
 class ImageAug:
-    """Resize by a factor, crop to `final_size`, optionally flip left-right and rotate, per
-    camera (the same for every frame of a camera's clip, so temporal models see a steady view).
+    """Resize relative to the input, crop to `final_size`, optionally flip left-right and
+    rotate, per camera (the same for every frame of a camera's clip, so temporal models see a
+    steady view).
 
-    Train mode draws the factor, crop, flip and angle; test mode resizes by the middle of
-    `resize_lim` (or `test_resize`), centre-crops horizontally and does not flip or rotate.
+    The resize factor is `scale` times `fit_scale` of the input image (so a config crops the
+    same part of the view at any resolution); the crop is anchored as BEVFusion's: at the
+    bottom, less a `bottom_crop_lim` fraction of the rows, and centred horizontally. Train
+    mode draws the scale, bottom cut, horizontal crop offset, flip and angle; test mode uses
+    `test_scale` (default the middle of `scale_lim`), the middle bottom cut, the centre and no
+    flip or rotation. The deprecated absolute `resize_lim` / `test_resize` (the latter given
+    here from `augment.test_resize`) replace the relative keys when set.
     """
 
     config: ImageAugConfig
     train: bool
     test_resize: float | None = None
 
+    def _test_resize(self, width: int, height: int) -> float:
+        cfg = self.config
+        if self.test_resize is not None:
+            return self.test_resize
+        if cfg.resize_lim is not None:
+            return sum(cfg.resize_lim) / 2
+        scale = cfg.test_scale if cfg.test_scale is not None else sum(cfg.scale_lim) / 2
+        return fit_scale(width, height, cfg.final_size) * scale
+
+    def _resize_range(self, width: int, height: int) -> tuple[float, float]:
+        """(low, high) absolute resize factors training draws from."""
+        cfg = self.config
+        if cfg.resize_lim is not None:
+            return cfg.resize_lim
+        fit = fit_scale(width, height, cfg.final_size)
+        return fit * cfg.scale_lim[0], fit * cfg.scale_lim[1]
+
+    def _crop_top(self, height: int, resize: float, bottom: float) -> int:
+        """The first row of the crop in the resized image (negative: padded above)."""
+        return int((1 - bottom) * (height * resize)) - self.config.final_size[1]
+
+    def horizon_keep(
+        self, width: int, height: int, horizon: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The fraction of a `width` x `height` image's rows above `horizon` (rows, any
+        shape) that the crop keeps, as (typical, worst): test mode's crop twice, or in train
+        mode the middle draw and the largest resize with the smallest bottom cut (the crop
+        reaching least far up). Rotation is not counted. NaN where no row lies above the
+        horizon (or `horizon` is NaN)."""
+        cfg = self.config
+        horizon = np.asarray(horizon, np.float64)
+        bottom_mid = sum(cfg.bottom_crop_lim) / 2
+        if self.train:
+            low, high = self._resize_range(width, height)
+            draws = [((low + high) / 2, bottom_mid), (high, cfg.bottom_crop_lim[0])]
+        else:
+            draws = [(self._test_resize(width, height), bottom_mid)] * 2
+        above = np.clip(horizon, 0, height)  # rows of the image above the horizon
+        kept = []
+        for resize, bottom in draws:
+            top = self._crop_top(height, resize, bottom) / resize  # in input rows
+            end = top + cfg.final_size[1] / resize
+            rows = np.clip(np.minimum(above, end) - max(top, 0.0), 0, None)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                kept.append(np.where(above >= 1, rows / np.where(above >= 1, above, 1), np.nan))
+        return kept[0], kept[1]
+
     def _affine(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
         cfg = self.config
         final_w, final_h = cfg.final_size
         if self.train:
-            resize = rng.uniform(*cfg.resize_lim)
+            if cfg.resize_lim is not None:
+                resize = rng.uniform(*cfg.resize_lim)
+            else:
+                resize = fit_scale(width, height, cfg.final_size) * rng.uniform(*cfg.scale_lim)
             bottom = rng.uniform(*cfg.bottom_crop_lim)
         else:
-            resize = self.test_resize or sum(cfg.resize_lim) / 2
+            resize = self._test_resize(width, height)
             bottom = sum(cfg.bottom_crop_lim) / 2
-        new_w, new_h = width * resize, height * resize
-        crop_h = int((1 - bottom) * new_h) - final_h
+        new_w = width * resize
+        crop_h = self._crop_top(height, resize, bottom)
         crop_w = (
             int(rng.uniform(0, max(0.0, new_w - final_w)))
             if self.train

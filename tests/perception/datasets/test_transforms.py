@@ -105,7 +105,9 @@ def test_lidar_aug_keeps_points_in_their_boxes(seed):
 def test_image_aug_matrix_matches_pixels(train, seed):
     dot = (100, 40)
     sample = make_sample(dot=dot)
-    config = ImageAugConfig(final_size=(128, 64), resize_lim=(0.7, 0.9), rotate_lim_deg=(-10, 10))
+    config = ImageAugConfig(
+        final_size=(128, 64), scale_lim=(0.875, 1.125), rotate_lim_deg=(-10, 10)
+    )
     out = ImageAug(config, train=train)(sample, np.random.default_rng(seed))
     assert out.images.shape == (2, 2, 3, 64, 128)
     for c in range(2):
@@ -124,7 +126,7 @@ def test_image_aug_matrix_matches_pixels(train, seed):
 def test_projection_follows_both_augmentations():
     sample = make_sample()
     rng = np.random.default_rng(5)
-    aug = ImageAug(ImageAugConfig(final_size=(128, 64), resize_lim=(0.7, 0.9)), train=True)
+    aug = ImageAug(ImageAugConfig(final_size=(128, 64), scale_lim=(0.875, 1.125)), train=True)
     out = LidarAug(LidarAugConfig())(aug(sample, rng), rng)
     before = lidar_to_image(
         sample.intrinsics[0], sample.camera_to_lidar[0, -1], sample.image_aug[0], sample.lidar_aug
