@@ -86,14 +86,15 @@ class ImageAugConfig(StrictModel):
     rotate_lim_deg: tuple[float, float] = (-5.4, 5.4)
     flip: bool = True
     min_horizon_keep: float = Field(
-        0.1,
+        0.05,
         ge=0,
         le=1,
         description=(
             "the crop must keep at least this fraction of each camera's rows above the "
             "horizon (from its calibration), checked when the dataset is built: an error when "
             "the test (or middle training) crop keeps less, a warning when only the largest "
-            "training resize does; 0: no check"
+            "training resize does (BEVFusion's largest, 0.55 of 1600x900, keeps ~10%); "
+            "0: no check"
         ),
     )
     resize_lim: tuple[float, float] | None = Field(

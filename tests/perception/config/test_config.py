@@ -35,6 +35,11 @@ def test_overrides_are_typed():
         ),
         ({}, ["model.camera.lidar_depth_prior=4"], "lidar_depth_prior is a prior"),
         ({}, ["model.camera.lidar_depth_prior=-1"], "model.camera.lidar_depth_prior"),
+        ({}, ["augment.image.scale_lim=[1.2, 0.9]"], "scale_lim must be \\(low, high\\)"),
+        ({}, ["augment.image.scale_lim=[0, 1]"], "scale_lim must be positive"),
+        ({}, ["augment.image.bottom_crop_lim=[0, 1]"], "bottom_crop_lim must lie in"),
+        ({}, ["augment.image.min_horizon_keep=1.5"], "augment.image.min_horizon_keep"),
+        ({}, ["augment.image.test_scale=0"], "augment.image.test_scale"),
     ],
 )
 def test_errors_name_the_key(raw, overrides, message):
