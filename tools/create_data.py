@@ -5,7 +5,8 @@
     python tools/create_data.py check --root data/synth --version v1.0-mini
 
 Subcommands: `synth` writes a synthetic world (see perception.datasets.synth); `nuscenes` builds
-the dataset index of any nuScenes dataroot; `check` reports every problem in a dataroot at once.
+the dataset index of any nuScenes dataroot; `check` reports every problem in a dataroot at once
+(every table's token fields, and every sensor file, sweeps included, unless --keyframes-only).
 Each subcommand is one function taking the parsed arguments and returning an exit code.
 """
 
@@ -67,14 +68,20 @@ def nuscenes(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Report every problem in a dataroot; exit 1 if there is any."""
-    problems = check_dataroot(args.root, args.version, all_files=args.all_files, progress=True)
-    for problem in problems:
+    result = check_dataroot(
+        args.root,
+        args.version,
+        keyframes_only=args.keyframes_only,
+        workers=args.workers,
+        progress=True,
+    )
+    for problem in result.problems:
         print(problem)
-    scope = "all files" if args.all_files else "keyframe files"
-    if problems:
-        print(f"{len(problems)} problem(s) in {args.root} ({args.version}, {scope})")
+    scope = result.scope()
+    if result.problems:
+        print(f"{len(result.problems)} problem(s) in {args.root} ({args.version}; {scope})")
         return 1
-    print(f"{args.root} ({args.version}): no problems found ({scope} checked)")
+    print(f"{args.root} ({args.version}): no problems found ({scope})")
     return 0
 
 
@@ -109,7 +116,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("check", help="report every problem in a nuScenes dataroot")
     p.add_argument("--root", required=True)
     p.add_argument("--version", default="v1.0-trainval")
-    p.add_argument("--all-files", action="store_true", help="also check every sweep's files")
+    p.add_argument(
+        "--keyframes-only",
+        action="store_true",
+        help="read only the keyframes' sensor files, not the sweeps (the output counts those "
+        "not read)",
+    )
+    # Sweeps are read by default now; the old flag is accepted and changes nothing.
+    p.add_argument("--all-files", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reader threads")
     p.set_defaults(handler=check)
     return parser
 

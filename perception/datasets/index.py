@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from ..structures.classes import CAMERA_NAMES, CLASS_NAMES
+from .checks import TABLES, check_tables, reference_problems
 
 INDEX_FORMAT_VERSION = 1
 INDEX_KIND = "perception.nuscenes-index"
@@ -99,16 +100,33 @@ def build_index(
     from tqdm import tqdm
 
     root = Path(root)
+    hint = f"Run `python tools/create_data.py check --root {root} --version {version}`."
     try:
         nusc = NuScenes(version=version, dataroot=str(root), verbose=False)
     except (AssertionError, FileNotFoundError, KeyError, json.JSONDecodeError) as exc:
+        # The devkit's own message (a bare KeyError: '<token>') names no table or record.
+        problems = check_tables(root, version) if isinstance(exc, KeyError) else []
+        detail = "; ".join(str(p) for p in problems) if problems else repr(exc)
         raise IndexFileError(
-            f"{root}: the nuScenes devkit cannot load version {version!r}: {exc!r}. "
-            f"Run `python tools/create_data.py check --root {root} --version {version}`."
+            f"{root}: the nuScenes devkit cannot load version {version!r}: {detail}. {hint}"
         ) from None
+    # Token fields the devkit does not follow while loading (attributes, visibility, next/prev)
+    # would otherwise fail half-way through as a bare KeyError.
+    problems = reference_problems({name: getattr(nusc, name) for name in TABLES}, root / version)
+    if problems:
+        raise IndexFileError(
+            f"{root}: {len(problems)} broken reference(s): "
+            + "; ".join(str(p) for p in problems)
+            + f". {hint}"
+        )
     samples = []
     for sample in tqdm(nusc.sample, desc="index", unit="sample", disable=not progress):
         scene = nusc.get("scene", sample["scene_token"])
+        if "LIDAR_TOP" not in sample["data"]:
+            raise IndexFileError(
+                f"{root / version / 'sample.json'}: sample {sample['token']} has no LIDAR_TOP "
+                f"keyframe in sample_data.json. {hint}"
+            )
         lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
         lidar_cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
         lidar_pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])

@@ -48,3 +48,20 @@ def test_index_of_a_broken_root_names_the_problem(tmp_path, capsys):
         create_data(["nuscenes", "--root", str(tmp_path), "--version", VERSION])
     assert exit_info.value.code == 2
     assert "tools/create_data.py check" in capsys.readouterr().err
+
+
+def test_check_reads_sweeps_by_default_and_says_what_keyframes_only_skips(world, tmp_path, capsys):
+    root = tmp_path / "no_sweep"
+    shutil.copytree(world, root)
+    sweep = next((root / "sweeps" / "LIDAR_TOP").iterdir())
+    sweep.unlink()
+    for flags in ([], ["--all-files"]):  # --all-files: the old flag, now the default
+        assert create_data(["check", "--root", str(root), "--version", VERSION, *flags]) == 1
+        out = capsys.readouterr().out
+        assert f"{sweep.name}: LiDAR file is missing" in out and "1 problem(s)" in out
+        assert "NOT read" not in out
+    assert (
+        create_data(["check", "--root", str(root), "--version", VERSION, "--keyframes-only"]) == 0
+    )
+    out = capsys.readouterr().out
+    assert "no problems found" in out and "NOT read: " in out and "LiDAR sweep file(s)" in out
