@@ -39,6 +39,22 @@ class DataConfig(StrictModel):
     clip_frames: PositiveInt = Field(
         1, description="camera frames per clip (T) for temporal models"
     )
+    max_sweep_age: float | None = Field(
+        0.55,
+        gt=0,
+        description=(
+            "seconds: earlier LiDAR sweeps older than this are not merged (a recording gap); "
+            "0.55 fits 10 sweeps at 20 Hz; raise it with sweep_stride; null: no limit"
+        ),
+    )
+    max_clip_frame_age: float | None = Field(
+        0.55,
+        gt=0,
+        description=(
+            "seconds: a camera clip stops at the first earlier frame older than this and is "
+            "padded as at a scene's start; null: no limit"
+        ),
+    )
     cameras: tuple[str, ...] = CAMERA_NAMES
     point_range: tuple[float, float, float, float, float, float] = (
         -54.0,

@@ -1,14 +1,17 @@
 """Reads any nuScenes dataroot (real or synthetic) through its index into `Sample`s.
 
 A sample is one keyframe: the keyframe sweep plus `sweeps - 1` earlier sweeps merged into the
-keyframe LiDAR frame with a time-lag channel, a clip of the `clip_frames` most recent frames
-per camera (oldest first; padded by repeating the oldest frame at the start of a scene), all
+keyframe LiDAR frame with a time-lag channel (sweeps older than `max_sweep_age` are not merged,
+see `perception.datasets.sweeps`), a clip of the `clip_frames` most recent frames
+per camera (oldest first; padded by repeating the oldest frame at the start of a scene or
+before a frame older than `max_clip_frame_age`), all
 camera geometry as matrices to the LiDAR frame, and GT boxes in the LiDAR frame filtered the
 way the official evaluation filters them.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -20,6 +23,14 @@ from torch.utils.data import Dataset
 from ..structures import ATTRIBUTE_NAMES, CAMERA_NAMES, CLASS_NAMES, Boxes3D, Sample
 from .index import Index, default_index_path, load_index
 from .io import read_image, read_points
+from .sweeps import (
+    DEFAULT_MAX_CLIP_FRAME_AGE_S,
+    DEFAULT_MAX_SWEEP_AGE_S,
+    EGO_RADIUS_M,
+    fresh_clip_length,
+    merge_sweeps,
+    within_age,
+)
 
 # The official evaluation's per-class ranges (detection_cvpr_2019), in metres from the ego.
 EVAL_CLASS_RANGE: dict[str, float] = {
@@ -35,8 +46,7 @@ EVAL_CLASS_RANGE: dict[str, float] = {
     "barrier": 30,
 }
 
-# Points of earlier sweeps this close to the sensor hit the ego vehicle itself.
-EGO_RADIUS_M = 1.0
+__all__ = ["EGO_RADIUS_M", "EVAL_CLASS_RANGE", "NuScenesDataset", "split_scene_names"]
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
 
@@ -65,6 +75,11 @@ class NuScenesDataset(Dataset):
         sweep_stride: merge every k-th earlier sweep (1: consecutive sweeps); the oldest merged
             is the `(sweeps - 1) * k`-th before the keyframe, within the index's `max_sweeps - 1`.
         clip_frames: camera frames per clip (T); at most the index's `max_clip_frames`.
+        max_sweep_age: seconds; earlier sweeps older than this are not merged (a gap in the
+            recording); None: no limit. Counted in `stale_sweeps` (a warning at start).
+        max_clip_frame_age: seconds; a clip stops at the first earlier frame older than this
+            and is padded like a scene's start; None: no limit. Counted in
+            `stale_clip_frames`.
         cameras: which cameras to load, in this order.
         load_images: False leaves `images` as zeros of shape [Ncam, T, 3, 1, 1] (LiDAR-only).
         filter_gt: drop GT boxes the official evaluation ignores (beyond the class range,
@@ -83,6 +98,8 @@ class NuScenesDataset(Dataset):
         sweeps: int = 10,
         sweep_stride: int = 1,
         clip_frames: int = 1,
+        max_sweep_age: float | None = DEFAULT_MAX_SWEEP_AGE_S,
+        max_clip_frame_age: float | None = DEFAULT_MAX_CLIP_FRAME_AGE_S,
         cameras: Sequence[str] = CAMERA_NAMES,
         load_images: bool = True,
         filter_gt: bool = True,
@@ -124,6 +141,49 @@ class NuScenesDataset(Dataset):
         self.transforms = tuple(transforms)
         self.seed = seed
         self.epoch = 0
+        for name, age in (
+            ("max_sweep_age", max_sweep_age),
+            ("max_clip_frame_age", max_clip_frame_age),
+        ):
+            if age is not None and not age > 0:
+                raise ValueError(f"{name}={age}: must be > 0 seconds (or None: no limit)")
+        self.max_sweep_age = max_sweep_age
+        self.max_clip_frame_age = max_clip_frame_age
+        self.stale_sweeps, self.stale_clip_frames = self._count_stale()
+        if self.stale_sweeps or self.stale_clip_frames:
+            warnings.warn(self.stale_summary(), stacklevel=2)
+
+    def _selected_sweeps(self, record: dict) -> list[dict]:
+        """The earlier sweeps `sweeps`/`sweep_stride` select, newest first (any age)."""
+        k = self.sweep_stride  # record["sweeps"] runs newest first
+        return record["sweeps"][k - 1 :: k][: self.sweeps - 1]
+
+    def _count_stale(self) -> tuple[int, int]:
+        """Sweeps and camera clip frames of this split not used for their age (fixed by the
+        index and the settings, so counted once here rather than in loader workers)."""
+        sweeps = frames = 0
+        for record in self.records:
+            sweeps += sum(
+                not within_age(s["time_lag"], self.max_sweep_age)
+                for s in self._selected_sweeps(record)
+            )
+            for channel in self.cameras:
+                cam = record["cameras"].get(channel)
+                if cam is not None:
+                    clip = cam["frames"][: self.clip_frames]
+                    lags = [f["time_lag"] for f in clip]
+                    frames += len(clip) - fresh_clip_length(lags, self.max_clip_frame_age)
+        return sweeps, frames
+
+    def stale_summary(self) -> str:
+        """One line: what the age limits left out of this split."""
+        n = len(self.records)
+        return (
+            f"{self.root} ({self.split}, {n} samples): {self.stale_sweeps} earlier LiDAR "
+            f"sweep(s) older than data.max_sweep_age={self.max_sweep_age} s not merged; "
+            f"{self.stale_clip_frames} camera clip frame(s) older than "
+            f"data.max_clip_frame_age={self.max_clip_frame_age} s replaced by padding"
+        )
 
     def set_epoch(self, epoch: int) -> None:
         """Changes the augmentation randomness (call once per epoch, as with samplers)."""
@@ -149,16 +209,13 @@ class NuScenesDataset(Dataset):
     def _points(self, record: dict) -> np.ndarray:
         """[N, 5] float32 (x, y, z, intensity, time_lag) in the keyframe LiDAR frame."""
         key = read_points(self.root / record["lidar"]["path"])
-        parts = [np.concatenate([key[:, :4], np.zeros((len(key), 1), np.float32)], 1)]
-        k = self.sweep_stride  # record["sweeps"] runs newest first
-        for sweep in record["sweeps"][k - 1 :: k][: self.sweeps - 1]:
-            pts = read_points(self.root / sweep["path"])
-            pts = pts[np.linalg.norm(pts[:, :2], axis=1) > EGO_RADIUS_M]
-            m = np.asarray(sweep["sweep_to_lidar"], dtype=np.float64).reshape(4, 4)
-            xyz = pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]
-            lag = np.full((len(pts), 1), sweep["time_lag"], np.float32)
-            parts.append(np.concatenate([xyz.astype(np.float32), pts[:, 3:4], lag], 1))
-        return np.concatenate(parts, 0)
+        earlier = [
+            (read_points(self.root / s["path"]), s["sweep_to_lidar"], s["time_lag"])
+            for s in self._selected_sweeps(record)
+            if within_age(s["time_lag"], self.max_sweep_age)  # stale ones are not even read
+        ]
+        points, _ = merge_sweeps(key, earlier, self.max_sweep_age)
+        return points
 
     def _cameras(self, record: dict):
         n, t = len(self.cameras), self.clip_frames
@@ -174,7 +231,10 @@ class NuScenesDataset(Dataset):
             mask[c] = True
             intrinsics[c] = np.asarray(cam["intrinsics"], np.float32).reshape(3, 3)
             frames = cam["frames"][:t]
-            frames = frames + [frames[-1]] * (t - len(frames))  # pad at a scene's start
+            frames = frames[
+                : fresh_clip_length([f["time_lag"] for f in frames], self.max_clip_frame_age)
+            ]
+            frames = frames + [frames[-1]] * (t - len(frames))  # pad: a scene's start, or a gap
             for j, frame in enumerate(reversed(frames)):  # oldest first
                 camera_to_lidar[c, j] = np.asarray(frame["camera_to_lidar"]).reshape(4, 4)
                 time_lag[c, j] = frame["time_lag"]

@@ -161,6 +161,8 @@ def build_dataset(
         sweeps=data.sweeps,
         sweep_stride=data.sweep_stride,
         clip_frames=data.clip_frames,
+        max_sweep_age=data.max_sweep_age,
+        max_clip_frame_age=data.max_clip_frame_age,
         cameras=data.cameras,
         load_images=data.load_images and config.model.camera is not None,
         transforms=transforms,
