@@ -168,14 +168,18 @@ def draw_sample_pictures(
     bev_size: int = 560,
     camera_width: int = 320,
 ) -> SamplePicture:
-    """BEV and camera pictures of `sample` (GT in class colours) with the predictions scoring at
-    least `score_threshold` in green. `sample` carries its keyframe images (and `image_aug`)
-    when the camera picture is wanted; the predictions are in its keyframe LiDAR frame, as the
-    sample (not augmented)."""
+    """BEV and camera pictures of `sample`: GT solid, the predictions scoring at least
+    `score_threshold` dashed with their score, both in class colours. `sample` carries its
+    keyframe images (and `image_aug`) when the camera picture is wanted; the predictions are in
+    its keyframe LiDAR frame, as the sample (not augmented)."""
     from ..visualization.sample import draw_bev, draw_cameras
 
     keep = detections.scores >= score_threshold
-    predictions = (detections.boxes[keep].to(sample.gt_boxes.tensor.dtype), detections.labels[keep])
+    predictions = (
+        detections.boxes[keep].to(sample.gt_boxes.tensor.dtype),
+        detections.labels[keep],
+        detections.scores[keep],
+    )
     bev = draw_bev(sample, predictions, extent=extent, size=bev_size)
     cameras = None
     if sample.images.shape[-1] > 1:  # 1x1 placeholders: images were not loaded
@@ -232,7 +236,7 @@ pre { background: #f7f7f7; padding: 12px; overflow-x: auto; font-size: 12px; }
 figure { margin: 12px 0; } figcaption { color: #555; font-size: 13px; }
 .grid { display: flex; flex-wrap: wrap; gap: 12px; } .grid figure { width: 560px; }
 .swatch { display: inline-block; width: 12px; height: 12px; margin: 0 4px 0 10px;
-       vertical-align: middle; }
+       vertical-align: middle; border: 1px solid #444; }
 """
 
 
@@ -326,15 +330,16 @@ def _pictures_sections(data: ReportData) -> str:
     bev = ['<h2 id="bev">Bird\'s-eye view: predictions vs ground truth</h2>']
     cams = ['<h2 id="cameras">Cameras with projected predictions</h2>']
     caption = (
-        f"LiDAR points grey, GT boxes in class colours, predictions scoring "
-        f">= {data.score_threshold:g} green (a tick marks each box's front)."
+        "LiDAR points grey (brighter: newer sweeps), range rings every 10 m. Ground truth solid, "
+        f"predictions scoring >= {data.score_threshold:g} dashed with their score (class and "
+        "score on the cameras), both in their class's colour; a tick marks each box's front in "
+        "the BEV, a cross its front face on the cameras."
     )
-    from ..visualization.sample import CLASS_COLORS, PREDICTION_COLOR
+    from ..visualization.sample import CLASS_COLORS
 
-    swatches = [*CLASS_COLORS.items(), ("prediction", PREDICTION_COLOR)]
     legend = "".join(
         f'<span class="swatch" style="background:rgb{tuple(rgb)}"></span>{html.escape(name)} '
-        for name, rgb in swatches
+        for name, rgb in CLASS_COLORS.items()
     )
     bev.append(f'<p class="note">{html.escape(caption)}<br>{legend}</p>')
     if not data.pictures:

@@ -1,4 +1,10 @@
-"""Draws a `Sample`: six camera views with projected boxes and a BEV view of the LiDAR."""
+"""Draws a `Sample`: six camera views with projected boxes and a BEV view of the LiDAR.
+
+Ground truth is drawn with solid lines, predictions with dashed lines and a label (class and
+score on the cameras, score in the BEV), both in the class's colour. The palette is Paul Tol's
+"light" scheme (distinct for the common colour-vision deficiencies, readable on dark images)
+with its pale grey, which LiDAR points would hide, swapped for violet and reddish purple.
+"""
 
 from __future__ import annotations
 
@@ -9,21 +15,27 @@ import torch
 from ..geometry import lidar_to_image, project
 from ..structures import CLASS_NAMES, Boxes3D, Sample
 
-# One BGR-free RGB colour a class, fixed so pictures compare across runs.
+# One RGB colour a class, fixed so pictures compare across runs. The five vehicle classes get
+# five different hues; every colour keeps a contrast ratio >= 4.5 on the BEV's dark background.
 CLASS_COLORS: dict[str, tuple[int, int, int]] = {
-    "car": (255, 158, 0),
-    "truck": (255, 99, 71),
-    "construction_vehicle": (233, 150, 70),
-    "bus": (255, 69, 0),
-    "trailer": (255, 140, 0),
-    "barrier": (112, 128, 144),
-    "motorcycle": (255, 61, 99),
-    "bicycle": (220, 20, 60),
-    "pedestrian": (0, 0, 230),
-    "traffic_cone": (47, 79, 79),
+    "car": (119, 170, 221),  # light blue
+    "truck": (238, 136, 102),  # orange
+    "construction_vehicle": (68, 187, 153),  # mint
+    "bus": (255, 170, 187),  # pink
+    "trailer": (238, 221, 136),  # light yellow
+    "barrier": (153, 221, 255),  # light cyan
+    "motorcycle": (187, 204, 51),  # pear
+    "bicycle": (170, 170, 0),  # olive
+    "pedestrian": (170, 136, 255),  # violet
+    "traffic_cone": (204, 121, 167),  # reddish purple
 }
-PREDICTION_COLOR = (0, 200, 0)
-# Box edges as pairs of corner indices (Boxes3D.corners order: bottom face, then top).
+UNKNOWN_CLASS_COLOR = (255, 255, 255)  # a label outside CLASS_NAMES (drawn, not dropped)
+BACKGROUND = (20, 20, 20)  # the BEV's background
+RING_COLOR = (90, 90, 90)
+RING_LABEL_COLOR = (170, 170, 170)
+# Box edges as pairs of corner indices. Boxes3D.corners order: bottom face counter-clockwise
+# from the front-left corner (0 front-left, 1 back-left, 2 back-right, 3 front-right), then the
+# top face in the same order (4..7). The front face is 0, 3, 7, 4.
 EDGES = [
     (0, 1),
     (1, 2),
@@ -37,48 +49,118 @@ EDGES = [
     (1, 5),
     (2, 6),
     (3, 7),
-    (0, 5),
-    (1, 4),
-]  # the last two mark the front face
+]
+FRONT_DIAGONALS = [(0, 7), (3, 4)]  # the cross that marks the front face
 CAMERA_LAYOUT = (
     ("CAM_FRONT_LEFT", "CAM_FRONT", "CAM_FRONT_RIGHT"),
     ("CAM_BACK_LEFT", "CAM_BACK", "CAM_BACK_RIGHT"),
 )
+_DASH, _GAP = 7, 5  # pixels of a prediction's dashed line
+
+# (boxes, labels) or (boxes, labels, scores): the predictions to draw
+Predictions = tuple[Boxes3D, torch.Tensor] | tuple[Boxes3D, torch.Tensor, torch.Tensor]
 
 
-def _draw_boxes_on_camera(image, boxes: Boxes3D, labels, matrix, color=None):
+def class_color(label: int) -> tuple[int, int, int]:
+    if 0 <= label < len(CLASS_NAMES):
+        return CLASS_COLORS[CLASS_NAMES[label]]
+    return UNKNOWN_CLASS_COLOR
+
+
+def class_name(label: int) -> str:
+    return CLASS_NAMES[label] if 0 <= label < len(CLASS_NAMES) else f"class {label}"
+
+
+def _line(image, p, q, color, thickness: int, dashed: bool) -> None:
+    """A solid or dashed line from `p` to `q` (float pixels), clipped to the image first."""
+    h, w = image.shape[:2]
+    ends = np.concatenate([np.asarray(p, np.float64), np.asarray(q, np.float64)])
+    if not np.isfinite(ends).all() or np.abs(ends).max() > 1e5:  # a corner near the camera plane
+        return
+    a, b = tuple(int(round(v)) for v in ends[:2]), tuple(int(round(v)) for v in ends[2:])
+    ok, a, b = cv2.clipLine((0, 0, w, h), a, b)
+    if not ok:
+        return
+    if not dashed:
+        cv2.line(image, a, b, color, thickness, cv2.LINE_AA)
+        return
+    start, stop = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    length = float(np.linalg.norm(stop - start))
+    direction = (stop - start) / max(length, 1e-9)
+    for s in np.arange(0.0, length, _DASH + _GAP):
+        u = start + direction * s
+        v = start + direction * min(s + _DASH, length)
+        cv2.line(
+            image,
+            tuple(int(round(x)) for x in u),
+            tuple(int(round(x)) for x in v),
+            color,
+            thickness,
+            cv2.LINE_AA,
+        )
+
+
+def _label(image, text: str, origin, color, scale: float = 0.4) -> None:
+    """`text` in `color` on a dark box at `origin` (bottom-left, pixels), kept on the image."""
+    h, w = image.shape[:2]
+    (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+    x = int(np.clip(origin[0], 0, max(0, w - tw - 2)))
+    y = int(np.clip(origin[1], th + 2, h - base - 1))
+    cv2.rectangle(image, (x - 1, y - th - 2), (x + tw + 1, y + base), BACKGROUND, -1)
+    cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+
+
+def _unpack(predictions: Predictions | None):
+    if predictions is None:
+        return None
+    boxes, labels, *rest = predictions
+    scores = rest[0] if rest else None
+    return boxes, labels, scores
+
+
+def _draw_boxes_on_camera(
+    image, boxes: Boxes3D, labels, matrix, scores=None, dashed=False, pixel_scale: float = 1.0
+):
+    """Projects `boxes` through `matrix` (LiDAR -> image pixels) onto `image`, which is the
+    camera image resized by `pixel_scale` (drawn after resizing, so labels stay readable)."""
     if not len(boxes):
         return
     corners = boxes.corners().reshape(-1, 3).double()
     uv, depth = project(corners, matrix.double())
-    uv = uv.reshape(-1, 8, 2).numpy()
+    uv = uv.reshape(-1, 8, 2).numpy() * pixel_scale
     depth = depth.reshape(-1, 8).numpy()
     for b in range(len(boxes)):
         if (depth[b] <= 0.1).any():
             continue
-        c = color or CLASS_COLORS[CLASS_NAMES[int(labels[b])]]
-        for i, j in EDGES:
-            p, q = uv[b, i], uv[b, j]
-            if np.abs(np.concatenate([p, q])).max() > 1e5:
-                continue
-            cv2.line(image, tuple(int(v) for v in p), tuple(int(v) for v in q), c, 2, cv2.LINE_AA)
+        label = int(labels[b])
+        c = class_color(label)
+        for i, j in EDGES + FRONT_DIAGONALS:
+            _line(image, uv[b, i], uv[b, j], c, 2, dashed)
+        if scores is not None:
+            top = uv[b, 4:].min(0)  # left of and above the box's top face
+            _label(
+                image, f"{class_name(label)} {float(scores[b]):.2f}", (top[0], top[1] - 4), c, 0.5
+            )
 
 
 def draw_cameras(
-    sample: Sample, predictions: tuple[Boxes3D, torch.Tensor] | None = None, width: int = 480
+    sample: Sample, predictions: Predictions | None = None, width: int = 480
 ) -> np.ndarray:
     """`[H, W, 3]` uint8 RGB: the keyframe image of every camera in nuScenes' layout (front row,
-    back row) with GT boxes in class colours and `predictions` (boxes, labels) in green."""
+    back row) with GT boxes (solid) and `predictions` (boxes, labels[, scores]; dashed, labelled
+    with class and score) in class colours. A cross marks each box's front face."""
     tiles = []
     n, t, _, h, w = sample.images.shape
     height = max(1, round(width * h / w))
+    predicted = _unpack(predictions)
     for row in CAMERA_LAYOUT:
         row_tiles = []
         for name in row:
-            tile = np.zeros((h, w, 3), np.uint8)
+            tile = np.zeros((height, width, 3), np.uint8)
             if name in sample.camera_names:
                 c = sample.camera_names.index(name)
-                tile = np.ascontiguousarray(sample.images[c, -1].permute(1, 2, 0).numpy())
+                image = np.ascontiguousarray(sample.images[c, -1].permute(1, 2, 0).numpy())
+                tile = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
                 if bool(sample.camera_mask[c]):
                     matrix = lidar_to_image(
                         sample.intrinsics[c].double(),
@@ -86,12 +168,15 @@ def draw_cameras(
                         sample.image_aug[c].double(),
                         sample.lidar_aug.double(),
                     )
-                    _draw_boxes_on_camera(tile, sample.gt_boxes, sample.gt_labels, matrix)
-                    if predictions is not None:
+                    scale = width / w
+                    _draw_boxes_on_camera(
+                        tile, sample.gt_boxes, sample.gt_labels, matrix, pixel_scale=scale
+                    )
+                    if predicted is not None:
+                        boxes, labels, scores = predicted
                         _draw_boxes_on_camera(
-                            tile, predictions[0], predictions[1], matrix, PREDICTION_COLOR
+                            tile, boxes, labels, matrix, scores, dashed=True, pixel_scale=scale
                         )
-            tile = cv2.resize(tile, (width, height), interpolation=cv2.INTER_AREA)
             cv2.putText(
                 tile, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
             )
@@ -102,13 +187,15 @@ def draw_cameras(
 
 def draw_bev(
     sample: Sample,
-    predictions: tuple[Boxes3D, torch.Tensor] | None = None,
+    predictions: Predictions | None = None,
     extent: float = 54.0,
     size: int = 720,
 ) -> np.ndarray:
     """`[size, size, 3]` uint8 RGB BEV of the LiDAR frame, +x right and +y up, points shaded by
-    time lag (keyframe brightest), GT boxes in class colours, predictions in green."""
-    image = np.full((size, size, 3), 20, np.uint8)
+    time lag (keyframe brightest), range rings every 10 m (labelled), GT boxes solid and
+    predictions (boxes, labels[, scores]) dashed with their score, in class colours; a tick from
+    the centre marks each box's front."""
+    image = np.full((size, size, 3), BACKGROUND, np.uint8)
     scale = size / (2 * extent)
 
     def to_pixels(xy: np.ndarray) -> np.ndarray:
@@ -121,35 +208,52 @@ def draw_bev(
         lag = points[ok, 4]
         shade = (230 - np.clip(lag / 0.5, 0, 1) * 150).astype(np.uint8)
         image[px[ok, 1], px[ok, 0]] = shade[:, None]
+    centre = size // 2
     for r in range(10, int(extent) + 1, 10):  # range rings every 10 m
-        cv2.circle(image, (size // 2, size // 2), int(r * scale), (60, 60, 60), 1)
+        radius = int(r * scale)
+        cv2.circle(image, (centre, centre), radius, RING_COLOR, 1, cv2.LINE_AA)
+        # on the ring's upper-right diagonal, where the fewest boxes of a road scene sit
+        offset = int(radius / np.sqrt(2))
+        _label(image, f"{r} m", (centre + offset + 2, centre - offset - 2), RING_LABEL_COLOR, 0.35)
 
-    def draw(boxes: Boxes3D, labels, color=None):
+    def draw(boxes: Boxes3D, labels, scores=None, dashed=False):
         if not len(boxes):
             return
         corners = boxes.corners()[:, :4, :2].numpy()
         for b in range(len(boxes)):
-            c = color or CLASS_COLORS[CLASS_NAMES[int(labels[b])]]
-            poly = to_pixels(corners[b]).astype(np.int32)
-            cv2.polylines(image, [poly], True, c, 2, cv2.LINE_AA)
-            front = poly[[0, 3]].mean(0).astype(int)
-            centre = poly.mean(0).astype(int)
-            cv2.line(image, tuple(centre), tuple(front), c, 1, cv2.LINE_AA)
+            c = class_color(int(labels[b]))
+            poly = to_pixels(corners[b])
+            for i in range(4):
+                _line(image, poly[i], poly[(i + 1) % 4], c, 2, dashed)
+            front = poly[[0, 3]].mean(0)
+            _line(image, poly.mean(0), front, c, 1, False)
+            if scores is not None:
+                corner = poly[np.argmax(poly[:, 0] - poly[:, 1])]  # upper-right on the image
+                _label(image, f"{float(scores[b]):.2f}", (corner[0] + 3, corner[1] - 3), c, 0.35)
 
     draw(sample.gt_boxes, sample.gt_labels)
-    if predictions is not None:
-        draw(predictions[0], predictions[1], PREDICTION_COLOR)
+    predicted = _unpack(predictions)
+    if predicted is not None:
+        boxes, labels, scores = predicted
+        draw(boxes, labels, scores, dashed=True)
+    return image
+
+
+def draw_legend(image: np.ndarray, origin: tuple[int, int] = (8, 20)) -> np.ndarray:
+    """Writes the class colours and the line styles onto `image` (in place) from `origin`."""
+    x, y = origin
+    for name, color in CLASS_COLORS.items():
+        _label(image, name, (x, y), color, 0.45)
+        y += 16
+    _label(image, "solid: ground truth", (x, y), (230, 230, 230), 0.45)
+    _label(image, "dashed: prediction + score", (x, y + 16), (230, 230, 230), 0.45)
     return image
 
 
 def draw_sample(
-    sample: Sample, predictions: tuple[Boxes3D, torch.Tensor] | None = None, camera_width: int = 400
+    sample: Sample, predictions: Predictions | None = None, camera_width: int = 400
 ) -> np.ndarray:
     """Cameras (2 x 3 grid) beside the BEV view, one `[H, W, 3]` uint8 RGB picture."""
     cameras = draw_cameras(sample, predictions, camera_width)
-    bev = draw_bev(sample, predictions, size=cameras.shape[0])
-    legend_y = 20
-    for name, color in CLASS_COLORS.items():
-        cv2.putText(bev, name, (8, legend_y), cv2.FONT_HERSHEY_SIMPLEX, 0.45, color, 1, cv2.LINE_AA)
-        legend_y += 16
+    bev = draw_legend(draw_bev(sample, predictions, size=cameras.shape[0]))
     return np.concatenate([cameras, bev], axis=1)

@@ -23,8 +23,8 @@ from perception.evaluation.report import (
     render_report,
     write_report,
 )
-from perception.structures import Boxes3D, Detections
-from perception.visualization.sample import PREDICTION_COLOR
+from perception.structures import CLASS_NAMES, Boxes3D, Detections
+from perception.visualization.sample import CLASS_COLORS
 
 from .gt_oracle import write_gt_submission
 
@@ -116,18 +116,19 @@ def sample_with_oracle(indexed_world_copy):
     return sample, detections
 
 
+def _png(data: bytes) -> np.ndarray:
+    return cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+
+
 def test_pictures_draw_the_confident_predictions(sample_with_oracle):
     sample, detections = sample_with_oracle
     picture = draw_sample_pictures(sample, detections, score_threshold=0.5, bev_size=400)
     assert picture.num_predictions_shown == picture.num_gt == len(sample.gt_boxes) > 0
-    bev = cv2.imdecode(np.frombuffer(picture.bev, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+    bev = _png(picture.bev)
     assert bev.shape == (400, 400, 3)
-    green = (bev == np.array(PREDICTION_COLOR, np.uint8)).all(-1).sum()
-    assert green > 100
-    cams = cv2.imdecode(np.frombuffer(picture.cameras, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
-    assert (cams == np.array(PREDICTION_COLOR, np.uint8)).all(-1).sum() > 100
+    cams = _png(picture.cameras)
 
-    # Below the threshold nothing green is drawn.
+    # Below the threshold no prediction is drawn: only the GT boxes remain.
     low = Detections(
         detections.sample_token,
         detections.boxes,
@@ -136,9 +137,14 @@ def test_pictures_draw_the_confident_predictions(sample_with_oracle):
         detections.attributes,
     )
     none = draw_sample_pictures(sample, low, score_threshold=0.5, bev_size=400)
-    bev = cv2.imdecode(np.frombuffer(none.bev, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
     assert none.num_predictions_shown == 0
-    assert (bev == np.array(PREDICTION_COLOR, np.uint8)).all(-1).sum() == 0
+    # The predictions (dashed, in class colours, each with its score) are what differs.
+    assert (bev != _png(none.bev)).any(-1).sum() > 100
+    assert (cams != _png(none.cameras)).any(-1).sum() > 100
+    changed = bev[(bev != _png(none.bev)).any(-1)].astype(int)  # [K, 3]
+    for label in set(detections.labels.tolist()):  # each class's own colour, not one for all
+        colour = np.array(CLASS_COLORS[CLASS_NAMES[label]])
+        assert (np.abs(changed - colour).max(-1) < 30).sum() > 5, CLASS_NAMES[label]
 
 
 def report_data(oracle_eval, sample_with_oracle) -> ReportData:
