@@ -1,5 +1,11 @@
 """Draws one sample: the six camera images with projected GT boxes beside a BEV view of the
-merged LiDAR sweeps with GT boxes.
+merged LiDAR sweeps with GT boxes (range rings every 10 m, labelled).
+
+Only the boxes the official evaluation scores are drawn: boxes beyond their class's evaluation
+range from the ego (50 m for vehicles, 40 m for pedestrians, motorcycles and bicycles, 30 m for
+barriers and traffic cones) and boxes without a LiDAR point are left out. One colour a class
+(legend on the BEV); a cross marks each box's front face on the cameras, a tick its front in
+the BEV.
 
     python tools/visualize.py --root data/synth-mini --version v1.0-mini --sample 0 --out s0.png
 """
