@@ -5,8 +5,9 @@ What it covers: every table the devkit loads (missing, not JSON, not a list of r
 every token field of every table (`REFERENCES`: a missing field or a token that names no
 record of its table), logs that no map lists, map masks, and the files of `sample_data`:
 LiDAR `.pcd.bin` (missing, truncated, NaN/inf) and camera images (missing, undecodable or
-damaged JPEG/PNG, size other than the table says). By default every file is read, keyframes
-and sweeps; `keyframes_only=True` skips the sweeps and says how many were not read.
+damaged JPEG/PNG, size other than the table says); other files (radar `.pcd`, which nothing
+here reads) only have to exist. By default every file is read, keyframes and sweeps;
+`keyframes_only=True` skips the sweeps and says how many were not read.
 """
 
 from __future__ import annotations
