@@ -20,14 +20,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from perception.benchmarks.common import BenchRow
-from perception.benchmarks.report import (
-    machine_description,
-    markdown_table,
-    runs_table,
-    write_report,
-)
+if TYPE_CHECKING:  # the benchmark modules import torch: only after the arguments are parsed
+    from perception.benchmarks.common import BenchRow
 
 
 def run_ops(args: argparse.Namespace) -> list[BenchRow]:
@@ -48,6 +44,7 @@ def run_ops(args: argparse.Namespace) -> list[BenchRow]:
 
 
 def run_synth(args: argparse.Namespace) -> list[BenchRow]:
+    from perception.benchmarks.common import BenchRow
     from perception.datasets.synth import generate_world
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -185,6 +182,13 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("files", nargs="+", help="JSON reports written by --out")
     runs.add_argument("--labels", nargs="+", help="one per file (default A, B, ...)")
     args = parser.parse_args(argv)
+    from perception.benchmarks.report import (
+        machine_description,
+        markdown_table,
+        runs_table,
+        write_report,
+    )
+
     if args.command == "runs":
         try:
             print(runs_table(args.files, args.labels))

@@ -13,12 +13,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from perception.evaluation import (
-    EvaluationError,
-    SplitError,
-    SubmissionError,
-    evaluate,
-)
+# Only light imports before the arguments are parsed: --help and usage errors answer at once.
+from perception.cli import usage_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -44,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from perception.evaluation import EvaluationError, SplitError, SubmissionError, evaluate
+
     try:
         evaluate(
             args.root,
@@ -56,8 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             verbose=args.verbose,
         )
     except (FileNotFoundError, SplitError, SubmissionError, EvaluationError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return usage_error(e)
     out = Path(args.out)
     print((out / "metrics.md").read_text())
     print(f"metrics: {(out / 'metrics.json').resolve()}")

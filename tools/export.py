@@ -20,25 +20,13 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from perception.config import ConfigError, ExperimentConfig, add_override_option, load_config
-from perception.deploy.export import (
-    DEFAULT_OPSET,
-    DEFAULT_TOLERANCE,
-    REPORT_FILE,
-    ExportError,
-    export_onnx,
-    format_report,
-)
-from perception.engine.checkpoint import (
-    CONFIG_FILE,
-    MANIFEST_NAME,
-    MODEL_FILE,
-    CheckpointError,
-    find_latest,
-    load_weights,
-)
-from perception.models.builder import build_model
+# Only light imports before the arguments are parsed: --help and usage errors answer at once.
+from perception.cli import add_override_option, usage_error
+
+if TYPE_CHECKING:
+    from perception.config import ExperimentConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,12 +42,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--out", required=True, help="folder for the .onnx files and export.json")
     add_override_option(parser, "data.clip_frames=3")
     parser.add_argument("--batch-size", type=int, default=1, help="traced batch size (default 1)")
-    parser.add_argument("--opset", type=int, default=DEFAULT_OPSET, help="ONNX opset")
+    parser.add_argument("--opset", type=int, default=None, help="ONNX opset (default 17)")
     parser.add_argument(
         "--tolerance",
         type=float,
-        default=DEFAULT_TOLERANCE,
-        help="max |onnx - eager| allowed, relative to max |eager| per output (default 1e-4)",
+        default=None,
+        help="max |onnx - eager| allowed, relative to max |eager| per output " "(default 1e-4)",
     )
     parser.add_argument(
         "--no-stream", action="store_true", help="skip the streaming camera encoder"
@@ -72,6 +60,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _checkpoint_dir(path: Path) -> Path:
     """The checkpoint directory `path` names: itself, or a work dir's latest checkpoint."""
+    from perception.engine.checkpoint import MANIFEST_NAME, MODEL_FILE, CheckpointError, find_latest
+
     if not path.exists():
         raise CheckpointError(f"checkpoint not found: {path}")
     if (path / MANIFEST_NAME).is_file() or (path / MODEL_FILE).is_file():
@@ -93,6 +83,20 @@ def _export_inputs(config: ExperimentConfig) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from perception.config import ConfigError, load_config
+    from perception.deploy.export import (
+        DEFAULT_OPSET,
+        DEFAULT_TOLERANCE,
+        REPORT_FILE,
+        ExportError,
+        export_onnx,
+        format_report,
+    )
+    from perception.engine.checkpoint import CONFIG_FILE, CheckpointError, load_weights
+    from perception.models.builder import build_model
+
+    opset = DEFAULT_OPSET if args.opset is None else args.opset
+    tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     try:
         checkpoint = _checkpoint_dir(Path(args.checkpoint))
         config_path = Path(args.config) if args.config else checkpoint / CONFIG_FILE
@@ -110,19 +114,18 @@ def main(argv: list[str] | None = None) -> int:
             config,
             args.out,
             batch_size=args.batch_size,
-            opset=args.opset,
-            tolerance=args.tolerance,
+            opset=opset,
+            tolerance=tolerance,
             stream=not args.no_stream,
             dynamic_batch=not args.static_batch,
             meta={"checkpoint": str(checkpoint.resolve()), "config": str(config_path)},
         )
     except (CheckpointError, ConfigError, ExportError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return usage_error(e)
     print(format_report(report))
     print(f"report: {(Path(args.out) / REPORT_FILE).resolve()}")
     if not report.passed:
-        print(f"error: ONNX outputs differ from PyTorch beyond {args.tolerance:g}", file=sys.stderr)
+        print(f"error: ONNX outputs differ from PyTorch beyond {tolerance:g}", file=sys.stderr)
         return 1
     return 0
 

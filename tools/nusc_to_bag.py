@@ -15,8 +15,6 @@ import argparse
 import sys
 import time
 
-from perception.deploy.bag import write_nuscenes_bag
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -28,6 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--version", default="v1.0-mini")
     parser.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
     args = parser.parse_args(argv)
+    from perception.deploy.bag import write_nuscenes_bag  # after parsing: --help needs no torch
+
     start = time.perf_counter()
     try:
         counts = write_nuscenes_bag(

@@ -14,9 +14,6 @@ import signal
 import sys
 import time
 
-from perception.deploy.bag import replay_bag
-from perception.deploy.transport import LOOPBACK, DdsTransport
-
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
@@ -41,6 +38,10 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to wait for subscribers to match before playing",
     )
     args = parser.parse_args(argv)
+    # After parsing: --help answers without importing torch.
+    from perception.deploy.bag import replay_bag
+    from perception.deploy.transport import LOOPBACK, DdsTransport
+
     stop = []
     signal.signal(signal.SIGINT, lambda *_: stop.append(True))
     signal.signal(signal.SIGTERM, lambda *_: stop.append(True))

@@ -16,13 +16,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import cv2
-
-from perception.datasets.nuscenes import NuScenesDataset
-from perception.visualization import draw_sample
+# Only light imports before the arguments are parsed: --help and usage errors answer at once.
+from perception.cli import dataroot_problem, usage_error
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -33,12 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweeps", type=int, default=10)
     parser.add_argument("--camera-width", type=int, default=400, help="width of each camera tile")
     parser.add_argument("--out", required=True, help="PNG to write")
-    args = parser.parse_args(argv)
+    return parser
 
-    dataset = NuScenesDataset(args.root, args.version, args.split, sweeps=args.sweeps)
-    if not 0 <= args.sample < len(dataset):
-        parser.error(f"--sample {args.sample}: split {args.split!r} has {len(dataset)} samples")
-    sample = dataset[args.sample]
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    problem = dataroot_problem(args.root, args.version)
+    if problem:
+        return usage_error(problem)
+
+    import cv2
+
+    from perception.datasets.nuscenes import NuScenesDataset
+    from perception.visualization import draw_sample
+
+    # An unknown split, a missing or stale index, bad --sweeps, a missing data file: each a
+    # ValueError (DataError, IndexFileError, ...) naming it.
+    try:
+        dataset = NuScenesDataset(args.root, args.version, args.split, sweeps=args.sweeps)
+        if not 0 <= args.sample < len(dataset):
+            return usage_error(
+                f"--sample {args.sample}: split {args.split!r} has {len(dataset)} samples"
+            )
+        sample = dataset[args.sample]
+    except ValueError as exc:
+        return usage_error(exc)
     picture = draw_sample(sample, camera_width=args.camera_width)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

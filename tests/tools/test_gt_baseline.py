@@ -56,3 +56,27 @@ def test_yaw_noise_raises_only_orientation_error(world, tmp_path):
     assert errors["trans_err"] == pytest.approx(0.0, abs=1e-3)
     assert errors["vel_err"] == pytest.approx(0.0, abs=1e-3)
     assert summary["mean_ap"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--split", "minival"], "unknown split 'minival'"),
+        # an empty split (no test scene in this world): a message, not a bare ValueError
+        (["--split", "test"], "split 'test' holds no samples in v1.0-mini"),
+        (["--version", "v1.0-trainval"], "v1.0-trainval not found"),
+    ],
+)
+def test_usage_errors_are_one_line_and_exit_2(world, tmp_path, capsys, args, message):
+    results = tmp_path / "results.json"
+    assert gt_baseline(["--root", str(world), "--out", str(results), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err
+    assert not results.exists()
+
+
+def test_missing_root_is_named(tmp_path, capsys):
+    missing = tmp_path / "nowhere"
+    assert gt_baseline(["--root", str(missing), "--out", str(tmp_path / "r.json")]) == 2
+    assert f"error: dataroot {missing} does not exist" in capsys.readouterr().err
