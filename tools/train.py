@@ -7,7 +7,8 @@
 Writes WORK_DIR/config.yaml (the fully resolved config), WORK_DIR/log.jsonl (one JSON line
 per `train.log_every` steps), WORK_DIR/checkpoints/step_<N>/ and, if tensorboard is
 installed, WORK_DIR/tensorboard/. `--resume` continues from the latest checkpoint at the same
-step, learning rate and data position.
+step, learning rate and data position; where the work dir has none (a typo?) it says so and
+starts from scratch, `--resume=must` stops with an error instead.
 
 A wall-time budget instead of a fixed length: `--set train.time_budget_min=28` (with
 `train.max_steps` or `train.epochs` as the most steps it may run) measures the pace over the
@@ -47,16 +48,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from perception.config import ConfigError, add_override_option, load_config, save_config
-from perception.datasets.pipeline import build_dataloader, build_dataset
-from perception.engine import (
-    NonFiniteLossError,
-    Trainer,
-    cleanup_distributed,
-    seed_everything,
-    setup_distributed,
-)
-from perception.models.builder import build_model
+# Only light imports before the arguments are parsed: --help and usage errors answer at once.
+from perception.cli import add_override_option, dataroot_problem, usage_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", help="where checkpoints and logs go (default: work_dirs/<config name>)"
     )
     parser.add_argument(
-        "--resume", action="store_true", help="continue from the work dir's latest checkpoint"
+        "--resume",
+        nargs="?",
+        const="auto",
+        choices=("auto", "must"),
+        help="continue from the work dir's latest checkpoint; where it has none, --resume "
+        "(=auto) says so and starts from scratch, --resume=must stops with an error",
     )
     add_override_option(parser, "train.lr=1e-4")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -77,20 +75,50 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from perception.config import ConfigError, load_config, save_config
+    from perception.engine import find_latest
+
     try:
         config = load_config(args.config, args.overrides)
     except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return usage_error(exc)
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
+    problem = dataroot_problem(config.data.root, config.data.version)
+    if problem:
+        return usage_error(f"data.root: {problem}")
+    resume_note = None
+    if args.resume:
+        latest = find_latest(work_dir)
+        if latest is None:  # e.g. a mistyped work dir: it must not pass for a resumed run
+            where = "does not exist" if not work_dir.exists() else "holds no checkpoint"
+            if args.resume == "must":
+                return usage_error(f"--resume=must: work dir {work_dir} {where}; nothing to resume")
+            resume_note = f"--resume: work dir {work_dir} {where}; training from scratch"
+        else:
+            resume_note = f"--resume: continuing from {latest}"
+
+    from perception.datasets.pipeline import build_dataloader, build_dataset
+    from perception.engine import (
+        NonFiniteLossError,
+        Trainer,
+        cleanup_distributed,
+        seed_everything,
+        setup_distributed,
+    )
+    from perception.models.builder import build_model
 
     dist = setup_distributed()
     try:
-        if dist.is_main:
-            save_config(config, work_dir / "config.yaml")
+        if dist.is_main and resume_note:
+            print(resume_note, flush=True)
         seed_everything(config.seed, deterministic=config.train.deterministic)
         model = build_model(config)
-        dataset = build_dataset(config, train=True)
+        try:  # an unknown split, a missing or stale index: ValueErrors naming it
+            dataset = build_dataset(config, train=True)
+        except ValueError as exc:
+            return usage_error(exc)
+        if dist.is_main:
+            save_config(config, work_dir / "config.yaml")
         loader = build_dataloader(
             dataset,
             batch_size=config.train.batch_size,
@@ -106,12 +134,11 @@ def main(argv: list[str] | None = None) -> int:
                 loader=loader,
                 work_dir=work_dir,
                 device=dist.device,
-                resume=args.resume,
+                resume=bool(args.resume),
                 progress=not args.no_progress,
             )
         except ConfigError as exc:  # a setting that does not fit the model built
-            print(f"error: {exc}", file=sys.stderr)
-            return 2
+            return usage_error(exc)
         if dist.is_main:
             budget = config.train.time_budget_min
             budget = f" at most (fitted to a {budget:g} min time budget)" if budget else ""

@@ -61,6 +61,52 @@ def test_a_setting_the_model_lacks_fails_with_its_key(micro_yaml, tmp_path, caps
     assert not (tmp_path / "checkpoints").exists()
 
 
+def test_missing_dataroot_is_named_without_the_index_hint(micro_yaml, tmp_path, capsys):
+    missing = tmp_path / "no_such_root"
+    code = train([str(micro_yaml), "--work-dir", str(tmp_path / "w"),
+                  "--set", f"data.root={missing}"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == f"error: data.root: dataroot {missing} does not exist " + (
+        "(set the path of a nuScenes dataroot)\n"
+    )
+    assert not (tmp_path / "w").exists()
+
+
+def test_unknown_split_is_one_line(micro_yaml, tmp_path, capsys):
+    code = train([str(micro_yaml), "--work-dir", str(tmp_path / "w"),
+                  "--set", "data.train_split=minitrain"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown split 'minitrain'") and err.count("\n") == 1, err
+    assert not (tmp_path / "w" / "config.yaml").exists()
+
+
+def test_resume_must_fails_where_there_is_nothing_to_resume(micro_yaml, tmp_path, capsys):
+    typo = tmp_path / "wrok_dir"
+    assert train([str(micro_yaml), "--work-dir", str(typo), "--resume=must"]) == 2
+    assert capsys.readouterr().err == (
+        f"error: --resume=must: work dir {typo} does not exist; nothing to resume\n"
+    )
+    assert not typo.exists()
+
+
+def test_resume_says_whether_it_resumes(micro_yaml, tmp_path, capsys):
+    """--resume on a work dir without a checkpoint says it trains from scratch (mmengine and
+    detectron2 log it too); on one with a checkpoint it names the checkpoint."""
+    work = tmp_path / "run"
+    common = ["--no-progress", "--set", "train.max_steps=1", "--set", "train.batch_size=2",
+              "--set", "train.workers=0"]  # fmt: skip
+    assert train([str(micro_yaml), "--work-dir", str(work), "--resume", *common]) == 0
+    assert f"--resume: work dir {work} does not exist; training from scratch" in (
+        capsys.readouterr().out
+    )
+    assert train([str(micro_yaml), "--work-dir", str(work), "--resume=must", *common]) == 0
+    assert f"--resume: continuing from {work / 'checkpoints' / 'step_1'}" in (
+        capsys.readouterr().out
+    )
+
+
 def _torchrun(*args: str, timeout: float = 300) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(
