@@ -20,41 +20,94 @@ best-effort). Ask for `reliable=True` on a subscription when every sample matter
 DDS specifics: topic `rt<ros topic>`, type `pkg::msg::dds_::Type_`, data representation XCDR1
 (what ROS 2 sends), and each sample's payload is exactly the rosbags CDR (4-byte encapsulation
 header + body), written and taken through cyclonedds' raw serdata calls.
+
+Losses are counted, never silent: `transport.stats()` is a flat mapping (what the node puts in
+`/perception/diagnostics` and its final stats) of, per subscribed topic and in total,
+`sample_lost` / `sample_rejected` (the DDS reader statuses; in-process: keep-last overflow),
+`stamp_gaps` / `stamp_missing` (holes in the header stamps' cadence: a sample lost anywhere on
+its way, in DDS fragments or in a full reader cache, leaves one) and `corrupt_cdr` (samples
+Cyclone could not deserialize and dropped: counted from its log, which the loopback
+configuration routes to a file of the transport's; other configurations report no count).
+
+The loopback configuration (the default) keeps DDS on this machine: unicast over `lo` only, and
+its receive sockets, which Cyclone always binds to the wildcard address, are bound to the `lo`
+device (SO_BINDTODEVICE), so nothing arriving on another interface reaches them.
 """
 
 from __future__ import annotations
 
+import atexit
+import ctypes
+import errno
+import logging
 import os
+import re
+import socket
+import statistics
+import struct
+import tempfile
 import threading
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import cache
+from pathlib import Path
+from typing import Any, NamedTuple
 
 from .messages import dds_topic_name, deserialize, serialize, typestore
+
+log = logging.getLogger(__name__)
 
 # -- configuration ------------------------------------------------------------------------
 
 
+# Sized for real clouds: a 128-beam LiDAR sweep is ~2M points (32 MB), nuScenes' ~35k points x
+# 5 fields. Samples travel in fragments as large as a loopback datagram allows (fewer, bigger
+# datagrams: less per-packet work for Cyclone's receive thread); the kernel caps the socket
+# buffer at net.core.rmem_max, `stats()` reports what it granted.
+FRAGMENT_SIZE = "61440B"
+MAX_MESSAGE_SIZE = "65500B"
+RECEIVE_BUFFER_BYTES = 64 << 20  # two 32 MB clouds in flight
+SOCKET_RECEIVE_BUFFER_MAX = f"{RECEIVE_BUFFER_BYTES >> 20}MiB"
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
+
+
 def loopback_config(
-    *, interface: str = "lo", peers: Sequence[str] = ("127.0.0.1",), max_participants: int = 32
+    *,
+    interface: str = "lo",
+    peers: Sequence[str] = ("127.0.0.1",),
+    max_participants: int = 32,
+    log_file: str | Path | None = None,
 ) -> str:
     """A CYCLONEDDS_URI XML that keeps DDS on one machine: only `interface`, no multicast,
-    unicast discovery to `peers` for up to `max_participants` participants per domain.
+    unicast discovery to `peers` for up to `max_participants` participants per domain, large
+    fragments and receive buffers (see `FRAGMENT_SIZE`). `log_file`: Cyclone's warnings and
+    errors also go there (how `DdsTransport` counts samples Cyclone dropped as undecodable).
 
     (Cyclone's own default picks the first external interface and discovers by multicast,
     which leaks test traffic onto the network and fails on hosts without multicast.)
     """
     peer_xml = "".join(f'<Peer address="{p}"/>' for p in peers)
+    tracing = (
+        "<Tracing><Verbosity>warning</Verbosity>"
+        f"<OutputFile>{log_file}</OutputFile><AppendToFile>true</AppendToFile></Tracing>"
+        if log_file is not None
+        else ""
+    )
     return (
         '<CycloneDDS xmlns="https://cdds.io/config"><Domain id="any">'
         f'<General><Interfaces><NetworkInterface name="{interface}"/></Interfaces>'
-        "<AllowMulticast>false</AllowMulticast><MaxMessageSize>65500B</MaxMessageSize></General>"
-        '<Internal><SocketReceiveBufferSize min="default" max="4MiB"/></Internal>'
+        "<AllowMulticast>false</AllowMulticast>"
+        f"<MaxMessageSize>{MAX_MESSAGE_SIZE}</MaxMessageSize>"
+        f"<MaxRexmitMessageSize>{MAX_MESSAGE_SIZE}</MaxRexmitMessageSize>"
+        f"<FragmentSize>{FRAGMENT_SIZE}</FragmentSize></General>"
+        f'<Internal><SocketReceiveBufferSize min="default" max="{SOCKET_RECEIVE_BUFFER_MAX}"/>'
+        "</Internal>"
         "<Discovery><ParticipantIndex>auto</ParticipantIndex>"
         f"<MaxAutoParticipantIndex>{max_participants}</MaxAutoParticipantIndex>"
         f"<Peers>{peer_xml}</Peers></Discovery>"
+        f"{tracing}"
         "</Domain></CycloneDDS>"
     )
 
@@ -92,6 +145,101 @@ def _padded(cdr: bytes) -> bytes:
     if not pad:
         return cdr
     return cdr[:3] + bytes([(cdr[3] & 0xFC) | pad]) + cdr[4:] + b"\0" * pad
+
+
+# -- loss accounting ----------------------------------------------------------------------
+
+
+def header_stamp_ns(cdr: bytes) -> int | None:
+    """The `std_msgs/Header` stamp of a message whose first field is its header, read from the
+    CDR without deserializing the rest (sec int32, nanosec uint32 right after the 4-byte
+    encapsulation header, whose low bit says little-endian); None if too short."""
+    if len(cdr) < 12:
+        return None
+    sec, nanosec = struct.unpack_from("<iI" if cdr[1] & 1 else ">iI", cdr, 4)
+    return sec * 1_000_000_000 + nanosec
+
+
+@cache
+def _starts_with_header(msgtype: str) -> bool:
+    fields = typestore().fielddefs[msgtype][1]
+    return bool(fields) and fields[0][0] == "header" and fields[0][1][1] == "std_msgs/msg/Header"
+
+
+class StampCadence:
+    """Holes in one topic's header-stamp series. The expected period is the median of the last
+    `window` intervals (once `min_intervals` are seen); an interval longer than `tolerance`
+    periods is a gap with round(interval / period) - 1 samples missing. A repeated stamp is
+    ignored; a stamp before the previous one (a source restarted or a bag looping) starts the
+    series over."""
+
+    def __init__(self, *, window: int = 20, min_intervals: int = 5, tolerance: float = 1.5):
+        self.window, self.min_intervals, self.tolerance = window, min_intervals, tolerance
+        self.intervals: deque[int] = deque(maxlen=window)
+        self.last_ns: int | None = None
+        self.gaps = 0
+        self.missing = 0
+
+    def add(self, stamp_ns: int) -> int:
+        """Records one stamp; returns how many samples are missing just before it."""
+        last, self.last_ns = self.last_ns, stamp_ns
+        if last is None or stamp_ns < last:
+            self.intervals.clear()
+            return 0
+        interval = stamp_ns - last
+        if interval == 0:
+            return 0
+        missing = 0
+        if len(self.intervals) >= self.min_intervals:
+            period = statistics.median(self.intervals)
+            if interval > self.tolerance * period:
+                missing = max(1, round(interval / period) - 1)
+                self.gaps += 1
+                self.missing += missing
+        if not missing:  # a gap is not a period
+            self.intervals.append(interval)
+        return missing
+
+
+@dataclass
+class _TopicLosses:
+    """Loss counters of one subscription (the transport sums them per topic)."""
+
+    msgtype: str
+    cadence: StampCadence = field(default_factory=StampCadence)
+    sample_lost: int = 0
+    sample_rejected: int = 0
+
+    def taken(self, cdr: bytes) -> None:
+        if _starts_with_header(self.msgtype):
+            stamp = header_stamp_ns(cdr)
+            if stamp is not None:
+                self.cadence.add(stamp)
+
+
+LOSS_COUNTERS = ("sample_lost", "sample_rejected", "stamp_gaps", "stamp_missing", "corrupt_cdr")
+
+
+def _loss_stats(subscriptions: Sequence[Any], corrupt: dict[str, int] | None) -> dict[str, int]:
+    """Flat `{counter: total, counter/<topic>: n}` over `subscriptions` (per topic only where
+    nonzero); `corrupt_cdr` only when known (`corrupt` is not None)."""
+    per_topic: dict[str, Counter] = {}
+    for sub in subscriptions:
+        losses = sub._losses
+        counts = per_topic.setdefault(sub.topic, Counter())
+        counts["sample_lost"] += losses.sample_lost
+        counts["sample_rejected"] += losses.sample_rejected
+        counts["stamp_gaps"] += losses.cadence.gaps
+        counts["stamp_missing"] += losses.cadence.missing
+        if corrupt is not None:
+            counts["corrupt_cdr"] += corrupt.get(sub.topic, 0)
+    out: dict[str, int] = {}
+    for name in LOSS_COUNTERS:
+        if name == "corrupt_cdr" and corrupt is None:
+            continue
+        out[name] = sum(c[name] for c in per_topic.values())
+        out.update({f"{name}{t}": c[name] for t, c in sorted(per_topic.items()) if c[name]})
+    return out
 
 
 # -- in-process ---------------------------------------------------------------------------
@@ -147,6 +295,8 @@ class InProcessTransport:
         sample = Received(topic, msgtype, cdr, now if stamp_ns is None else stamp_ns, now)
         with self._lock:
             for sub in self._subscriptions.get(topic, ()):
+                if len(sub._queue) == sub.depth:
+                    sub._losses.sample_lost += 1  # keep-last: the oldest goes
                 sub._queue.append(sample)
             self._lock.notify_all()
 
@@ -167,6 +317,12 @@ class InProcessTransport:
                 if ready or left <= 0:
                     return ready
                 self._lock.wait(left)
+
+    def stats(self) -> dict[str, int]:
+        """Loss counters of this transport's subscriptions (see the module docstring)."""
+        with self._lock:
+            subs = [s for subs in self._subscriptions.values() for s in subs]
+            return _loss_stats(subs, corrupt={})
 
     def close(self) -> None:
         with self._lock:
@@ -205,14 +361,19 @@ class _InProcessSubscription:
     msgtype: str
     depth: int
     _queue: deque = field(init=False, repr=False)
+    _losses: _TopicLosses = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._queue = deque(maxlen=self.depth)
+        self._losses = _TopicLosses(self.msgtype)
 
     def take(self, max_samples: int | None = None) -> list[Received]:
         with self.transport._lock:
             n = len(self._queue) if max_samples is None else min(max_samples, len(self._queue))
-            return [self._queue.popleft() for _ in range(n)]
+            taken = [self._queue.popleft() for _ in range(n)]
+            for r in taken:
+                self._losses.taken(r.cdr)
+            return taken
 
     def matched(self) -> int:
         return 1 if self.topic in self.transport._types else 0
@@ -221,28 +382,245 @@ class _InProcessSubscription:
         self.transport._remove(self)
 
 
+# -- sockets (Linux /proc) ----------------------------------------------------------------
+
+
+class SocketInfo(NamedTuple):
+    """One of this process's IP sockets: its fd, `udp`/`tcp`, bound address and port, and the
+    device it is bound to (SO_BINDTODEVICE; "" when none)."""
+
+    fd: int
+    protocol: str
+    address: str
+    port: int
+    device: str
+
+    @property
+    def wildcard(self) -> bool:
+        """Bound to every interface: 0.0.0.0 or :: without a device."""
+        return self.address in ("0.0.0.0", "::") and not self.device
+
+
+def _proc_address(hex_address: str) -> tuple[str, int]:
+    address, port = hex_address.split(":")
+    raw = bytes.fromhex(address)
+    # /proc prints each 32-bit word in host (little-endian) order
+    raw = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
+    family = socket.AF_INET if len(raw) == 4 else socket.AF_INET6
+    return socket.inet_ntop(family, raw), int(port, 16)
+
+
+def _socket_device(fd: int) -> str:
+    dup = socket.socket(fileno=os.dup(fd))
+    try:
+        return (
+            dup.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 32).split(b"\0")[0].decode()
+        )
+    except OSError:
+        return ""
+    finally:
+        dup.close()
+
+
+def process_sockets() -> list[SocketInfo]:
+    """This process's UDP and TCP sockets (IPv4 and IPv6), from /proc; Linux only."""
+    inode_fd: dict[str, int] = {}
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{name}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inode_fd[target[8:-1]] = int(name)
+    found = []
+    for table in ("udp", "udp6", "tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        except OSError:  # no IPv6 in this kernel
+            continue
+        for line in lines:
+            cols = line.split()
+            fd = inode_fd.get(cols[9])
+            if fd is None:
+                continue
+            address, port = _proc_address(cols[1])
+            found.append(SocketInfo(fd, table.rstrip("6"), address, port, _socket_device(fd)))
+    return found
+
+
+def _bind_to_device(sockets: Sequence[SocketInfo], interface: str, domain_id: int) -> None:
+    for info in sockets:
+        dup = socket.socket(fileno=os.dup(info.fd))
+        try:
+            dup.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+        except OSError as exc:
+            raise RuntimeError(
+                f"DDS domain {domain_id}: cannot bind Cyclone's {info.protocol} socket "
+                f"{info.address}:{info.port} to interface {interface!r} "
+                f"({errno.errorcode.get(exc.errno, exc.errno)}: {exc.strerror}); it would "
+                "listen on every interface. Needs Linux >= 5.7 or CAP_NET_RAW; or pass "
+                "config=None (CYCLONEDDS_URI) to accept that."
+            ) from exc
+        finally:
+            dup.close()
+
+
 # -- DDS ----------------------------------------------------------------------------------
+
+
+class _CycloneLog:
+    """Counts, per ROS topic, the samples Cyclone dropped as undecodable, from the warnings it
+    writes to its log file ("... deserialization rt/<topic>/<type> failed ...")."""
+
+    PATTERN = re.compile(rb"deserialization (\S+) failed")
+    MAX_BYTES = 16 << 20  # then truncated (Cyclone appends)
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.offset = 0
+        self.counts: Counter = Counter()
+        self.lock = threading.Lock()
+
+    def corrupt(self) -> dict[str, int]:
+        with self.lock:
+            try:
+                with open(self.path, "rb") as f:
+                    f.seek(self.offset)
+                    chunk = f.read()
+            except OSError:
+                return dict(self.counts)
+            end = chunk.rfind(b"\n") + 1  # whole lines only
+            for match in self.PATTERN.finditer(chunk[:end]):
+                dds_topic = match.group(1).decode(errors="replace").rsplit("/", 1)[0]
+                topic = dds_topic[2:] if dds_topic.startswith("rt/") else dds_topic
+                self.counts[topic] += 1
+            self.offset += end
+            if self.offset > self.MAX_BYTES and end == len(chunk):
+                os.truncate(self.path, 0)
+                self.offset = 0
+            return dict(self.counts)
+
+
+@dataclass
+class _Domain:
+    domain: Any  # cyclonedds.domain.Domain, kept alive: deleting it deletes its participants
+    config: str  # as given to DdsTransport (LOOPBACK or the XML)
+    log: _CycloneLog | None
+    receive_buffer_bytes: int | None
+
 
 # Cyclone allows one configured domain object per domain id per process and deleting it
 # deletes every participant on it; the process keeps each one it creates (mirrors Cyclone's
 # own process-wide domain table).
-_DOMAINS: dict[int, Any] = {}
+_DOMAINS: dict[int, _Domain] = {}
 _DOMAINS_LOCK = threading.Lock()
 
 
-def _ensure_domain(domain_id: int, config: str | None) -> None:
+def _remove_quietly(path: Path) -> None:
+    path.unlink(missing_ok=True)
+
+
+def _ensure_domain(domain_id: int, config: str | None) -> _Domain | None:
+    """Creates the domain `domain_id` with `config` (LOOPBACK: `loopback_config()` plus a log
+    file and device-bound receive sockets). Raises RuntimeError when the configuration cannot
+    be applied: a participant of that domain already exists in this process, or an earlier
+    transport configured it differently."""
     from cyclonedds.core import DDSException
     from cyclonedds.domain import Domain
 
     if config is None:
-        return  # Cyclone reads CYCLONEDDS_URI itself when the participant is created
+        return _DOMAINS.get(domain_id)  # Cyclone reads CYCLONEDDS_URI itself
     with _DOMAINS_LOCK:
-        if domain_id in _DOMAINS:
-            return
+        known = _DOMAINS.get(domain_id)
+        if known is not None:
+            if known.config != config:
+                raise RuntimeError(
+                    f"DDS domain {domain_id} is already configured in this process with a "
+                    "different configuration; one process has one configuration per domain"
+                )
+            return known
+        log_path = xml = None
+        if config == LOOPBACK:
+            fd, name = tempfile.mkstemp(
+                prefix=f"cyclonedds-{os.getpid()}-{domain_id}-", suffix=".log"
+            )
+            os.close(fd)
+            log_path = Path(name)
+            atexit.register(_remove_quietly, log_path)
+            xml = loopback_config(log_file=log_path)
+        before = {s.fd for s in process_sockets()}
         try:
-            _DOMAINS[domain_id] = Domain(domain_id, config)
-        except DDSException:
-            pass  # created by someone else in this process (a participant already exists)
+            domain = Domain(domain_id, xml or config)
+        except DDSException as exc:
+            raise RuntimeError(
+                f"DDS domain {domain_id}: cannot apply the "
+                f"{'loopback' if config == LOOPBACK else 'given'} configuration: a DDS "
+                "participant on this domain already exists in this process (Cyclone then "
+                "keeps its first configuration). Create the transport before any other "
+                f"participant of domain {domain_id}, or pass config=None to share that one. "
+                f"({exc})"
+            ) from exc
+        created = [s for s in process_sockets() if s.fd not in before]
+        if config == LOOPBACK:
+            _bind_to_device([s for s in created if s.wildcard], "lo", domain_id)
+        sizes = _receive_buffers(created, force=config == LOOPBACK)
+        entry = _Domain(
+            domain, config, _CycloneLog(log_path) if log_path else None, min(sizes, default=None)
+        )
+        if config == LOOPBACK and sizes and min(sizes) < 2 * RECEIVE_BUFFER_BYTES:
+            log.warning(
+                "DDS domain %d: the kernel granted %d KiB receive buffers (net.core.rmem_max); "
+                "a best-effort sample larger than about half of that (a 2M-point cloud is 32 MB) "
+                "can be lost in a burst: raise it, e.g. sysctl -w net.core.rmem_max=%d",
+                domain_id,
+                min(sizes) // 2048,
+                RECEIVE_BUFFER_BYTES,
+            )
+        _DOMAINS[domain_id] = entry
+        return entry
+
+
+def _receive_buffers(sockets: Sequence[SocketInfo], *, force: bool) -> list[int]:
+    """The UDP receive buffer sizes (as the kernel reports them: twice the usable bytes) of
+    `sockets`; with `force`, first raised to `RECEIVE_BUFFER_BYTES` past net.core.rmem_max
+    where the process may (CAP_NET_ADMIN), else left at what Cyclone got."""
+    sizes = []
+    for info in sockets:
+        if info.protocol != "udp":
+            continue
+        dup = socket.socket(fileno=os.dup(info.fd))
+        try:
+            current = dup.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
+            if force and current < 2 * RECEIVE_BUFFER_BYTES:
+                try:
+                    dup.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RECEIVE_BUFFER_BYTES)
+                except OSError:  # EPERM: not privileged, keep what the kernel allowed
+                    pass
+            sizes.append(dup.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF))
+        finally:
+            dup.close()
+    return sizes
+
+
+@cache
+def _status_getters() -> tuple[Any, Any]:
+    """libddsc's dds_get_sample_lost_status and dds_get_sample_rejected_status (ctypes)."""
+    from cyclonedds.internal import dds_c_t, load_cyclonedds
+
+    lib = load_cyclonedds()
+    lost, rejected = lib.dds_get_sample_lost_status, lib.dds_get_sample_rejected_status
+    lost.argtypes = [ctypes.c_int32, ctypes.POINTER(dds_c_t.sample_lost_status)]
+    rejected.argtypes = [ctypes.c_int32, ctypes.POINTER(dds_c_t.sample_rejected_status)]
+    lost.restype = rejected.restype = ctypes.c_int32
+    return (
+        lambda ref: _read_status(lost, ref, dds_c_t.sample_lost_status),
+        lambda ref: _read_status(rejected, ref, dds_c_t.sample_rejected_status),
+    )
+
+
+def _read_status(getter: Any, ref: int, struct_type: Any) -> int | None:
+    status = struct_type()
+    return status.total_count if getter(ref, ctypes.byref(status)) == 0 else None
 
 
 class DdsTransport:
@@ -252,7 +630,9 @@ class DdsTransport:
         domain_id: DDS domain (ROS_DOMAIN_ID); default: the environment's ROS_DOMAIN_ID or 0.
         config: `LOOPBACK` (default: this machine only, see `loopback_config`), an XML string
             or file URI, or None to let Cyclone read CYCLONEDDS_URI / use its defaults. The
-            first transport of a domain id in a process sets that domain's configuration.
+            first transport of a domain id in a process sets that domain's configuration;
+            RuntimeError if it cannot (a participant of that domain already exists in the
+            process, or an earlier transport gave another configuration).
     """
 
     def __init__(self, domain_id: int | None = None, *, config: str | None = LOOPBACK):
@@ -261,10 +641,11 @@ class DdsTransport:
         if domain_id is None:
             domain_id = int(os.environ.get("ROS_DOMAIN_ID", "0"))
         self.domain_id = domain_id
-        _ensure_domain(domain_id, loopback_config() if config == LOOPBACK else config)
+        self._domain = _ensure_domain(domain_id, config)
         self.participant = DomainParticipant(domain_id)
         self._topics: dict[str, Any] = {}
         self._entities: list[Any] = []
+        self._subscriptions: list[_DdsSubscription] = []
 
     def _qos(self, *, reliable: bool, transient_local: bool, depth: int):
         from cyclonedds.qos import Policy, Qos
@@ -328,7 +709,9 @@ class DdsTransport:
         reader = DataReader(self.participant, self._topic(topic, msgtype), qos=qos)
         condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Alive)
         self._entities.append(reader)
-        return _DdsSubscription(topic, msgtype, depth, reader, condition)
+        sub = _DdsSubscription(topic, msgtype, depth, reader, condition)
+        self._subscriptions.append(sub)
+        return sub
 
     def wait(self, subscriptions: Sequence[_DdsSubscription], timeout_s: float) -> list:
         """Blocks until one of `subscriptions` holds a sample or `timeout_s` passes; returns
@@ -348,8 +731,24 @@ class DdsTransport:
                 waitset.detach(s._condition)
         return [s for s in subscriptions if s._has_data()]
 
+    def stats(self) -> dict[str, int]:
+        """Loss counters of this transport's subscriptions (see the module docstring), plus
+        `receive_buffer_bytes`: the smallest UDP receive buffer the kernel granted Cyclone."""
+        subs = [s for s in self._subscriptions if s.reader is not None]
+        for sub in subs:
+            sub._poll_status()
+        log = self._domain.log if self._domain else None
+        out = _loss_stats(subs, log.corrupt() if log else None)
+        if self._domain and self._domain.receive_buffer_bytes is not None:
+            out["receive_buffer_bytes"] = self._domain.receive_buffer_bytes
+        return out
+
     def close(self) -> None:
         """Deletes this transport's participant (and its readers and writers)."""
+        for sub in self._subscriptions:
+            if sub.reader is not None:
+                sub._poll_status()  # the last counts stay readable
+                sub.reader = None
         participant, self.participant = self.participant, None
         self._entities.clear()
         self._topics.clear()
@@ -402,9 +801,21 @@ class _DdsSubscription:
     depth: int
     reader: Any = field(repr=False)
     _condition: Any = field(repr=False)
+    _losses: _TopicLosses = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._losses = _TopicLosses(self.msgtype)
 
     def _has_data(self) -> bool:
         return bool(self._condition.triggered)
+
+    def _poll_status(self) -> None:
+        lost, rejected = _status_getters()
+        n_lost, n_rejected = lost(self.reader._ref), rejected(self.reader._ref)
+        if n_lost is not None:
+            self._losses.sample_lost = n_lost
+        if n_rejected is not None:
+            self._losses.sample_rejected = n_rejected
 
     def take(self, max_samples: int | None = None) -> list[Received]:
         from cyclonedds._clayer import ddspy_take
@@ -415,17 +826,22 @@ class _DdsSubscription:
         if isinstance(ret, int):
             raise DDSException(ret, f"taking samples on {self.topic}")
         now = time.time_ns()
-        return [
+        taken = [
             Received(self.topic, self.msgtype, data, info.source_timestamp, now)
             for data, info in ret
             if info.valid_data
         ]
+        for r in taken:
+            self._losses.taken(r.cdr)
+        return taken
 
     def matched(self) -> int:
         return len(self.reader.get_matched_publications())
 
     def close(self) -> None:
-        self.reader.__del__()
+        self._poll_status()
+        reader, self.reader = self.reader, None
+        reader.__del__()
 
 
 def wait_for_match(endpoints: Sequence[Any], count: int = 1, timeout_s: float = 5.0) -> bool:
