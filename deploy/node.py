@@ -118,6 +118,7 @@ from .state import (
     TfBuffer,
     merge_sweeps,
 )
+from .transport import LOSS_COUNTERS
 from .validation import InvalidMessage, StampTracker, check_frame
 
 log = logging.getLogger(__name__)
@@ -197,6 +198,8 @@ class NodeStats:
     tsm_gaps: int = 0
     backbone_passes: int = 0
     latency_ms: dict[str, deque] = field(default_factory=dict)
+    # the transport's loss counters (`DdsTransport.stats`), read at each summary
+    transport: Callable[[], dict[str, int]] | None = field(default=None, repr=False)
 
     def add_latency(self, stage: str, ms: float) -> None:
         with self.lock:
@@ -230,6 +233,8 @@ class NodeStats:
                 "backbone_passes": self.backbone_passes,
             }
         out["latency_ms"] = self.percentiles()
+        if self.transport is not None:
+            out["transport"] = self.transport()
         return out
 
 
@@ -374,6 +379,7 @@ class PerceptionNode:
         self.clip_frames = config.data.clip_frames if options.temporal == "clip" else 1
         self.preprocess = ImagePreprocess.from_config(config)
         self.stats = NodeStats(window=options.latency_window)
+        self.stats.transport = getattr(transport, "stats", None)
 
         # streaming state (receive thread)
         self.tf = TfBuffer(map_frame=MAP_FRAME, base_frame=BASE_FRAME)
@@ -932,6 +938,9 @@ class PerceptionNode:
             values[f"latency/{stage}/p50_ms"] = round(p["p50"], 2)
             values[f"latency/{stage}/p99_ms"] = round(p["p99"], 2)
         bad = summary["dropped"] or summary["rejected"] or summary["degraded"]
+        transport = summary.get("transport", {})
+        values.update({f"transport/{k}": v for k, v in transport.items()})
+        bad = bad or any(transport.get(k) for k in LOSS_COUNTERS)
         stamp = self.sensor_clock_ns or 0
         self._send(
             DIAGNOSTICS_TOPIC,
