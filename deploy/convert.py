@@ -21,6 +21,7 @@ from typing import Any
 import cv2
 import numpy as np
 
+from perception.datasets.io import DataError, declared_kind, decode_image, image_kind
 from perception.structures import CLASS_NAMES, Detections
 
 from .messages import (
@@ -357,19 +358,36 @@ def compressed_image_to_rgb(
     expected_size: tuple[int, int] | None = None,
     known_frames: Collection[str] | None = None,
 ) -> np.ndarray:
-    """Decodes a sensor_msgs/CompressedImage (JPEG or PNG) to `[H, W, 3]` uint8 RGB.
+    """Decodes a sensor_msgs/CompressedImage (JPEG or PNG) strictly to `[H, W, 3]` uint8 RGB
+    (`perception.datasets.io.decode_image`, the dataset's decoder: damaged scan data that
+    libjpeg would only warn about, and would decode to grey or noise, is an error).
 
-    `expected_size` is (width, height), from the camera's CameraInfo. The markers are checked
-    before decoding (`check_image_markers`).
+    `format` names the codec (`"jpeg"`, `"png"`, or image_transport's `"bgr8; jpeg compressed
+    bgr8"`) and must match the content; an empty `format` is not checked. `expected_size` is
+    (width, height), from the camera's CameraInfo. Raises `InvalidMessage` (`corrupt_image` on
+    field `data`, or `format` when the declared format is not the content's, `image_size`,
+    `unknown_frame`).
     """
     check_frame(topic, msg.header.frame_id, known_frames)
-    data = np.asarray(msg.data, dtype=np.uint8)
-    check_image_markers(topic, data.tobytes(), str(msg.format))
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if image is None:
-        raise InvalidMessage(topic, "data", "corrupt_image", "image data cannot be decoded")
+    data = np.asarray(msg.data, dtype=np.uint8).tobytes()
+    declared = str(msg.format).strip()
+    if declared:
+        kind, named = image_kind(data), declared_kind(declared)
+        if kind is not None and named != kind:
+            shown = "neither JPEG nor PNG" if named is None else f"{named.upper()}"
+            raise InvalidMessage(
+                topic,
+                "format",
+                "corrupt_image",
+                f"format {declared!r} declares {shown}, the data is {kind.upper()}",
+            )
+    check_image_markers(topic, data, declared)
+    try:
+        image = decode_image(data, source=f"topic {topic}", declared_format=declared or None)
+    except DataError as exc:
+        raise InvalidMessage(topic, "data", "corrupt_image", exc.problem) from None
     _check_size(topic, "data", image.shape[1], image.shape[0], expected_size)
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    return image
 
 
 def rgb_to_image(rgb: np.ndarray, *, frame_id: str, stamp_ns: int) -> Any:

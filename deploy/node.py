@@ -26,22 +26,28 @@ stamp. Dead cameras are never waited for; a newer cloud ends the wait.
 
 Streaming state (`deploy/state.py`): the TF buffer, `data.sweeps - 1` earlier clouds (every
 `data.sweep_stride`-th) merged into each new one with ego motion from TF (the dataset's rule),
-each camera's recent pre-processed frames (kept encoded), and the camera encoder's TSM caches
-(`deploy/pipeline.py`). All of it resets on a time jump (`StampTracker` sees a stamp step back
-by more than `time_jump_s`, e.g. a looping bag) or a message on `/perception/reset`.
+each camera's recent frames (decoded and pre-processed at arrival), and the camera encoder's TSM
+caches (`deploy/pipeline.py`). All of it resets on a jump back in time (counted in `resets`;
+`StampTracker`: one stamp series steps back by more than `time_jump_s`, or `time_jump_series`
+series are behind their last stamps at once, e.g. a bag replay restarted or looping) or a
+message on `/perception/reset`.
 
-Threads and drop policy: the receive thread deserializes and validates every message (cheap
-header checks; images stay JPEG) and does the sync; a cloud ready for the model goes into a
+Threads and drop policy: the receive thread deserializes and validates every message, decodes
+each image strictly and pre-processes it (resize/crop) once, and does the sync; a bad image is
+rejected there alone (`corrupt_image`) and never reaches the model. A cloud ready for the model
+goes into a
 one-slot "latest frame" entry: a cloud still waiting there when a newer one arrives is dropped
 (counted `stale`), so a slow model skips frames instead of queueing them. Subscriptions are
 keep-last, deep enough to absorb a burst. With `pipelined` the model runs as five threads
-(pre-process: sweep merge, JPEG decode, resize/crop -> camera branch -> LiDAR branch ->
+(pre-process: sweep merge, image gathering -> camera branch -> LiDAR branch ->
 fuser/decoder/head -> publish) joined by one-deep queues, with at most `max_in_flight` clouds
 inside, so consecutive clouds overlap without piling up between stages; otherwise one thread
 runs the stages in turn.
 
 Bad input never stops the node: `InvalidMessage` (and undecodable CDR, missing transforms) is
 logged, counted by reason in `stats.rejected`, and the message is ignored; state is unchanged.
+Failures in the model stages are isolated per camera where they can be: that camera is masked
+for the cloud (counted in `camera_errors`) and the cloud goes on.
 """
 
 from __future__ import annotations
@@ -133,8 +139,8 @@ EMPTY = "std_msgs/msg/Empty"
 DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 
 # Stages whose latency the node reports (ms); `voxelize` is part of `lidar`.
-STAGES: tuple[str, ...] = ("receive", "sync_wait", "preprocess", "camera", "lidar", "voxelize",
-                           "fuse_head", "publish", "receive_to_publish",
+STAGES: tuple[str, ...] = ("receive", "image_decode", "sync_wait", "preprocess", "camera", "lidar",
+                           "voxelize", "fuse_head", "publish", "receive_to_publish",
                            "stamp_to_publish")  # fmt: skip
 # Sensor stamp -> publish latency is only meaningful when the stamps are on this machine's
 # clock (live sensors); a replayed bag's stamps are from the past.
@@ -164,7 +170,10 @@ class NodeOptions:
     camera_motion: bool = True
     nonfinite: str = "drop"  # NaN/inf points: "drop" them (counted) or "reject" the cloud
     max_points: int = DEFAULT_MAX_POINTS
+    # a jump back in time resets the state: one stamp series (topic, TF pair) stepping back by
+    # more than `time_jump_s`, or `time_jump_series` of them behind at once (validation.py)
     time_jump_s: float = 2.0
+    time_jump_series: int = 3
     diagnostics_period_s: float = 5.0
     print_diagnostics: bool = False
     latency_window: int = 2000  # latest samples kept per stage for p50/p99
@@ -177,6 +186,8 @@ class NodeOptions:
             raise ValueError(f"nonfinite must be 'drop' or 'reject', got {self.nonfinite!r}")
         if self.max_camera_delay_s < 0 or self.camera_wait_s < 0:
             raise ValueError("max_camera_delay_s and camera_wait_s must be >= 0")
+        if self.time_jump_series < 1:
+            raise ValueError(f"time_jump_series must be >= 1, got {self.time_jump_series}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
 
@@ -195,6 +206,7 @@ class NodeStats:
     masked: Counter = field(default_factory=Counter)  # per camera
     nonfinite_points: int = 0
     resets: Counter = field(default_factory=Counter)  # per cause
+    camera_errors: Counter = field(default_factory=Counter)  # per camera: masked by a failure
     tsm_gaps: int = 0
     backbone_passes: int = 0
     latency_ms: dict[str, deque] = field(default_factory=dict)
@@ -229,6 +241,7 @@ class NodeStats:
                 "masked_cameras": dict(self.masked),
                 "nonfinite_points": self.nonfinite_points,
                 "resets": dict(self.resets),
+                "camera_errors": dict(self.camera_errors),
                 "tsm_gaps": self.tsm_gaps,
                 "backbone_passes": self.backbone_passes,
             }
@@ -386,7 +399,9 @@ class PerceptionNode:
         self.sweeps = SweepAccumulator(config.data.sweeps, stride=config.data.sweep_stride)
         self.histories = {c: CameraHistory(config.data.clip_frames + 2) for c in self.cameras}
         self.calibrations: dict[str, CameraCalibration] = {}
-        self.stamps = StampTracker(time_jump_ns=int(options.time_jump_s * 1e9))
+        self.stamps = StampTracker(
+            time_jump_ns=int(options.time_jump_s * 1e9), jump_series=options.time_jump_series
+        )
         self.pending: _Pending | None = None
         self.sensor_clock_ns: int | None = None
         self.generation = 0
@@ -406,8 +421,8 @@ class PerceptionNode:
             self._kinds[image_topic(c)] = ("image", c)
         types = {"tf_static": TF_MESSAGE, "tf": TF_MESSAGE, "reset": EMPTY, "cloud": POINTCLOUD2,
                  "camera_info": CAMERA_INFO, "image": COMPRESSED_IMAGE}  # fmt: skip
-        # Deep enough to absorb a burst (1 s of clouds): receiving is cheap (images stay
-        # encoded), and stale clouds are dropped, and counted, at the model's entry instead.
+        # Deep enough to absorb a burst (1 s of clouds); stale clouds are dropped, and counted,
+        # at the model's entry instead.
         depth = {"tf_static": 1, "tf": 200, "reset": 5, "cloud": 20, "camera_info": 24,
                  "image": 24}  # fmt: skip
         self._order = {"tf_static": 0, "reset": 1, "tf": 2, "camera_info": 3, "image": 4,
@@ -561,10 +576,17 @@ class PerceptionNode:
         if n <= 10 or n % 100 == 0:  # a broken sensor must not flood the log
             log.warning("rejected (%s, %d so far): %s", reason, n, text)
 
-    def _check_stamp(self, topic: str, stamp_ns: int) -> None:
-        if self.stamps.check(topic, stamp_ns) == "time_jump":
+    def _check_stamp(self, topic: str, stamp_ns: int, series: str | None = None) -> None:
+        if self.stamps.check(topic, stamp_ns, series) == "time_jump":
+            log.warning(
+                "jump back in time: %s stamp %d ns is %.3f s before the newest; resetting the "
+                "sync, sweeps, camera frames, TSM caches and ego poses",
+                topic if series is None else f"{topic} ({series})",
+                stamp_ns,
+                self.stamps.last_jump_ns / 1e9,
+            )
             self.reset("time_jump")
-            self.stamps.check(topic, stamp_ns)  # `reset` emptied the tracker
+            self.stamps.check(topic, stamp_ns, series)  # `reset` emptied the tracker
         if self.sensor_clock_ns is None or stamp_ns > self.sensor_clock_ns:
             self.sensor_clock_ns = stamp_ns
 
@@ -596,7 +618,7 @@ class PerceptionNode:
     def _on_tf(self, received, message, camera, start) -> None:
         transforms = tf_message_to_transforms(message, topic=received.topic)
         for t in transforms:
-            self._check_stamp(f"{received.topic}:{t.parent}->{t.child}", t.stamp_ns)
+            self._check_stamp(received.topic, t.stamp_ns, f"{t.parent}->{t.child}")
         self.tf.add(transforms, static=False)
 
     def _known_frames(self) -> set[str] | None:
@@ -612,12 +634,17 @@ class PerceptionNode:
     def _on_image(self, received, message, camera, start) -> None:
         check_frame(received.topic, message.header.frame_id, self._known_frames())
         calib = self.calibrations.get(camera)
-        check_encoded_image(
-            message, topic=received.topic, expected_size=None if calib is None else calib.size
-        )
+        size = None if calib is None else calib.size
+        check_encoded_image(message, topic=received.topic, expected_size=size)  # no decode yet
+        # Decoded strictly, and pre-processed, once, here: a frame in the history is always
+        # usable, so a bad image is rejected alone and never costs a later cloud.
+        decode_start = time.perf_counter()
+        rgb = compressed_image_to_rgb(message, topic=received.topic, expected_size=size)
+        image = self.preprocess(rgb)
+        self.stats.add_latency("image_decode", 1e3 * (time.perf_counter() - decode_start))
         stamp = stamp_to_ns(message.header.stamp)
         self._check_stamp(received.topic, stamp)
-        self.histories[camera].add(stamp, message, received.receive_time_ns)
+        self.histories[camera].add(stamp, image, received.receive_time_ns)
         self._finalize()
 
     def _on_cloud(self, received, message, camera, start) -> None:
@@ -767,15 +794,7 @@ class PerceptionNode:
                         job = source.get(timeout=0.05)
                     except queue.Empty:
                         continue
-                if job is None:
-                    continue
-                try:
-                    work(job)
-                except Exception:  # a failing frame must not kill the node
-                    log.exception("model stage failed on cloud %d", job.stamp_ns)
-                    self._job_done(job, dropped="stage_error")
-                    continue
-                if sink is None:
+                if job is None or not self._work(job, work) or sink is None:
                     continue
                 while not self._stop.is_set():
                     try:
@@ -784,15 +803,32 @@ class PerceptionNode:
                     except queue.Full:
                         continue
 
+    def _work(self, job: Job, work) -> bool:
+        """Runs one stage on `job`; a failure drops the cloud (counted), never the node."""
+        try:
+            work(job)
+        except Exception:
+            log.exception("model stage failed on cloud %d", job.stamp_ns)
+            self._job_done(job, dropped="stage_error")
+            return False
+        return True
+
+    def run_entry(self) -> bool:
+        """Runs the cloud waiting at the model's entry, if any, through every stage on the
+        calling thread, as the model thread would: for stepping a node that was not started
+        (tests, offline tools) without threads or wall-clock waits. Returns whether one ran."""
+        job = self._entry.take_waiting()
+        if job is None:
+            return False
+        with torch.inference_mode():
+            self._work(job, self._run_all)
+        return True
+
     def _timed(self, job: Job, stage: str, fn, *args):
         start = time.perf_counter()
         out = fn(*args)
         job.times_ms[stage] = 1e3 * (time.perf_counter() - start)
         return out
-
-    def _decode_image(self, message: Any) -> np.ndarray:
-        topic = f"/{message.header.frame_id}/image/compressed"
-        return self.preprocess(compressed_image_to_rgb(message, topic=topic))
 
     def _preprocess(self, job: Job) -> None:
         p = job.pending
@@ -808,10 +844,9 @@ class PerceptionNode:
                 continue
             try:
                 for j, f in enumerate(clip[-T:]):
-                    images[c, j] = f.decoded(self._decode_image)
-            except InvalidMessage as exc:  # passed the header checks, failed to decode
-                self._reject(exc.reason, str(exc))
-                job.clips[c] = None
+                    images[c, j] = f.image  # decoded and pre-processed at arrival
+            except Exception as exc:  # one camera's failure masks that camera only
+                self._camera_failed(job, c, f"pre-process: {exc!r}")
                 continue
             mask[c] = True
             job.frames[c] = clip[-1]
@@ -837,19 +872,31 @@ class PerceptionNode:
             self._camera_generation = job.generation
         state = self._camera_state
         gaps, passes = state.gaps, state.passes
-        job.camera_bev = self._timed(
-            job,
-            "camera",
-            self.stages.camera_stream,
-            job.batch,
-            job.clips,
-            state,
-            self._decode_image,
+        job.camera_bev, job.batch, failed = self._timed(
+            job, "camera", self.stages.camera_stream, job.batch, job.clips, state
         )
+        for c, problem in failed.items():
+            self._camera_failed(job, c, f"camera encoder: {problem}")
+        if failed:
+            job.masked = tuple(n for n, m in zip(self.cameras, job.batch.camera_mask[0]) if not m)
         job.tsm_gaps = state.gaps - gaps
         with self.stats.lock:
             self.stats.tsm_gaps += state.gaps - gaps
             self.stats.backbone_passes += state.passes - passes
+
+    def _camera_failed(self, job: Job, c: int, problem: str) -> None:
+        """Masks camera `c` of `job` (its frame could not be used) and counts it."""
+        name = self.cameras[c]
+        job.clips[c] = None
+        if job.frames:
+            job.frames[c] = None
+        with self.stats.lock:
+            self.stats.camera_errors[name] += 1
+            n = self.stats.camera_errors[name]
+        if n <= 10 or n % 100 == 0:
+            log.warning(
+                "cloud %d: camera %s masked (%d so far): %s", job.stamp_ns, name, n, problem
+            )
 
     def _run_lidar(self, job: Job) -> None:
         job.lidar_bev, voxelize_s = self._timed(job, "lidar", self.stages.lidar, job.batch)
@@ -934,10 +981,16 @@ class PerceptionNode:
         values.update({f"dropped/{k}": v for k, v in summary["dropped"].items()})
         values.update({f"rejected/{k}": v for k, v in summary["rejected"].items()})
         values.update({f"resets/{k}": v for k, v in summary["resets"].items()})
+        values.update({f"camera_errors/{k}": v for k, v in summary["camera_errors"].items()})
         for stage, p in summary["latency_ms"].items():
             values[f"latency/{stage}/p50_ms"] = round(p["p50"], 2)
             values[f"latency/{stage}/p99_ms"] = round(p["p99"], 2)
-        bad = summary["dropped"] or summary["rejected"] or summary["degraded"]
+        bad = (
+            summary["dropped"]
+            or summary["rejected"]
+            or summary["degraded"]
+            or summary["camera_errors"]
+        )
         transport = summary.get("transport", {})
         values.update({f"transport/{k}": v for k, v in transport.items()})
         bad = bad or any(transport.get(k) for k in LOSS_COUNTERS)

@@ -19,9 +19,9 @@ Camera temporal modes:
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import cv2
 import numpy as np
@@ -168,12 +168,8 @@ class ModelStages:
         return bev
 
     def camera_stream(
-        self,
-        batch: Batch,
-        clips: Sequence,
-        state: CameraStreamState,
-        decode: Callable[[Any], np.ndarray],
-    ) -> torch.Tensor | None:
+        self, batch: Batch, clips: Sequence, state: CameraStreamState
+    ) -> tuple[torch.Tensor | None, Batch, dict[int, str]]:
         """Camera BEV `[1, C, X, Y]` with per-camera TSM caches.
 
         A camera's cache moves on by one pass when its chosen frame is the frame after the one
@@ -182,21 +178,36 @@ class ModelStages:
         rebuilt from a fresh state over the clip's earlier frames (at most T - 1 passes), so the
         features equal the offline clip's, and the rebuild is counted in `state.gaps`.
 
+        Failures are per camera: a camera whose cache cannot be rebuilt is masked for this
+        cloud (its cache forgotten) and the others go on.
+
         Args:
             batch: the sample; `images[0, c, -1]` is camera c's chosen frame, pre-processed.
             clips: per camera its clip of `CameraFrame`s (oldest first, the chosen one last;
                 padded at a stream's start by repeating the oldest) or None (masked).
             state: updated in place.
-            decode: `decode(frame.message)` -> `[3, H, W]` uint8 (for the earlier frames).
+
+        Returns:
+            the camera BEV, `batch` with the failed cameras masked, and per failed camera
+            index what went wrong.
         """
         camera = self.model.camera
         if camera is None:
-            return None
+            return None, batch, {}
         W, H = batch.images.shape[-1], batch.images.shape[-2]
         encoder = camera.encoder
+        failed: dict[int, str] = {}
 
         def fresh() -> TemporalShiftState:
             return encoder.initial_state(1, 1, (H, W))
+
+        def rebuild(earlier: dict) -> TemporalShiftState:
+            s = fresh()
+            for f in sorted(earlier.values(), key=lambda f: f.seq):
+                image = camera.normalize(torch.from_numpy(f.image))
+                _, s = encoder.forward_stream(image[None, None], s)
+                state.passes += 1
+            return s
 
         with torch.inference_mode():
             todo = []
@@ -208,13 +219,17 @@ class ModelStages:
                     earlier = {f.seq: f for f in clip[:-1] if f.seq < chosen.seq}
                     if state.seqs[c] is not None or earlier:
                         state.gaps += 1
-                    s = fresh()
-                    for f in sorted(earlier.values(), key=lambda f: f.seq):
-                        image = camera.normalize(torch.from_numpy(f.decoded(decode)))
-                        _, s = encoder.forward_stream(image[None, None], s)
-                        state.passes += 1
-                    state.states[c] = s
+                    try:
+                        state.states[c] = rebuild(earlier)
+                    except Exception as exc:  # one camera's failure masks that camera only
+                        failed[c] = repr(exc)
+                        state.states[c] = state.seqs[c] = state.features[c] = None
+                        continue
                 todo.append(c)
+            if failed:
+                mask = batch.camera_mask.clone()
+                mask[0, list(failed)] = False
+                batch = dataclasses.replace(batch, camera_mask=mask)
             if todo:
                 images = camera.normalize(batch.images[0, todo, -1])[None]  # [1, n, 3, H, W]
                 caches = [(state.states[c] or fresh()).caches for c in todo]
@@ -233,12 +248,14 @@ class ModelStages:
                 reference = torch.zeros(C, -(-H // stride), -(-W // stride))
             feats = torch.stack(
                 [
-                    state.features[c] if clip is not None else torch.zeros_like(reference)
+                    state.features[c]
+                    if clip is not None and c not in failed
+                    else torch.zeros_like(reference)
                     for c, clip in enumerate(clips)
                 ]
             )[None]  # [1, Ncam, C, fh, fw]
             bev, _ = camera.view_transform(feats, batch)
-        return bev
+        return bev, batch, failed
 
     def lidar(self, batch: Batch) -> tuple[torch.Tensor | None, float]:
         """LiDAR BEV `[1, C, X, Y]` and the voxelization time (s)."""

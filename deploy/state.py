@@ -11,7 +11,6 @@ Frames: `map` (world), `base_link` (ego), sensor frames (`lidar_top`, `cam_front
 from __future__ import annotations
 
 import bisect
-import threading
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -182,27 +181,20 @@ class SweepAccumulator:
         self.history.clear()
 
 
-@dataclass(eq=False)
+@dataclass(frozen=True, eq=False)
 class CameraFrame:
-    """One accepted camera image, kept encoded: it is decoded and pre-processed (test-time
-    resize/crop) only if a cloud uses it, once (`decoded`), so stale frames cost nothing.
+    """One accepted camera image, decoded (strictly) and pre-processed (test-time resize/crop)
+    once, at arrival: a frame in the history is always usable, so a bad image costs only
+    itself, never a later cloud.
 
-    `seq` counts the camera's frames since the last reset (consecutive frames differ by 1).
+    `image` is `[3, H, W]` uint8 (the model's input size); `seq` counts the camera's frames
+    since the last reset (consecutive frames differ by 1).
     """
 
     stamp_ns: int
     seq: int
-    message: object  # the sensor_msgs/CompressedImage
+    image: np.ndarray
     receive_ns: int
-    _image: np.ndarray | None = None
-    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-
-    def decoded(self, decode) -> np.ndarray:
-        """`decode(message)` -> `[3, H, W]` uint8, computed once (raises what `decode` does)."""
-        with self._lock:
-            if self._image is None:
-                self._image = decode(self.message)
-            return self._image
 
 
 @dataclass
@@ -216,8 +208,8 @@ class CameraHistory:
     def __post_init__(self) -> None:
         self.frames = deque(maxlen=self.depth)
 
-    def add(self, stamp_ns: int, message: object, receive_ns: int) -> CameraFrame:
-        frame = CameraFrame(stamp_ns, self.next_seq, message, receive_ns)
+    def add(self, stamp_ns: int, image: np.ndarray, receive_ns: int) -> CameraFrame:
+        frame = CameraFrame(stamp_ns, self.next_seq, image, receive_ns)
         self.next_seq += 1
         self.frames.append(frame)
         return frame

@@ -56,45 +56,75 @@ def check_frame(topic: str, frame_id: str, known_frames: Collection[str] | None)
 
 @dataclass
 class StampTracker:
-    """The last accepted stamp per topic; rejects out-of-order and duplicate stamps.
+    """The last accepted stamp per stamp series (a topic, or a topic's TF frame pair); rejects
+    out-of-order and duplicate stamps.
 
-    A stamp more than `time_jump_ns` earlier than a topic's last one is a time jump (a bag
-    replay looping, a simulator reset), not disorder: `check` then forgets every topic's
-    history and returns `"time_jump"` so the node can reset its state too. `None` disables
-    jump detection (every step back is out of order).
+    A jump back in time (a bag replay restarted or looping, a simulator reset) is not disorder:
+    `check` then forgets every series' history and returns `"time_jump"` so the node can reset
+    its state too (as ROS time sources and tf2 do on "jump back in time"). It is recognised
 
+    - at once, when one series steps back by more than `time_jump_ns`;
+    - or, however small the step, when `jump_series` series are behind their last stamps at
+      the same time (each stepped back and has not moved forward since), at stamps within
+      `time_jump_ns` of each other: a restarted replay moves every sensor back together, while
+      one late message moves one series and the next message of that series is ahead again.
+      The messages that stepped back before the jump was recognised (at most
+      `jump_series - 1`) stay rejected.
+
+    `time_jump_ns=None` disables jump detection (every step back is out of order).
     One tracker belongs to one node; it is plain per-instance state.
     """
 
     time_jump_ns: int | None = 2_000_000_000
+    jump_series: int = 3
     last_ns: dict[str, int] = field(default_factory=dict)
+    behind_ns: dict[str, int] = field(default_factory=dict)  # series behind: the stamp it sent
+    last_jump_ns: int = 0  # how far back the last recognised jump went (from the newest stamp)
 
-    def check(self, topic: str, stamp_ns: int) -> str:
-        """Accepts `stamp_ns` on `topic` and returns `"ok"` or `"time_jump"`; raises
-        `InvalidMessage` (`out_of_order` or `duplicate_stamp`) without recording it."""
-        last = self.last_ns.get(topic)
-        if last is not None and stamp_ns <= last:
-            back = last - stamp_ns
-            if self.time_jump_ns is not None and back > self.time_jump_ns:
-                self.last_ns.clear()
-                self.last_ns[topic] = stamp_ns
+    def __post_init__(self) -> None:
+        if self.jump_series < 1:
+            raise ValueError(f"jump_series must be >= 1, got {self.jump_series}")
+
+    def check(self, topic: str, stamp_ns: int, series: str | None = None) -> str:
+        """Accepts `stamp_ns` on `topic` (the stamp series `topic` or `topic:series`) and
+        returns `"ok"` or `"time_jump"`; raises `InvalidMessage` (`out_of_order` or
+        `duplicate_stamp`) without recording it."""
+        key = topic if series is None else f"{topic}:{series}"
+        last = self.last_ns.get(key)
+        if last is None or stamp_ns > last:
+            self.last_ns[key] = stamp_ns
+            self.behind_ns.pop(key, None)
+            return "ok"
+        back = last - stamp_ns
+        if self.time_jump_ns is not None:
+            behind = self.behind_ns
+            behind[key] = stamp_ns
+            for other, stamp in list(behind.items()):  # a stale series is not part of this jump
+                if abs(stamp - stamp_ns) > self.time_jump_ns:
+                    del behind[other]
+            if back > self.time_jump_ns or len(behind) >= self.jump_series:
+                self.last_jump_ns = max(self.last_ns.values()) - stamp_ns
+                self.reset()
+                self.last_ns[key] = stamp_ns
                 return "time_jump"
-            if back == 0:
-                raise InvalidMessage(
-                    topic, "header.stamp", "duplicate_stamp", f"stamp {stamp_ns} ns seen twice"
-                )
+        where = "" if series is None else f"{series}: "
+        if back == 0:
             raise InvalidMessage(
-                topic,
-                "header.stamp",
-                "out_of_order",
-                f"stamp {stamp_ns} ns is {back / 1e6:.3f} ms before the last one ({last} ns)",
+                topic, "header.stamp", "duplicate_stamp", f"{where}stamp {stamp_ns} ns seen twice"
             )
-        self.last_ns[topic] = stamp_ns
-        return "ok"
+        raise InvalidMessage(
+            topic,
+            "header.stamp",
+            "out_of_order",
+            f"{where}stamp {stamp_ns} ns is {back / 1e6:.3f} ms before the last one ({last} ns)",
+        )
 
     def reset(self, topic: str | None = None) -> None:
-        """Forgets one topic's last stamp, or every topic's."""
+        """Forgets one topic's last stamp (and its TF series), or every series'."""
         if topic is None:
             self.last_ns.clear()
-        else:
-            self.last_ns.pop(topic, None)
+            self.behind_ns.clear()
+            return
+        for table in (self.last_ns, self.behind_ns):
+            for key in [k for k in table if k == topic or k.startswith(f"{topic}:")]:
+                del table[key]

@@ -73,6 +73,16 @@ def _feed(node, items):
         node.handle(_received(topic, msgtype, cdr))
 
 
+def _step(node, items):
+    """Hands messages to the node one by one on this thread and runs each cloud it sends to the
+    model at once, as its model thread would: no threads, no waits on the wall clock."""
+    for topic, msgtype, cdr in items:
+        node.handle(_received(topic, msgtype, cdr))
+        node.run_entry()
+    node.finish_pending()
+    node.run_entry()
+
+
 def _publish(node, items):
     """Publishes messages on the node's transport one by one, each waited for."""
     publishers, fed = {}, node.handled
@@ -196,16 +206,43 @@ def _small_jpeg(msg):
     msg.data = jpg.reshape(-1)
 
 
-BAD_IMAGES = {
-    "corrupt_image": _corrupt_jpeg,
-    "image_size": _small_jpeg,
-    "unknown_frame": _frame("cam_bogus"),
-    "duplicate_stamp": None,
+def _segment(raw: bytes, marker: bytes) -> tuple[int, int]:
+    """(offset, length) of the first JPEG segment with `marker` (e.g. b"\\xff\\xc4")."""
+    at = raw.index(marker)
+    return at, int.from_bytes(raw[at + 2 : at + 4], "big")
+
+
+def _broken_huffman(msg):
+    """Headers intact (size, markers), the first Huffman table's symbols bogus: OpenCV cannot
+    decode it either, so before #28 the camera was masked and the next cloud dropped."""
+    raw = bytearray(msg.data.tobytes())
+    at, length = _segment(bytes(raw), b"\xff\xc4")
+    raw[at + 21 : at + 2 + length] = b"\xee" * (length - 19)  # after class/id and 16 counts
+    msg.data = np.frombuffer(bytes(raw), np.uint8)
+
+
+def _noise_scan(msg):
+    """Valid headers and end marker around random scan data: libjpeg decodes noise."""
+    raw = msg.data.tobytes()
+    at, length = _segment(raw, b"\xff\xda")
+    start = at + 2 + length
+    noise = np.random.default_rng(0).integers(0, 255, len(raw) - start - 2, np.uint8)
+    msg.data = np.frombuffer(raw[:start] + noise.tobytes() + b"\xff\xd9", np.uint8)
+
+
+BAD_IMAGES = {  # name: (edit, reason)
+    "truncated": (_corrupt_jpeg, "corrupt_image"),
+    "broken_huffman": (_broken_huffman, "corrupt_image"),
+    "noise_scan": (_noise_scan, "corrupt_image"),
+    "declared_png": (_set(format="png"), "corrupt_image"),
+    "image_size": (_small_jpeg, "image_size"),
+    "unknown_frame": (_frame("cam_bogus"), "unknown_frame"),
+    "duplicate_stamp": (None, "duplicate_stamp"),
 }
 
 
-@pytest.mark.parametrize("reason", sorted(BAD_IMAGES))
-def test_bad_image_is_rejected_counted_and_keeps_state(model, config, messages, reason):
+@pytest.mark.parametrize("name", sorted(BAD_IMAGES))
+def test_bad_image_is_rejected_counted_and_keeps_state(model, config, messages, name):
     head, rest = _until_cloud(messages, 2)
     node = _node(model, config)
     _feed(node, head)
@@ -213,15 +250,39 @@ def test_bad_image_is_rejected_counted_and_keeps_state(model, config, messages, 
     info = next(m for m in rest if m[0] == "/cam_front/camera_info")
     _feed(node, [info])
     before = list(node.histories["CAM_FRONT"].frames)
-    if reason == "duplicate_stamp":
+    edit, reason = BAD_IMAGES[name]
+    if name == "duplicate_stamp":
         bad = _edit(cdr, msgtype, _shift_stamp(before[-1].stamp_ns - _stamp(cdr, msgtype)))
     else:
-        bad = _edit(cdr, msgtype, BAD_IMAGES[reason])
+        bad = _edit(cdr, msgtype, edit)
     node.handle(_received(topic, msgtype, bad))
     assert node.stats.rejected == {reason: 1}
     assert list(node.histories["CAM_FRONT"].frames) == before
     node.handle(_received(topic, msgtype, cdr))
     assert node.histories["CAM_FRONT"].latest.stamp_ns == _stamp(cdr, msgtype)
+
+
+def test_a_broken_image_is_rejected_at_arrival_and_costs_no_cloud(model, config, messages):
+    """#28 item 8: an image whose headers pass the arrival checks but which cannot be decoded
+    is rejected at arrival, once; it never enters the camera's history, so no later cloud masks
+    the camera for it or fails to rebuild the camera's TSM cache from it."""
+    head, _ = _until_cloud(messages, 6)
+    fronts = [i for i, m in enumerate(head) if m[0] == "/cam_front/image/compressed"]
+    i = fronts[1]
+    topic, msgtype, cdr = head[i]
+    raw = deserialize(cdr, msgtype).data
+    bad = _edit(cdr, msgtype, _broken_huffman)
+    assert cv2.imdecode(raw, cv2.IMREAD_COLOR) is not None  # the original decodes
+    assert cv2.imdecode(deserialize(bad, msgtype).data, cv2.IMREAD_COLOR) is None
+    jobs = []
+    node = _node(model, config, process=None)
+    node.on_result = jobs.append
+    _step(node, head[:i] + [(topic, msgtype, bad)] + head[i + 1 :])
+    assert node.stats.rejected == {"corrupt_image": 1}
+    assert node.stats.dropped == {} and node.stats.camera_errors == {}
+    assert node.stats.processed == len(jobs) == 6
+    assert all("CAM_FRONT" not in job.masked for job in jobs[1:])  # the first cloud has none
+    assert node.stats.resets == {}
 
 
 def _stamp(cdr, msgtype):
@@ -244,8 +305,7 @@ def test_a_dead_camera_is_masked_without_waiting(model, config, messages):
     kept = [m for m in head if m[0] != "/cam_back/image/compressed"]
     transport = node.transport
     status = transport.subscribe(STATUS_TOPIC, "diagnostic_msgs/msg/DiagnosticArray", depth=50)
-    with node:
-        _publish(node, kept)
+    _step(node, kept)  # on this thread: nothing depends on how busy the machine is
     with_cameras = [j for j in jobs if len(j.masked) < 6]
     assert with_cameras, "some clouds saw camera images"
     assert all("CAM_BACK" in j.masked and j.degraded for j in jobs)
@@ -292,14 +352,44 @@ def test_slow_model_drops_stale_clouds_and_counts_them(model, config, messages):
     assert node._in_flight == 0
 
 
-def test_time_jump_and_reset_topic_reset_the_state(model, config, messages):
-    node = _node(model, config)
+def test_a_replay_restarted_slightly_back_resets_the_state_once(model, config, messages, caplog):
+    """#28 item 13: a bag restarted 0.1 s back (far less than `time_jump_s`) moves every topic
+    back together: a jump back in time, not disorder. The node resets once, loses only the
+    messages before it could tell (until `time_jump_series` topics were behind), and takes the
+    replay afresh."""
     head, _ = _until_cloud(messages, 3)
+    node = _node(model, config)
     _feed(node, head)
     assert len(node.sweeps.history) == 2 and node.histories["CAM_FRONT"].latest is not None
-    _feed(node, head)  # the bag again: stamps jump back 0.1 s (< 2 s): out of order, rejected
-    assert node.stats.resets == {}
-    assert node.stats.rejected.get("out_of_order", 0) > 0
+    generation = node.generation
+    with caplog.at_level("WARNING", logger="perception.deploy.node"):
+        _feed(node, head)  # the bag again: every stamp steps back by at most 0.1 s
+    assert node.stats.resets == {"time_jump": 1} and node.generation == generation + 1
+    # /tf, the first cloud and /tf again were behind before a third topic (a CameraInfo) was
+    assert sum(node.stats.rejected.values()) == node.stats.rejected["out_of_order"] == 3
+    assert "jump back in time" in caplog.text
+    assert len(node.sweeps.history) == 2  # the replay's clouds after the jump
+    assert node.histories["CAM_FRONT"].latest.stamp_ns == max(
+        _stamp(c, m) for t, m, c in head if t == "/cam_front/image/compressed"
+    )
+    assert node.publish_diagnostics()["resets"] == {"time_jump": 1}
+
+
+def test_one_late_message_is_out_of_order_not_a_jump(model, config, messages):
+    """A single message behind its topic (a late sample) is rejected alone; the state stays."""
+    head, rest = _until_cloud(messages, 3)
+    node = _node(model, config)
+    _feed(node, head)
+    history = list(node.sweeps.history)
+    late = next(m for m in reversed(head) if m[0] == "/cam_front/image/compressed")
+    _feed(node, [late[:2] + (_edit(late[2], late[1], _shift_stamp(-1)),)])
+    assert node.stats.rejected == {"out_of_order": 1} and node.stats.resets == {}
+    _feed(node, rest[:20])
+    assert node.stats.resets == {} and list(node.sweeps.history)[0] == history[1]
+
+
+def test_time_jump_and_reset_topic_reset_the_state(model, config, messages):
+    head, _ = _until_cloud(messages, 3)
     node2 = _node(model, config, time_jump_s=0.05)
     _feed(node2, head)
     _feed(node2, head)  # now a jump: state reset, the replay is accepted afresh

@@ -148,3 +148,40 @@ def test_encoded_image_size_reads_the_header_without_decoding(ext):
     with pytest.raises(InvalidMessage) as info:
         check_encoded_image(msg, topic="/cam", expected_size=None)
     assert info.value.reason == "corrupt_image"
+
+
+def test_camera_stream_masks_only_the_camera_that_fails():
+    """#28 item 8: a camera whose TSM cache cannot be rebuilt is masked for the cloud (as if it
+    had no frame) and the other cameras go on; nothing is raised."""
+    import dataclasses
+
+    from perception.deploy.pipeline import CameraStreamState
+    from perception.deploy.state import CameraFrame
+
+    torch.manual_seed(0)
+    config = parse_config(MICRO)
+    stages = ModelStages(build_model(config).eval())
+    batch = random_batch(config, batch_size=1, seed=0)  # [1, Ncam, T=2, 3, H, W]
+    n = batch.images.shape[1]
+    clips = []
+    for c in range(n):
+        history = CameraHistory(depth=4)
+        history.add(0, batch.images[0, c, 0].numpy(), 0)
+        clips.append([history.frames[0], history.add(1, batch.images[0, c, 1].numpy(), 0)])
+    clips[1][0] = CameraFrame(0, 0, np.zeros((3, 5, 5), np.uint8), 0)  # unusable earlier frame
+    state = CameraStreamState.fresh(n)
+    with torch.inference_mode():
+        bev, masked, failed = stages.camera_stream(batch, clips, state)
+    assert list(failed) == [1]
+    assert masked.camera_mask[0].tolist() == [c != 1 for c in range(n)]
+    assert state.seqs[1] is None and all(state.seqs[c] == 1 for c in range(n) if c != 1)
+    # the same as camera 1 masked from the start
+    mask = batch.camera_mask.clone()
+    mask[0, 1] = False
+    expected_clips = [None if c == 1 else clip for c, clip in enumerate(clips)]
+    with torch.inference_mode():
+        expected, _, none = stages.camera_stream(
+            dataclasses.replace(batch, camera_mask=mask), expected_clips, CameraStreamState.fresh(n)
+        )
+    assert none == {}
+    torch.testing.assert_close(bev, expected)

@@ -130,6 +130,46 @@ def test_corrupt_jpeg(data):
     )
 
 
+def _textured_jpeg(w: int = 160, h: int = 90) -> bytes:
+    noise = np.random.default_rng(0).integers(0, 256, (h, w, 3), np.uint8)
+    ok, buf = cv2.imencode(".jpg", cv2.GaussianBlur(noise, (9, 9), 3))
+    return buf.tobytes()
+
+
+def test_random_scan_data_is_corrupt_though_opencv_decodes_noise():
+    """#28 item 9: headers and end marker intact around random entropy-coded data."""
+    raw = _textured_jpeg()
+    sos = raw.index(b"\xff\xda")
+    start = sos + 2 + int.from_bytes(raw[sos + 2 : sos + 4], "big")
+    noise = np.random.default_rng(1).integers(0, 255, len(raw) - start - 2, np.uint8)
+    damaged = raw[:start] + noise.tobytes() + b"\xff\xd9"
+    assert cv2.imdecode(np.frombuffer(damaged, np.uint8), cv2.IMREAD_COLOR) is not None
+    err = _raises(
+        "corrupt_image", "data", convert.compressed_image_to_rgb, _jpeg_msg(damaged),
+        topic="/cam_front/image/compressed",
+    )  # fmt: skip
+    assert err.topic == "/cam_front/image/compressed" and "corrupt JPEG" in err.problem
+
+
+@pytest.mark.parametrize("declared", ["jpeg", "jpg", "rgb8; jpeg compressed bgr8", ""])
+def test_declared_jpeg_formats_are_accepted(declared):
+    msg = convert.jpeg_to_compressed_image(_jpeg(), frame_id="c", stamp_ns=1, format=declared)
+    assert convert.compressed_image_to_rgb(msg, topic="/c").shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize(
+    ("declared", "shown"), [("png", "PNG"), ("bgr8; png compressed", "PNG"), ("tiff", "neither")]
+)
+def test_declared_format_must_match_the_content(declared, shown):
+    """#28 item 9: the `format` field is read; a JPEG declared as anything else is rejected."""
+    msg = convert.jpeg_to_compressed_image(_jpeg(), frame_id="c", stamp_ns=1, format=declared)
+    err = _raises("corrupt_image", "format", convert.compressed_image_to_rgb, msg, topic="/c")
+    assert repr(declared) in err.problem and shown in err.problem and "JPEG" in err.problem
+    ok, png = cv2.imencode(".png", np.zeros((4, 5, 3), np.uint8))
+    as_jpeg = convert.jpeg_to_compressed_image(png.tobytes(), frame_id="c", stamp_ns=1)
+    _raises("corrupt_image", "format", convert.compressed_image_to_rgb, as_jpeg, topic="/c")
+
+
 def test_image_size_differs_from_camera_info():
     info = convert.calibration_to_camera_info(
         np.array([[100.0, 0, 16], [0, 100, 12], [0, 0, 1]]), width=1600, height=900,
@@ -206,6 +246,49 @@ def test_stamp_tracker_time_jump_resets_every_topic():
     strict = StampTracker(time_jump_ns=None)
     strict.check(TOPIC, 10_000_000_000)
     _raises("out_of_order", "header.stamp", strict.check, TOPIC, 1)
+
+
+def test_stamp_tracker_topics_behind_together_are_a_jump_however_small():
+    """#28 item 13: a replay restarted 0.1 s back (far below `time_jump_ns`) moves every topic
+    back; once `jump_series` series are behind at once it is a jump, not disorder."""
+    tracker = StampTracker(time_jump_ns=2_000_000_000, jump_series=3)
+    for topic in ("/a", "/b", "/c"):
+        tracker.check(topic, 1_000_000_000)
+    tracker.check("/tf", 1_000_000_000, "map->base_link")
+    _raises("out_of_order", "header.stamp", tracker.check, "/a", 900_000_000)
+    err = _raises(
+        "out_of_order", "header.stamp", tracker.check, "/tf", 900_000_000, "map->base_link"
+    )
+    assert err.topic == "/tf" and "map->base_link" in err.problem
+    assert tracker.check("/b", 900_000_000) == "time_jump"
+    assert tracker.last_jump_ns == 100_000_000
+    assert tracker.last_ns == {"/b": 900_000_000}  # every other series forgotten
+    assert tracker.check("/a", 900_000_000) == "ok"
+
+
+def test_stamp_tracker_late_messages_on_separate_topics_are_not_a_jump():
+    tracker = StampTracker(time_jump_ns=2_000_000_000, jump_series=2)
+    tracker.check("/a", 1_000_000_000)
+    tracker.check("/b", 1_000_000_000)
+    _raises("out_of_order", "header.stamp", tracker.check, "/a", 999_000_000)  # one late message
+    assert tracker.check("/a", 1_050_000_000) == "ok"  # /a moves forward: no longer behind
+    _raises("out_of_order", "header.stamp", tracker.check, "/b", 999_000_000)
+    assert tracker.behind_ns == {"/b": 999_000_000}
+    # a series behind long ago (beyond the jump window) is not part of a jump now
+    tracker = StampTracker(time_jump_ns=1_000_000_000, jump_series=2)
+    tracker.check("/a", 10_000_000_000)
+    tracker.check("/b", 20_000_000_000)
+    _raises("out_of_order", "header.stamp", tracker.check, "/a", 9_900_000_000)
+    _raises("out_of_order", "header.stamp", tracker.check, "/b", 19_900_000_000)
+    assert tracker.behind_ns == {"/b": 19_900_000_000}
+
+
+def test_stamp_tracker_reset_of_one_topic_forgets_its_series():
+    tracker = StampTracker()
+    tracker.check("/tf", 5, "map->base_link")
+    tracker.check("/tfx", 5)
+    tracker.reset("/tf")
+    assert tracker.last_ns == {"/tfx": 5}
 
 
 def test_invalid_message_reason_must_be_known():
