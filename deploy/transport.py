@@ -25,9 +25,11 @@ Losses are counted, never silent: `transport.stats()` is a flat mapping (what th
 `/perception/diagnostics` and its final stats) of, per subscribed topic and in total,
 `sample_lost` / `sample_rejected` (the DDS reader statuses; in-process: keep-last overflow),
 `stamp_gaps` / `stamp_missing` (holes in the header stamps' cadence: a sample lost anywhere on
-its way, in DDS fragments or in a full reader cache, leaves one) and `corrupt_cdr` (samples
+its way, in DDS fragments or in a full reader cache, leaves one), `corrupt_cdr` (samples
 Cyclone could not deserialize and dropped: counted from its log, which the loopback
-configuration routes to a file of the transport's; other configurations report no count).
+configuration routes to a file of the transport's; other configurations report no count) and,
+for the whole domain, `socket_drops` (datagrams the kernel dropped on Cyclone's sockets, their
+receive buffer full: how a best-effort cloud too big for the buffer vanishes).
 
 The loopback configuration (the default) keeps DDS on this machine: unicast over `lo` only, and
 its receive sockets, which Cyclone always binds to the wildcard address, are bound to the `lo`
@@ -217,7 +219,8 @@ class _TopicLosses:
                 self.cadence.add(stamp)
 
 
-LOSS_COUNTERS = ("sample_lost", "sample_rejected", "stamp_gaps", "stamp_missing", "corrupt_cdr")
+LOSS_COUNTERS = ("sample_lost", "sample_rejected", "stamp_gaps", "stamp_missing", "corrupt_cdr",
+                 "socket_drops")  # fmt: skip
 
 
 def _loss_stats(subscriptions: Sequence[Any], corrupt: dict[str, int] | None) -> dict[str, int]:
@@ -386,14 +389,17 @@ class _InProcessSubscription:
 
 
 class SocketInfo(NamedTuple):
-    """One of this process's IP sockets: its fd, `udp`/`tcp`, bound address and port, and the
-    device it is bound to (SO_BINDTODEVICE; "" when none)."""
+    """One of this process's IP sockets: its fd, `udp`/`tcp`, bound address and port, the
+    device it is bound to (SO_BINDTODEVICE; "" when none), its inode and, for UDP, how many
+    datagrams the kernel dropped because its receive buffer was full."""
 
     fd: int
     protocol: str
     address: str
     port: int
     device: str
+    inode: str = ""
+    drops: int = 0
 
     @property
     def wildcard(self) -> bool:
@@ -444,8 +450,27 @@ def process_sockets() -> list[SocketInfo]:
             if fd is None:
                 continue
             address, port = _proc_address(cols[1])
-            found.append(SocketInfo(fd, table.rstrip("6"), address, port, _socket_device(fd)))
+            protocol = table.rstrip("6")
+            drops = int(cols[12]) if protocol == "udp" else 0
+            found.append(
+                SocketInfo(fd, protocol, address, port, _socket_device(fd), cols[9], drops)
+            )
     return found
+
+
+def _udp_drops(inodes: set[str]) -> int:
+    """Datagrams the kernel dropped on the UDP sockets `inodes` (receive buffer full)."""
+    total = 0
+    for table in ("udp", "udp6"):
+        try:
+            lines = Path(f"/proc/self/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if cols[9] in inodes:
+                total += int(cols[12])
+    return total
 
 
 def _bind_to_device(sockets: Sequence[SocketInfo], interface: str, domain_id: int) -> None:
@@ -507,6 +532,7 @@ class _Domain:
     config: str  # as given to DdsTransport (LOOPBACK or the XML)
     log: _CycloneLog | None
     receive_buffer_bytes: int | None
+    udp_inodes: set[str]  # Cyclone's sockets of this domain
 
 
 # Cyclone allows one configured domain object per domain id per process and deleting it
@@ -565,7 +591,11 @@ def _ensure_domain(domain_id: int, config: str | None) -> _Domain | None:
             _bind_to_device([s for s in created if s.wildcard], "lo", domain_id)
         sizes = _receive_buffers(created, force=config == LOOPBACK)
         entry = _Domain(
-            domain, config, _CycloneLog(log_path) if log_path else None, min(sizes, default=None)
+            domain,
+            config,
+            _CycloneLog(log_path) if log_path else None,
+            min(sizes, default=None),
+            {s.inode for s in created if s.protocol == "udp"},
         )
         if config == LOOPBACK and sizes and min(sizes) < 2 * RECEIVE_BUFFER_BYTES:
             log.warning(
@@ -732,15 +762,19 @@ class DdsTransport:
         return [s for s in subscriptions if s._has_data()]
 
     def stats(self) -> dict[str, int]:
-        """Loss counters of this transport's subscriptions (see the module docstring), plus
-        `receive_buffer_bytes`: the smallest UDP receive buffer the kernel granted Cyclone."""
+        """Loss counters of this transport's subscriptions (see the module docstring), plus,
+        for the domain (every transport of it in this process): `socket_drops`, datagrams
+        the kernel dropped on Cyclone's sockets because their buffer was full, and
+        `receive_buffer_bytes`, the smallest buffer it granted them."""
         subs = [s for s in self._subscriptions if s.reader is not None]
         for sub in subs:
             sub._poll_status()
         log = self._domain.log if self._domain else None
         out = _loss_stats(subs, log.corrupt() if log else None)
-        if self._domain and self._domain.receive_buffer_bytes is not None:
-            out["receive_buffer_bytes"] = self._domain.receive_buffer_bytes
+        if self._domain:
+            out["socket_drops"] = _udp_drops(self._domain.udp_inodes)
+            if self._domain.receive_buffer_bytes is not None:
+                out["receive_buffer_bytes"] = self._domain.receive_buffer_bytes
         return out
 
     def close(self) -> None:
