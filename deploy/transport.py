@@ -15,7 +15,10 @@ dropped without paying for it.
 
 QoS defaults follow ROS 2 compatibility rules: a reliable publisher matches every
 subscriber; a best-effort subscription matches every publisher (sensor drivers often publish
-best-effort). Ask for `reliable=True` on a subscription when every sample matters.
+best-effort). Ask for `reliable=True` on a subscription when every sample matters. Over DDS a
+best-effort subscription still receives a reliable publisher's samples reliably (a reliable
+twin reader takes them, lost fragments are resent instead of losing a 32 MB cloud; the
+best-effort reader keeps the best-effort publishers), each sample once.
 
 DDS specifics: topic `rt<ros topic>`, type `pkg::msg::dds_::Type_`, data representation XCDR1
 (what ROS 2 sends), and each sample's payload is exactly the rosbags CDR (4-byte encapsulation
@@ -735,11 +738,17 @@ class DdsTransport:
         from cyclonedds.core import InstanceState, ReadCondition, SampleState, ViewState
         from cyclonedds.sub import DataReader
 
-        qos = self._qos(reliable=reliable, transient_local=transient_local, depth=depth)
-        reader = DataReader(self.participant, self._topic(topic, msgtype), qos=qos)
-        condition = ReadCondition(reader, SampleState.Any | ViewState.Any | InstanceState.Alive)
-        self._entities.append(reader)
+        def reader_and_condition(reliable: bool) -> tuple[Any, Any]:
+            qos = self._qos(reliable=reliable, transient_local=transient_local, depth=depth)
+            reader = DataReader(self.participant, self._topic(topic, msgtype), qos=qos)
+            self._entities.append(reader)
+            mask = SampleState.Any | ViewState.Any | InstanceState.Alive
+            return reader, ReadCondition(reader, mask)
+
+        reader, condition = reader_and_condition(reliable)
         sub = _DdsSubscription(topic, msgtype, depth, reader, condition)
+        if not reliable:  # the reliable twin (module docstring)
+            sub.twin, sub._twin_condition = reader_and_condition(True)
         self._subscriptions.append(sub)
         return sub
 
@@ -752,13 +761,14 @@ class DdsTransport:
         if ready or timeout_s <= 0:
             return ready
         waitset = WaitSet(self.participant)
-        for s in subscriptions:
-            waitset.attach(s._condition)
+        conditions = [c for s in subscriptions for c in s._conditions()]
+        for c in conditions:
+            waitset.attach(c)
         try:
             waitset.wait(int(timeout_s * 1e9))
         finally:
-            for s in subscriptions:
-                waitset.detach(s._condition)
+            for c in conditions:
+                waitset.detach(c)
         return [s for s in subscriptions if s._has_data()]
 
     def stats(self) -> dict[str, int]:
@@ -782,7 +792,7 @@ class DdsTransport:
         for sub in self._subscriptions:
             if sub.reader is not None:
                 sub._poll_status()  # the last counts stay readable
-                sub.reader = None
+                sub.reader = sub.twin = None
         participant, self.participant = self.participant, None
         self._entities.clear()
         self._topics.clear()
@@ -835,47 +845,70 @@ class _DdsSubscription:
     depth: int
     reader: Any = field(repr=False)
     _condition: Any = field(repr=False)
+    twin: Any = field(default=None, repr=False)  # a best-effort reader's reliable twin
+    _twin_condition: Any = field(default=None, repr=False)
     _losses: _TopicLosses = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self._losses = _TopicLosses(self.msgtype)
 
+    def _readers(self) -> list[Any]:
+        return [r for r in (self.reader, self.twin) if r is not None]
+
+    def _conditions(self) -> list[Any]:
+        return [c for c in (self._condition, self._twin_condition) if c is not None]
+
     def _has_data(self) -> bool:
-        return bool(self._condition.triggered)
+        return any(c.triggered for c in self._conditions())
 
     def _poll_status(self) -> None:
         lost, rejected = _status_getters()
-        n_lost, n_rejected = lost(self.reader._ref), rejected(self.reader._ref)
-        if n_lost is not None:
-            self._losses.sample_lost = n_lost
-        if n_rejected is not None:
-            self._losses.sample_rejected = n_rejected
+        n_lost = [lost(r._ref) for r in self._readers()]
+        n_rejected = [rejected(r._ref) for r in self._readers()]
+        if None not in n_lost:
+            self._losses.sample_lost = sum(n_lost)
+        if None not in n_rejected:
+            self._losses.sample_rejected = sum(n_rejected)
 
-    def take(self, max_samples: int | None = None) -> list[Received]:
+    def _take(self, reader: Any, max_samples: int) -> list[tuple[bytes, Any]]:
         from cyclonedds._clayer import ddspy_take
         from cyclonedds.core import DDSException, InstanceState, SampleState, ViewState
 
         mask = SampleState.Any | ViewState.Any | InstanceState.Any
-        ret = ddspy_take(self.reader._ref, mask, max_samples or self.depth)
+        ret = ddspy_take(reader._ref, mask, max_samples)
         if isinstance(ret, int):
             raise DDSException(ret, f"taking samples on {self.topic}")
+        return [(data, info) for data, info in ret if info.valid_data]
+
+    def take(self, max_samples: int | None = None) -> list[Received]:
+        """The samples held (up to `max_samples` from each reader), oldest first."""
+        n = max_samples or self.depth
+        samples = self._take(self.reader, n)
+        if self.twin is not None:
+            # a reliable writer reaches both readers: its samples count from the twin only
+            # (matched handles come signed, sample infos' unsigned)
+            reliable_writers = {h & (2**64 - 1) for h in self.twin.get_matched_publications()}
+            samples = [s for s in samples if s[1].publication_handle not in reliable_writers]
+            samples += self._take(self.twin, n)
+            samples.sort(key=lambda s: s[1].source_timestamp)
         now = time.time_ns()
         taken = [
             Received(self.topic, self.msgtype, data, info.source_timestamp, now)
-            for data, info in ret
-            if info.valid_data
+            for data, info in samples
         ]
         for r in taken:
             self._losses.taken(r.cdr)
         return taken
 
     def matched(self) -> int:
-        return len(self.reader.get_matched_publications())
+        return len({h for r in self._readers() for h in r.get_matched_publications()})
 
     def close(self) -> None:
         self._poll_status()
-        reader, self.reader = self.reader, None
-        reader.__del__()
+        readers = self._readers()
+        self.reader = self.twin = None
+        for reader in readers:
+            reader.__del__()
 
 
 def wait_for_match(endpoints: Sequence[Any], count: int = 1, timeout_s: float = 5.0) -> bool:
