@@ -32,17 +32,16 @@ caches (`deploy/pipeline.py`). All of it resets on a jump back in time (counted 
 series are behind their last stamps at once, e.g. a bag replay restarted or looping) or a
 message on `/perception/reset`.
 
-Threads and drop policy: the receive thread deserializes and validates every message, decodes
-each image strictly and pre-processes it (resize/crop) once, and does the sync; a bad image is
-rejected there alone (`corrupt_image`) and never reaches the model. A cloud ready for the model
-goes into a
-one-slot "latest frame" entry: a cloud still waiting there when a newer one arrives is dropped
-(counted `stale`), so a slow model skips frames instead of queueing them. Subscriptions are
-keep-last, deep enough to absorb a burst. With `pipelined` the model runs as five threads
-(pre-process: sweep merge, image gathering -> camera branch -> LiDAR branch ->
-fuser/decoder/head -> publish) joined by one-deep queues, with at most `max_in_flight` clouds
-inside, so consecutive clouds overlap without piling up between stages; otherwise one thread
-runs the stages in turn.
+Threads and drop policy: the receive thread deserializes and validates every message, has each
+image decoded strictly and pre-processed (resize/crop) once (a batch's images in parallel on
+`decode_workers` threads), and does the sync; a bad image is rejected there alone
+(`corrupt_image`) and never reaches the model. A cloud ready for the model goes into a one-slot
+"latest frame" entry: a cloud still waiting there when a newer one arrives is dropped (counted
+`stale`), so a slow model skips frames instead of queueing them. Subscriptions are keep-last,
+deep enough to absorb a burst. With `pipelined` the model runs as five threads (pre-process:
+sweep merge, image gathering -> camera branch -> LiDAR branch -> fuser/decoder/head -> publish)
+joined by one-deep queues, with at most `max_in_flight` clouds inside, so consecutive clouds
+overlap without piling up between stages; otherwise one thread runs the stages in turn.
 
 Bad input never stops the node: `InvalidMessage` (and undecodable CDR, missing transforms) is
 logged, counted by reason in `stats.rejected`, and the message is ignored; state is unchanged.
@@ -60,6 +59,7 @@ import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -174,6 +174,7 @@ class NodeOptions:
     # more than `time_jump_s`, or `time_jump_series` of them behind at once (validation.py)
     time_jump_s: float = 2.0
     time_jump_series: int = 3
+    decode_workers: int = 2  # threads decoding a received batch's images (<= 1: in turn)
     diagnostics_period_s: float = 5.0
     print_diagnostics: bool = False
     latency_window: int = 2000  # latest samples kept per stage for p50/p99
@@ -456,6 +457,8 @@ class PerceptionNode:
         self._state_lock = threading.RLock()  # the streaming state (receive thread, flush)
         self._in_flight = 0
         self.handled = 0  # messages the receive thread finished with
+        self._decoder: ThreadPoolExecutor | None = None  # arrival image decoding (handle_batch)
+        self._decoding: dict[int, Future] = {}  # id(Received) -> its image being decoded
         self._last_diagnostics = time.monotonic()
 
     # -- lifecycle ------------------------------------------------------------------------
@@ -487,6 +490,9 @@ class PerceptionNode:
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
+        if self._decoder is not None:
+            self._decoder.shutdown(wait=True, cancel_futures=True)
+            self._decoder = None
 
     def __enter__(self) -> PerceptionNode:
         self.start()
@@ -529,8 +535,7 @@ class PerceptionNode:
             # publish order (a bag loop's old and new messages must not swap: a stray old
             # stamp after the jump would reset the state again), TF first among equals
             samples.sort(key=lambda r: (r.source_time_ns, self._order[self._kinds[r.topic][0]]))
-            for received in samples:
-                self.handle(received)
+            self.handle_batch(samples)
             with self._state_lock:
                 if self.pending is not None and self.options.wall_timeout:
                     if time.monotonic() - self.pending.arrival > self.options.camera_wait_s:
@@ -539,6 +544,37 @@ class PerceptionNode:
             if now - self._last_diagnostics >= self.options.diagnostics_period_s:
                 self._last_diagnostics = now
                 self.publish_diagnostics()
+
+    def handle_batch(self, samples: Sequence[Any]) -> None:
+        """`handle`s `samples` in order, their images decoded ahead, in parallel, on
+        `decode_workers` threads (the decoders release the GIL): what the receive thread does
+        with each batch it takes."""
+        if self.options.decode_workers > 1:
+            if self._decoder is None:
+                self._decoder = ThreadPoolExecutor(
+                    self.options.decode_workers, thread_name_prefix="node-decode"
+                )
+            for received in samples:
+                if self._kinds[received.topic][0] == "image":
+                    self._decoding[id(received)] = self._decoder.submit(
+                        self._decode_received, received
+                    )
+        try:
+            for received in samples:
+                self.handle(received)
+        finally:
+            self._decoding.clear()
+
+    def _decode_received(self, received: Any) -> np.ndarray:
+        return self._decode(received.message(), received.topic)
+
+    def _decode(self, message: Any, topic: str) -> np.ndarray:
+        """A CompressedImage decoded strictly and pre-processed: `[3, H, W]` uint8. The size
+        is checked against the CameraInfo on the header, before (`check_encoded_image`)."""
+        start = time.perf_counter()
+        image = self.preprocess(compressed_image_to_rgb(message, topic=topic))
+        self.stats.add_latency("image_decode", 1e3 * (time.perf_counter() - start))
+        return image
 
     def handle(self, received: Any) -> None:
         """Decodes, validates and applies one received message (the decode stage). Bad input
@@ -632,16 +668,14 @@ class PerceptionNode:
         self.calibrations[camera] = calib
 
     def _on_image(self, received, message, camera, start) -> None:
+        decoding: Future | None = self._decoding.pop(id(received), None)
         check_frame(received.topic, message.header.frame_id, self._known_frames())
         calib = self.calibrations.get(camera)
         size = None if calib is None else calib.size
-        check_encoded_image(message, topic=received.topic, expected_size=size)  # no decode yet
+        check_encoded_image(message, topic=received.topic, expected_size=size)  # header only
         # Decoded strictly, and pre-processed, once, here: a frame in the history is always
         # usable, so a bad image is rejected alone and never costs a later cloud.
-        decode_start = time.perf_counter()
-        rgb = compressed_image_to_rgb(message, topic=received.topic, expected_size=size)
-        image = self.preprocess(rgb)
-        self.stats.add_latency("image_decode", 1e3 * (time.perf_counter() - decode_start))
+        image = self._decode(message, received.topic) if decoding is None else decoding.result()
         stamp = stamp_to_ns(message.header.stamp)
         self._check_stamp(received.topic, stamp)
         self.histories[camera].add(stamp, image, received.receive_time_ns)

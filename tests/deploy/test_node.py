@@ -6,6 +6,7 @@ and diagnostics."""
 from __future__ import annotations
 
 import copy
+import threading
 import time
 
 import cv2
@@ -283,6 +284,37 @@ def test_a_broken_image_is_rejected_at_arrival_and_costs_no_cloud(model, config,
     assert node.stats.processed == len(jobs) == 6
     assert all("CAM_FRONT" not in job.masked for job in jobs[1:])  # the first cloud has none
     assert node.stats.resets == {}
+
+
+def test_images_decoded_ahead_in_parallel_equal_decoding_in_turn(model, config, messages):
+    """The receive thread hands each batch's images to `decode_workers` threads before handling
+    the batch in order: the same frames, the same rejections as decoding each in turn."""
+    head, _ = _until_cloud(messages, 5)
+    i = [i for i, m in enumerate(head) if m[0] == "/cam_front/image/compressed"][-1]
+    topic, msgtype, cdr = head[i]
+    items = head[:i] + [(topic, msgtype, _edit(cdr, msgtype, _noise_scan))] + head[i + 1 :]
+    in_turn = _node(model, config, decode_workers=1)
+    _feed(in_turn, items)
+    ahead = _node(model, config, decode_workers=2)
+    threads, decode = set(), ahead._decode_received
+
+    def recording(received):
+        threads.add(threading.current_thread().name)
+        return decode(received)
+
+    ahead._decode_received = recording
+    try:
+        for k in range(0, len(items), 7):
+            ahead.handle_batch([_received(*m) for m in items[k : k + 7]])
+    finally:
+        ahead.stop()
+    assert threads and all(name.startswith("node-decode") for name in threads)
+    assert ahead.stats.rejected == in_turn.stats.rejected == {"corrupt_image": 1}
+    for camera in config.data.cameras:
+        got, expected = ahead.histories[camera].frames, in_turn.histories[camera].frames
+        assert [f.stamp_ns for f in got] == [f.stamp_ns for f in expected] != []
+        for a, b in zip(got, expected):
+            np.testing.assert_array_equal(a.image, b.image)
 
 
 def _stamp(cdr, msgtype):
