@@ -419,6 +419,9 @@ def _proc_address(hex_address: str) -> tuple[str, int]:
     return socket.inet_ntop(family, raw), int(port, 16)
 
 
+_HAVE_PROC = Path("/proc/self/net/udp").exists() and hasattr(socket, "SO_BINDTODEVICE")
+
+
 def _socket_device(fd: int) -> str:
     dup = socket.socket(fileno=os.dup(fd))
     try:
@@ -432,7 +435,10 @@ def _socket_device(fd: int) -> str:
 
 
 def process_sockets() -> list[SocketInfo]:
-    """This process's UDP and TCP sockets (IPv4 and IPv6), from /proc; Linux only."""
+    """This process's UDP and TCP sockets (IPv4 and IPv6), from /proc; [] without /proc
+    (not Linux)."""
+    if not _HAVE_PROC:
+        return []
     inode_fd: dict[str, int] = {}
     for name in os.listdir("/proc/self/fd"):
         try:
@@ -591,6 +597,12 @@ def _ensure_domain(domain_id: int, config: str | None) -> _Domain | None:
             ) from exc
         created = [s for s in process_sockets() if s.fd not in before]
         if config == LOOPBACK:
+            if not _HAVE_PROC:
+                log.warning(
+                    "DDS domain %d: Cyclone's receive sockets listen on every interface "
+                    "(binding them to lo needs Linux)",
+                    domain_id,
+                )
             _bind_to_device([s for s in created if s.wildcard], "lo", domain_id)
         sizes = _receive_buffers(created, force=config == LOOPBACK)
         entry = _Domain(
