@@ -100,14 +100,51 @@ def _line(image, p, q, color, thickness: int, dashed: bool) -> None:
         )
 
 
-def _label(image, text: str, origin, color, scale: float = 0.4) -> None:
-    """`text` in `color` on a dark box at `origin` (bottom-left, pixels), kept on the image."""
+def _label(image, text: str, origin, color, scale: float = 0.4) -> tuple[int, int, int, int]:
+    """`text` in `color` on a dark box at `origin` (bottom-left, pixels), kept on the image;
+    returns the box `(x0, y0, x1, y1)`."""
     h, w = image.shape[:2]
     (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
     x = int(np.clip(origin[0], 0, max(0, w - tw - 2)))
     y = int(np.clip(origin[1], th + 2, h - base - 1))
     cv2.rectangle(image, (x - 1, y - th - 2), (x + tw + 1, y + base), BACKGROUND, -1)
     cv2.putText(image, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, color, 1, cv2.LINE_AA)
+    return x - 1, y - th - 2, x + tw + 1, y + base
+
+
+class _Labels:
+    """Places box labels so that none covers another or sticks out of the image: a label that
+    would is left out (its box is still drawn). `reserve` marks text already drawn."""
+
+    def __init__(self, image: np.ndarray):
+        self.image = image
+        self.taken: list[tuple[int, int, int, int]] = []
+
+    def reserve(self, box: tuple[int, int, int, int]) -> None:
+        self.taken.append(box)
+
+    def place(self, text: str, origin, color, scale: float = 0.4) -> bool:
+        h, w = self.image.shape[:2]
+        (tw, th), base = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x, y = int(origin[0]), int(origin[1])
+        box = (x - 1, y - th - 2, x + tw + 1, y + base)
+        if box[0] < 0 or box[1] < 0 or box[2] >= w or box[3] >= h:
+            return False
+        if any(
+            box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in self.taken
+        ):
+            return False
+        self.reserve(_label(self.image, text, (x, y), color, scale))
+        return True
+
+
+# Short class names for the labels on the pictures (the legend gives the full ones).
+SHORT_NAMES = {"construction_vehicle": "constr", "motorcycle": "moto", "bicycle": "bike",
+               "pedestrian": "ped", "traffic_cone": "cone"}  # fmt: skip
+
+
+def _score_text(score: float) -> str:
+    return f"{score:.2f}".removeprefix("0")  # .87, 1.00
 
 
 def _unpack(predictions: Predictions | None):
@@ -119,28 +156,38 @@ def _unpack(predictions: Predictions | None):
 
 
 def _draw_boxes_on_camera(
-    image, boxes: Boxes3D, labels, matrix, scores=None, dashed=False, pixel_scale: float = 1.0
+    image,
+    boxes: Boxes3D,
+    labels,
+    matrix,
+    scores=None,
+    dashed=False,
+    pixel_scale: float = 1.0,
+    labeller: _Labels | None = None,
 ):
     """Projects `boxes` through `matrix` (LiDAR -> image pixels) onto `image`, which is the
-    camera image resized by `pixel_scale` (drawn after resizing, so labels stay readable)."""
+    camera image resized by `pixel_scale` (drawn after resizing, so labels stay readable);
+    with `scores`, labels each box that shows (class and score) where `labeller` finds room."""
     if not len(boxes):
         return
     corners = boxes.corners().reshape(-1, 3).double()
     uv, depth = project(corners, matrix.double())
     uv = uv.reshape(-1, 8, 2).numpy() * pixel_scale
     depth = depth.reshape(-1, 8).numpy()
-    for b in range(len(boxes)):
-        if (depth[b] <= 0.1).any():
-            continue
-        label = int(labels[b])
-        c = class_color(label)
+    visible = [b for b in range(len(boxes)) if (depth[b] > 0.1).all()]
+    for b in visible:
+        c = class_color(int(labels[b]))
         for i, j in EDGES + FRONT_DIAGONALS:
             _line(image, uv[b, i], uv[b, j], c, 2, dashed)
-        if scores is not None:
-            top = uv[b, 4:].min(0)  # left of and above the box's top face
-            _label(
-                image, f"{class_name(label)} {float(scores[b]):.2f}", (top[0], top[1] - 4), c, 0.5
-            )
+    if scores is None or labeller is None:
+        return
+    for b in sorted(visible, key=lambda b: depth[b].mean()):  # nearer boxes label first
+        label = int(labels[b])
+        name = class_name(label)
+        top_left = uv[b, 4:].min(0)  # left of and above the box's top face
+        if np.ptp(uv[b, :, 1]) >= 12:  # a box too small to see gets no label
+            text = f"{SHORT_NAMES.get(name, name)} {_score_text(float(scores[b]))}"
+            labeller.place(text, (top_left[0], top_left[1] - 3), class_color(label), 0.4)
 
 
 def draw_cameras(
@@ -161,6 +208,8 @@ def draw_cameras(
                 c = sample.camera_names.index(name)
                 image = np.ascontiguousarray(sample.images[c, -1].permute(1, 2, 0).numpy())
                 tile = cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+                labeller = _Labels(tile)
+                labeller.reserve((0, 0, 12 * len(name), 24))  # the camera's name
                 if bool(sample.camera_mask[c]):
                     matrix = lidar_to_image(
                         sample.intrinsics[c].double(),
@@ -175,7 +224,14 @@ def draw_cameras(
                     if predicted is not None:
                         boxes, labels, scores = predicted
                         _draw_boxes_on_camera(
-                            tile, boxes, labels, matrix, scores, dashed=True, pixel_scale=scale
+                            tile,
+                            boxes,
+                            labels,
+                            matrix,
+                            scores,
+                            dashed=True,
+                            pixel_scale=scale,
+                            labeller=labeller,
                         )
             cv2.putText(
                 tile, name, (6, 18), cv2.FONT_HERSHEY_SIMPLEX, 0.5, (255, 255, 255), 1, cv2.LINE_AA
@@ -209,12 +265,14 @@ def draw_bev(
         shade = (230 - np.clip(lag / 0.5, 0, 1) * 150).astype(np.uint8)
         image[px[ok, 1], px[ok, 0]] = shade[:, None]
     centre = size // 2
+    labeller = _Labels(image)
     for r in range(10, int(extent) + 1, 10):  # range rings every 10 m
         radius = int(r * scale)
         cv2.circle(image, (centre, centre), radius, RING_COLOR, 1, cv2.LINE_AA)
         # on the ring's upper-right diagonal, where the fewest boxes of a road scene sit
         offset = int(radius / np.sqrt(2))
-        _label(image, f"{r} m", (centre + offset + 2, centre - offset - 2), RING_LABEL_COLOR, 0.35)
+        origin = (centre + offset + 2, centre - offset - 2)
+        labeller.reserve(_label(image, f"{r} m", origin, RING_LABEL_COLOR, 0.35))
 
     def draw(boxes: Boxes3D, labels, scores=None, dashed=False):
         if not len(boxes):
@@ -229,7 +287,9 @@ def draw_bev(
             _line(image, poly.mean(0), front, c, 1, False)
             if scores is not None:
                 corner = poly[np.argmax(poly[:, 0] - poly[:, 1])]  # upper-right on the image
-                _label(image, f"{float(scores[b]):.2f}", (corner[0] + 3, corner[1] - 3), c, 0.35)
+                labeller.place(
+                    _score_text(float(scores[b])), (corner[0] + 2, corner[1] - 2), c, 0.35
+                )
 
     draw(sample.gt_boxes, sample.gt_labels)
     predicted = _unpack(predictions)

@@ -86,7 +86,7 @@ def test_cross_is_drawn_on_the_front_face_seen_head_on(yaw):
 
 
 def test_predictions_are_dashed_in_class_colour_with_their_score():
-    boxes = torch.tensor([[10.0, 5, 0, 2, 4, 2, 0.3, 0, 0]])
+    boxes = torch.tensor([[-20.0, 10, 0, 2, 4, 2, 0.3, 0, 0]])  # clear of the ring labels
     sample = _sample(boxes, [CLASS_NAMES.index("truck")])
     gt_only = draw_bev(sample, size=SIZE)
     empty = _sample(torch.zeros(0, 9), [])
@@ -101,7 +101,7 @@ def test_predictions_are_dashed_in_class_colour_with_their_score():
         empty, (Boxes3D(boxes), torch.tensor([1]), torch.tensor([0.87])), size=SIZE
     )
     without_score = draw_bev(empty, (Boxes3D(boxes), torch.tensor([1])), size=SIZE)
-    assert (with_score != without_score).any(-1).sum() > 20  # the label "0.87"
+    assert (with_score != without_score).any(-1).sum() > 20  # the label ".87"
     # A label outside CLASS_NAMES is drawn (white), not a crash.
     odd = draw_bev(empty, (Boxes3D(boxes), torch.tensor([42]), torch.tensor([0.5])), size=SIZE)
     assert (odd == 255).all(-1).sum() > 10
@@ -187,3 +187,14 @@ def test_visualize_help_says_which_boxes_are_drawn(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert "beyond their class's evaluation range" in text and "are left out" in text
     assert "front face" in text
+
+
+def test_labels_do_not_cover_each_other():
+    """Two predictions of one object: the second score would cover the first; it is left out
+    (so what it says does not change the picture)."""
+    empty = _sample(torch.zeros(0, 9), [])
+    boxes = Boxes3D(torch.tensor([[-20.0, 10, 0, 2, 4, 2, 0.3, 0, 0]]).repeat(2, 1))
+    labels = torch.tensor([0, 0])
+    first = draw_bev(empty, (boxes, labels, torch.tensor([0.9, 0.8])), size=SIZE)
+    other = draw_bev(empty, (boxes, labels, torch.tensor([0.9, 0.1])), size=SIZE)
+    assert (first == other).all()
