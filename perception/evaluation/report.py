@@ -5,10 +5,12 @@ embedded as `data:image/png;base64,...`, the styling is inline. Sections, each a
 `id`: `summary` (mAP, NDS, the five mean TP errors), `per-class` (AP and TP errors per class),
 `pr-curves` (the devkit's precision-recall curves per class and match distance, from its
 `metrics_details.json`), `distance` (AP by distance from the ego), `bev` (LiDAR points in grey,
-GT boxes in class colours, predictions in green, seen from above), `cameras` (the six images
-with GT and predicted boxes projected through the sample's calibration), `latency` (per-stage
-mean / p50 / p90 ms), `robustness` (mAP / NDS with sensors dropped, when run), `run` (checkpoint,
-step, data, command) and `config` (the resolved YAML).
+GT boxes solid and predictions dashed with their score, in class colours, seen from above),
+`cameras` (the six images with GT and predicted boxes projected through the sample's
+calibration), `latency` (per-stage mean / p50 / p90 ms), `robustness` (mAP / NDS with sensors
+dropped, when run), `run` (checkpoint, step, data, command), `training` (the checkpoint's
+training summary: steps, wall time, loss terms by class group, loss and LR curves from the
+run's log.jsonl) and `config` (the checkpoint's YAML as trained, and what the test changed).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import base64
 import datetime
 import html
 import io
+import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -29,6 +32,9 @@ from ..structures import CLASS_NAMES, Detections, Sample
 from .inference import STAGE_TITLES, STAGES
 from .nuscenes_eval import TP_ERROR_NAMES, DetectionMetrics
 
+# A colour-blind-safe cycle (Okabe-Ito) for lines on the white plots.
+PLOT_COLORS = ("#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#000000",
+               "#F0E442")  # fmt: skip
 _TP_UNITS = {"mATE": "m", "mASE": "1-IoU", "mAOE": "rad", "mAVE": "m/s", "mAAE": "1-acc"}
 
 
@@ -55,6 +61,24 @@ class RobustnessRow:
 
 
 @dataclass(frozen=True)
+class TrainingSummary:
+    """Where the tested weights came from: the checkpoint's own config and training state and
+    the run's `log.jsonl` (see `load_training_summary`)."""
+
+    checkpoint: str  # the checkpoint directory
+    config_yaml: str | None  # the checkpoint's config.yaml as saved at training time
+    step: int | None
+    epoch: int | None
+    planned_steps: int | None  # the schedule's length (a time budget may shorten it)
+    train_seconds: float | None  # training-loop wall time up to this checkpoint
+    log_path: str | None  # the run's log.jsonl, when found
+    records: tuple[dict[str, Any], ...] = ()  # step records up to the checkpoint, by step
+    events: tuple[dict[str, Any], ...] = ()  # other log records (plans, camera joining, ...)
+    skipped_lines: int = 0  # log lines that were not JSON objects (counted, not fatal)
+    problems: tuple[str, ...] = ()  # what could not be read, each naming its file
+
+
+@dataclass(frozen=True)
 class ReportData:
     """Everything the report shows. `metrics` None means the evaluation could not run
     (`eval_error` says why); the rest of the report is still written."""
@@ -66,10 +90,153 @@ class ReportData:
     latency: dict[str, dict[str, float]] = field(default_factory=dict)
     robustness: Sequence[RobustnessRow] = ()
     pictures: Sequence[SamplePicture] = ()
-    config_yaml: str = ""
+    config_yaml: str = ""  # the config the test ran with
+    training: TrainingSummary | None = None  # the checkpoint's provenance, when known
     run_info: dict[str, str] = field(default_factory=dict)  # shown as a key/value table
     score_threshold: float = 0.3  # predictions drawn in the pictures score at least this
     note: str | None = None  # shown under the headline metrics: what a reader must know
+
+
+# --------------------------------------------------------------------------------------
+# Training provenance
+
+
+def load_training_summary(checkpoint: str | Path) -> TrainingSummary:
+    """Reads a checkpoint directory's `config.yaml` and `training_state.json` and its run's
+    `log.jsonl` (two levels up, ``<work_dir>/checkpoints/step_<N>``, or beside it). Never
+    raises on bad files: what cannot be read is listed in `problems` (naming the file), and
+    log lines that are not JSON objects are counted in `skipped_lines`. Step records after the
+    checkpoint's step are left out (a run may have gone on past it); a step logged twice
+    (a resumed run repeats the steps after its last checkpoint) keeps its last record."""
+    directory = Path(checkpoint)
+    problems: list[str] = []
+    config_yaml = None
+    config_path = directory / "config.yaml"
+    try:
+        config_yaml = config_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        problems.append(f"{config_path}: {exc.__class__.__name__}: {exc}")
+    step = epoch = planned = None
+    seconds = None
+    state_path = directory / "training_state.json"
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        extra = state.get("extra") or {}
+        step, epoch = state.get("step"), state.get("epoch")
+        planned, seconds = extra.get("planned_steps"), extra.get("train_seconds")
+    except (OSError, ValueError, AttributeError) as exc:
+        problems.append(f"{state_path}: {exc.__class__.__name__}: {exc}")
+
+    work_dir = directory.parent.parent if directory.parent.name == "checkpoints" else directory
+    log_path = work_dir / "log.jsonl"
+    by_step: dict[int, dict[str, Any]] = {}
+    events: list[dict[str, Any]] = []
+    skipped = 0
+    if log_path.is_file():
+        try:
+            lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+        except OSError as exc:
+            problems.append(f"{log_path}: {exc.__class__.__name__}: {exc}")
+            lines = []
+        for line in lines:
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                skipped += 1  # e.g. the last line of a killed run, cut short
+                continue
+            if not isinstance(record, dict) or not isinstance(record.get("step"), int):
+                skipped += 1
+                continue
+            if step is not None and record["step"] > step:
+                continue
+            if isinstance(record.get("loss"), int | float) and isinstance(
+                record.get("losses"), dict
+            ):
+                by_step[record["step"]] = record
+            else:
+                events.append(record)
+    else:
+        problems.append(f"{log_path}: not found (no training curves)")
+    return TrainingSummary(
+        checkpoint=str(directory),
+        config_yaml=config_yaml,
+        step=step if isinstance(step, int) else None,
+        epoch=epoch if isinstance(epoch, int) else None,
+        planned_steps=planned if isinstance(planned, int) else None,
+        train_seconds=float(seconds) if isinstance(seconds, int | float) else None,
+        log_path=str(log_path) if log_path.is_file() else None,
+        records=tuple(by_step[k] for k in sorted(by_step)),
+        events=tuple(events),
+        skipped_lines=skipped,
+        problems=tuple(problems),
+    )
+
+
+def loss_term_title(name: str) -> str:
+    """A loss term's name with its head task named by its class group:
+    `heatmap/task1` -> `heatmap/truck+construction_vehicle` (CenterPoint's nuScenes grouping,
+    the only one the heads use); other names as they are."""
+    from ..models.heads.tasks import NUSCENES_TASKS
+
+    kind, _, task = name.rpartition("/")
+    if kind and task.startswith("task") and task[4:].isdigit():
+        t = int(task[4:])
+        if t < len(NUSCENES_TASKS):
+            return f"{kind}/{'+'.join(NUSCENES_TASKS[t].class_names)}"
+    return name
+
+
+def training_curves_png(records: Sequence[dict[str, Any]]) -> bytes:
+    """Three panels over the steps of `records` (log.jsonl step records): the total loss and
+    its sum per kind of term (heatmap, bbox, ...), the loss per class group (every term of a
+    head task), and the learning rate. Losses on a log scale; legends beside the panels."""
+    plt = _pyplot()
+    steps = np.array([r["step"] for r in records])
+    names = sorted({k for r in records for k in r["losses"]})
+
+    def series(keys: Sequence[str]) -> np.ndarray:
+        return np.array([sum(float(r["losses"].get(k, 0.0)) for k in keys) for r in records])
+
+    kinds: dict[str, list[str]] = {}
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        title = loss_term_title(name)
+        kind, _, group = title.rpartition("/")
+        kinds.setdefault(kind or title, []).append(name)
+        if kind and title != name:
+            groups.setdefault(group, []).append(name)
+
+    fig, axes = plt.subplots(3, 1, figsize=(10, 8.4), sharex=True)
+    ax = axes[0]
+    ax.plot(steps, [float(r["loss"]) for r in records], color="#000000", lw=2, label="total")
+    for i, (kind, keys) in enumerate(kinds.items()):
+        ax.plot(steps, series(keys), color=PLOT_COLORS[i % 6], lw=1.2, label=kind)
+    ax.set_ylabel("loss")
+    ax.set_title("loss by kind of term", fontsize=10, loc="left")
+    ax = axes[1]
+    for i, (group, keys) in enumerate(groups.items()):
+        style = "-" if i < 6 else "--"
+        ax.plot(steps, series(keys), color=PLOT_COLORS[i % 6], ls=style, lw=1.2, label=group)
+    ax.set_ylabel("loss")
+    ax.set_title(
+        "loss by class group (all terms of the group's head task)", fontsize=10, loc="left"
+    )
+    for ax in axes[:2]:
+        if ax.lines and all((np.asarray(line.get_ydata()) > 0).all() for line in ax.lines):
+            ax.set_yscale("log")
+    ax = axes[2]
+    ax.plot(steps, [float(r.get("lr", math.nan)) for r in records], color=PLOT_COLORS[0])
+    ax.set_ylabel("learning rate")
+    ax.set_xlabel("step")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3), useMathText=True)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False)
+    fig.tight_layout()
+    return _figure_png(fig)
 
 
 # --------------------------------------------------------------------------------------
@@ -115,14 +282,20 @@ def pr_curves_png(metrics_details: dict[str, Any], classes: Sequence[str] = CLAS
     cols = 5
     rows = math.ceil(len(classes) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    legend = None
     for ax, c in zip(axes.flat, classes):
         keys = sorted(
             (k for k in metrics_details if k.split(":")[0] == c),
             key=lambda k: float(k.split(":")[1]),
         )
-        for k in keys:
+        for i, k in enumerate(keys):
             data = metrics_details[k]
-            ax.plot(data["recall"], data["precision"], label=f"{float(k.split(':')[1]):g} m")
+            ax.plot(
+                data["recall"],
+                data["precision"],
+                color=PLOT_COLORS[i % len(PLOT_COLORS)],
+                label=f"{float(k.split(':')[1]):g} m",
+            )
         ax.set_title(c, fontsize=10)
         ax.set_xlim(0, 1)
         ax.set_ylim(0, 1.05)
@@ -130,11 +303,22 @@ def pr_curves_png(metrics_details: dict[str, Any], classes: Sequence[str] = CLAS
         ax.set_ylabel("precision", fontsize=8)
         ax.tick_params(labelsize=7)
         ax.grid(alpha=0.3)
-        if keys:
-            ax.legend(fontsize=7, loc="lower left")
+        if keys and not legend:
+            legend = ax.get_legend_handles_labels()
     for ax in list(axes.flat)[len(classes) :]:
         ax.axis("off")
     fig.tight_layout()
+    if legend:  # one legend for all panels, above them: never on a curve
+        fig.legend(
+            *legend,
+            title="match distance",
+            loc="lower center",
+            bbox_to_anchor=(0.5, 1.0),
+            ncol=len(legend[0]),
+            fontsize=9,
+            title_fontsize=9,
+            frameon=False,
+        )
     return _figure_png(fig)
 
 
@@ -148,12 +332,20 @@ def range_bands_png(metrics: DetectionMetrics) -> bytes:
     x = np.arange(len(classes))
     for i, band in enumerate(bands):
         values = [band.class_ap.get(c, math.nan) for c in classes]
-        ax.bar(x + i * width, np.nan_to_num(values, nan=0.0), width, label=band.name)
+        ax.bar(
+            x + i * width,
+            np.nan_to_num(values, nan=0.0),
+            width,
+            label=band.name,
+            color=PLOT_COLORS[i % len(PLOT_COLORS)],
+        )
     ax.set_xticks(x + width * (len(bands) - 1) / 2)
     ax.set_xticklabels(classes, rotation=20, fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_ylabel("AP")
-    ax.legend(fontsize=8)
+    ax.legend(
+        fontsize=8, title="distance", loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False
+    )
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return _figure_png(fig)
@@ -227,6 +419,7 @@ h1 { margin-bottom: 4px; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 4
        margin-top: 32px; }
 table { border-collapse: collapse; margin: 8px 0; font-size: 14px; }
 th, td { border: 1px solid #ddd; padding: 4px 8px; } th { background: #f3f3f3; }
+table.kv th { text-align: left; font-weight: 600; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; }
 .headline { display: flex; gap: 16px; flex-wrap: wrap; }
 .metric { border: 1px solid #ddd; border-radius: 6px; padding: 8px 16px; min-width: 90px; }
@@ -401,6 +594,130 @@ def _robustness_section(data: ReportData) -> str:
     return "\n".join(parts)
 
 
+def _key_value_table(items) -> str:
+    """A two-column table, the keys as row headers (no empty header row)."""
+    rows = "".join(
+        f'<tr><th scope="row">{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>'
+        for k, v in items
+    )
+    return f'<table class="kv"><tbody>{rows}</tbody></table>'
+
+
+def _duration(seconds: float) -> str:
+    minutes, s = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min {s:02d} s" if hours else f"{minutes} min {s:02d} s"
+
+
+def _training_section(data: ReportData) -> str:
+    parts = ['<h2 id="training">Training</h2>']
+    t = data.training
+    if t is None:
+        parts.append('<p class="note">Not known: the report was not given a checkpoint.</p>')
+        return "\n".join(parts)
+    last = t.records[-1] if t.records else None
+    step = "unknown" if t.step is None else str(t.step)
+    if t.step is not None and t.planned_steps is not None:
+        step += f" of {t.planned_steps} planned"
+    items = [
+        ("checkpoint", t.checkpoint),
+        ("step", step),
+        ("epoch", "unknown" if t.epoch is None else f"{t.epoch} (counted from 0)"),
+        (
+            "training wall time",
+            "unknown" if t.train_seconds is None else _duration(t.train_seconds),
+        ),
+    ]
+    if last is not None:
+        items += [
+            ("final loss", f"{last['loss']:.4f} (step {last['step']})"),
+            ("final learning rate", f"{float(last.get('lr', math.nan)):.3g}"),
+        ]
+        if isinstance(last.get("samples_per_s"), int | float):
+            items.append(("throughput", f"{last['samples_per_s']:.2f} samples/s (last log)"))
+    for event in t.events:
+        what = {k: v for k, v in event.items() if k != "step"}
+        items.append((f"log, step {event['step']}", json.dumps(what)))
+    items.append(("log", t.log_path or "not found"))
+    if t.skipped_lines:
+        items.append(("log lines skipped", f"{t.skipped_lines} (not JSON records)"))
+    parts.append(_key_value_table(items))
+    for problem in t.problems:
+        parts.append(f'<p class="note">{html.escape(problem)}</p>')
+    if t.records:
+        first = t.records[0]
+        names = sorted({k for r in t.records for k in r["losses"]})  # head tasks in order
+        rows = [
+            [
+                loss_term_title(name),
+                _fmt(first["losses"].get(name), 4),
+                _fmt(last["losses"].get(name), 4),
+            ]
+            for name in names
+        ]
+        rows.append(["total", _fmt(first["loss"], 4), _fmt(last["loss"], 4)])
+        parts += [
+            "<h3>Loss terms</h3>",
+            _table(["term", f"step {first['step']}", f"step {last['step']}"], rows),
+            '<p class="note">Terms of the detection head name its task by class group.</p>',
+            f"<figure>{_img(training_curves_png(t.records), 'training curves')}"
+            f"<figcaption>log.jsonl: {len(t.records)} logged steps up to the checkpoint."
+            "</figcaption></figure>",
+        ]
+    return "\n".join(parts)
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    if isinstance(value, dict):
+        out: dict[str, Any] = {}
+        for k, v in value.items():
+            out.update(_flatten(v, f"{prefix}{k}."))
+        return out
+    return {prefix.rstrip("."): value}
+
+
+def _config_section(data: ReportData) -> str:
+    import yaml
+
+    parts = ['<h2 id="config">Config</h2>']
+    trained = data.training.config_yaml if data.training else None
+    if trained is None:
+        parts += [
+            '<p class="note">The config the test ran with (the checkpoint\'s own was not '
+            "found).</p>",
+            f"<pre>{html.escape(data.config_yaml)}</pre>",
+        ]
+        return "\n".join(parts)
+    parts.append('<p class="note">The checkpoint\'s config, as it was trained.</p>')
+    try:
+        before = _flatten(yaml.safe_load(trained) or {})
+        after = _flatten(yaml.safe_load(data.config_yaml) or {}) if data.config_yaml else {}
+    except yaml.YAMLError as exc:
+        parts.append(
+            f'<p class="note">Not compared with the test\'s config: {html.escape(str(exc))}</p>'
+        )
+        before = after = {}
+    absent = object()
+
+    def shown(value: Any) -> str:
+        return "(absent)" if value is absent else json.dumps(value)
+
+    changed = [
+        [key, shown(before.get(key, absent)), shown(after.get(key, absent))]
+        for key in sorted(set(before) | set(after))
+        if after and before.get(key, absent) != after.get(key, absent)
+    ]
+    if changed:
+        parts += [
+            "<h3>Changed for the test</h3>",
+            _table(["key", "checkpoint", "test"], changed, numeric_from=99),
+        ]
+    elif after:
+        parts.append('<p class="note">The test ran with this config unchanged.</p>')
+    parts.append(f"<pre>{html.escape(trained)}</pre>")
+    return "\n".join(parts)
+
+
 def render_report(data: ReportData) -> str:
     """The report as one HTML string."""
     m = data.metrics
@@ -416,9 +733,9 @@ def render_report(data: ReportData) -> str:
         _latency_section(data),
         _robustness_section(data),
         '<h2 id="run">Run</h2>',
-        _table(["", ""], [[k, v] for k, v in data.run_info.items()], numeric_from=99),
-        '<h2 id="config">Config</h2>',
-        f"<pre>{html.escape(data.config_yaml)}</pre>",
+        _key_value_table(data.run_info.items()),
+        _training_section(data),
+        _config_section(data),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

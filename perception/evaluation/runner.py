@@ -49,7 +49,14 @@ from .nuscenes_eval import (
     load_devkit_config,
     range_band_metrics,
 )
-from .report import ReportData, RobustnessRow, SamplePicture, draw_sample_pictures, write_report
+from .report import (
+    ReportData,
+    RobustnessRow,
+    SamplePicture,
+    draw_sample_pictures,
+    load_training_summary,
+    write_report,
+)
 from .splits import split_sample_tokens
 
 RESULTS_FILE = "results_nusc.json"
@@ -431,6 +438,7 @@ def evaluate_checkpoint(
         robustness=rows,
         pictures=pictures,
         config_yaml=yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False),
+        training=load_training_summary(info.path),
         run_info=run_info,
         score_threshold=picture_score_threshold,
         note=note,

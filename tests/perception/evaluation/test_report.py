@@ -19,7 +19,10 @@ from perception.evaluation import DEFAULT_RANGE_BANDS, evaluate, load_metrics
 from perception.evaluation.report import (
     ReportData,
     RobustnessRow,
+    TrainingSummary,
     draw_sample_pictures,
+    load_training_summary,
+    loss_term_title,
     render_report,
     write_report,
 )
@@ -147,8 +150,9 @@ def test_pictures_draw_the_confident_predictions(sample_with_oracle):
         assert (np.abs(changed - colour).max(-1) < 30).sum() > 5, CLASS_NAMES[label]
 
 
-def report_data(oracle_eval, sample_with_oracle) -> ReportData:
-    """A full report's inputs: oracle metrics, curves, two pictures, latency, robustness."""
+def report_data(oracle_eval, sample_with_oracle, training=None) -> ReportData:
+    """A full report's inputs: oracle metrics, curves, two pictures, latency, robustness (and
+    the `training` summary given)."""
     metrics, out = oracle_eval
     sample, detections = sample_with_oracle
     picture = draw_sample_pictures(sample, detections)
@@ -166,6 +170,7 @@ def report_data(oracle_eval, sample_with_oracle) -> ReportData:
         ],
         pictures=[picture, picture],
         config_yaml="name: <script>alert(1)</script>\n",
+        training=training,
         run_info={"checkpoint": "/ckpt/step_5", "step": "5"},
     )
 
@@ -207,3 +212,92 @@ def test_empty_boxes_draw(sample_with_oracle):
         torch.zeros(0, dtype=torch.int64),
     )  # fmt: skip
     assert draw_sample_pictures(sample, empty).num_predictions_shown == 0
+
+
+TRAIN_CONFIG = "name: tiny\ntrain:\n  max_steps: 150\n  lr: 0.0002\ndata:\n  root: data/a\n"
+TEST_CONFIG = "name: tiny\ntrain:\n  max_steps: null\n  lr: 0.0002\ndata:\n  root: data/b\n"
+
+
+def fake_training_run(work_dir, step: int = 150) -> TrainingSummary:
+    """A work dir as the trainer leaves it: a checkpoint at `step` and a log.jsonl that goes
+    on past it, repeats steps after a resume, and ends in a line cut short."""
+    checkpoint = work_dir / "checkpoints" / f"step_{step}"
+    checkpoint.mkdir(parents=True)
+    (checkpoint / "config.yaml").write_text(TRAIN_CONFIG)
+    state = {"step": step, "epoch": 4, "extra": {"planned_steps": 150, "train_seconds": 321.4}}
+    (checkpoint / "training_state.json").write_text(json.dumps(state))
+    lines = [json.dumps({"step": 0, "frozen": ["camera."], "parameters": 12})]
+    for s in [*range(10, 101, 10), *range(60, 171, 10)]:  # killed at 100, resumed from 50
+        losses = {f"{k}/task{t}": 2.0 / s * (t + 1) for k in ("heatmap", "bbox") for t in range(6)}
+        losses["depth"] = 0.5
+        record = {"step": s, "epoch": 0, "loss": sum(losses.values()), "lr": 1e-4 * s / 170,
+                  "samples_per_s": 3.5, "losses": losses}  # fmt: skip
+        lines.append(json.dumps(record))
+    lines.append('{"step": 180, "loss": 0.')
+    (work_dir / "log.jsonl").write_text("\n".join(lines) + "\n")
+    return load_training_summary(checkpoint)
+
+
+def test_training_summary_reads_the_checkpoint_and_its_log(tmp_path):
+    t = fake_training_run(tmp_path)
+    assert (t.step, t.epoch, t.planned_steps, t.train_seconds) == (150, 4, 150, 321.4)
+    assert t.config_yaml == TRAIN_CONFIG
+    assert [r["step"] for r in t.records] == list(range(10, 151, 10))  # none past the checkpoint
+    assert [e["step"] for e in t.events] == [0] and t.skipped_lines == 1 and not t.problems
+    assert loss_term_title("heatmap/task1") == "heatmap/truck+construction_vehicle"
+    assert loss_term_title("attr/task5") == "attr/pedestrian+traffic_cone"
+    assert loss_term_title("depth") == "depth" and loss_term_title("bbox/task9") == "bbox/task9"
+
+
+def test_report_shows_the_checkpoints_config_training_summary_and_curves(tmp_path):
+    page = render_report(
+        ReportData(
+            title="t",
+            metrics=None,
+            eval_error="x",
+            config_yaml=TEST_CONFIG,
+            training=fake_training_run(tmp_path),
+            run_info={"checkpoint": "c", "step": "150"},
+        )
+    )
+    training = page[page.index('<h2 id="training">') : page.index('<h2 id="config">')]
+    config = page[page.index('<h2 id="config">') :]
+    # The checkpoint's config, with what the test changed, not the test's config alone.
+    assert "max_steps: 150" in config and "max_steps: null" not in config
+    assert "train.max_steps" in config and "data.root" in config and "train.lr" not in config
+    # The training summary: steps, wall time, final losses named by class group, curves.
+    assert "150 of 150 planned" in training and "5 min 21 s" in training
+    assert "heatmap/truck+construction_vehicle" in training and "task1" not in training
+    assert "1 (not JSON records)" in training
+    assert training.count(PNG_URI) == 1
+    (curves,) = _decode_pngs(training)
+    assert curves.std() > 5
+    # The run table has no empty header row.
+    run = page[page.index('<h2 id="run">') : page.index('<h2 id="training">')]
+    assert "<thead>" not in run and "<th></th>" not in run
+    assert '<th scope="row">checkpoint</th>' in run
+
+
+def test_training_summary_of_a_bare_checkpoint_says_what_is_missing(tmp_path):
+    t = load_training_summary(tmp_path)  # no config, no state, no log: no crash
+    assert t.step is None and t.config_yaml is None and not t.records
+    assert len(t.problems) == 3 and all(str(tmp_path) in p for p in t.problems)
+    page = render_report(ReportData(title="t", metrics=None, config_yaml=TEST_CONFIG, training=t))
+    assert "training_state.json" in page and "max_steps: null" in page
+    assert "checkpoint's own was not found" in page or "own was not found" in page
+
+
+def test_training_summary_of_a_checkpoint_the_trainer_saved(tmp_path):
+    """The files as `save_checkpoint` writes them, not a hand-made copy."""
+    from perception.config import parse_config
+    from perception.engine import find_latest, save_checkpoint
+
+    config = parse_config({"train": {"max_steps": 3}})
+    save_checkpoint(tmp_path, step=3, model=torch.nn.Linear(2, 2), config=config, epoch=1,
+                    extra={"planned_steps": 3, "train_seconds": 75.0})  # fmt: skip
+    record = {"step": 3, "epoch": 1, "loss": 1.5, "lr": 1e-4, "losses": {"heatmap/task0": 1.5}}
+    (tmp_path / "log.jsonl").write_text(json.dumps(record) + "\n")
+    t = load_training_summary(find_latest(tmp_path))
+    assert (t.step, t.epoch, t.planned_steps, t.train_seconds) == (3, 1, 3, 75.0)
+    assert "max_steps: 3" in t.config_yaml and not t.problems
+    assert [r["step"] for r in t.records] == [3]
