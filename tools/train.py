@@ -5,10 +5,11 @@
     python tools/train.py configs/bevfusion_tiny.yaml --work-dir work_dirs/tiny --resume
 
 Writes WORK_DIR/config.yaml (the fully resolved config), WORK_DIR/log.jsonl (one JSON line
-per `train.log_every` steps), WORK_DIR/checkpoints/step_<N>/ and, if tensorboard is
-installed, WORK_DIR/tensorboard/. `--resume` continues from the latest checkpoint at the same
-step, learning rate and data position; where the work dir has none (a typo?) it says so and
-starts from scratch, `--resume=must` stops with an error instead.
+per `train.log_every` steps), WORK_DIR/checkpoints/step_<N>/ and, with
+`--set train.tensorboard=true` (the `tensorboard` extra), WORK_DIR/tensorboard/. `--resume`
+continues from the latest checkpoint at the same step, learning rate and data position; where
+the work dir has none (a typo?) it says so and starts from scratch, `--resume=must` stops
+with an error instead.
 
 A wall-time budget instead of a fixed length: `--set train.time_budget_min=28` (with
 `train.max_steps` or `train.epochs` as the most steps it may run) measures the pace over the

@@ -357,6 +357,14 @@ class TrainConfig(StrictModel):
     checkpoint_every: PositiveInt = 1000
     keep_checkpoints: PositiveInt | None = 3
     log_every: PositiveInt = 10
+    tensorboard: bool = Field(
+        False,
+        description=(
+            "also write the logged scalars (loss, its terms, lr, samples/s) to "
+            "WORK_DIR/tensorboard/; needs the `tensorboard` extra "
+            "(pip install 'perception-bev[tensorboard]')"
+        ),
+    )
     deterministic: bool = False
     amp: bool = Field(False, description="bfloat16 autocast; CUDA only, ignored on CPU")
     camera_start: float = Field(

@@ -155,6 +155,19 @@ def cleanup_distributed() -> None:
         torch_dist.destroy_process_group()
 
 
+def _require_tensorboard() -> None:
+    """`ConfigError` naming the extra to install when `train.tensorboard` is asked for and the
+    `tensorboard` package is missing."""
+    import importlib.util
+
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError(
+            "train.tensorboard: true needs the tensorboard package: install the extra, "
+            "pip install 'perception-bev[tensorboard]' (or pip install tensorboard), or set "
+            "train.tensorboard=false (log.jsonl is written either way)"
+        )
+
+
 # --------------------------------------------------------------------------------------
 # Schedule
 
@@ -302,7 +315,9 @@ class Trainer:
         self.amp = tc.amp and self.device.type == "cuda"
         self.step = 0
         self.last_checkpoint: Path | None = None
-        self.tensorboard = None
+        self.tensorboard = None  # a SummaryWriter while `train` runs, with `train.tensorboard`
+        if tc.tensorboard:  # on every rank: all stop together, before any step
+            _require_tensorboard()
         self.camera_from_epoch: int | None = None  # LiDAR first: the epoch the camera joined
         if tc.camera_start > 0 and not (
             getattr(self.model, "camera", None) is not None
@@ -453,12 +468,13 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
 
     def _open_tensorboard(self):
-        if not self.is_main:
+        """A SummaryWriter on WORK_DIR/tensorboard/ with `train.tensorboard` (rank 0 only);
+        log.jsonl is written in any case."""
+        if not (self.train_config.tensorboard and self.is_main):
             return None
-        try:
-            from torch.utils.tensorboard import SummaryWriter
-        except ImportError:  # tensorboard is optional; log.jsonl is always written
-            return None
+        _require_tensorboard()
+        from torch.utils.tensorboard import SummaryWriter
+
         return SummaryWriter(str(self.work_dir / "tensorboard"))
 
     def _train_step(self, batch) -> dict[str, float]:
