@@ -32,7 +32,8 @@ its way, in DDS fragments or in a full reader cache, leaves one), `corrupt_cdr` 
 Cyclone could not deserialize and dropped: counted from its log, which the loopback
 configuration routes to a file of the transport's; other configurations report no count) and,
 for the whole domain, `socket_drops` (datagrams the kernel dropped on Cyclone's sockets, their
-receive buffer full: how a best-effort cloud too big for the buffer vanishes).
+receive buffer full: how a best-effort cloud too big for the buffer vanishes) and
+`malformed_packets` (RTPS packets Cyclone dropped as malformed, from its log as above).
 
 The loopback configuration (the default) keeps DDS on this machine: unicast over `lo` only, and
 its receive sockets, which Cyclone always binds to the wildcard address, are bound to the `lo`
@@ -223,7 +224,7 @@ class _TopicLosses:
 
 
 LOSS_COUNTERS = ("sample_lost", "sample_rejected", "stamp_gaps", "stamp_missing", "corrupt_cdr",
-                 "socket_drops")  # fmt: skip
+                 "socket_drops", "malformed_packets")  # fmt: skip
 
 
 def _loss_stats(subscriptions: Sequence[Any], corrupt: dict[str, int] | None) -> dict[str, int]:
@@ -241,8 +242,10 @@ def _loss_stats(subscriptions: Sequence[Any], corrupt: dict[str, int] | None) ->
             counts["corrupt_cdr"] += corrupt.get(sub.topic, 0)
     out: dict[str, int] = {}
     for name in LOSS_COUNTERS:
-        if name == "corrupt_cdr" and corrupt is None:
-            continue
+        if name in ("socket_drops", "malformed_packets") or (
+            name == "corrupt_cdr" and corrupt is None
+        ):
+            continue  # per domain, not per topic (DdsTransport.stats)
         out[name] = sum(c[name] for c in per_topic.values())
         out.update({f"{name}{t}": c[name] for t, c in sorted(per_topic.items()) if c[name]})
     return out
@@ -503,19 +506,23 @@ def _bind_to_device(sockets: Sequence[SocketInfo], interface: str, domain_id: in
 
 
 class _CycloneLog:
-    """Counts, per ROS topic, the samples Cyclone dropped as undecodable, from the warnings it
-    writes to its log file ("... deserialization rt/<topic>/<type> failed ...")."""
+    """Counts, from the warnings Cyclone writes to its log file, the samples it dropped as
+    undecodable, per ROS topic ("... deserialization rt/<topic>/<type> failed ..."), and the
+    malformed RTPS packets it dropped ("malformed packet received ...")."""
 
     PATTERN = re.compile(rb"deserialization (\S+) failed")
+    MALFORMED = b"malformed packet received"
     MAX_BYTES = 16 << 20  # then truncated (Cyclone appends)
 
     def __init__(self, path: Path):
         self.path = path
         self.offset = 0
         self.counts: Counter = Counter()
+        self.malformed = 0
         self.lock = threading.Lock()
 
     def corrupt(self) -> dict[str, int]:
+        """Undecodable samples per ROS topic so far (reads what the log gained)."""
         with self.lock:
             try:
                 with open(self.path, "rb") as f:
@@ -528,6 +535,7 @@ class _CycloneLog:
                 dds_topic = match.group(1).decode(errors="replace").rsplit("/", 1)[0]
                 topic = dds_topic[2:] if dds_topic.startswith("rt/") else dds_topic
                 self.counts[topic] += 1
+            self.malformed += chunk.count(self.MALFORMED, 0, end)
             self.offset += end
             if self.offset > self.MAX_BYTES and end == len(chunk):
                 os.truncate(self.path, 0)
@@ -793,6 +801,8 @@ class DdsTransport:
             sub._poll_status()
         log = self._domain.log if self._domain else None
         out = _loss_stats(subs, log.corrupt() if log else None)
+        if log:
+            out["malformed_packets"] = log.malformed
         if self._domain:
             out["socket_drops"] = _udp_drops(self._domain.udp_inodes)
             if self._domain.receive_buffer_bytes is not None:

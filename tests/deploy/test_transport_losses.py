@@ -272,10 +272,11 @@ def _rtps_data(writer_guid: bytes, seq: int, payload: bytes) -> bytes:
     )
 
 
-def test_corrupt_cdr_dropped_inside_dds_is_counted(dds_domain, tmp_path):
+def test_corrupt_cdr_and_malformed_packets_dropped_inside_dds_are_counted(dds_domain, tmp_path):
     """A sample whose CDR does not decode as its type never reaches the reader (Cyclone drops
     it with a warning on stderr); the transport counts it per topic. The corrupt sample is
-    injected on loopback under the real remote writer's identity."""
+    injected on loopback under the real remote writer's identity; then a truncated RTPS
+    packet, which Cyclone drops as malformed."""
     before = {s.fd for s in process_sockets()}
     with DdsTransport(dds_domain) as t:
         own_ports = [
@@ -296,6 +297,14 @@ def test_corrupt_cdr_dropped_inside_dds_is_counted(dds_domain, tmp_path):
                 time.sleep(0.05)
             stats = t.stats()
             assert sub.take() == []
+            assert stats["malformed_packets"] == 0
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                udp.sendto(_rtps_data(guid, 4, corrupt)[:44], ("127.0.0.1", own_ports[-1]))
+            deadline = time.monotonic() + 5
+            while t.stats()["malformed_packets"] == 0 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            malformed = t.stats()["malformed_packets"]
         finally:
             proc.communicate("", timeout=30)
     assert stats["corrupt_cdr"] == stats["corrupt_cdr/lidar/top"] == 1
+    assert malformed == 1
