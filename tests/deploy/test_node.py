@@ -6,6 +6,7 @@ and diagnostics."""
 from __future__ import annotations
 
 import copy
+import dataclasses
 import threading
 import time
 
@@ -32,6 +33,7 @@ from perception.models.builder import build_model
 from tests.deploy.node_helpers import SCENE, node_raw
 
 LIDAR = "/lidar/top"
+DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -315,6 +317,38 @@ def test_images_decoded_ahead_in_parallel_equal_decoding_in_turn(model, config, 
         assert [f.stamp_ns for f in got] == [f.stamp_ns for f in expected] != []
         for a, b in zip(got, expected):
             np.testing.assert_array_equal(a.image, b.image)
+
+
+def test_a_camera_failing_in_the_model_stages_is_masked_alone_and_counted(model, config, messages):
+    """#28 item 8: a camera whose frame cannot be used in pre-processing (CAM_FRONT) or whose
+    TSM cache cannot be rebuilt (CAM_BACK) is masked for the cloud and counted; the cloud is
+    processed with the other cameras, not dropped."""
+    head, rest = _until_cloud(messages, 5)
+    stamp = _stamp(head[-1][2], head[-1][1])
+    node = _node(model, config, process=stamp.__eq__)
+    status = node.transport.subscribe(DIAGNOSTICS_TOPIC, "diagnostic_msgs/msg/DiagnosticArray")
+    _feed(node, head + _until_cloud(rest, 1)[0])  # the next cloud ends the wait for cameras
+    job = node._entry.take_waiting()
+    assert job is not None and job.stamp_ns == stamp
+    front, back = config.data.cameras.index("CAM_FRONT"), config.data.cameras.index("CAM_BACK")
+    unusable = np.zeros((3, 5, 5), np.uint8)  # not the model's image size
+    clip = job.clips[front]
+    job.clips[front] = [*clip[:-1], dataclasses.replace(clip[-1], image=unusable)]
+    clip = job.clips[back]
+    assert clip[0].seq < clip[-1].seq  # an earlier frame to rebuild the TSM cache from
+    job.clips[back] = [dataclasses.replace(f, image=unusable) for f in clip[:-1]] + [clip[-1]]
+    done = []
+    node.on_result = done.append
+    node._entry.put(job)
+    assert node.run_entry()
+    assert done == [job] and node.stats.processed == 1 and node.stats.dropped == {}
+    assert node.stats.camera_errors == {"CAM_FRONT": 1, "CAM_BACK": 1}
+    assert {"CAM_FRONT", "CAM_BACK"} <= set(job.masked)
+    mask = job.batch.camera_mask[0]
+    assert not mask[front] and not mask[back] and mask.sum() == 6 - len(job.masked)
+    node.publish_diagnostics()
+    values = diagnostic_values(deserialize(status.take()[-1].cdr, DIAGNOSTIC_ARRAY))
+    assert values["camera_errors/CAM_FRONT"] == values["camera_errors/CAM_BACK"] == "1"
 
 
 def _stamp(cdr, msgtype):
