@@ -301,3 +301,28 @@ def test_training_summary_of_a_checkpoint_the_trainer_saved(tmp_path):
     assert (t.step, t.epoch, t.planned_steps, t.train_seconds) == (3, 1, 3, 75.0)
     assert "max_steps: 3" in t.config_yaml and not t.problems
     assert [r["step"] for r in t.records] == [3]
+
+
+@pytest.mark.slow
+def test_report_of_a_trained_checkpoint_shows_how_it_was_trained(indexed_world_copy, tmp_path):
+    """Train 2 steps, test with the test-time config (max_steps unset): the report shows the
+    checkpoint's max_steps, the training summary and the curves."""
+    from perception.config import parse_config
+    from perception.evaluation.runner import evaluate_checkpoint
+    from tests.perception.engine.test_trainer import make_trainer
+    from tests.perception.models.test_detector import MICRO
+
+    root = indexed_world_copy("report_trained", max_sweeps=1, max_clip_frames=2)
+    make_trainer(root, tmp_path / "work", "train.max_steps=2").train()
+    trained = (tmp_path / "work" / "checkpoints" / "step_2" / "config.yaml").read_text()
+    assert "max_steps: 2" in trained
+    config = parse_config(MICRO, [f"data.root={root}", "data.train_split=all"])
+    assert config.train.max_steps is None
+    outcome = evaluate_checkpoint(config, tmp_path / "work", split="mini_val",
+                                  out_dir=tmp_path / "out", progress=False, num_pictures=1)  # fmt: skip
+    page = outcome.report_path.read_text()
+    config_section = page[page.index('<h2 id="config">') :]
+    assert "max_steps: 2" in config_section and "train.max_steps" in config_section
+    training = page[page.index('<h2 id="training">') : page.index('<h2 id="config">')]
+    assert "2 of 2 planned" in training and "heatmap/car" in training
+    assert training.count(PNG_URI) == 1
