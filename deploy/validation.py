@@ -68,8 +68,8 @@ class StampTracker:
       the same time (each stepped back and has not moved forward since), at stamps within
       `time_jump_ns` of each other: a restarted replay moves every sensor back together, while
       one late message moves one series and the next message of that series is ahead again.
-      The messages that stepped back before the jump was recognised (at most
-      `jump_series - 1`) stay rejected.
+      The few messages that stepped back before the jump was recognised stay rejected. A
+      repeated stamp is not a step back (a publisher with a constant stamp is no jump).
 
     `time_jump_ns=None` disables jump detection (every step back is out of order).
     One tracker belongs to one node; it is plain per-instance state.
@@ -96,7 +96,7 @@ class StampTracker:
             self.behind_ns.pop(key, None)
             return "ok"
         back = last - stamp_ns
-        if self.time_jump_ns is not None:
+        if self.time_jump_ns is not None and back > 0:
             behind = self.behind_ns
             behind[key] = stamp_ns
             for other, stamp in list(behind.items()):  # a stale series is not part of this jump

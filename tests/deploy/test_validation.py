@@ -283,6 +283,18 @@ def test_stamp_tracker_late_messages_on_separate_topics_are_not_a_jump():
     assert tracker.behind_ns == {"/b": 19_900_000_000}
 
 
+def test_stamp_tracker_constant_stamps_are_duplicates_not_a_jump():
+    """Publishers that repeat one stamp (a CameraInfo stamped once) are duplicates, however
+    many of them: no series is behind."""
+    tracker = StampTracker(time_jump_ns=2_000_000_000, jump_series=2)
+    for topic in ("/a/camera_info", "/b/camera_info", "/c/camera_info"):
+        tracker.check(topic, 7)
+    for _ in range(3):
+        for topic in ("/a/camera_info", "/b/camera_info", "/c/camera_info"):
+            _raises("duplicate_stamp", "header.stamp", tracker.check, topic, 7)
+    assert tracker.behind_ns == {}
+
+
 def test_stamp_tracker_reset_of_one_topic_forgets_its_series():
     tracker = StampTracker()
     tracker.check("/tf", 5, "map->base_link")
