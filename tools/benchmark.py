@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from perception.cli import usage_error
+
 if TYPE_CHECKING:  # the benchmark modules import torch: only after the arguments are parsed
     from perception.benchmarks.common import BenchRow
 
@@ -71,7 +73,10 @@ def run_synth(args: argparse.Namespace) -> list[BenchRow]:
 
 def run_model(args: argparse.Namespace) -> list[BenchRow]:
     from perception.benchmarks import model
+    from perception.config import load_config
 
+    for config in args.config:  # every config checked before the first is timed
+        load_config(config)  # ConfigError
     rows: list[BenchRow] = []
     for config in args.config:
         rows += model.run(config, root=args.root, repeat=args.repeat, device=args.device)
@@ -80,9 +85,19 @@ def run_model(args: argparse.Namespace) -> list[BenchRow]:
 
 def run_node(args: argparse.Namespace) -> int:
     """The node under bag replay (its own JSON layout: runs, not ratio rows)."""
-
     from perception.benchmarks import node
+    from perception.config import ConfigError, load_config
 
+    # Checked before any run: a missing bag would replay nothing and overwrite the saved
+    # results with zeros.
+    if not Path(args.bag).exists():
+        return usage_error(f"--bag {args.bag}: no such rosbag2 (tools/nusc_to_bag.py writes one)")
+    if args.checkpoint and not Path(args.checkpoint).exists():
+        return usage_error(f"--checkpoint {args.checkpoint}: not found")
+    try:
+        load_config(args.config)
+    except ConfigError as exc:
+        return usage_error(exc)
     result = node.run(
         args.bag,
         args.config,
@@ -202,10 +217,15 @@ def main(argv: list[str] | None = None) -> int:
         return run_node(args)
     if args.command == "accuracy":
         return run_accuracy(args)
+    from perception.config import ConfigError
+
     device = getattr(args, "device", "cpu")
     print(f"machine: {machine_description(device)}", flush=True)
     runners = {"ops": run_ops, "synth": run_synth, "model": run_model}
-    rows = runners[args.command](args)
+    try:
+        rows = runners[args.command](args)
+    except ConfigError as exc:
+        return usage_error(exc)
     print(markdown_table(rows))
     if args.out:
         print(f"wrote {write_report(rows, args.out, device)}")

@@ -250,3 +250,23 @@ def test_pairs_backfills_old_records_and_rejects_other_files(tmp_path, capsys):
     assert "ops.json: no 'runs' list" in capsys.readouterr().err
     assert benchmark(["pairs", str(tmp_path / "missing.json")]) == 2
     assert "missing.json: cannot read it" in capsys.readouterr().err
+
+
+def test_node_with_a_missing_bag_is_an_error_and_writes_nothing(tmp_path, capsys):
+    """Before: it replayed nothing and overwrote the saved results with zeros, exit 0."""
+    out = tmp_path / "node.json"
+    argv = ["node", "--bag", str(tmp_path / "no_bag"), "--config", "configs/bevfusion_tiny.yaml",
+            "--rates", "1", "--duration", "1", "--sequential-rate", "1", "--out", str(out)]  # fmt: skip
+    assert benchmark(argv) == 2
+    err = capsys.readouterr().err
+    assert err == f"error: --bag {tmp_path / 'no_bag'}: no such rosbag2 " + (
+        "(tools/nusc_to_bag.py writes one)\n"
+    )
+    assert not out.exists()
+
+
+def test_model_with_a_missing_config_is_one_line(tmp_path, capsys):
+    missing = tmp_path / "missing.yaml"
+    assert benchmark(["model", "--config", str(missing), "--out", str(tmp_path / "m.json")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {missing}: cannot read config") and err.count("\n") == 1
