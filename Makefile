@@ -43,11 +43,19 @@ demo: $(STAMP)
 	$(PY) tools/create_data.py check --root $(DEMO_ROOT) --version $(DEMO_VERSION)
 	$(PY) tools/create_data.py nuscenes --root $(DEMO_ROOT) --version $(DEMO_VERSION)
 	$(PY) tools/visualize.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --sample 0 --out $(DEMO_OUT)/sample0.png
-	$(PY) tools/gt_baseline.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --split mini_val --out $(DEMO_OUT)/gt_results.json
-	$(PY) tools/eval.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --split mini_val --results $(DEMO_OUT)/gt_results.json --out $(DEMO_OUT)/eval
+	@echo "== oracle: the ground truth submitted as predictions checks the evaluation path (mAP 1.000 by construction; not a model)"
+	$(PY) tools/gt_baseline.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --split mini_val --out $(DEMO_OUT)/oracle/results_nusc.json
+	$(PY) tools/eval.py --root $(DEMO_ROOT) --version $(DEMO_VERSION) --split mini_val --results $(DEMO_OUT)/oracle/results_nusc.json --out $(DEMO_OUT)/oracle
 	rm -rf $(DEMO_OUT)/train
+	@echo "== a $(DEMO_STEPS)-step smoke run of the tiny fused detector (a few minutes on 2 CPU cores)"
 	$(PY) tools/train.py configs/bevfusion_tiny.yaml --work-dir $(DEMO_OUT)/train --set data.root=$(DEMO_ROOT) --set data.version=$(DEMO_VERSION) --set train.max_steps=$(DEMO_STEPS)
 	$(PY) tools/test.py configs/bevfusion_tiny.yaml $(DEMO_OUT)/train --split mini_val --out $(DEMO_OUT)/test --set data.root=$(DEMO_ROOT) --set data.version=$(DEMO_VERSION)
+	@echo "== demo done. The oracle's mAP 1.000 ($(DEMO_OUT)/oracle) checks the metrics, not a model."
+	@echo "   The detector's figures above come from a $(DEMO_STEPS)-step smoke run: expect mAP near 0 (0.0-0.1);"
+	@echo "   it shows the pipeline works end to end, not what the model reaches. Trained for 30 CPU minutes"
+	@echo "   the tiny fused detector reaches mAP 0.49-0.62 / NDS 0.47-0.55 on an unseen world: BENCHMARKS.md,"
+	@echo "   'Accuracy: tiny detectors after <= 30 CPU minutes' (tools/accuracy_benchmark.sh reproduces it)."
+	@echo "   Report: $(DEMO_OUT)/test/report.html"
 
 clean-demo:
 	rm -rf $(DEMO_ROOT) $(DEMO_OUT)
