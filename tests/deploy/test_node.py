@@ -475,8 +475,7 @@ def _run_jobs(model, config, messages, **options):
     node = _node(model, config, process=None, **options)
     node.on_result = lambda job: jobs.__setitem__(job.stamp_ns, job.detections)
     head, _ = _until_cloud(messages, 5)
-    with node:
-        _publish(node, head)
+    _step(node, head)
     return jobs, node
 
 
@@ -560,8 +559,7 @@ def test_static_camera_extrinsics_keep_the_pooling_plan_cached(model, config, me
         cache.clear()
         hits = cache.hits
         node = _node(model, config, process=None, camera_motion=motion)
-        with node:
-            _publish(node, head)
+        _step(node, head)
         counts[motion] = cache.hits - hits
         assert node.stats.processed == 14
     assert counts[False] > counts[True]
