@@ -426,15 +426,16 @@ _HAVE_PROC = Path("/proc/self/net/udp").exists() and hasattr(socket, "SO_BINDTOD
 
 
 def _socket_device(fd: int) -> str:
-    dup = socket.socket(fileno=os.dup(fd))
     try:
-        return (
-            dup.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 32).split(b"\0")[0].decode()
-        )
-    except OSError:
+        dup = socket.socket(fileno=os.dup(fd))
+    except OSError:  # closed meanwhile, or the number reused by something else
         return ""
-    finally:
-        dup.close()
+    with dup:
+        try:
+            name = dup.getsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, 32)
+        except OSError:
+            return ""
+    return name.split(b"\0")[0].decode()
 
 
 def process_sockets() -> list[SocketInfo]:
@@ -591,17 +592,23 @@ def _ensure_domain(domain_id: int, config: str | None) -> _Domain | None:
             log_path = Path(name)
             atexit.register(_remove_quietly, log_path)
             xml = loopback_config(log_file=log_path)
+        what = f"DDS domain {domain_id}: cannot apply the " + (
+            "loopback configuration" if config == LOOPBACK else "configuration given"
+        )
+        if _local_participants(domain_id):
+            raise RuntimeError(
+                f"{what}: a DDS participant on this domain already exists in this process "
+                "(Cyclone keeps the configuration it was created with). Create the transport "
+                f"before any other participant of domain {domain_id}, or pass config=None to "
+                "share that one's."
+            )
         before = {s.fd for s in process_sockets()}
         try:
             domain = Domain(domain_id, xml or config)
         except DDSException as exc:
             raise RuntimeError(
-                f"DDS domain {domain_id}: cannot apply the "
-                f"{'loopback' if config == LOOPBACK else 'given'} configuration: a DDS "
-                "participant on this domain already exists in this process (Cyclone then "
-                "keeps its first configuration). Create the transport before any other "
-                f"participant of domain {domain_id}, or pass config=None to share that one. "
-                f"({exc})"
+                f"{what}: Cyclone refused it (its reason is on stderr), or the domain exists "
+                f"in this process already ({exc})"
             ) from exc
         created = [s for s in process_sockets() if s.fd not in before]
         if config == LOOPBACK:
@@ -653,6 +660,16 @@ def _receive_buffers(sockets: Sequence[SocketInfo], *, force: bool) -> list[int]
         finally:
             dup.close()
     return sizes
+
+
+def _local_participants(domain_id: int) -> int:
+    """How many DDS participants of `domain_id` exist in this process."""
+    from cyclonedds.internal import load_cyclonedds
+
+    lookup = load_cyclonedds().dds_lookup_participant
+    lookup.argtypes = [ctypes.c_uint32, ctypes.c_void_p, ctypes.c_size_t]
+    lookup.restype = ctypes.c_int32
+    return max(0, lookup(domain_id, None, 0))
 
 
 @cache

@@ -43,7 +43,8 @@ def test_a_participant_created_before_the_transport_is_an_error(dds_domain):
     first = DomainParticipant(dds_domain)  # takes CYCLONEDDS_URI, not the loopback config
     try:
         with pytest.raises(
-            RuntimeError, match=f"DDS domain {dds_domain}: cannot apply the loopback"
+            RuntimeError,
+            match=f"DDS domain {dds_domain}: cannot apply the loopback configuration: a DDS participant",
         ):
             DdsTransport(dds_domain)
     finally:
@@ -55,3 +56,9 @@ def test_a_second_configuration_for_a_domain_is_an_error(dds_domain):
     with DdsTransport(dds_domain), DdsTransport(dds_domain):  # same configuration: shared
         with pytest.raises(RuntimeError, match="different configuration"):
             DdsTransport(dds_domain, config=other)
+
+
+def test_a_configuration_cyclone_refuses_is_an_error(dds_domain):
+    bad = '<CycloneDDS><Domain id="any"><Internal><NoSuchOption>1</NoSuchOption></Internal></Domain></CycloneDDS>'
+    with pytest.raises(RuntimeError, match=f"DDS domain {dds_domain}: .* Cyclone refused it"):
+        DdsTransport(dds_domain, config=bad)
