@@ -25,7 +25,7 @@ import shlex
 import sys
 
 # Only light imports before the arguments are parsed: --help and usage errors answer at once.
-from perception.cli import add_override_option, usage_error
+from perception.cli import add_override_option, dataroot_problem, usage_error
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     # Usage errors (exit code 2) are found before any work starts.
     try:
         config = load_config(args.config, args.overrides)
+        problem = dataroot_problem(config.data.root, config.data.version)
+        if problem:
+            return usage_error(f"data.root: {problem}")
         drop = check_drop_sensors(args.drop_sensors)
         split = args.split or config.data.val_split
         split_sample_tokens(config.data.root, config.data.version, split)

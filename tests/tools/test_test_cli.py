@@ -95,6 +95,8 @@ def test_dropping_lidar_changes_the_results(micro, tested, tmp_path):
         (["--split", "nonsense"], "unknown split 'nonsense'"),
         (["--drop-sensors", "radar"], "unknown sensors to drop ['radar']"),
         (["--set", "model.bogus=1"], "model.bogus: unknown key"),
+        (["--set", "data.root=/no/such/root"], "data.root: dataroot /no/such/root does not exist"),
+        (["--set", "data.version=v1.0-trainval"], "v1.0-trainval not found"),
     ],
 )
 def test_usage_errors_exit_2(micro, tmp_path, capsys, args, message):
