@@ -14,7 +14,8 @@ Outputs, each stamped with the LiDAR cloud's stamp and frame: `/perception/objec
 `/perception/markers` (MarkerArray), `/perception/status` (diagnostic_msgs/DiagnosticArray, one per
 processed cloud: level WARN and `degraded: ...` when cameras were masked) and
 `/perception/diagnostics` (DiagnosticArray every `diagnostics_period_s`: counts, drops and
-rejections by reason, per-stage and receive-to-publish latency p50/p99).
+rejections by reason, per-stage and receive-to-publish latency p50/p99, and the transport's
+DDS loss counters as `transport/...`, see docs/dds.md).
 
 Sync (Autoware BEVFusion's rule, `max_camera_lidar_delay`): each LiDAR cloud triggers one
 model run with, per camera, the image nearest in time to the cloud; a camera whose nearest image
