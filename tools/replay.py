@@ -3,8 +3,10 @@
     python tools/replay.py bags/scene-0061 --rate 1.0 --loop --topics /lidar/top /tf
 
 Header stamps are the bag's (a loop jumps back to the bag's start); `--rate` scales the
-wall-clock pacing. DDS stays on this machine (loopback) unless `--dds-config env`, which uses
-CYCLONEDDS_URI or Cyclone's defaults. Prints messages per topic at the end (and per loop).
+wall-clock pacing. DDS stays on this machine (loopback: its sockets bound to `lo`; see
+docs/dds.md) unless `--dds-config env`, which uses CYCLONEDDS_URI or Cyclone's defaults.
+Prints messages per topic at the end (and per loop). A DDS configuration that cannot be
+applied or a failed write is one `error:` line (exit 2 / 1).
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     # After parsing: --help answers without importing torch.
+    from cyclonedds.core import DDSException
+
     from perception.deploy.bag import replay_bag
     from perception.deploy.transport import LOOPBACK, DdsTransport
 
@@ -52,7 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 
     config = LOOPBACK if args.dds_config == "loopback" else None
     start = time.perf_counter()
-    with DdsTransport(args.domain_id, config=config) as transport:
+    try:
+        transport = DdsTransport(args.domain_id, config=config)
+    except RuntimeError as exc:  # the DDS configuration cannot be applied (says why)
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    with transport:
         try:
             stats = replay_bag(
                 args.bag,
@@ -68,6 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         except (FileNotFoundError, ValueError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 2
+        except DDSException as exc:  # names the topic
+            print(f"error: {exc}", file=sys.stderr)
+            return 1
     for topic, n in sorted(stats.counts.items()):
         print(f"{topic:40s} {n:6d}")
     print(
