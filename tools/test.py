@@ -10,7 +10,9 @@ checkpoint). Writes OUT/results_nusc.json (the submission), OUT/metrics.json and
 OUT/metrics.md (the devkit's metrics, with AP by distance band), OUT/latency.json,
 OUT/config.yaml and OUT/report.html (self-contained); with --robustness also
 OUT/robustness/<setting>/ for all sensors, LiDAR only, cameras only, CAM_FRONT dropped and
-LiDAR beams halved.
+LiDAR beams halved. A model that keeps no box above its score threshold (an early
+checkpoint) gets the devkit's all-zero metrics, with a note saying why (metrics.md, the report,
+stderr), and exits 0; usage errors exit 2, a checkpoint or data that fails mid-run 1.
 
 --drop-sensors takes any of: lidar, cameras, lidar_half_beams, or camera channels
 (CAM_FRONT, ...). Several processes (each infers a shard; process 0 writes):

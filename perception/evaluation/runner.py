@@ -338,9 +338,10 @@ def evaluate_checkpoint(
 
     Raises `FileNotFoundError` for a missing checkpoint, `CheckpointError` for one that does
     not fit the config's model, `SplitError` for an unknown split, `ValueError` for an unknown
-    sensor to drop. An evaluation the devkit cannot run (no box in any sample) does not
-    raise: `EvalOutcome.metrics` is None and `eval_error` says why; everything else is
-    still written.
+    sensor to drop. A model that kept no box in any sample gets the devkit's all-zero
+    metrics (`evaluate_no_boxes`) and `EvalOutcome.note` says why. An evaluation the devkit
+    cannot run does not raise: `EvalOutcome.metrics` is None and `eval_error` says why;
+    everything else is still written.
     """
     from ..config import save_config
     from ..datasets.pipeline import build_dataset
