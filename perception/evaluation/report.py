@@ -188,6 +188,28 @@ def loss_term_title(name: str) -> str:
     return name
 
 
+def _split_loss_terms(
+    names: Sequence[str],
+) -> tuple[dict[str, list[str]], dict[str, dict[str, str]], list[str]]:
+    """Loss term names -> (kind -> its names, e.g. heatmap; class group -> kind -> name, in the
+    head's task order; the names of no head task, e.g. depth)."""
+    kinds: dict[str, list[str]] = {}
+    groups: dict[str, dict[str, str]] = {}
+    loose: list[str] = []
+    # task order: "heatmap/task1" sorts by "task1" (at most 6 tasks: one digit)
+    for name in sorted(names, key=lambda n: (n.rpartition("/")[2], n)):
+        title = loss_term_title(name)
+        kind, _, group = title.rpartition("/")
+        kinds.setdefault(kind or title, []).append(name)
+        if kind and title != name:
+            groups.setdefault(group, {})[kind] = name
+        else:
+            loose.append(name)
+    order = ("heatmap", "bbox", "dir", "attr")  # the head's order; other kinds after
+    kinds = dict(sorted(kinds.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 9))
+    return kinds, groups, loose
+
+
 def training_curves_png(records: Sequence[dict[str, Any]]) -> bytes:
     """Three panels over the steps of `records` (log.jsonl step records): the total loss and
     its sum per kind of term (heatmap, bbox, ...), the loss per class group (every term of a
@@ -199,14 +221,7 @@ def training_curves_png(records: Sequence[dict[str, Any]]) -> bytes:
     def series(keys: Sequence[str]) -> np.ndarray:
         return np.array([sum(float(r["losses"].get(k, 0.0)) for k in keys) for r in records])
 
-    kinds: dict[str, list[str]] = {}
-    groups: dict[str, list[str]] = {}
-    for name in names:
-        title = loss_term_title(name)
-        kind, _, group = title.rpartition("/")
-        kinds.setdefault(kind or title, []).append(name)
-        if kind and title != name:
-            groups.setdefault(group, []).append(name)
+    kinds, groups, _ = _split_loss_terms(names)
 
     fig, axes = plt.subplots(3, 1, figsize=(10, 8.4), sharex=True)
     ax = axes[0]
@@ -216,9 +231,12 @@ def training_curves_png(records: Sequence[dict[str, Any]]) -> bytes:
     ax.set_ylabel("loss")
     ax.set_title("loss by kind of term", fontsize=10, loc="left")
     ax = axes[1]
-    for i, (group, keys) in enumerate(groups.items()):
+    for i, (group, terms) in enumerate(groups.items()):
         style = "-" if i < 6 else "--"
-        ax.plot(steps, series(keys), color=PLOT_COLORS[i % 6], ls=style, lw=1.2, label=group)
+        ax.plot(
+            steps, series(list(terms.values())), color=PLOT_COLORS[i % 6], ls=style, lw=1.2,
+            label=group,
+        )  # fmt: skip
     ax.set_ylabel("loss")
     ax.set_title(
         "loss by class group (all terms of the group's head task)", fontsize=10, loc="left"
@@ -646,20 +664,27 @@ def _training_section(data: ReportData) -> str:
         parts.append(f'<p class="note">{html.escape(problem)}</p>')
     if t.records:
         first = t.records[0]
-        names = sorted({k for r in t.records for k in r["losses"]})  # head tasks in order
+        kinds, groups, loose = _split_loss_terms({k for r in t.records for k in r["losses"]})
+        task_kinds = [k for k in kinds if any(k in terms for terms in groups.values())]
+
+        def change(name: str | None) -> str:
+            if name is None:
+                return "-"
+            a, b = first["losses"].get(name), last["losses"].get(name)
+            return f"{_fmt(a, 4)} \u2192 {_fmt(b, 4)}"
+
         rows = [
-            [
-                loss_term_title(name),
-                _fmt(first["losses"].get(name), 4),
-                _fmt(last["losses"].get(name), 4),
-            ]
-            for name in names
+            [group, *(change(terms.get(k)) for k in task_kinds)] for group, terms in groups.items()
         ]
-        rows.append(["total", _fmt(first["loss"], 4), _fmt(last["loss"], 4)])
+        rows += [[name, change(name), *([""] * (len(task_kinds) - 1))] for name in loose]
+        rows.append(["total", f"{_fmt(first['loss'], 4)} \u2192 {_fmt(last['loss'], 4)}",
+                     *([""] * (len(task_kinds) - 1))])  # fmt: skip
+        header = ["class group / term", *(task_kinds or ["loss"])]
         parts += [
-            "<h3>Loss terms</h3>",
-            _table(["term", f"step {first['step']}", f"step {last['step']}"], rows),
-            '<p class="note">Terms of the detection head name its task by class group.</p>',
+            f"<h3>Loss terms, step {first['step']} \u2192 step {last['step']}</h3>",
+            _table(header, rows),
+            '<p class="note">The detection head\'s terms per class group (its task); other '
+            "terms and the total below them.</p>",
             f"<figure>{_img(training_curves_png(t.records), 'training curves')}"
             f"<figcaption>log.jsonl: {len(t.records)} logged steps up to the checkpoint."
             "</figcaption></figure>",

@@ -267,7 +267,9 @@ def test_report_shows_the_checkpoints_config_training_summary_and_curves(tmp_pat
     assert "train.max_steps" in config and "data.root" in config and "train.lr" not in config
     # The training summary: steps, wall time, final losses named by class group, curves.
     assert "150 of 150 planned" in training and "5 min 21 s" in training
-    assert "heatmap/truck+construction_vehicle" in training and "task1" not in training
+    assert "<td>truck+construction_vehicle</td>" in training and "task1" not in training
+    assert "<th>heatmap</th><th>bbox</th>" in training and "<td>depth</td>" in training
+    assert "0.4000 \u2192 0.0267" in training  # heatmap/task1 from step 10 to 150
     assert "1 (not JSON records)" in training
     assert training.count(PNG_URI) == 1
     (curves,) = _decode_pngs(training)
@@ -324,5 +326,5 @@ def test_report_of_a_trained_checkpoint_shows_how_it_was_trained(indexed_world_c
     config_section = page[page.index('<h2 id="config">') :]
     assert "max_steps: 2" in config_section and "train.max_steps" in config_section
     training = page[page.index('<h2 id="training">') : page.index('<h2 id="config">')]
-    assert "2 of 2 planned" in training and "heatmap/car" in training
+    assert "2 of 2 planned" in training and "<td>car</td>" in training
     assert training.count(PNG_URI) == 1
