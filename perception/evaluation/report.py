@@ -541,7 +541,8 @@ def _pictures_sections(data: ReportData) -> str:
     bev = ['<h2 id="bev">Bird\'s-eye view: predictions vs ground truth</h2>']
     cams = ['<h2 id="cameras">Cameras with projected predictions</h2>']
     caption = (
-        "LiDAR points grey (brighter: newer sweeps), range rings every 10 m. Ground truth solid, "
+        "LiDAR points grey (brighter: newer sweeps), range rings every 10 m. Ground truth (the "
+        "boxes the evaluation scores: within their class's range, with LiDAR points) solid, "
         f"predictions scoring >= {data.score_threshold:g} dashed with their score (class and "
         "score on the cameras), both in their class's colour; a tick marks each box's front in "
         "the BEV, a cross its front face on the cameras."

@@ -181,7 +181,7 @@ def test_report_has_every_section_and_embeds_its_images(oracle_eval, sample_with
     )
     page = path.read_text()
     for section in ("summary", "per-class", "pr-curves", "distance", "bev", "cameras",
-                    "latency", "robustness", "run", "config"):  # fmt: skip
+                    "latency", "robustness", "run", "training", "config"):  # fmt: skip
         assert f'<h2 id="{section}">' in page, section
     # PR curves, distance bars, then a BEV and a camera picture per sample.
     assert page.count(PNG_URI) == 2 + 2 * 2
