@@ -101,6 +101,22 @@ class ReportData:
 # Training provenance
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_step_record(record: dict[str, Any]) -> bool:
+    """A log.jsonl line of a training step: a number for `loss`, every term of `losses` and
+    `lr` (when present)."""
+    losses = record.get("losses")
+    return (
+        _is_number(record.get("loss"))
+        and isinstance(losses, dict)
+        and all(_is_number(v) for v in losses.values())
+        and _is_number(record.get("lr", 0.0))
+    )
+
+
 def load_training_summary(checkpoint: str | Path) -> TrainingSummary:
     """Reads a checkpoint directory's `config.yaml` and `training_state.json` and its run's
     `log.jsonl` (two levels up, ``<work_dir>/checkpoints/step_<N>``, or beside it). Never
@@ -151,12 +167,12 @@ def load_training_summary(checkpoint: str | Path) -> TrainingSummary:
                 continue
             if step is not None and record["step"] > step:
                 continue
-            if isinstance(record.get("loss"), int | float) and isinstance(
-                record.get("losses"), dict
-            ):
+            if "loss" not in record and "losses" not in record:
+                events.append(record)  # a plan, the camera joining, init_from, ...
+            elif _is_step_record(record):
                 by_step[record["step"]] = record
             else:
-                events.append(record)
+                skipped += 1  # a step record with a value that is not a number
     else:
         problems.append(f"{log_path}: not found (no training curves)")
     return TrainingSummary(
@@ -659,7 +675,7 @@ def _training_section(data: ReportData) -> str:
         items.append((f"log, step {event['step']}", json.dumps(what)))
     items.append(("log", t.log_path or "not found"))
     if t.skipped_lines:
-        items.append(("log lines skipped", f"{t.skipped_lines} (not JSON records)"))
+        items.append(("log lines skipped", f"{t.skipped_lines} (not JSON, or values not numbers)"))
     parts.append(_key_value_table(items))
     for problem in t.problems:
         parts.append(f'<p class="note">{html.escape(problem)}</p>')

@@ -220,7 +220,8 @@ TEST_CONFIG = "name: tiny\ntrain:\n  max_steps: null\n  lr: 0.0002\ndata:\n  roo
 
 def fake_training_run(work_dir, step: int = 150) -> TrainingSummary:
     """A work dir as the trainer leaves it: a checkpoint at `step` and a log.jsonl that goes
-    on past it, repeats steps after a resume, and ends in a line cut short."""
+    on past it, repeats steps after a resume, has a line with a string for a number and ends in
+    a line cut short."""
     checkpoint = work_dir / "checkpoints" / f"step_{step}"
     checkpoint.mkdir(parents=True)
     (checkpoint / "config.yaml").write_text(TRAIN_CONFIG)
@@ -233,6 +234,7 @@ def fake_training_run(work_dir, step: int = 150) -> TrainingSummary:
         record = {"step": s, "epoch": 0, "loss": sum(losses.values()), "lr": 1e-4 * s / 170,
                   "samples_per_s": 3.5, "losses": losses}  # fmt: skip
         lines.append(json.dumps(record))
+    lines.append(json.dumps({"step": 40, "loss": "1.5", "losses": {"heatmap/task0": None}}))
     lines.append('{"step": 180, "loss": 0.')
     (work_dir / "log.jsonl").write_text("\n".join(lines) + "\n")
     return load_training_summary(checkpoint)
@@ -243,7 +245,7 @@ def test_training_summary_reads_the_checkpoint_and_its_log(tmp_path):
     assert (t.step, t.epoch, t.planned_steps, t.train_seconds) == (150, 4, 150, 321.4)
     assert t.config_yaml == TRAIN_CONFIG
     assert [r["step"] for r in t.records] == list(range(10, 151, 10))  # none past the checkpoint
-    assert [e["step"] for e in t.events] == [0] and t.skipped_lines == 1 and not t.problems
+    assert [e["step"] for e in t.events] == [0] and t.skipped_lines == 2 and not t.problems
     assert loss_term_title("heatmap/task1") == "heatmap/truck+construction_vehicle"
     assert loss_term_title("attr/task5") == "attr/pedestrian+traffic_cone"
     assert loss_term_title("depth") == "depth" and loss_term_title("bbox/task9") == "bbox/task9"
@@ -270,7 +272,7 @@ def test_report_shows_the_checkpoints_config_training_summary_and_curves(tmp_pat
     assert "<td>truck+construction_vehicle</td>" in training and "task1" not in training
     assert "<th>heatmap</th><th>bbox</th>" in training and "<td>depth</td>" in training
     assert "0.4000 \u2192 0.0267" in training  # heatmap/task1 from step 10 to 150
-    assert "1 (not JSON records)" in training
+    assert "2 (not JSON, or values not numbers)" in training
     assert training.count(PNG_URI) == 1
     (curves,) = _decode_pngs(training)
     assert curves.std() > 5
