@@ -1,6 +1,8 @@
 """Create and check datasets in nuScenes format.
 
     python tools/create_data.py synth --out data/synth --scenes 10 --samples-per-scene 10 --seed 0
+    python tools/create_data.py synth --out data/synth-rare --version v1.0-trainval --scenes 30 \
+        --val-scenes 3 --seed 1 --rare bicycle,construction_vehicle
     python tools/create_data.py nuscenes --root data/synth --version v1.0-mini
     python tools/create_data.py check --root data/synth --version v1.0-mini
 
@@ -19,6 +21,7 @@ import sys
 from perception.datasets.checks import check_dataroot
 from perception.datasets.index import IndexFileError, build_index
 from perception.datasets.synth import generate_world
+from perception.datasets.synth.class_weights import RARE_WEIGHT, class_weights_option
 from perception.datasets.synth.writer import (
     DEFAULT_IMAGE_SIZE,
     DEFAULT_SAMPLES_PER_SCENE,
@@ -28,6 +31,7 @@ from perception.datasets.synth.writer import (
 
 def synth(args: argparse.Namespace) -> int:
     """Generate a synthetic nuScenes-format world and print where it went."""
+    class_weights = class_weights_option(args.class_weights, args.rare)
     summary = generate_world(
         args.out,
         version=args.version,
@@ -39,6 +43,7 @@ def synth(args: argparse.Namespace) -> int:
         workers=args.workers,
         overwrite=args.overwrite,
         progress=True,
+        class_weights=class_weights,
     )
     print(f"wrote {summary.version} world to {summary.out_dir.resolve()}")
     print(
@@ -48,6 +53,17 @@ def synth(args: argparse.Namespace) -> int:
     )
     per_class = ", ".join(f"{k} {v}" for k, v in summary.annotations_per_class.items())
     print(f"  annotations per class: {per_class}")
+    if summary.class_weights is not None:
+        thinned = {c: w for c, w in summary.class_weights.items() if w != 1.0}
+        weights = ", ".join(f"{c} {w:g}" for c, w in thinned.items()) or "all 1"
+        print(f"  class weights in the training scenes: {weights} (other classes 1)")
+    for split, counts in summary.splits.items():
+        both = ", ".join(
+            f"{c} {n}/{counts.annotations_per_class[c]}"
+            for c, n in counts.instances_per_class.items()
+        )
+        print(f"  {split} ({counts.scenes} scenes), instances/annotations per class: {both}")
+    print(f"  summary in {summary.sidecar}")
     print(f"  load with NuScenes(version={summary.version!r}, dataroot={str(summary.out_dir)!r})")
     return 0
 
@@ -103,6 +119,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--overwrite", action="store_true", help="replace an existing world in OUT")
+    p.add_argument(
+        "--class-weights", metavar="C=W,...", help="share of each class's instances the training "
+        "scenes keep, 0..1 (e.g. bicycle=0.05,construction_vehicle=0.05; unlisted classes 1, "
+        "0 removes a class); val scenes keep the normal mix",
+    )  # fmt: skip
+    p.add_argument(
+        "--rare", metavar="C1,C2", help=f"make these classes rare in the training scenes "
+        f"(weight {RARE_WEIGHT:g}: about 10 instances each in a 30-scene world)",
+    )  # fmt: skip
     p.set_defaults(handler=synth)
 
     p = commands.add_parser("nuscenes", help="build the dataset index of a nuScenes dataroot")

@@ -119,6 +119,29 @@ class Objects:
     def __len__(self) -> int:
         return len(self.category)
 
+    def subset(self, keep: np.ndarray) -> Objects:
+        """The objects where keep [N] bool is True, in their order, with their parts."""
+        keep = np.asarray(keep, dtype=bool)
+        if keep.shape != (len(self),):
+            raise ValueError(f"keep must have shape ({len(self)},); got {keep.shape}")
+        index = np.flatnonzero(keep)
+        part_keep = keep[self.part_object]  # [P]
+        new_index = np.cumsum(keep) - 1  # [N] old object index -> new one (where kept)
+        t = self.tracks
+        return Objects(
+            category=[self.category[i] for i in index],
+            detection=[self.detection[i] for i in index],
+            kind=[self.kind[i] for i in index],
+            wlh=self.wlh[index],
+            margin=self.margin[index],
+            tracks=Tracks(t.s0[index], t.v[index], t.a[index], t.d[index], t.yaw_offset[index]),
+            reflectivity=self.reflectivity[index],
+            part_object=new_index[self.part_object[part_keep]],
+            part_extent=self.part_extent[part_keep],
+            part_style=self.part_style[part_keep],
+            part_layer=self.part_layer[part_keep],
+        )
+
     def boxes(self, road: Road, t: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Annotation boxes at time t: (centre [N,3], yaw [N], velocity [N,2]), global frame."""
         xy, yaw, velocity = self.tracks.state(road, t)
@@ -788,6 +811,17 @@ def _ground(b: _Builder, s_lo: float, s_hi: float, location: str) -> GroundRaste
     return GroundRaster(float(lo[0]), float(lo[1]), resolution, bgr, intensity)
 
 
+def describe(drive_side: int, ego_speed: float, objects: Objects) -> str:
+    """The scene's description (the scene table's field): traffic side, ego speed, objects."""
+    counts = {det: objects.detection.count(det) for det in sorted(set(objects.detection))}
+    return (
+        f"Synthetic {'right' if drive_side > 0 else 'left'}-hand traffic, "
+        f"ego {ego_speed:.1f} m/s, {len(objects)} objects ("
+        + ", ".join(f"{n} {k}" for k, n in counts.items())
+        + ")"
+    )
+
+
 def make_layout(
     rng: np.random.Generator, *, key_times: np.ndarray, duration: float, location: str
 ) -> SceneLayout:
@@ -830,13 +864,6 @@ def make_layout(
     sky_top = np.array([200, 140, 80], np.float32) * (1 - overcast) + overcast * 175
     sky_horizon = np.array([235, 215, 190], np.float32) * (1 - overcast) + overcast * 205
     objects = b.objects()
-    counts = {det: objects.detection.count(det) for det in sorted(set(objects.detection))}
-    description = (
-        f"Synthetic {'right' if drive_side > 0 else 'left'}-hand traffic, "
-        f"ego {v0:.1f} m/s, {len(objects)} objects ("
-        + ", ".join(f"{n} {k}" for k, n in counts.items())
-        + ")"
-    )
     return SceneLayout(
         road=road,
         drive_side=drive_side,
@@ -849,5 +876,5 @@ def make_layout(
         exposure=float(rng.uniform(0.85, 1.1)),
         sky_top=sky_top,
         sky_horizon=sky_horizon,
-        description=description,
+        description=describe(drive_side, float(ego.v[0]), objects),
     )

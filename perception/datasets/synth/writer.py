@@ -3,12 +3,15 @@
 Layout on disk (as nuScenes): DIR/<version>/<table>.json for the 13 tables,
 DIR/samples/<CHANNEL>/<log>__<CHANNEL>__<timestamp>.{pcd.bin,jpg} for keyframes,
 DIR/sweeps/<CHANNEL>/... for the frames in between, DIR/maps/<token>.png.
+DIR/synth_world_<version>.json (`SIDECAR_FORMAT`) records the arguments, the class weights and
+the instances and annotations per class of each split.
 Every token is a 32-hex digest of (seed, table, key); the same seed and arguments give
 byte-identical files whatever the number of worker processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -19,7 +22,7 @@ import time
 from collections import Counter
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,7 @@ from perception.datasets.synth.catalog import (
     DETECTION_CLASSES,
     VISIBILITIES,
 )
+from perception.datasets.synth.class_weights import thin_layout, validate_class_weights
 from perception.datasets.synth.layout import Prisms, SceneLayout, make_layout
 from perception.datasets.synth.lidar import cast
 from perception.datasets.synth.sensors import (
@@ -60,6 +64,8 @@ _LOCATIONS = (
     "singapore-hollandvillage",
 )
 _VEHICLES = {"car", "truck", "bus", "trailer", "construction_vehicle"}
+SIDECAR_FORMAT = 1  # format version of DIR/synth_world_<version>.json
+_THINNING_STREAM = 4  # the random stream of a scene's class-weight draws (see _rng)
 
 
 def make_token(seed: int, table: str, *key: object) -> str:
@@ -69,8 +75,19 @@ def make_token(seed: int, table: str, *key: object) -> str:
 
 
 @dataclass(frozen=True)
+class SplitCounts:
+    """Instances (annotated objects) and annotations per detection class of one split's scenes."""
+
+    scenes: int
+    instances_per_class: Mapping[str, int]
+    annotations_per_class: Mapping[str, int]
+
+
+@dataclass(frozen=True)
 class WorldSummary:
-    """What `generate_world` wrote. Counts are over the whole world; seconds is wall time."""
+    """What `generate_world` wrote. Counts are over the whole world, `splits` per split (devkit
+    names: 'mini_train'/'mini_val' or 'train'/'val'); class_weights: the weights applied to the
+    training scenes (None: the normal mix everywhere); seconds is wall time."""
 
     out_dir: Path
     version: str
@@ -82,6 +99,9 @@ class WorldSummary:
     annotations: int
     annotations_per_class: Mapping[str, int]
     seconds: float
+    splits: Mapping[str, SplitCounts] = field(default_factory=dict)
+    class_weights: Mapping[str, float] | None = None
+    sidecar: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -94,6 +114,8 @@ class _SceneJob:
     samples: int
     image_size: tuple[int, int]
     out_dir: str
+    split: str  # the devkit's split name of this scene
+    class_weights: tuple[tuple[str, float], ...] = ()  # () : the normal mix
 
 
 # ---------------------------------------------------------------------------------------------
@@ -101,6 +123,16 @@ class _SceneJob:
 # ---------------------------------------------------------------------------------------------
 def scene_names(version: str, scenes: int, val_scenes: int | None) -> list[str]:
     """Names of the generated scenes, val scenes first, so the devkit's splits apply."""
+    return [name for name, _ in _scene_splits(version, scenes, val_scenes)]
+
+
+def _split_names(version: str) -> tuple[str, str]:
+    """(train, val) split names of the devkit for `version`."""
+    return ("mini_train", "mini_val") if version == "v1.0-mini" else ("train", "val")
+
+
+def _scene_splits(version: str, scenes: int, val_scenes: int | None) -> list[tuple[str, str]]:
+    """(name, split) of each generated scene, val scenes first."""
     from nuscenes.utils import splits  # the devkit's own split lists
 
     if version not in VERSIONS:
@@ -131,7 +163,7 @@ def scene_names(version: str, scenes: int, val_scenes: int | None) -> list[str]:
             f"{version} has {len(train)} {train_name} scene names; {scenes} scenes with "
             f"{n_val} val scenes need {scenes - n_val}"
         )
-    return val[:n_val] + train[: scenes - n_val]
+    return [(n, val_name) for n in val[:n_val]] + [(n, train_name) for n in train[: scenes - n_val]]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -255,6 +287,8 @@ def _scene_world(job: _SceneJob) -> SceneWorld:
         duration=(last_us - t0_us) / 1e6,
         location=job.location,
     )
+    if job.class_weights:
+        layout = thin_layout(layout, dict(job.class_weights), _rng(job, _THINNING_STREAM))
     rig = make_rig(_rng(job, 3), job.image_size)
     tokens = [make_token(job.seed, "instance", job.name, i) for i in range(len(layout.objects))]
     return SceneWorld(key_us, t0_us, frames, layout, rig, tokens)
@@ -268,10 +302,12 @@ def scene_truth(
     seed: int,
     val_scenes: int | None = None,
     image_size: tuple[int, int] = DEFAULT_IMAGE_SIZE,
+    class_weights: Mapping[str, float] | None = None,
 ) -> dict[str, SceneWorld]:
     """Rebuild, without rendering anything, the simulated truth of every scene (by scene name)
     of the world `generate_world` writes with the same arguments."""
-    jobs = _jobs(version, scenes, samples_per_scene, seed, val_scenes, image_size, "")
+    weights = None if class_weights is None else validate_class_weights(class_weights)
+    jobs = _jobs(version, scenes, samples_per_scene, seed, val_scenes, image_size, "", weights)
     return {job.name: _scene_world(job) for job in jobs}
 
 
@@ -283,8 +319,11 @@ def _jobs(
     val_scenes: int | None,
     image_size: tuple[int, int],
     out_dir: str,
+    class_weights: Mapping[str, float] | None = None,
 ) -> list[_SceneJob]:
-    names = scene_names(version, scenes, val_scenes)
+    """One job per scene; class_weights (validated) apply to the training scenes only."""
+    train_split = _split_names(version)[0]
+    weights = () if class_weights is None else tuple(class_weights.items())
     return [
         _SceneJob(
             seed=seed,
@@ -295,8 +334,10 @@ def _jobs(
             samples=samples_per_scene,
             image_size=(int(image_size[0]), int(image_size[1])),
             out_dir=out_dir,
+            split=split,
+            class_weights=weights if split == train_split else (),
         )
-        for i, name in enumerate(names)
+        for i, (name, split) in enumerate(_scene_splits(version, scenes, val_scenes))
     ]
 
 
@@ -496,7 +537,8 @@ def _generate_scene(job: _SceneJob) -> dict[str, Any]:
     rows["sample_annotation"] = ann_rows
     rows["instance"] = instance_rows
     per_class = Counter(objects.detection[int(obj)] for obj, _ in counts)
-    return {"rows": rows, "per_class": dict(per_class)}
+    instances = Counter(objects.detection[obj] for obj in spans)
+    return {"rows": rows, "per_class": dict(per_class), "instances_per_class": dict(instances)}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -544,6 +586,7 @@ def generate_world(
     workers: int | None = None,
     overwrite: bool = False,
     progress: bool = False,
+    class_weights: Mapping[str, float] | None = None,
 ) -> WorldSummary:
     """Generate a synthetic world in nuScenes format under `out_dir` (see the module docstring).
 
@@ -552,9 +595,13 @@ def generate_world(
     mini with >= 3 scenes else 1; 20% for trainval); image_size: (width, height) in px;
     workers: processes, one scene each (default os.cpu_count()); the output does not depend
     on it. overwrite: replace an existing world of this version in out_dir.
+    class_weights: {detection class: share of its instances the training scenes keep, in
+    [0, 1]} (see `class_weights`; unlisted classes 1); val scenes keep the normal mix. None:
+    the normal mix everywhere (the world is then the same as before the option existed).
     """
     start = time.perf_counter()
     scene_names(version, scenes, val_scenes)  # argument errors first, before touching disk
+    weights = None if class_weights is None else validate_class_weights(class_weights)
     if samples_per_scene < 2:
         raise ValueError(f"samples per scene must be at least 2; got {samples_per_scene}")
     width, height = (int(x) for x in image_size)
@@ -569,13 +616,16 @@ def generate_world(
             raise FileExistsError(f"{root / version} exists; pass overwrite=True to replace it")
         for sub in (version, "samples", "sweeps", "maps"):
             shutil.rmtree(root / sub, ignore_errors=True)
+        (root / f"synth_world_{version}.json").unlink(missing_ok=True)
     for folder in ("samples", "sweeps"):
         for channel in (LIDAR, *CAMERAS):
             (root / folder / channel).mkdir(parents=True, exist_ok=True)
     (root / "maps").mkdir(parents=True, exist_ok=True)
     (root / version).mkdir(parents=True, exist_ok=True)
 
-    jobs = _jobs(version, scenes, samples_per_scene, seed, val_scenes, (width, height), str(root))
+    jobs = _jobs(
+        version, scenes, samples_per_scene, seed, val_scenes, (width, height), str(root), weights
+    )
     bar = tqdm(total=len(jobs), desc="scenes", unit="scene", disable=not progress)
     if workers == 1 or len(jobs) == 1:
         results = []
@@ -608,6 +658,32 @@ def generate_world(
     per_class: Counter[str] = Counter()
     for r in results:
         per_class.update(r["per_class"])
+    splits = {}
+    for split in sorted({job.split for job in jobs}, key=_split_names(version).index):
+        split_results = [r for job, r in zip(jobs, results) if job.split == split]
+        instances, annotations = Counter(), Counter()
+        for r in split_results:
+            instances.update(r["instances_per_class"])
+            annotations.update(r["per_class"])
+        splits[split] = SplitCounts(
+            scenes=len(split_results),
+            instances_per_class={c: instances.get(c, 0) for c in DETECTION_CLASSES},
+            annotations_per_class={c: annotations.get(c, 0) for c in DETECTION_CLASSES},
+        )
+    sidecar = root / f"synth_world_{version}.json"
+    record = {
+        "format_version": SIDECAR_FORMAT,
+        "generator": "perception.datasets.synth.generate_world",
+        "version": version,
+        "seed": seed,
+        "scenes": len(jobs),
+        "samples_per_scene": samples_per_scene,
+        "image_size": [width, height],
+        "class_weights": weights,
+        "class_weights_apply_to": _split_names(version)[0],
+        "splits": {name: dataclasses.asdict(counts) for name, counts in splits.items()},
+    }
+    sidecar.write_text(json.dumps(record, indent=1) + "\n")
     return WorldSummary(
         out_dir=root,
         version=version,
@@ -619,4 +695,7 @@ def generate_world(
         annotations=len(tables["sample_annotation"]),
         annotations_per_class={c: per_class.get(c, 0) for c in DETECTION_CLASSES},
         seconds=time.perf_counter() - start,
+        splits=splits,
+        class_weights=weights,
+        sidecar=sidecar,
     )
