@@ -1,0 +1,296 @@
+"""The object bank (perception.generative.bank) on the tiny generated world: exact round trip,
+points in the box frame, crops inside the images, filters, no train/val leakage, and errors
+that name the file for corrupt or mismatched banks."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+
+from perception.datasets.io import read_image
+from perception.datasets.nuscenes import NuScenesDataset
+from perception.generative.bank import (
+    INDEX_NAME,
+    BankFileError,
+    ObjectBank,
+    extract_objects,
+    read_bank,
+    write_bank,
+)
+
+VERSION = "v1.0-mini"
+TRAIN, VAL = "mini_train", "mini_val"
+
+
+@pytest.fixture(scope="module")
+def world(indexed_world_copy):
+    return indexed_world_copy("bank_world")
+
+
+@pytest.fixture(scope="module")
+def train_bank(world, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bank") / "train"
+    write_bank(world, VERSION, TRAIN, out, progress=False, shard_samples=3)
+    return out
+
+
+def _tables(world, name):
+    return json.loads((world / VERSION / f"{name}.json").read_text())
+
+
+def _assert_same(a, b):
+    """Two BankObjects hold equal fields and arrays (NaN velocities equal NaN)."""
+    for name in ("class_name", "attribute", "ego_distance", "sample_token", "instance_token",
+                 "annotation_token", "scene_name", "split"):  # fmt: skip
+        assert getattr(a, name) == getattr(b, name), name
+    for name in ("size", "velocity", "box_lidar", "points"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y, equal_nan=True), name
+    assert len(a.views) == len(b.views)
+    for u, v in zip(a.views, b.views):
+        for name in ("camera", "crop_box", "image_size", "visible_fraction", "depth", "view_angle"):
+            assert getattr(u, name) == getattr(v, name), name
+        for name in ("crop", "mask", "box2d", "intrinsics", "box_to_camera"):
+            x, y = getattr(u, name), getattr(v, name)
+            assert x.dtype == y.dtype and np.array_equal(x, y), name
+
+
+def test_bank_round_trips_exactly(world, train_bank):
+    dataset = NuScenesDataset(world, VERSION, TRAIN, clip_frames=1, filter_gt=False)
+    instance = {r["token"]: r["instance_token"] for r in _tables(world, "sample_annotation")}
+    expected = [
+        obj
+        for record in dataset.records
+        for obj in extract_objects(dataset.load_raw(record), record, instance, split=TRAIN)
+    ]
+    bank = ObjectBank.open(train_bank, version=VERSION, split=TRAIN, training=True)
+    assert len(bank) == len(expected) > 50
+    assert sum(len(o.views) for o in expected) > 50  # crops are part of the round trip
+    for i, obj in enumerate(expected):
+        _assert_same(bank[i], obj)
+    assert not bank[0].points.flags.writeable  # shared arrays handed out read-only
+    labels = [bank.classes.index(o.class_name) for o in expected]
+    assert list(bank.counts().values()) == np.bincount(labels, minlength=10).tolist()
+
+
+def test_points_lie_in_their_box_and_match_the_annotations_counts(world, train_bank):
+    """Box frame: |x| <= l/2, |y| <= w/2, |z| <= h/2. The keyframe's points (time lag 0)
+    agree with the annotation's num_lidar_pts, which the generator counted in its own frame."""
+    bank = ObjectBank.open(train_bank)
+    annotated = {r["token"]: r["num_lidar_pts"] for r in _tables(world, "sample_annotation")}
+    with_sweeps = exact = 0
+    for obj in bank:
+        w, l, h = obj.size
+        half = np.array([l / 2, w / 2, h / 2]) + 1e-4
+        assert (np.abs(obj.points[:, :3]) <= half).all(), obj.annotation_token
+        lag = obj.points[:, 4]
+        assert (lag >= 0).all() and (lag <= 0.55).all()
+        with_sweeps += bool((lag > 0).any())
+        n_key, n_ann = int((lag == 0).sum()), annotated[obj.annotation_token]
+        # the generator counts in its own float32 frames: points on a face may fall either way
+        assert abs(n_key - n_ann) <= max(6, 0.05 * n_ann), (obj.class_name, n_key, n_ann)
+        exact += n_key == n_ann
+    assert exact > 0.8 * len(bank)
+    assert with_sweeps > len(bank) // 2
+
+
+def test_a_margin_takes_points_around_the_box(world, tmp_path, train_bank):
+    write_bank(world, VERSION, TRAIN, tmp_path / "m", margin=0.3, progress=False)
+    wide, tight = ObjectBank.open(tmp_path / "m"), ObjectBank.open(train_bank)
+    assert (wide.num_points >= tight.num_points).all()
+    assert wide.num_points.sum() > tight.num_points.sum()
+    for obj in wide:
+        w, l, h = obj.size
+        assert (np.abs(obj.points[:, :3]) <= np.array([l / 2, w / 2, h / 2]) + 0.3 + 1e-4).all()
+
+
+def test_crops_lie_inside_their_images(world, train_bank):
+    bank = ObjectBank.open(train_bank)
+    dataset = NuScenesDataset(world, VERSION, TRAIN, clip_frames=1, load_images=False)
+    by_token = {r["token"]: r for r in dataset.records}
+    views = 0
+    for obj in bank:
+        for view in obj.views:
+            views += 1
+            W, H = view.image_size
+            u0, v0, u1, v1 = view.box2d
+            assert 0 <= u0 < u1 <= W and 0 <= v0 < v1 <= H
+            cu0, cv0, cu1, cv1 = view.crop_box
+            assert 0 <= cu0 <= u0 and u1 <= cu1 <= W and 0 <= cv0 <= v0 and v1 <= cv1 <= H
+            assert view.crop.shape == (cv1 - cv0, cu1 - cu0, 3) == (*view.mask.shape, 3)
+            assert 0.0 <= view.visible_fraction <= 1.0 and view.depth > 0
+            assert view.mask.any() or view.visible_fraction == 0.0
+            # the box centre projects into the 2-D box when it is in the image
+            centre = view.intrinsics @ view.box_to_camera[:3, 3]
+            cu, cv = centre[:2] / centre[2]
+            if 0 <= cu < W and 0 <= cv < H:
+                assert u0 - 1e-3 <= cu <= u1 + 1e-3 and v0 - 1e-3 <= cv <= v1 + 1e-3
+            # viewing angle: the camera's azimuth in the box frame
+            camera_in_box = np.linalg.inv(view.box_to_camera.astype(np.float64))[:3, 3]
+            angle = math.atan2(camera_in_box[1], camera_in_box[0])
+            assert math.cos(view.view_angle - angle) == pytest.approx(1.0, abs=1e-5)
+        if obj.views:  # the crop's pixels are the keyframe image's
+            view = obj.views[0]
+            cam = by_token[obj.sample_token]["cameras"][view.camera]
+            image = read_image(world / cam["frames"][0]["path"])
+            cu0, cv0, cu1, cv1 = view.crop_box
+            assert np.array_equal(view.crop, image[cv0:cv1, cu0:cu1])
+    assert views > 50
+
+
+def test_filters_by_class_points_and_visibility(train_bank):
+    bank = ObjectBank.open(train_bank)
+    cars = bank.filter(classes=["car"])
+    assert len(cars) == bank.counts()["car"] > 0
+    assert all(o.class_name == "car" for o in cars)
+    assert set(cars.counts()) == set(bank.classes) and cars.counts()["pedestrian"] == 0
+    dense = bank.filter(min_points=50)
+    assert 0 < len(dense) < len(bank)
+    assert (dense.num_points >= 50).all()
+    assert len(dense) == int((bank.num_points >= 50).sum())
+    seen = bank.filter(min_visibility=0.5)
+    assert 0 < len(seen) < len(bank)
+    for obj in seen:
+        assert obj.views and all(v.visible_fraction >= 0.5 for v in obj.views)
+    both = read_bank(train_bank, classes=["car", "pedestrian"], min_points=10, min_visibility=0.3)
+    assert {o.class_name for o in both} == {"car", "pedestrian"}
+    assert all(o.num_points >= 10 and o.visibility >= 0.3 for o in both)
+    assert len(both.filter(classes=["car"])) == both.counts()["car"]  # filters compose
+
+
+def test_a_requested_class_without_objects_is_an_error_naming_it(train_bank):
+    bank = ObjectBank.open(train_bank)
+    with pytest.raises(ValueError, match=r"no 'bus' objects with >= 1000000 points") as info:
+        bank.filter(classes=["bus"], min_points=1_000_000)
+    assert str(train_bank / INDEX_NAME) in str(info.value)
+    with pytest.raises(ValueError, match="unknown class.*'bicycles'"):
+        bank.filter(classes=["bicycles"])
+
+
+def test_a_train_bank_holds_no_val_sample_or_instance(world, train_bank):
+    scenes = {s["token"]: s["name"] for s in _tables(world, "scene")}
+    from nuscenes.utils.splits import create_splits_scenes
+
+    val_scenes = set(create_splits_scenes()[VAL])
+    samples = _tables(world, "sample")
+    val_samples = {s["token"] for s in samples if scenes[s["scene_token"]] in val_scenes}
+    val_instances = {
+        a["instance_token"] for a in _tables(world, "sample_annotation")
+        if a["sample_token"] in val_samples
+    }  # fmt: skip
+    assert val_samples and val_instances  # the world has a val split to leak from
+    bank = ObjectBank.open(train_bank, training=True)
+    assert bank.split == TRAIN and bank.training
+    assert len(bank) > 0
+    assert not set(bank.sample_tokens) & val_samples
+    assert not set(bank.instance_tokens) & val_instances
+    assert {o.split for o in bank} == {TRAIN}
+
+
+@pytest.mark.parametrize("split", [VAL, "all"])
+def test_the_writer_refuses_an_evaluation_split_for_a_training_bank(world, tmp_path, split):
+    with pytest.raises(ValueError, match=f"split '{split}' holds .*never enter a training bank"):
+        write_bank(world, VERSION, split, tmp_path / "b", progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_an_evaluation_bank_is_marked_and_refused_for_training(world, tmp_path):
+    out = tmp_path / "val"
+    summary = write_bank(world, VERSION, VAL, out, allow_eval_split=True, progress=False)
+    assert not summary.training and summary.objects > 0
+    bank = ObjectBank.open(out)
+    assert bank.split == VAL and not bank.training
+    with pytest.raises(BankFileError, match="an evaluation bank") as info:
+        ObjectBank.open(out, training=True)
+    assert str(out / INDEX_NAME) in str(info.value)
+
+
+def test_an_empty_split_is_an_error_naming_it(world, tmp_path):
+    # train_track (a training split) holds none of the world's three scenes
+    with pytest.raises(ValueError, match=r"split 'train_track' holds no samples"):
+        write_bank(world, VERSION, "train_track", tmp_path / "b", progress=False)
+
+
+def test_an_existing_output_is_kept_unless_overwrite(world, train_bank, tmp_path):
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        write_bank(world, VERSION, TRAIN, train_bank, progress=False)
+    other = tmp_path / "not_a_bank"
+    other.mkdir()
+    (other / "keep.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not an object bank"):
+        write_bank(world, VERSION, TRAIN, other, overwrite=True, progress=False)
+    assert (other / "keep.txt").is_file()
+
+
+def _copy(bank, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(bank, out)
+    return out
+
+
+def _edit_index(path, **changes):
+    index = path / INDEX_NAME
+    payload = json.loads(index.read_text())
+    payload.update(changes)
+    index.write_text(json.dumps(payload))
+
+
+def test_mismatched_banks_are_errors_naming_the_file(train_bank, tmp_path):
+    index = str(train_bank / INDEX_NAME)
+    with pytest.raises(
+        BankFileError, match="dataset version 'v1.0-mini', not 'v1.0-trainval'"
+    ) as e:
+        ObjectBank.open(train_bank, version="v1.0-trainval")
+    assert index in str(e.value)
+    with pytest.raises(BankFileError, match="split 'mini_train', not 'train'") as e:
+        ObjectBank.open(train_bank, split="train")
+    assert index in str(e.value)
+    copy = _copy(train_bank, tmp_path)
+    _edit_index(copy, format_version=99)
+    with pytest.raises(BankFileError, match="format version 99, this code reads 1") as e:
+        ObjectBank.open(copy)
+    assert str(copy / INDEX_NAME) in str(e.value)
+    with pytest.raises(BankFileError, match="no object bank here") as e:
+        ObjectBank.open(tmp_path / "nowhere")
+    assert str(tmp_path / "nowhere" / INDEX_NAME) in str(e.value)
+
+
+def test_corrupt_banks_are_errors_naming_the_file(train_bank, tmp_path):
+    copy = _copy(train_bank, tmp_path)
+    (copy / INDEX_NAME).write_text("{not json")
+    with pytest.raises(BankFileError, match="unreadable bank index") as e:
+        ObjectBank.open(copy)
+    assert str(copy / INDEX_NAME) in str(e.value)
+    shutil.rmtree(copy)
+
+    copy = _copy(train_bank, tmp_path)
+    shard = sorted(copy.glob("objects-*.safetensors"))[1]
+    data = bytearray(shard.read_bytes())
+    data[-10] ^= 0xFF  # same size, one byte of the crops changed
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BankFileError, match="corrupt") as e:
+        ObjectBank.open(copy)
+    assert str(shard) in str(e.value)
+    shard.write_bytes(bytes(data[: len(data) // 2]))
+    with pytest.raises(BankFileError, match="truncated") as e:
+        ObjectBank.open(copy, verify=False)
+    assert str(shard) in str(e.value)
+    shard.unlink()
+    with pytest.raises(BankFileError, match="bank shard is missing") as e:
+        ObjectBank.open(copy)
+    assert str(shard) in str(e.value)
+
+
+def test_a_shard_with_a_damaged_header_is_an_error_naming_it(train_bank, tmp_path):
+    copy = _copy(train_bank, tmp_path)
+    shard = sorted(copy.glob("objects-*.safetensors"))[0]
+    data = bytearray(shard.read_bytes())
+    data[8:20] = b"!" * 12  # the JSON header
+    shard.write_bytes(bytes(data))
+    with pytest.raises(BankFileError, match="unreadable bank shard") as e:
+        ObjectBank.open(copy, verify=False)
+    assert str(shard) in str(e.value)
