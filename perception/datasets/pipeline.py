@@ -35,6 +35,7 @@ from ..config.schema import ExperimentConfig
 from ..structures import CAMERA_NAMES, Sample
 from .collate import collate_samples
 from .nuscenes import NuScenesDataset, Transform
+from .sweeps import sweep_reach_problem
 from .transforms import (
     BoxesRangeFilter,
     DropSensors,
@@ -54,20 +55,67 @@ def image_transform(config: ExperimentConfig, *, train: bool) -> ImageAug:
     return ImageAug(augment.image, train=train, test_resize=None if train else augment.test_resize)
 
 
-def check_image_crops(
-    aug: ImageAug, records: Sequence[dict], cameras: Sequence[str], *, source: str
-) -> None:
-    """Checks, per camera, that `aug`'s crop keeps at least `min_horizon_keep` of the image's
-    rows above the horizon, with each sample's calibration (index records: intrinsics, image
-    size, keyframe `camera_to_lidar`, `lidar_to_ego`).
+def camera_crop_problems(
+    aug: ImageAug,
+    width: int,
+    height: int,
+    intrinsics: np.ndarray,
+    camera_to_ego: np.ndarray,
+    views: Sequence[str],
+    *,
+    where: str,
+) -> tuple[str | None, str | None]:
+    """Checks one camera's `width` x `height` images against `aug`'s crop: it must keep at
+    least `augment.image.min_horizon_keep` of the rows above the horizon (`horizon_row`) in
+    each of `views` (named by `views`, e.g. `sample <token>`), each with its calibration
+    (`intrinsics [V, 3, 3]`, `camera_to_ego [V, 4, 4]`). The dataset (`check_image_crops`) and
+    the real-time node (its CameraInfo and /tf_static mount) both call this.
 
-    Raises ValueError naming the camera and the worst sample when the test crop (train: the
-    middle draw) keeps less; warns when only the largest training resize does.
+    Returns `(error, warning)` texts that start with `where` (None when fine): the error when
+    the test crop (train: the middle draw) keeps less, the warning when only the largest
+    training resize does.
     """
     min_keep = aug.config.min_horizon_keep
     if min_keep <= 0:
-        return
+        return None, None
     mode = "training (middle draw)" if aug.train else "test"
+    rows = horizon_row(np.asarray(intrinsics), np.asarray(camera_to_ego))
+    typical, worst = aug.horizon_keep(width, height, rows)
+    where = f"{where} ({width}x{height}, augment.image.final_size {list(aug.config.final_size)})"
+    error = warning = None
+    low = np.nan_to_num(typical, nan=1.0) < min_keep
+    if low.any():
+        i = int(np.nanargmin(typical))
+        error = (
+            f"{where}: the {mode} crop keeps {typical[i]:.0%} of the {rows[i]:.0f} rows above "
+            f"the horizon in {views[i]} ({int(low.sum())} of {len(views)} below "
+            f"augment.image.min_horizon_keep {min_keep}): the model would see mostly road. "
+            "Resize less or cut more at the bottom (augment.image.scale_lim / test_scale "
+            "relative to the fit, bottom_crop_lim), or set min_horizon_keep: 0"
+        )
+    low = np.nan_to_num(worst, nan=1.0) < min_keep
+    if low.any():
+        i = int(np.nanargmin(worst))
+        warning = (
+            f"{where}: the largest training resize keeps {worst[i]:.0%} of the "
+            f"{rows[i]:.0f} rows above the horizon in {views[i]} ({int(low.sum())} of "
+            f"{len(views)} below augment.image.min_horizon_keep {min_keep})"
+        )
+    return error, warning
+
+
+def check_image_crops(
+    aug: ImageAug, records: Sequence[dict], cameras: Sequence[str], *, source: str
+) -> None:
+    """`camera_crop_problems` per camera and image size, with each sample's calibration
+    (index records: intrinsics, image size, keyframe `camera_to_lidar`, `lidar_to_ego`).
+
+    Raises ValueError naming the camera and the worst sample when the test crop (train: the
+    middle draw) keeps less than `min_horizon_keep`; warns when only the largest training
+    resize does.
+    """
+    if aug.config.min_horizon_keep <= 0:
+        return
     for channel in cameras:
         by_size: dict[tuple[int, int], list[tuple[str, np.ndarray, np.ndarray]]] = {}
         for record in records:
@@ -79,37 +127,41 @@ def check_image_crops(
             lidar_to_ego = np.asarray(record["lidar"]["lidar_to_ego"]).reshape(4, 4)
             size = (int(cam["size"][0]), int(cam["size"][1]))
             by_size.setdefault(size, []).append(
-                (record["token"], k, lidar_to_ego @ camera_to_lidar)
+                (f"sample {record['token']}", k, lidar_to_ego @ camera_to_lidar)
             )
         for (width, height), views in by_size.items():
-            tokens = [token for token, _, _ in views]
-            rows = horizon_row(np.stack([v[1] for v in views]), np.stack([v[2] for v in views]))
-            typical, worst = aug.horizon_keep(width, height, rows)
-            where = (
-                f"{source}: {channel} ({width}x{height}, augment.image.final_size "
-                f"{list(aug.config.final_size)})"
+            error, warning = camera_crop_problems(
+                aug,
+                width,
+                height,
+                np.stack([v[1] for v in views]),
+                np.stack([v[2] for v in views]),
+                [v[0] for v in views],
+                where=f"{source}: {channel}",
             )
-            low = np.nan_to_num(typical, nan=1.0) < min_keep
-            if low.any():
-                i = int(np.nanargmin(typical))
-                raise ValueError(
-                    f"{where}: the {mode} crop keeps {typical[i]:.0%} of the {rows[i]:.0f} "
-                    f"rows above the horizon in sample {tokens[i]} ({int(low.sum())} of "
-                    f"{len(tokens)} samples below augment.image.min_horizon_keep {min_keep}): "
-                    "the model would see mostly road. Resize less or cut more at the bottom "
-                    "(augment.image.scale_lim / test_scale relative to the fit, "
-                    "bottom_crop_lim), or set min_horizon_keep: 0"
-                )
-            low = np.nan_to_num(worst, nan=1.0) < min_keep
-            if low.any():
-                i = int(np.nanargmin(worst))
-                warnings.warn(
-                    f"{where}: the largest training resize keeps {worst[i]:.0%} of the "
-                    f"{rows[i]:.0f} rows above the horizon in sample {tokens[i]} "
-                    f"({int(low.sum())} of {len(tokens)} samples below "
-                    f"augment.image.min_horizon_keep {min_keep})",
-                    stacklevel=2,
-                )
+            if error:
+                raise ValueError(error)
+            if warning:
+                warnings.warn(warning, stacklevel=2)
+
+
+def lidar_period(records: Sequence[dict]) -> float | None:
+    """The median time between consecutive LiDAR sweeps of index records (their `sweeps`
+    lags); None when no record has an earlier sweep."""
+    steps = [np.diff([0.0, *(s["time_lag"] for s in record["sweeps"])]) for record in records]
+    steps = [x for x in steps if len(x)]
+    return float(np.median(np.concatenate(steps))) if steps else None
+
+
+def check_sweep_reach(dataset: NuScenesDataset) -> None:
+    """Warns when `data.sweeps` and `data.sweep_stride` reach further back than
+    `data.max_sweep_age` at the recording's LiDAR rate (`sweep_reach_problem`)."""
+    period = lidar_period(dataset.records)
+    problem = sweep_reach_problem(
+        dataset.sweeps, dataset.sweep_stride, period or 0.0, dataset.max_sweep_age
+    )
+    if problem:
+        warnings.warn(f"{dataset.root} ({dataset.split}): {problem}", stacklevel=3)
 
 
 def build_transforms(config: ExperimentConfig, *, train: bool) -> list[Transform]:
@@ -168,6 +220,7 @@ def build_dataset(
         transforms=transforms,
         seed=config.seed,
     )
+    check_sweep_reach(dataset)
     if dataset.load_images:  # each camera's calibration against the crop, once per dataset
         image_aug = next(t for t in transforms if isinstance(t, ImageAug))
         check_image_crops(

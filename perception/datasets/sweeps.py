@@ -69,3 +69,24 @@ def merge_sweeps(
         lag_column = np.full((len(pts), 1), lag, np.float32)
         parts.append(np.concatenate([xyz.astype(np.float32), pts[:, 3:4], lag_column], 1))
     return np.concatenate(parts, 0), skipped
+
+
+def sweep_reach_problem(
+    sweeps: int, stride: int, period_s: float, max_age_s: float | None
+) -> str | None:
+    """What is wrong when `sweeps` sweeps, every `stride`-th, of a LiDAR turning every
+    `period_s` seconds reach further back than `max_age_s`: the older ones would be skipped at
+    every keyframe, not only across a gap. None when they all fit (or no limit)."""
+    if max_age_s is None or sweeps < 2 or not period_s > 0:
+        return None
+    lags = period_s * stride * np.arange(1, sweeps)  # nominal lag of each merged sweep
+    beyond = int((lags > max_age_s + 1e-6).sum())  # a lag at the limit is merged
+    if not beyond:
+        return None
+    return (
+        f"data.sweeps={sweeps} with data.sweep_stride={stride} reach {lags[-1]:.2f} s back "
+        f"at a LiDAR period of {period_s * 1e3:.0f} ms, beyond data.max_sweep_age={max_age_s} "
+        f"s: {beyond} of the {sweeps - 1} earlier sweeps are never merged. Raise "
+        f"data.max_sweep_age to {lags[-1] + 2 * period_s:.2f} (the reach plus two periods of "
+        "slack), or lower data.sweep_stride or data.sweeps"
+    )

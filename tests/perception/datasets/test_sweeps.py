@@ -9,7 +9,12 @@ import pytest
 
 from perception.datasets.index import build_index
 from perception.datasets.nuscenes import NuScenesDataset
-from perception.datasets.sweeps import fresh_clip_length, merge_sweeps, within_age
+from perception.datasets.sweeps import (
+    fresh_clip_length,
+    merge_sweeps,
+    sweep_reach_problem,
+    within_age,
+)
 
 VERSION = "v1.0-mini"
 GAP_US = 3_000_000
@@ -112,3 +117,41 @@ def test_settings_that_do_not_reach_back_to_the_gap_skip_nothing(gap_world, recw
     ds = NuScenesDataset(root, VERSION, "all", sweeps=3, clip_frames=2, load_images=False)
     assert ds.stale_sweeps == 0 and ds.stale_clip_frames == 0
     assert not [w for w in recwarn if "max_sweep_age" in str(w.message)]
+
+
+@pytest.mark.parametrize(
+    "sweeps,stride,age,beyond",
+    [(10, 1, 0.55, 0), (10, 4, 0.55, 7), (3, 4, 0.55, 0), (10, 4, None, 0), (1, 9, 0.01, 0),
+     (4, 3, 0.3, 1), (4, 3, 0.29, 2)],
+)  # fmt: skip
+def test_sweep_reach_problem_names_both_keys(sweeps, stride, age, beyond):
+    problem = sweep_reach_problem(sweeps, stride, 0.05, age)
+    if not beyond:
+        assert problem is None
+        return
+    assert f"data.sweeps={sweeps} with data.sweep_stride={stride}" in problem
+    assert f"data.max_sweep_age={age} s: {beyond} of the {sweeps - 1} earlier" in problem
+
+
+def test_building_a_dataset_warns_when_the_stride_reaches_past_the_age(gap_world, recwarn):
+    """#28 (d): stride 3 with 4 sweeps reaches 0.45 s back at the world's 20 Hz; with
+    data.max_sweep_age 0.35 the oldest merged sweep is skipped at every keyframe, not only
+    at the gap: `build_dataset` says so, naming both keys and the rate it measured."""
+    from perception.config import load_config
+    from perception.datasets.pipeline import build_dataset, lidar_period
+
+    root, _ = gap_world
+    base = ["data.train_split=all", "data.val_split=all", "data.load_images=false"]
+    settings = ["data.sweeps=4", "data.sweep_stride=3"]
+    config = load_config("configs/bevfusion_tiny.yaml", [*base, *settings])
+    build_dataset(config, train=False, root=root)  # 0.55 s: only the gap's sweeps
+    assert not [w for w in recwarn if "data.sweep_stride=3" in str(w.message)]
+    config = load_config(
+        "configs/bevfusion_tiny.yaml", [*base, *settings, "data.max_sweep_age=0.35"]
+    )
+    with pytest.warns(UserWarning) as warned:
+        dataset = build_dataset(config, train=False, root=root)
+    reach = [str(w.message) for w in warned if "data.sweep_stride=3" in str(w.message)]
+    assert len(reach) == 1 and "of 50 ms" in reach[0] and "1 of the 3 earlier" in reach[0]
+    assert lidar_period(dataset.records) == pytest.approx(0.05, abs=1e-3)  # jittered stamps
+    assert dataset.stale_sweeps >= len(dataset)  # one a keyframe at least
