@@ -26,9 +26,14 @@ cloud waits for its next image at most `camera_wait_s` (sensor time, or wall tim
 stamp. Dead cameras are never waited for; a newer cloud ends the wait.
 
 Streaming state (`deploy/state.py`): the TF buffer, `data.sweeps - 1` earlier clouds (every
-`data.sweep_stride`-th) merged into each new one with ego motion from TF (the dataset's rule),
-each camera's recent frames (decoded and pre-processed at arrival), and the camera encoder's TSM
-caches (`deploy/pipeline.py`). All of it resets on a jump back in time (counted in `resets`;
+`data.sweep_stride`-th) merged into each new one with ego motion from TF, each camera's recent
+frames (decoded and pre-processed at arrival), and the camera encoder's TSM caches
+(`deploy/pipeline.py`). Sweeps and clips follow the dataset's rules
+(`perception.datasets.sweeps`): earlier sweeps older than `data.max_sweep_age` are not merged
+and a clip stops at a frame older than `data.max_clip_frame_age` before the cloud (padded),
+both counted (`stale_sweeps`, `stale_clip_frames`); each camera's CameraInfo and mount are
+checked once against the image crop as the dataset checks them (`crop_below_horizon`, a
+warning). All of it resets on a jump back in time (counted in `resets`;
 `StampTracker`: one stamp series steps back by more than `time_jump_s`, or `time_jump_series`
 series are behind their last stamps at once, e.g. a bag replay restarted or looping) or a
 message on `/perception/reset`.
@@ -70,6 +75,8 @@ import torch
 from torch import nn
 
 from perception.config.schema import ExperimentConfig
+from perception.datasets.pipeline import camera_crop_problems
+from perception.datasets.sweeps import sweep_reach_problem
 from perception.structures import Detections
 
 from .bag import (
@@ -123,7 +130,7 @@ from .state import (
     Sweep,
     SweepAccumulator,
     TfBuffer,
-    merge_sweeps,
+    merge_earlier,
 )
 from .transport import LOSS_COUNTERS
 from .validation import InvalidMessage, StampTracker, check_frame
@@ -211,6 +218,9 @@ class NodeStats:
     camera_errors: Counter = field(default_factory=Counter)  # per camera: masked by a failure
     tsm_gaps: int = 0
     backbone_passes: int = 0
+    stale_sweeps: int = 0  # earlier sweeps not merged: older than data.max_sweep_age
+    stale_clip_frames: int = 0  # clip frames older than data.max_clip_frame_age (padded)
+    crop_below_horizon: Counter = field(default_factory=Counter)  # per camera, once each
     latency_ms: dict[str, deque] = field(default_factory=dict)
     # the transport's loss counters (`DdsTransport.stats`), read at each summary
     transport: Callable[[], dict[str, int]] | None = field(default=None, repr=False)
@@ -246,6 +256,9 @@ class NodeStats:
                 "camera_errors": dict(self.camera_errors),
                 "tsm_gaps": self.tsm_gaps,
                 "backbone_passes": self.backbone_passes,
+                "stale_sweeps": self.stale_sweeps,
+                "stale_clip_frames": self.stale_clip_frames,
+                "crop_below_horizon": dict(self.crop_below_horizon),
             }
         out["latency_ms"] = self.percentiles()
         if self.transport is not None:
@@ -288,6 +301,8 @@ class Job:
     lidar_bev: torch.Tensor | None = None
     detections: Detections | None = None
     tsm_gaps: int = 0
+    stale_sweeps: int = 0  # set by the pre-process stage
+    stale_clip_frames: int = 0
 
     @property
     def receive_ns(self) -> int:
@@ -398,9 +413,13 @@ class PerceptionNode:
 
         # streaming state (receive thread)
         self.tf = TfBuffer(map_frame=MAP_FRAME, base_frame=BASE_FRAME)
-        self.sweeps = SweepAccumulator(config.data.sweeps, stride=config.data.sweep_stride)
+        self.sweeps = SweepAccumulator(
+            config.data.sweeps, max_age_s=config.data.max_sweep_age, stride=config.data.sweep_stride
+        )
         self.histories = {c: CameraHistory(config.data.clip_frames + 2) for c in self.cameras}
         self.calibrations: dict[str, CameraCalibration] = {}
+        self._crop_checked: dict[str, bytes] = {}  # per camera: the calibration last checked
+        self._stale_sweep_clouds = 0  # clouds that merged fewer sweeps for their age
         self.stamps = StampTracker(
             time_jump_ns=int(options.time_jump_s * 1e9), jump_series=options.time_jump_series
         )
@@ -760,6 +779,7 @@ class PerceptionNode:
         time_lag = np.zeros((n, T), np.float32)
         image_aug = np.tile(np.eye(4, dtype=np.float32), (n, 1, 1))
         clips: list = [None] * n
+        stale_frames = 0
         for c, name in enumerate(self.cameras):
             calib = self.calibrations.get(name)
             frame_id = self.camera_frames[name]
@@ -769,13 +789,20 @@ class PerceptionNode:
             if frame_id in self.tf.static:
                 mount = lidar_from_ego @ self.tf.sensor_to_ego(frame_id)  # static extrinsics
                 camera_to_lidar[c, :] = mount  # kept if the camera is masked
+                if calib is not None:
+                    self._check_crop(name, calib, self.tf.sensor_to_ego(frame_id))
             history = self.histories[name]
             frame = history.nearest(p.stamp_ns, max_delay) if calib is not None else None
             if frame is None or frame_id not in self.tf.static:
                 continue
             # the dataset's clip; stream mode puts only its last frame in the batch (and uses
             # the earlier ones if its TSM cache must be rebuilt)
-            clip = history.clip(frame, self.config.data.clip_frames)
+            clip, stale = history.clip(
+                frame,
+                self.config.data.clip_frames,
+                reference_ns=p.stamp_ns,
+                max_age_s=self.config.data.max_clip_frame_age,
+            )
             try:
                 extrinsics = [
                     map_to_lidar @ self.tf.sensor_to_map(frame_id, f.stamp_ns)
@@ -789,6 +816,7 @@ class PerceptionNode:
                 camera_to_lidar[c, j] = extrinsic
                 time_lag[c, j] = (p.stamp_ns - f.stamp_ns) * 1e-9
             clips[c] = clip
+            stale_frames += stale
         geometry = {
             "intrinsics": intrinsics,
             "camera_to_lidar": camera_to_lidar,
@@ -797,7 +825,35 @@ class PerceptionNode:
             "lidar_to_ego": self.tf.sensor_to_ego(p.frame_id),
             "ego_to_global": self.tf.ego_pose(p.stamp_ns),
         }
-        return Job(p.stamp_ns, p.frame_id, p, geometry, clips, self.generation)
+        job = Job(p.stamp_ns, p.frame_id, p, geometry, clips, self.generation)
+        job.stale_clip_frames = stale_frames
+        return job
+
+    def _check_crop(self, camera: str, calib: CameraCalibration, camera_to_ego: np.ndarray) -> None:
+        """The dataset's horizon check (`camera_crop_problems`) on a camera's CameraInfo and
+        static mount, once per calibration; a crop that keeps too little above the horizon is
+        logged once per camera and counted in `crop_below_horizon` (the node runs on)."""
+        key = b"".join(
+            (np.asarray(calib.size).tobytes(), calib.intrinsics.tobytes(), camera_to_ego.tobytes())
+        )
+        if self.stats.crop_below_horizon.get(camera) or self._crop_checked.get(camera) == key:
+            return
+        self._crop_checked[camera] = key
+        aug = self.preprocess.aug
+        error, warning = camera_crop_problems(
+            aug,
+            calib.width,
+            calib.height,
+            np.asarray(calib.intrinsics, np.float64)[None],
+            np.asarray(camera_to_ego, np.float64)[None],
+            [f"its CameraInfo and {TF_STATIC_TOPIC} mount ({calib.frame_id})"],
+            where=f"node: {camera}",
+        )
+        problem = error or warning
+        if problem:
+            with self.stats.lock:
+                self.stats.crop_below_horizon[camera] += 1
+            log.warning("%s", problem)
 
     # -- model stages --------------------------------------------------------------------
 
@@ -867,7 +923,12 @@ class PerceptionNode:
 
     def _preprocess(self, job: Job) -> None:
         p = job.pending
-        points = merge_sweeps(p.sweep, p.earlier, self.sweeps.max_age_ns)
+        points, job.stale_sweeps = merge_earlier(p.sweep, p.earlier, self.sweeps.max_age_s)
+        with self.stats.lock:
+            self.stats.stale_sweeps += job.stale_sweeps
+            self.stats.stale_clip_frames += job.stale_clip_frames
+        if job.stale_sweeps:
+            self._stale_sweeps_found(p, job.stale_sweeps)
         points = points_in_range(points, self.config.data.point_range)
         n, T = len(self.cameras), self.clip_frames
         W, H = self.preprocess.size
@@ -894,6 +955,26 @@ class PerceptionNode:
             **job.geometry,
         )
         job.masked = tuple(name for name, m in zip(self.cameras, mask) if not m)
+
+    def _stale_sweeps_found(self, p: _Pending, skipped: int) -> None:
+        """Logs (rate-limited) that a cloud merged fewer sweeps than `data.sweeps`, naming
+        the settings when they, not a gap in the stream, are the cause."""
+        data = self.config.data
+        stamps = [old.stamp_ns for old in p.earlier] + [p.stamp_ns]
+        period = float(np.median(np.diff(stamps))) * 1e-9 / self.sweeps.stride
+        cause = sweep_reach_problem(data.sweeps, data.sweep_stride, period, data.max_sweep_age)
+        self._stale_sweep_clouds += 1  # the pre-process stage's own count
+        n = self._stale_sweep_clouds
+        if n <= 10 or n % 100 == 0:
+            log.warning(
+                "cloud %d: %d earlier sweep(s) older than data.max_sweep_age=%s s not merged "
+                "(%d clouds so far): %s",
+                p.stamp_ns,
+                skipped,
+                data.max_sweep_age,
+                n,
+                cause or "a gap in the LiDAR stream",
+            )
 
     def _run_preprocess(self, job: Job) -> None:
         self._timed(job, "preprocess", self._preprocess, job)
@@ -993,6 +1074,8 @@ class PerceptionNode:
             "points": int(len(job.batch.points)),
             "masked_cameras": ",".join(job.masked),
             "tsm_gaps": job.tsm_gaps,
+            "stale_sweeps": job.stale_sweeps,
+            "stale_clip_frames": job.stale_clip_frames,
             **{f"{k}_ms": round(v, 3) for k, v in job.times_ms.items()},
         }
         text = "degraded: cameras masked " + ",".join(job.masked) if job.degraded else "ok"
@@ -1012,11 +1095,16 @@ class PerceptionNode:
             "clouds_received": summary["received"].get(self.lidar_topic, 0),
             "nonfinite_points": summary["nonfinite_points"],
             "tsm_gaps": summary["tsm_gaps"],
+            "stale_sweeps": summary["stale_sweeps"],
+            "stale_clip_frames": summary["stale_clip_frames"],
         }
         values.update({f"dropped/{k}": v for k, v in summary["dropped"].items()})
         values.update({f"rejected/{k}": v for k, v in summary["rejected"].items()})
         values.update({f"resets/{k}": v for k, v in summary["resets"].items()})
         values.update({f"camera_errors/{k}": v for k, v in summary["camera_errors"].items()})
+        values.update(
+            {f"crop_below_horizon/{k}": v for k, v in summary["crop_below_horizon"].items()}
+        )
         for stage, p in summary["latency_ms"].items():
             values[f"latency/{stage}/p50_ms"] = round(p["p50"], 2)
             values[f"latency/{stage}/p99_ms"] = round(p["p99"], 2)
@@ -1025,6 +1113,7 @@ class PerceptionNode:
             or summary["rejected"]
             or summary["degraded"]
             or summary["camera_errors"]
+            or summary["crop_below_horizon"]
         )
         transport = summary.get("transport", {})
         values.update({f"transport/{k}": v for k, v in transport.items()})

@@ -13,8 +13,10 @@ Camera temporal modes:
   uses the camera frame after the previous one (the node keeps up), a frame costs one backbone
   pass, and a cloud that picks the same frame again reuses its features. The cache then holds
   every frame since the cache was (re)built, a longer history than the offline clip of T. When
-  frames were skipped (a slow model), the cache is rebuilt over the T - 1 frames before the
-  chosen one, which gives exactly the offline clip's features (`camera_stream`).
+  frames were skipped (a slow model), or the frame before the chosen one is older than
+  `data.max_clip_frame_age` (a gap in the camera stream: the clip is cut there, as the dataset
+  cuts it), the cache is rebuilt over the clip's frames before the chosen one, which gives
+  exactly the offline clip's features (`camera_stream`).
 """
 
 from __future__ import annotations
@@ -173,9 +175,10 @@ class ModelStages:
         """Camera BEV `[1, C, X, Y]` with per-camera TSM caches.
 
         A camera's cache moves on by one pass when its chosen frame is the frame after the one
-        it last encoded, and is reused when it is the same frame. Otherwise (first use, or
-        frames skipped under load) the cache no longer holds the previous camera frame: it is
-        rebuilt from a fresh state over the clip's earlier frames (at most T - 1 passes), so the
+        it last encoded (and the clip holds that frame: it was not cut for its age), and is
+        reused when it is the same frame. Otherwise (first use, frames skipped under load, or
+        a gap in the camera stream) the cache no longer holds the right history: it is rebuilt
+        from a fresh state over the clip's earlier frames (at most T - 1 passes), so the
         features equal the offline clip's, and the rebuild is counted in `state.gaps`.
 
         Failures are per camera: a camera whose cache cannot be rebuilt is masked for this
@@ -215,7 +218,10 @@ class ModelStages:
                 if clip is None or state.seqs[c] == clip[-1].seq:
                     continue
                 chosen = clip[-1]
-                if state.seqs[c] is None or chosen.seq != state.seqs[c] + 1:
+                follows = state.seqs[c] is not None and chosen.seq == state.seqs[c] + 1
+                if len(clip) > 1 and clip[-2].seq != chosen.seq - 1:
+                    follows = False  # the previous frame was cut from the clip for its age
+                if not follows:
                     earlier = {f.seq: f for f in clip[:-1] if f.seq < chosen.seq}
                     if state.seqs[c] is not None or earlier:
                         state.gaps += 1

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .convert import StampedTransform, matrix_to_quaternion, quaternion_to_matrix
+from perception.datasets.sweeps import (
+    DEFAULT_MAX_SWEEP_AGE_S,
+    fresh_clip_length,
+    merge_sweeps,
+)
 
-# Earlier sweeps' points this close to the sensor hit the ego vehicle (the dataset's rule).
-EGO_RADIUS_M = 1.0
+from .convert import StampedTransform, matrix_to_quaternion, quaternion_to_matrix
 
 
 class MissingTransform(LookupError):
@@ -124,29 +127,29 @@ class Sweep:
     sensor_to_map: np.ndarray  # [4, 4] float64
 
 
-def merge_sweeps(sweep: Sweep, earlier: tuple[Sweep, ...], max_age_ns: int) -> np.ndarray:
-    """`[N, 5]` float32 (x, y, z, intensity, time_lag) in `sweep`'s frame: its points with lag
-    0, then each of `earlier` (oldest first; merged newest first, as the dataset does) without
-    points within `EGO_RADIUS_M` of the sensor, moved with the ego motion between the stamps."""
-    key = sweep.points
-    parts = [np.concatenate([key[:, :4], np.zeros((len(key), 1), np.float32)], 1)]
+def merge_earlier(
+    sweep: Sweep, earlier: tuple[Sweep, ...], max_age_s: float | None
+) -> tuple[np.ndarray, int]:
+    """The dataset's `merge_sweeps` on the node's sweeps: `[N, 5]` float32 (x, y, z,
+    intensity, time_lag) in `sweep`'s frame (its points with lag 0, then each of `earlier`,
+    oldest first, merged newest first, moved with the ego motion between the stamps), and how
+    many of `earlier` were skipped as older than `max_age_s` seconds (`data.max_sweep_age`)."""
     map_to_key = np.linalg.inv(sweep.sensor_to_map)
-    for old in reversed(earlier):  # newest first
-        lag_ns = sweep.stamp_ns - old.stamp_ns
-        if lag_ns <= 0 or lag_ns > max_age_ns:
-            continue
-        pts = old.points[np.linalg.norm(old.points[:, :2], axis=1) > EGO_RADIUS_M]
-        m = map_to_key @ old.sensor_to_map  # old sensor -> new sensor
-        xyz = pts[:, :3].astype(np.float64) @ m[:3, :3].T + m[:3, 3]
-        lag = np.full((len(pts), 1), lag_ns * 1e-9, np.float32)
-        parts.append(np.concatenate([xyz.astype(np.float32), pts[:, 3:4], lag], 1))
-    return np.concatenate(parts, 0)
+    return merge_sweeps(
+        sweep.points,
+        [
+            (old.points, map_to_key @ old.sensor_to_map, (sweep.stamp_ns - old.stamp_ns) * 1e-9)
+            for old in reversed(earlier)  # newest first
+        ],
+        max_age_s,
+    )
 
 
 @dataclass
 class SweepAccumulator:
     """`sweeps - 1` earlier accepted clouds (every `stride`-th, counting back from the newest),
-    merged into each new one as the dataset does (`NuScenesDataset._points`, see `merge_sweeps`).
+    merged into each new one as the dataset does (`NuScenesDataset._points`, `merge_earlier`):
+    those older than `max_age_s` seconds (`data.max_sweep_age`; None: no limit) are skipped.
 
     Every valid cloud enters the history, processed by the model or not, so dropping frames
     under load does not change which sweeps later clouds merge. `add` is cheap (the receive
@@ -154,7 +157,7 @@ class SweepAccumulator:
     """
 
     sweeps: int
-    max_age_ns: int = 1_000_000_000
+    max_age_s: float | None = DEFAULT_MAX_SWEEP_AGE_S
     stride: int = 1
     history: deque = field(init=False)
 
@@ -173,9 +176,9 @@ class SweepAccumulator:
         self.history.append(sweep)
         return tuple(newest_first[self.stride - 1 :: self.stride][::-1])
 
-    def merge(self, sweep: Sweep) -> np.ndarray:
-        """`add`, then `merge_sweeps`."""
-        return merge_sweeps(sweep, self.add(sweep), self.max_age_ns)
+    def merge(self, sweep: Sweep) -> tuple[np.ndarray, int]:
+        """`add`, then `merge_earlier`: the merged points and how many sweeps were skipped."""
+        return merge_earlier(sweep, self.add(sweep), self.max_age_s)
 
     def reset(self) -> None:
         self.history.clear()
@@ -225,11 +228,26 @@ class CameraHistory:
             return None
         return best
 
-    def clip(self, frame: CameraFrame, length: int) -> list[CameraFrame]:
-        """`frame` and the `length - 1` frames before it, oldest first; padded at the start by
-        repeating the oldest available (the dataset's rule at a scene's start)."""
+    def clip(
+        self,
+        frame: CameraFrame,
+        length: int,
+        *,
+        reference_ns: int | None = None,
+        max_age_s: float | None = None,
+    ) -> tuple[list[CameraFrame], int]:
+        """`frame` and the `length - 1` frames before it, oldest first, cut as the dataset
+        cuts a clip (`fresh_clip_length`): at the first earlier frame more than `max_age_s`
+        seconds (`data.max_clip_frame_age`; None: no limit) before `reference_ns` (the cloud's
+        stamp; default `frame`'s). Padded at the start by repeating the oldest frame kept
+        (the dataset's rule at a scene's start or a gap). Returns the clip and how many
+        available frames were left out for their age."""
         before = [f for f in self.frames if f.seq <= frame.seq][-length:]
-        return [before[0]] * (length - len(before)) + before
+        reference = frame.stamp_ns if reference_ns is None else reference_ns
+        lags = [(reference - f.stamp_ns) * 1e-9 for f in reversed(before)]  # newest first
+        kept = fresh_clip_length(lags, max_age_s)
+        fresh = before[len(before) - kept :]
+        return [fresh[0]] * (length - len(fresh)) + fresh, len(before) - kept
 
     def reset(self) -> None:
         self.frames.clear()

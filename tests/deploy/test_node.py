@@ -563,3 +563,79 @@ def test_static_camera_extrinsics_keep_the_pooling_plan_cached(model, config, me
         counts[motion] = cache.hits - hits
         assert node.stats.processed == 14
     assert counts[False] > counts[True]
+
+
+def test_sweeps_and_clip_frames_older_than_the_config_ages_are_left_out_and_counted(
+    model, tiny_world, messages, caplog
+):
+    """#28 (a): the node applies the dataset's age rules from the config: an earlier sweep more
+    than `data.max_sweep_age` before the cloud is not merged, a clip stops at a frame more than
+    `data.max_clip_frame_age` before the cloud and is padded; both are counted in the stats,
+    the per-cloud status and /perception/diagnostics, and the log names the keys at fault."""
+    # 20 Hz clouds: with 3 sweeps the older earlier one is 0.1 s back; 12 Hz cameras: the
+    # frame before the chosen one is at least 0.04 s before the cloud
+    config = parse_config(node_raw(tiny_world, max_sweep_age=0.06, max_clip_frame_age=0.04))
+    jobs = []
+    node = _node(model, config, process=None, temporal="clip")
+    node.on_result = jobs.append
+    status = node.transport.subscribe(STATUS_TOPIC, DIAGNOSTIC_ARRAY, depth=50)
+    diagnostics = node.transport.subscribe(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY)
+    head, _ = _until_cloud(messages, 6)
+    with caplog.at_level("WARNING", logger="perception.deploy.node"):
+        _step(node, head)
+    assert len(jobs) == 6
+    assert [j.stale_sweeps for j in jobs] == [0, 0, 1, 1, 1, 1]
+    for job in jobs:
+        assert 0 <= float(job.batch.points[:, 5].max()) <= 0.06
+        lags = job.batch.camera_time_lag[0][job.batch.camera_mask[0]]  # [cameras, T]
+        assert torch.equal(lags[:, 0], lags[:, 1])  # padded with the chosen frame
+    assert sum(j.stale_clip_frames for j in jobs) > 0
+    assert node.stats.stale_sweeps == 4
+    assert node.stats.stale_clip_frames == sum(j.stale_clip_frames for j in jobs)
+    assert "data.sweeps=3 with data.sweep_stride=1 reach 0.10 s back" in caplog.text
+    node.publish_diagnostics()
+    values = diagnostic_values(deserialize(diagnostics.take()[-1].cdr, DIAGNOSTIC_ARRAY))
+    assert values["stale_sweeps"] == "4"
+    assert values["stale_clip_frames"] == str(node.stats.stale_clip_frames)
+    per_cloud = [diagnostic_values(deserialize(r.cdr, DIAGNOSTIC_ARRAY)) for r in status.take()]
+    assert [v["stale_sweeps"] for v in per_cloud] == ["0", "0", "1", "1", "1", "1"]
+
+    # the defaults (0.55 s) leave this stretch of the bag alone
+    node = _node(model, config.model_copy(update={"data": parse_config(node_raw(tiny_world)).data}))
+    _step(node, head)
+    assert node.stats.stale_sweeps == 0 and node.stats.stale_clip_frames == 0
+
+
+def test_a_crop_below_the_horizon_is_warned_once_per_camera(
+    model, tiny_world, indexed_world_copy, messages, caplog
+):
+    """#28 (b): the dataset's horizon check runs on each camera's CameraInfo and static mount:
+    a test crop that keeps (almost) nothing above the horizon is logged once per camera, with
+    the camera's name, and counted in /perception/diagnostics; the node runs on. The dataset
+    refuses the same config for the same cameras."""
+    from perception.datasets.pipeline import build_dataset
+
+    # 4x the fit: the crop is the bottom quarter of each image, below the horizon
+    raw = node_raw(tiny_world)
+    raw["augment"] = {"image": {**raw["augment"]["image"], "test_scale": 4.0}}
+    config = parse_config(raw)
+    indexed = indexed_world_copy("node_horizon", max_sweeps=3, max_clip_frames=2)
+    with pytest.raises(ValueError, match="CAM_FRONT .320x180.*rows above the horizon"):
+        build_dataset(config, "mini_val", train=False, root=indexed)
+    node = _node(model, config, process=None)
+    diagnostics = node.transport.subscribe(DIAGNOSTICS_TOPIC, DIAGNOSTIC_ARRAY)
+    head, _ = _until_cloud(messages, 4)
+    with caplog.at_level("WARNING", logger="perception.deploy.node"):
+        _step(node, head)
+    assert node.stats.processed == 4
+    assert node.stats.crop_below_horizon == {c: 1 for c in config.data.cameras}
+    warned = [r.getMessage() for r in caplog.records if "above the horizon" in r.getMessage()]
+    assert len(warned) == len(config.data.cameras)
+    assert any(m.startswith("node: CAM_FRONT (320x180") for m in warned)
+    node.publish_diagnostics()
+    values = diagnostic_values(deserialize(diagnostics.take()[-1].cdr, DIAGNOSTIC_ARRAY))
+    assert values["crop_below_horizon/CAM_FRONT"] == "1"
+
+    fine = _node(model, parse_config(node_raw(tiny_world)), process=None)
+    _step(fine, head)
+    assert fine.stats.crop_below_horizon == {} and fine.stats.processed == 4

@@ -19,6 +19,7 @@ from perception.deploy.state import (
     Sweep,
     SweepAccumulator,
     TfBuffer,
+    merge_earlier,
 )
 from perception.models.builder import build_model
 from tests.perception.models.test_detector import MICRO
@@ -56,18 +57,50 @@ def test_sweeps_merge_into_the_newest_frame_with_time_lag():
     second = np.array([[7.0, 1, 0, 3]], np.float32)
     acc.merge(Sweep(50_000_000, second, _pose(1.0)))
     third = np.array([[2.0, 0, 0, 4]], np.float32)
-    merged = acc.merge(Sweep(100_000_000, third, _pose(3.0)))
+    merged, skipped = acc.merge(Sweep(100_000_000, third, _pose(3.0)))
     expected = [
         [2.0, 0, 0, 4, 0.0],  # the new cloud, lag 0
         [5.0, 1, 0, 3, 0.05],  # newest earlier sweep, moved back by 2 m
         [2.0, 0, 0, 1, 0.1],  # oldest, moved back by 3 m; its ego point removed
     ]
     np.testing.assert_allclose(merged, expected, atol=1e-6)
-    assert merged.dtype == np.float32
-    fourth = acc.merge(Sweep(150_000_000, third, _pose(3.0)))
+    assert merged.dtype == np.float32 and skipped == 0
+    fourth, _ = acc.merge(Sweep(150_000_000, third, _pose(3.0)))
     assert len(fourth) == 3  # only sweeps - 1 = 2 earlier sweeps are kept
     acc.reset()
-    assert len(acc.merge(Sweep(200_000_000, third, _pose(3.0)))) == 1
+    assert len(acc.merge(Sweep(200_000_000, third, _pose(3.0)))[0]) == 1
+
+
+def test_the_node_merges_with_the_datasets_function_and_age_limit():
+    """#28 (a): the accumulator's age limit is `data.max_sweep_age` (seconds, the dataset's
+    default 0.55 s), sweeps beyond it are skipped and counted, and the merge is the dataset's
+    `merge_sweeps` on the sweeps moved into the new cloud's frame."""
+    from perception.config.schema import DataConfig
+    from perception.datasets.sweeps import merge_sweeps
+
+    assert SweepAccumulator(sweeps=3).max_age_s == DataConfig().max_sweep_age
+    acc = SweepAccumulator(sweeps=4, max_age_s=0.12)
+    clouds = [np.array([[5.0 + k, 0, 0, k], [0.5, 0, 0, 9]], np.float32) for k in range(4)]
+    sweeps = [Sweep(k * 50_000_000, clouds[k], _pose(float(k))) for k in range(3)]
+    sweeps.append(Sweep(900_000_000, clouds[3], _pose(4.0)))  # after a gap: all too old
+    for sweep in sweeps[:3]:
+        merged, skipped = acc.merge(sweep)
+    assert skipped == 0 and np.unique(merged[:, 4]).tolist() == pytest.approx([0.0, 0.05, 0.1])
+    merged, skipped = acc.merge(sweeps[3])
+    assert skipped == 3 and len(merged) == 2 and not merged[:, 4].any()
+
+    key = sweeps[2]
+    earlier = tuple(sweeps[:2])
+    got, skipped = merge_earlier(key, earlier, 0.06)
+    to_key = np.linalg.inv(key.sensor_to_map)
+    expected, expected_skipped = merge_sweeps(
+        key.points,
+        [(s.points, to_key @ s.sensor_to_map, (key.stamp_ns - s.stamp_ns) * 1e-9)
+         for s in reversed(earlier)],
+        0.06,
+    )  # fmt: skip
+    assert skipped == expected_skipped == 1
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_sweep_stride_merges_every_kth_earlier_cloud():
@@ -75,7 +108,7 @@ def test_sweep_stride_merges_every_kth_earlier_cloud():
     lags = []
     for k in range(7):  # clouds 50 ms apart, one point each at x = 10 + k
         cloud = np.array([[10.0 + k, 0, 0, k]], np.float32)
-        lags.append(acc.merge(Sweep(k * 50_000_000, cloud, _pose(0.0)))[:, 4].tolist())
+        lags.append(acc.merge(Sweep(k * 50_000_000, cloud, _pose(0.0)))[0][:, 4].tolist())
     assert lags[1] == [0.0]  # nothing 2 clouds back yet
     assert lags[2] == pytest.approx([0.0, 0.1])
     assert lags[3] == pytest.approx([0.0, 0.1])
@@ -100,8 +133,29 @@ def test_camera_history_nearest_and_padded_clip():
     assert history.nearest(100, max_delay_ns=50).stamp_ns == 83
     assert history.nearest(300, max_delay_ns=50) is None
     frame = history.nearest(90, 50)
-    assert [f.seq for f in history.clip(frame, 3)] == [0, 0, 1]  # padded with the oldest
-    assert [f.seq for f in history.clip(history.latest, 2)] == [1, 2]
+    clip, stale = history.clip(frame, 3)
+    assert [f.seq for f in clip] == [0, 0, 1] and stale == 0  # padded with the oldest
+    assert [f.seq for f in history.clip(history.latest, 2)[0]] == [1, 2]
+
+
+def test_camera_history_clip_stops_at_a_frame_too_old_for_the_cloud():
+    """#28 (a): the dataset's clip rule (`fresh_clip_length`), lags measured back from the
+    cloud's stamp: the chosen frame always, earlier ones up to the first older than
+    `max_age_s`, then padded with the oldest kept, as the dataset pads; the cut is counted."""
+    history = CameraHistory(depth=6)
+    image = np.zeros((3, 2, 2), np.uint8)
+    for stamp in (0, 600, 683, 766):  # a gap of 0.6 s after the first frame (ms -> ns below)
+        history.add(stamp * 1_000_000, image, 0)
+    cloud_ns = 780_000_000
+    clip, stale = history.clip(history.latest, 4, reference_ns=cloud_ns, max_age_s=0.55)
+    assert [f.seq for f in clip] == [1, 1, 2, 3] and stale == 1
+    clip, stale = history.clip(history.latest, 4, reference_ns=cloud_ns, max_age_s=0.1)
+    assert [f.seq for f in clip] == [2, 2, 2, 3] and stale == 2  # 683 ms: 97 ms before the cloud
+    clip, stale = history.clip(history.latest, 4, reference_ns=cloud_ns, max_age_s=None)
+    assert [f.seq for f in clip] == [0, 1, 2, 3] and stale == 0
+    # the newest frame is kept whatever its age (the camera's delay is the sync's business)
+    clip, stale = history.clip(history.latest, 2, reference_ns=cloud_ns + 10**9, max_age_s=0.1)
+    assert [f.seq for f in clip] == [3, 3] and stale == 1
 
 
 def test_latest_slot_replaces_a_waiting_item():
@@ -184,4 +238,37 @@ def test_camera_stream_masks_only_the_camera_that_fails():
             dataclasses.replace(batch, camera_mask=mask), expected_clips, CameraStreamState.fresh(n)
         )
     assert none == {}
+    torch.testing.assert_close(bev, expected)
+
+
+def test_camera_stream_rebuilds_its_cache_when_the_clip_was_cut_for_age():
+    """#28 (a): a camera's next frame after a gap in its stream is the next by sequence, but
+    its clip was cut at the gap (`data.max_clip_frame_age`): the TSM cache must not carry the
+    pre-gap frames on. The features equal a fresh start on the cut clip, as offline."""
+    import dataclasses
+
+    from perception.deploy.pipeline import CameraStreamState
+
+    torch.manual_seed(0)
+    config = parse_config(MICRO)
+    stages = ModelStages(build_model(config).eval())
+    batch = random_batch(config, batch_size=1, seed=0)  # [1, Ncam, T=2, 3, H, W]
+    n = batch.images.shape[1]
+    clips, cut = [], []
+    for c in range(n):
+        history = CameraHistory(depth=4)
+        for k, stamp_ms in enumerate((0, 83, 900)):  # a gap before the third frame
+            history.add(stamp_ms * 1_000_000, batch.images[0, c, k % 2].numpy(), 0)
+        clips.append(list(history.frames)[:2])
+        clip, stale = history.clip(history.latest, 2, reference_ns=900_000_000, max_age_s=0.55)
+        assert stale == 1 and [f.seq for f in clip] == [2, 2]
+        cut.append(clip)
+    after_gap = dataclasses.replace(batch, images=batch.images[:, :, [0, 0]])  # frame 2 last
+    state = CameraStreamState.fresh(n)
+    with torch.inference_mode():
+        stages.camera_stream(batch, clips, state)
+        gaps = state.gaps
+        bev, _, failed = stages.camera_stream(after_gap, cut, state)
+        expected, _, _ = stages.camera_stream(after_gap, cut, CameraStreamState.fresh(n))
+    assert failed == {} and state.gaps == gaps + n and state.seqs == [2] * n
     torch.testing.assert_close(bev, expected)
