@@ -5,10 +5,14 @@
         --val-scenes 3 --seed 1 --rare bicycle,construction_vehicle
     python tools/create_data.py nuscenes --root data/synth --version v1.0-mini
     python tools/create_data.py check --root data/synth --version v1.0-mini
+    python tools/create_data.py objects --root data/synth --version v1.0-mini --split mini_train \
+        --out data/synth/bank-mini_train
 
 Subcommands: `synth` writes a synthetic world (see perception.datasets.synth); `nuscenes` builds
 the dataset index of any nuScenes dataroot; `check` reports every problem in a dataroot at once
-(every table's token fields, and every sensor file, sweeps included, unless --keyframes-only).
+(every table's token fields, and every sensor file, sweeps included, unless --keyframes-only);
+`objects` cuts every annotated object of a split out into an object bank
+(perception.generative.bank: points in the box frame, camera crops; needs the index).
 Each subcommand is one function taking the parsed arguments and returning an exit code.
 """
 
@@ -101,6 +105,34 @@ def check(args: argparse.Namespace) -> int:
     return 0
 
 
+def objects(args: argparse.Namespace) -> int:
+    """Build the object bank of one split of a dataroot and print what went in."""
+    from perception.generative.bank import write_bank  # torch: only for this subcommand
+
+    summary = write_bank(
+        args.root,
+        args.version,
+        args.split,
+        args.out,
+        workers=args.workers,
+        sweeps=args.sweeps,
+        margin=args.margin,
+        allow_eval_split=args.allow_eval_split,
+        overwrite=args.overwrite,
+        progress=True,
+        shard_samples=args.shard_samples,
+    )
+    kind = "training" if summary.training else "EVALUATION (never train on it)"
+    print(f"wrote {kind} object bank of {args.version} {summary.split} to {summary.out.resolve()}")
+    print(
+        f"  {summary.samples} samples, {summary.objects} objects, {summary.views} camera views, "
+        f"{summary.points} points in {summary.seconds:.1f} s"
+    )
+    per_class = ", ".join(f"{k} {v}" for k, v in summary.per_class.items())
+    print(f"  objects per class: {per_class}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -151,6 +183,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all-files", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="reader threads")
     p.set_defaults(handler=check)
+
+    p = commands.add_parser("objects", help="build the object bank of a split (for GT-paste)")
+    p.add_argument("--root", required=True, help="the dataroot (its index must exist)")
+    p.add_argument("--version", default="v1.0-trainval")
+    p.add_argument("--split", required=True, help="devkit split, e.g. train or mini_train")
+    p.add_argument("--out", required=True, help="bank folder to write (bank.json + shards)")
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes")
+    p.add_argument("--sweeps", type=int, default=10, help="LiDAR sweeps merged per keyframe")
+    p.add_argument(
+        "--margin", type=float, default=0.0, help="m added around each box when taking its points"
+    )
+    p.add_argument(
+        "--allow-eval-split",
+        action="store_true",
+        help="build a bank of a split holding evaluation scenes (val, mini_val, test, all); "
+        "it is marked as such and refused for training",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank in OUT")
+    p.add_argument(
+        "--shard-samples", type=int, default=8, help="keyframes per shard file (one worker task)"
+    )
+    p.set_defaults(handler=objects)
     return parser
 
 

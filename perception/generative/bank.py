@@ -587,6 +587,8 @@ def write_bank(
     root, out = Path(root), Path(out)
     if workers < 1:
         raise ValueError(f"workers={workers}: must be >= 1")
+    if shard_samples < 1:
+        raise ValueError(f"shard_samples={shard_samples}: must be >= 1")
     if margin < 0:
         raise ValueError(f"margin={margin}: must be >= 0 m")
     held_out = evaluation_scenes(split, version)
