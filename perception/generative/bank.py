@@ -521,8 +521,12 @@ def _run_shard(
     objects: list[BankObject] = []
     for i in sample_ids:
         record = dataset.records[i]
+        try:
+            sample = dataset.load_raw(record)
+        except ValueError as exc:  # DataError names the file; a plain error crosses processes
+            raise ValueError(f"sample {record['token']}: {exc}") from None
         objects += extract_objects(
-            dataset.load_raw(record),
+            sample,
             record,
             instance_tokens,
             split=_WORKER_STATE["split"],
@@ -638,30 +642,34 @@ def write_bank(
     init = (str(root), version, split, sweeps, margin)
     shards: list[dict[str, Any] | None] = [None] * len(chunks)
     per_class: Counter[str] = Counter()
-    bar = tqdm(total=len(records), desc="objects", unit="sample", disable=not progress)
-    with bar:
-        if workers == 1:
-            _init_worker(*init)
-            try:
-                for shard_id in range(len(chunks)):
-                    _, info, counts = _run_shard(*task_args(shard_id))
-                    shards[shard_id] = info
-                    per_class.update(counts)
-                    bar.update(len(chunks[shard_id]))
-            finally:
-                _WORKER_STATE.clear()
-        else:
-            context = multiprocessing.get_context("spawn")  # safe whatever the parent imported
-            with ProcessPoolExecutor(
-                min(workers, len(chunks)), mp_context=context, initializer=_init_worker,
-                initargs=init,
-            ) as pool:  # fmt: skip
-                futures = [pool.submit(_run_shard, *task_args(s)) for s in range(len(chunks))]
-                for future in futures:
-                    shard_id, info, counts = future.result()
-                    shards[shard_id] = info
-                    per_class.update(counts)
-                    bar.update(len(chunks[shard_id]))
+    try:
+        bar = tqdm(total=len(records), desc="objects", unit="sample", disable=not progress)
+        with bar:
+            if workers == 1:
+                _init_worker(*init)
+                try:
+                    for shard_id in range(len(chunks)):
+                        _, info, counts = _run_shard(*task_args(shard_id))
+                        shards[shard_id] = info
+                        per_class.update(counts)
+                        bar.update(len(chunks[shard_id]))
+                finally:
+                    _WORKER_STATE.clear()
+            else:
+                context = multiprocessing.get_context("spawn")  # safe whatever the parent imported
+                with ProcessPoolExecutor(
+                    min(workers, len(chunks)), mp_context=context, initializer=_init_worker,
+                    initargs=init,
+                ) as pool:  # fmt: skip
+                    futures = [pool.submit(_run_shard, *task_args(s)) for s in range(len(chunks))]
+                    for future in futures:
+                        shard_id, info, counts = future.result()
+                        shards[shard_id] = info
+                        per_class.update(counts)
+                        bar.update(len(chunks[shard_id]))
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # no half-written bank left behind
+        raise
 
     payload = {
         "kind": BANK_KIND,

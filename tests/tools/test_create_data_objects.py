@@ -68,3 +68,19 @@ def test_workers_write_the_same_bank_as_one_process(world, tmp_path):
     assert _objects(world, two, *split, "--workers", "2") == 0
     shards = [json.loads((b / INDEX_NAME).read_text())["shards"] for b in (one, two)]
     assert shards[0] == shards[1] and len(shards[0]) == 2
+
+
+def test_objects_names_a_damaged_sensor_file(world, tmp_path, capsys):
+    import shutil
+
+    root = tmp_path / "damaged"
+    shutil.copytree(world, root)
+    # every keyframe image of the training scene gets the same damage: whichever is read first
+    for path in (root / "samples" / "CAM_FRONT").iterdir():
+        path.write_bytes(b"not a jpeg")
+    with pytest.raises(SystemExit) as exit_info:
+        _objects(root, tmp_path / "b", "--split", "mini_train", "--workers", "1")
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "samples/CAM_FRONT/" in err and "camera image cannot be decoded" in err
+    assert not (tmp_path / "b").exists() and not (tmp_path / "b.partial").exists()
