@@ -18,6 +18,16 @@ from pathlib import Path
 
 # Only light imports before the arguments are parsed: --help and usage errors answer at once.
 from perception.cli import dataroot_problem, usage_error
+from perception.datasets.sweeps import DEFAULT_MAX_SWEEP_AGE_S
+
+
+def _seconds_or_none(text: str) -> float | None:
+    if text.lower() in ("none", "null"):
+        return None
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0 seconds or 'none', got {text}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,6 +39,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--split", default="all", help="devkit split to index into (default: all)")
     parser.add_argument("--sample", type=int, default=0, help="sample number within the split")
     parser.add_argument("--sweeps", type=int, default=10)
+    parser.add_argument(
+        "--max-sweep-age",
+        type=_seconds_or_none,
+        default=DEFAULT_MAX_SWEEP_AGE_S,
+        help="seconds: earlier sweeps older than this are not merged, as data.max_sweep_age "
+        f"(default {DEFAULT_MAX_SWEEP_AGE_S}; 'none': no limit)",
+    )
     parser.add_argument("--camera-width", type=int, default=400, help="width of each camera tile")
     parser.add_argument("--out", required=True, help="PNG to write")
     return parser
@@ -49,7 +66,13 @@ def main(argv: list[str] | None = None) -> int:
     # An unknown split, a missing or stale index, bad --sweeps, a missing data file: each a
     # ValueError (DataError, IndexFileError, ...) naming it.
     try:
-        dataset = NuScenesDataset(args.root, args.version, args.split, sweeps=args.sweeps)
+        dataset = NuScenesDataset(
+            args.root,
+            args.version,
+            args.split,
+            sweeps=args.sweeps,
+            max_sweep_age=args.max_sweep_age,
+        )
         if not 0 <= args.sample < len(dataset):
             return usage_error(
                 f"--sample {args.sample}: split {args.split!r} has {len(dataset)} samples"

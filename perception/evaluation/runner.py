@@ -298,6 +298,8 @@ def _pictures(
             sweeps=config.data.sweeps,
             sweep_stride=config.data.sweep_stride,
             clip_frames=1,
+            max_sweep_age=config.data.max_sweep_age,
+            max_clip_frame_age=config.data.max_clip_frame_age,
             cameras=config.data.cameras,
             load_images=load_images,
         )
