@@ -39,12 +39,15 @@ from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from ..structures.classes import ATTRIBUTE_NAMES, CAMERA_NAMES, CLASS_NAMES
+
+if TYPE_CHECKING:
+    from ..structures.sample import Sample
 
 BANK_FORMAT_VERSION = 1
 BANK_KIND = "perception.object-bank"
@@ -237,7 +240,7 @@ class _Projection:
 
 
 def extract_objects(
-    sample,
+    sample: Sample,
     record: Mapping[str, Any],
     instance_tokens: Mapping[str, str],
     *,
@@ -891,6 +894,17 @@ class ObjectBank:
         return self._view_max(self._min_visibility)[self._selection]
 
     @property
+    def boxes_lidar(self) -> np.ndarray:
+        """`[N, 9]` float32: each object's box in its keyframe's LiDAR frame (where it was:
+        distance and yaw distributions without reading points or crops)."""
+        return self._tables["obj_box_lidar"][self._selection]
+
+    @property
+    def ego_distances(self) -> np.ndarray:
+        """`[N]` float32 m."""
+        return self._tables["obj_ego_distance"][self._selection]
+
+    @property
     def sample_tokens(self) -> list[str]:
         return [self._tokens["sample"][i] for i in self._selection]
 
@@ -962,6 +976,10 @@ class ObjectBank:
     def __iter__(self) -> Iterator[BankObject]:
         for i in range(len(self)):
             yield self[i]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # open shard handles do not cross processes (DataLoader workers reopen them)
+        return {**self.__dict__, "_handles": {}}
 
     def _handle(self, shard_id: int):
         from safetensors import safe_open

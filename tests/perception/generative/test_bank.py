@@ -294,3 +294,17 @@ def test_a_shard_with_a_damaged_header_is_an_error_naming_it(train_bank, tmp_pat
     with pytest.raises(BankFileError, match="unreadable bank shard") as e:
         ObjectBank.open(copy, verify=False)
     assert str(shard) in str(e.value)
+
+
+def test_a_bank_crosses_processes_and_exposes_its_boxes(train_bank):
+    """A bank (with shards already open) pickles for DataLoader workers; the boxes and
+    distances of a selection come without reading points or crops."""
+    import pickle
+
+    cars = ObjectBank.open(train_bank).filter(classes=["car"])
+    first = cars[0]
+    again = pickle.loads(pickle.dumps(cars))
+    _assert_same(again[0], first)
+    assert cars.boxes_lidar.shape == (len(cars), 9)
+    assert np.array_equal(cars.boxes_lidar[0], first.box_lidar)
+    assert cars.ego_distances[0] == np.float32(first.ego_distance)
