@@ -573,8 +573,8 @@ def test_sweeps_and_clip_frames_older_than_the_config_ages_are_left_out_and_coun
     `data.max_clip_frame_age` before the cloud and is padded; both are counted in the stats,
     the per-cloud status and /perception/diagnostics, and the log names the keys at fault."""
     # 20 Hz clouds: with 3 sweeps the older earlier one is 0.1 s back; 12 Hz cameras: the
-    # frame before the chosen one is at least 0.04 s before the cloud
-    config = parse_config(node_raw(tiny_world, max_sweep_age=0.06, max_clip_frame_age=0.04))
+    # chosen frame is the nearest to the cloud, so the one before it is > 0.04 s before it
+    config = parse_config(node_raw(tiny_world, max_sweep_age=0.06, max_clip_frame_age=0.03))
     jobs = []
     node = _node(model, config, process=None, temporal="clip")
     node.on_result = jobs.append

@@ -88,7 +88,9 @@ def _same_detections(node_dets, offline_dets):
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    "sweeps", [{}, {"sweeps": 2, "sweep_stride": 2}], ids=["consecutive", "strided"]
+    "sweeps",
+    [{}, {"sweeps": 2, "sweep_stride": 2}, {"max_sweep_age": 0.06, "max_clip_frame_age": 0.03}],
+    ids=["consecutive", "strided", "age_limits"],
 )
 def test_clip_mode_matches_offline_inputs_and_detections(world, bag, tmp_path, sweeps):
     dataset, key_stamps, offline, jobs, node = _offline_and_node(
@@ -96,6 +98,8 @@ def test_clip_mode_matches_offline_inputs_and_detections(world, bag, tmp_path, s
     )
     assert set(jobs) == set(key_stamps), "every keyframe cloud processed"
     assert node.stats.dropped == {} and node.stats.rejected == {}
+    if "max_sweep_age" in sweeps:  # the limits did cut: the same sweeps and frames left out
+        assert node.stats.stale_sweeps > 0 and node.stats.stale_clip_frames > 0
     for stamp, index in key_stamps.items():
         sample = dataset[index]
         batch = jobs[stamp].batch
