@@ -192,15 +192,22 @@ def _project_box(corners_cam: np.ndarray, intrinsics: np.ndarray) -> np.ndarray 
     return uvw[:, :2] / uvw[:, 2:3]
 
 
-_SUBPIXEL_BITS = 4  # cv2 fill with 1/16-pixel vertex precision
-
-
-def _fill(mask: np.ndarray, hull: np.ndarray, origin: tuple[int, int], value: int) -> None:
-    """Rasterises the convex polygon `hull` ([K, 2] image pixels) into `mask` (whose pixel
-    (0, 0) is image pixel `origin`), pixel centres at integer + 0.5."""
-    scale = 1 << _SUBPIXEL_BITS
-    pts = np.round((hull - np.asarray(origin) - 0.5) * scale).astype(np.int32)
-    cv2.fillConvexPoly(mask, pts, value, lineType=cv2.LINE_8, shift=_SUBPIXEL_BITS)
+def _convex_mask(hull: np.ndarray, origin: tuple[int, int], shape: tuple[int, int]) -> np.ndarray:
+    """`[h, w]` bool: which pixels (of a crop whose pixel (0, 0) is image pixel `origin`) have
+    their centre (integer + 0.5) inside the convex polygon `hull` ([K, 2] image pixels, in
+    order); the same rule for every polygon, so an occluder hides exactly what it covers."""
+    h, w = shape
+    u = np.arange(w, dtype=np.float64) + origin[0] + 0.5
+    v = np.arange(h, dtype=np.float64) + origin[1] + 0.5
+    x, y = hull[:, 0], hull[:, 1]
+    orientation = np.sign(np.sum(x * np.roll(y, -1) - np.roll(x, -1) * y)) or 1.0
+    inside = np.ones((h, w), bool)
+    for k in range(len(hull)):
+        ax, ay = hull[k]
+        bx, by = hull[(k + 1) % len(hull)]
+        cross = (bx - ax) * (v[:, None] - ay) - (by - ay) * (u[None, :] - ax)  # [h, w]
+        inside &= orientation * cross >= 0
+    return inside
 
 
 def _points_in_box(
@@ -237,6 +244,7 @@ class _Projection:
     hull: np.ndarray  # [K, 2] convex hull in image pixels
     depth: float
     box2d: np.ndarray  # [4] clipped to the image
+    polygon: Any  # the hull as a shapely Polygon
 
 
 def extract_objects(
@@ -262,6 +270,9 @@ def extract_objects(
         first_index: the bank index of the first object.
     """
     from scipy.spatial import cKDTree
+    from shapely import box as rectangle
+    from shapely import union_all
+    from shapely.geometry import Polygon
 
     gt = record["gt"]
     boxes = np.asarray(gt["boxes"], np.float64).reshape(-1, 9)
@@ -282,7 +293,7 @@ def extract_objects(
         lidar_to_camera = np.linalg.inv(sample.camera_to_lidar[c, -1].numpy().astype(np.float64))
         image = images[c].permute(1, 2, 0).numpy()  # [H, W, 3]
         H, W = image.shape[:2]
-        frame = np.array([[0, 0], [W, 0], [W, H], [0, H]], np.float32)
+        frame = rectangle(0, 0, W, H)
         projections: list[_Projection | None] = []
         for m in range(M):
             box_to_camera = lidar_to_camera @ box_to_lidar[m]
@@ -301,7 +312,8 @@ def extract_objects(
             if (hi - lo).min() <= 0:
                 projections.append(None)
                 continue
-            projections.append(_Projection(hull, depth, np.r_[lo, hi].astype(np.float32)))
+            box2d = np.r_[lo, hi].astype(np.float32)
+            projections.append(_Projection(hull, depth, box2d, Polygon(hull)))
         cameras.append((name, image, K, lidar_to_camera, projections, frame))
 
     objects = []
@@ -324,33 +336,34 @@ def extract_objects(
                 continue
             u0, v0 = (int(math.floor(v)) for v in own.box2d[:2])
             u1, v1 = (int(math.ceil(v)) for v in own.box2d[2:])
-            mask = np.zeros((v1 - v0, u1 - u0), np.uint8)
-            _fill(mask, own.hull, (u0, v0), 1)
-            own_pixels = int(mask.sum())
-            if own_pixels == 0:
-                continue
+            mask = _convex_mask(own.hull, (u0, v0), (v1 - v0, u1 - u0))
+            if not mask.any():
+                continue  # covers no pixel centre: nothing to crop
+            nearer = []
             for j, other in enumerate(projections):
                 if j == m or other is None or other.depth >= own.depth:
                     continue
                 b = other.box2d
                 if b[0] >= u1 or b[2] <= u0 or b[1] >= v1 or b[3] <= v0:
                     continue
-                _fill(mask, other.hull, (u0, v0), 0)
-            total_area = cv2.contourArea(own.hull.astype(np.float32))
-            in_image_area, _ = cv2.intersectConvexConvex(own.hull.astype(np.float32), frame)
-            in_image = min(1.0, in_image_area / total_area) if total_area > 0 else 0.0
-            visible = float(np.clip(in_image * mask.sum() / own_pixels, 0.0, 1.0))
+                mask &= ~_convex_mask(other.hull, (u0, v0), mask.shape)
+                nearer.append(other.polygon)
+            # exact areas: the share of the projected box inside the image and not hidden
+            seen = own.polygon.intersection(frame)
+            if nearer:
+                seen = seen.difference(union_all(nearer))
+            visible = seen.area / own.polygon.area if own.polygon.area > 0 else 0.0
             box_to_camera = lidar_to_camera @ box_to_lidar[m]
             camera_in_box = np.linalg.inv(box_to_camera)[:3, 3]
             views.append(
                 CameraView(
                     camera=name,
                     crop=np.ascontiguousarray(image[v0:v1, u0:u1]),
-                    mask=mask.astype(bool),
+                    mask=mask,
                     crop_box=(u0, v0, u1, v1),
                     box2d=own.box2d,
                     image_size=(int(image.shape[1]), int(image.shape[0])),
-                    visible_fraction=_f32(visible),
+                    visible_fraction=_f32(min(1.0, visible)),
                     depth=_f32(own.depth),
                     view_angle=_f32(math.atan2(camera_in_box[1], camera_in_box[0])),
                     intrinsics=K.astype(np.float32),
