@@ -107,9 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.transport == "dds":
         from perception.deploy.transport import LOOPBACK, DdsTransport
 
-        transport = DdsTransport(
-            args.domain_id, config=LOOPBACK if args.dds_config == "loopback" else None
-        )
+        try:
+            transport = DdsTransport(
+                args.domain_id, config=LOOPBACK if args.dds_config == "loopback" else None
+            )
+        except RuntimeError as exc:  # the DDS configuration cannot be applied (says why)
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     else:
         from perception.deploy.transport import InProcessTransport
 

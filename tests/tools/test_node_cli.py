@@ -46,3 +46,27 @@ def test_inprocess_run_records_and_summarizes(tiny_world, tmp_path):
     assert {"/lidar/top", "/perception/objects", "/perception/diagnostics"} <= topics
     assert list((tmp_path / "rec").glob("*.mcap"))
     assert "processed" in out.getvalue()
+
+
+def test_a_dds_configuration_that_cannot_be_applied_is_one_line(
+    tiny_world, tmp_path, monkeypatch, capsys
+):
+    pytest.importorskip("cyclonedds")
+    import os
+
+    from cyclonedds.domain import DomainParticipant
+
+    from perception.deploy.transport import loopback_config
+
+    config, _ = save_micro_checkpoint(node_raw(tiny_world), tmp_path / "ckpt")
+    domain = 110 + os.getpid() % 60
+    monkeypatch.setenv("CYCLONEDDS_URI", loopback_config())
+    first = DomainParticipant(domain)  # made from CYCLONEDDS_URI, not the node's configuration
+    try:
+        code = run_cli(["--config", str(config), "--domain-id", str(domain), "--threads", "1"])
+    finally:
+        first.__del__()
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"error: DDS domain {domain}: cannot apply the loopback configuration" in err
+    assert "Traceback" not in err
