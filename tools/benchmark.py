@@ -2,6 +2,8 @@
 
 python tools/benchmark.py ops [--device cpu|cuda] [--quick] [--only sparse|point_voxel|bev] [--out F]
 python tools/benchmark.py model --config C [C ...] [--device cpu|cuda] [--repeat 3] [--out F]
+python tools/benchmark.py jpeg [--quick] [--out F]
+    (strict JPEG decoding, decode_image, against OpenCV's imdecode; full and half size)
 python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
@@ -69,6 +71,12 @@ def run_synth(args: argparse.Namespace) -> list[BenchRow]:
     return [
         BenchRow(group="synth", name="generate_world", shape=shape, ms=seconds * 1e3, note=note)
     ]
+
+
+def run_jpeg(args: argparse.Namespace) -> list[BenchRow]:
+    from perception.benchmarks import jpeg
+
+    return jpeg.run(quick=args.quick)
 
 
 def run_model(args: argparse.Namespace) -> list[BenchRow]:
@@ -164,6 +172,8 @@ def main(argv: list[str] | None = None) -> int:
     ops.add_argument("--device", default="cpu")
     ops.add_argument("--quick", action="store_true", help="small inputs (a smoke test)")
     ops.add_argument("--only", choices=["sparse", "point_voxel", "bev"])
+    jpeg = sub.add_parser("jpeg", help="strict JPEG decoding against OpenCV")
+    jpeg.add_argument("--quick", action="store_true", help="one small image (a smoke test)")
     synth = sub.add_parser("synth", help="time the synthetic world generator")
     synth.add_argument("--version", default="v1.0-mini")
     synth.add_argument("--scenes", type=int, default=10)
@@ -186,7 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     acc = sub.add_parser("accuracy", help="collect tools/accuracy_benchmark.sh's runs")
     acc.add_argument("--runs", default="outputs/accuracy", help="its OUT_DIR")
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")
-    for p in (ops, synth, model, node, acc):
+    for p in (ops, jpeg, synth, model, node, acc):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     pairs = sub.add_parser(
         "pairs", help="every fused / LiDAR-only and TSM pair in saved accuracy JSONs, one table"
@@ -221,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
 
     device = getattr(args, "device", "cpu")
     print(f"machine: {machine_description(device)}", flush=True)
-    runners = {"ops": run_ops, "synth": run_synth, "model": run_model}
+    runners = {"ops": run_ops, "jpeg": run_jpeg, "synth": run_synth, "model": run_model}
     try:
         rows = runners[args.command](args)
     except ConfigError as exc:

@@ -33,6 +33,16 @@ def test_ops_benchmark_quick(tmp_path):
     assert any(row["ratio"] is not None for row in rows)
 
 
+def test_jpeg_benchmark_quick(tmp_path):
+    out = tmp_path / "jpeg.json"
+    assert benchmark(["jpeg", "--quick", "--out", str(out)]) == 0
+    rows = json.loads(out.read_text())["rows"]
+    names = {row["name"] for row in rows}
+    assert {"opencv imdecode", "ours decode_image (strict)"} <= names
+    ours = next(row for row in rows if row["name"] == "ours decode_image (strict)")
+    assert ours["baseline"] == "opencv imdecode" and ours["ratio"] > 0
+
+
 def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600, threads=1, sets=""):
     work = root / variant
     (work / "test").mkdir(parents=True)
