@@ -346,7 +346,10 @@ def extract_objects(
                 b = other.box2d
                 if b[0] >= u1 or b[2] <= u0 or b[1] >= v1 or b[3] <= v0:
                     continue
-                mask &= ~_convex_mask(other.hull, (u0, v0), mask.shape)
+                ou0, ov0 = max(u0, int(math.floor(b[0]))), max(v0, int(math.floor(b[1])))
+                ou1, ov1 = min(u1, int(math.ceil(b[2]))), min(v1, int(math.ceil(b[3])))
+                hidden = _convex_mask(other.hull, (ou0, ov0), (ov1 - ov0, ou1 - ou0))
+                mask[ov0 - v0 : ov1 - v0, ou0 - u0 : ou1 - u0] &= ~hidden  # the overlap only
                 nearer.append(other.polygon)
             # exact areas: the share of the projected box inside the image and not hidden
             seen = own.polygon.intersection(frame)
