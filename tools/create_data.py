@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument(
         "--rare", metavar="C1,C2", help=f"make these classes rare in the training scenes "
-        f"(weight {RARE_WEIGHT:g}: about 10 instances each in a 30-scene world)",
+        f"(weight {RARE_WEIGHT:g}: about 10 instances each in a 30-scene world; val scenes "
+        "keep the normal mix)",
     )  # fmt: skip
     p.set_defaults(handler=synth)
 
