@@ -23,6 +23,7 @@ import numpy as np
 
 from perception.datasets.io import DataError, declared_kind, decode_image, image_kind
 from perception.structures import CLASS_NAMES, Detections
+from perception.structures.classes import CLASS_COLORS
 
 from .messages import (
     CAMERA_INFO,
@@ -698,23 +699,6 @@ def detections_to_detected_objects(
     return msg_class(DETECTED_OBJECTS)(header=header(frame_id, stamp_ns), objects=objects)
 
 
-# RGB per class for markers (tab10).
-CLASS_COLORS: Mapping[str, tuple[float, float, float]] = MappingProxyType(
-    {
-        "car": (0.12, 0.47, 0.71),
-        "truck": (1.0, 0.5, 0.05),
-        "construction_vehicle": (0.55, 0.34, 0.29),
-        "bus": (0.84, 0.15, 0.16),
-        "trailer": (0.58, 0.4, 0.74),
-        "barrier": (0.5, 0.5, 0.5),
-        "motorcycle": (0.89, 0.47, 0.76),
-        "bicycle": (0.74, 0.74, 0.13),
-        "pedestrian": (0.17, 0.63, 0.17),
-        "traffic_cone": (0.09, 0.75, 0.81),
-    }
-)
-
-
 def detections_to_marker_array(
     detections: Detections, *, frame_id: str, stamp_ns: int, lifetime_ns: int = 0
 ) -> Any:
@@ -760,7 +744,7 @@ def detections_to_marker_array(
     markers = [make("", 0, 1, 3, _pose(0, 0, 0, 0), _vector3(1, 1, 1), (0, 0, 0, 0))]  # DELETEALL
     for i, (x, y, z, w, l, h, yaw, _, _) in enumerate(boxes):
         name = CLASS_NAMES[int(labels[i])]
-        r, g, b = CLASS_COLORS[name]
+        r, g, b = (channel / 255 for channel in CLASS_COLORS[name])
         markers.append(
             make("boxes", i, 1, 0, _pose(x, y, z, yaw), _vector3(l, w, h), (r, g, b, 0.4))
         )

@@ -15,6 +15,22 @@ CLASS_NAMES: tuple[str, ...] = (
     "traffic_cone",
 )
 
+# One 8-bit RGB colour a class, fixed so pictures compare across runs; the pictures
+# (perception.visualization) and the node's RViz markers use it. The five vehicle classes get
+# five different hues; every colour keeps a contrast ratio >= 4.5 on the BEV's dark background.
+CLASS_COLORS: dict[str, tuple[int, int, int]] = {
+    "car": (119, 170, 221),  # light blue
+    "truck": (238, 136, 102),  # orange
+    "construction_vehicle": (68, 187, 153),  # mint
+    "bus": (255, 170, 187),  # pink
+    "trailer": (238, 221, 136),  # light yellow
+    "barrier": (153, 221, 255),  # light cyan
+    "motorcycle": (187, 204, 51),  # pear
+    "bicycle": (170, 170, 0),  # olive
+    "pedestrian": (170, 136, 255),  # violet
+    "traffic_cone": (204, 121, 167),  # reddish purple
+}
+
 ATTRIBUTE_NAMES: tuple[str, ...] = (
     "vehicle.moving",
     "vehicle.parked",

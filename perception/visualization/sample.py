@@ -14,21 +14,8 @@ import torch
 
 from ..geometry import lidar_to_image, project
 from ..structures import CLASS_NAMES, Boxes3D, Sample
+from ..structures.classes import CLASS_COLORS
 
-# One RGB colour a class, fixed so pictures compare across runs. The five vehicle classes get
-# five different hues; every colour keeps a contrast ratio >= 4.5 on the BEV's dark background.
-CLASS_COLORS: dict[str, tuple[int, int, int]] = {
-    "car": (119, 170, 221),  # light blue
-    "truck": (238, 136, 102),  # orange
-    "construction_vehicle": (68, 187, 153),  # mint
-    "bus": (255, 170, 187),  # pink
-    "trailer": (238, 221, 136),  # light yellow
-    "barrier": (153, 221, 255),  # light cyan
-    "motorcycle": (187, 204, 51),  # pear
-    "bicycle": (170, 170, 0),  # olive
-    "pedestrian": (170, 136, 255),  # violet
-    "traffic_cone": (204, 121, 167),  # reddish purple
-}
 UNKNOWN_CLASS_COLOR = (255, 255, 255)  # a label outside CLASS_NAMES (drawn, not dropped)
 BACKGROUND = (20, 20, 20)  # the BEV's background
 RING_COLOR = (90, 90, 90)

@@ -13,6 +13,7 @@ import torch
 from perception.deploy import convert, messages
 from perception.deploy.convert import StampedTransform
 from perception.structures import CLASS_NAMES, Boxes3D, Detections
+from perception.structures.classes import CLASS_COLORS
 
 STAMP = 1_532_000_000_123_456_789
 
@@ -301,6 +302,11 @@ def test_marker_array_clears_then_draws_each_box():
     assert len(cubes) == len(texts) == 3
     assert all(m.type == 1 and m.header.frame_id == "lidar_top" for m in cubes)
     assert texts[0].text == "car 0.90"
+    # the markers wear the pictures' class colours (one palette, perception.structures)
+    car = np.array(CLASS_COLORS["car"]) / 255
+    np.testing.assert_allclose(
+        [cubes[0].color.r, cubes[0].color.g, cubes[0].color.b], car, atol=1e-6
+    )
 
 
 def test_empty_detections():
