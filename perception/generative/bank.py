@@ -863,6 +863,13 @@ class ObjectBank:
         return cls(folder, payload, tables, tokens, shard_paths, np.arange(n, dtype=np.int64))
 
     # -- what the bank is -------------------------------------------------------------------
+    def __repr__(self) -> str:
+        kind = "training" if self.training else "evaluation"
+        return (
+            f"ObjectBank({str(self.path)!r}: {self.version} {self.split}, {kind}, "
+            f"{len(self)} objects selected)"
+        )
+
     @property
     def index_path(self) -> Path:
         return self.path / INDEX_NAME

@@ -186,6 +186,7 @@ def test_a_train_bank_holds_no_val_sample_or_instance(world, train_bank):
     assert val_samples and val_instances  # the world has a val split to leak from
     bank = ObjectBank.open(train_bank, training=True)
     assert bank.split == TRAIN and bank.training
+    assert f"{VERSION} {TRAIN}, training, {len(bank)} objects" in repr(bank)
     assert len(bank) > 0
     assert not set(bank.sample_tokens) & val_samples
     assert not set(bank.instance_tokens) & val_instances
