@@ -22,8 +22,9 @@ arrays of a run of samples and, in its safetensors metadata, the objects' tokens
     obj = bikes[0]   # BankObject: obj.points [N, 5] in the box frame, obj.views (CameraView)
 
 Objects of an evaluation split never enter a training bank: `write_bank` refuses a split that
-shares a scene with the version's evaluation split (`val`, `mini_val`, `test`; `all` included) unless `allow_eval_split=True`,
-and then marks the bank `training: false`; `ObjectBank.open(..., training=True)` refuses it.
+shares a scene with the version's evaluation split (`val`, `mini_val`, `test`; `all` always
+does) unless `allow_eval_split=True`, and then marks the bank `training: false`;
+`ObjectBank.open(..., training=True)` refuses such a bank. Reference: docs/object_bank.md.
 """
 
 from __future__ import annotations
