@@ -22,19 +22,19 @@ import argparse
 import os
 import sys
 
-from perception.datasets.checks import check_dataroot
-from perception.datasets.index import IndexFileError, build_index
-from perception.datasets.synth import generate_world
-from perception.datasets.synth.class_weights import RARE_WEIGHT, class_weights_option
-from perception.datasets.synth.writer import (
-    DEFAULT_IMAGE_SIZE,
-    DEFAULT_SAMPLES_PER_SCENE,
-    VERSIONS,
-)
+# Only light imports before the arguments are parsed (--help answers at once): the parser's
+# defaults are literals, tests/tools/test_cli_help.py checks them against the library's.
+SYNTH_VERSIONS = ("v1.0-mini", "v1.0-trainval")  # perception.datasets.synth.writer.VERSIONS
+SYNTH_IMAGE_SIZE = (800, 450)  # writer.DEFAULT_IMAGE_SIZE
+SYNTH_SAMPLES_PER_SCENE = 10  # writer.DEFAULT_SAMPLES_PER_SCENE
+RARE_WEIGHT = 0.15  # perception.datasets.synth.class_weights.RARE_WEIGHT
 
 
 def synth(args: argparse.Namespace) -> int:
     """Generate a synthetic nuScenes-format world and print where it went."""
+    from perception.datasets.synth import generate_world
+    from perception.datasets.synth.class_weights import class_weights_option
+
     class_weights = class_weights_option(args.class_weights, args.rare)
     summary = generate_world(
         args.out,
@@ -74,6 +74,8 @@ def synth(args: argparse.Namespace) -> int:
 
 def nuscenes(args: argparse.Namespace) -> int:
     """Build the dataset index of a nuScenes dataroot (real or synthetic)."""
+    from perception.datasets.index import build_index
+
     out = build_index(
         args.root,
         args.version,
@@ -88,6 +90,8 @@ def nuscenes(args: argparse.Namespace) -> int:
 
 def check(args: argparse.Namespace) -> int:
     """Report every problem in a dataroot; exit 1 if there is any."""
+    from perception.datasets.checks import check_dataroot
+
     result = check_dataroot(
         args.root,
         args.version,
@@ -138,16 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     p = commands.add_parser("synth", help="generate a synthetic world in nuScenes format")
     p.add_argument("--out", required=True, help="dataroot to write (tables go in OUT/VERSION)")
-    p.add_argument("--version", choices=VERSIONS, default="v1.0-mini")
+    p.add_argument("--version", choices=SYNTH_VERSIONS, default="v1.0-mini")
     p.add_argument("--scenes", type=int, default=10)
-    p.add_argument("--samples-per-scene", type=int, default=DEFAULT_SAMPLES_PER_SCENE)
+    p.add_argument("--samples-per-scene", type=int, default=SYNTH_SAMPLES_PER_SCENE)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--val-scenes", type=int, default=None, help="scenes named from the val split (default: "
         "2 for v1.0-mini with >= 3 scenes, else 1; 20%% for v1.0-trainval)",
     )  # fmt: skip
     p.add_argument(
-        "--image-size", type=int, nargs=2, metavar=("W", "H"), default=list(DEFAULT_IMAGE_SIZE)
+        "--image-size", type=int, nargs=2, metavar=("W", "H"), default=list(SYNTH_IMAGE_SIZE)
     )
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     p.add_argument("--overwrite", action="store_true", help="replace an existing world in OUT")
@@ -214,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.handler(args)
-    except (ValueError, FileExistsError, IndexFileError) as error:
+    except (ValueError, FileExistsError) as error:  # DataError, IndexFileError, BankFileError
         parser.exit(2, f"{parser.prog} {args.command}: error: {error}\n")
     return 2
 

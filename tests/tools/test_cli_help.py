@@ -50,11 +50,8 @@ def test_every_tool_is_covered():
     assert len(TOOLS) >= 11 and "train.py" in TOOLS and "test.py" in TOOLS
 
 
-# Owned elsewhere (issue #28): its imports still come before parsing; this turns into an
-# XPASS failure when that is fixed, and the mark must then go.
-_NOT_YET = {
-    "create_data.py": "tools/create_data.py imports perception.datasets at the top (not ours)"
-}
+# A tool whose imports still come before parsing would be listed here (as a strict xfail).
+_NOT_YET: dict[str, str] = {}
 
 
 @pytest.mark.parametrize(
@@ -71,6 +68,22 @@ def test_help_imports_no_torch(tool):
     assert code == "0", output
     assert "usage:" in output
     assert "torch" not in heavy, f"tools/{tool} --help imported {heavy}"
+
+
+def test_create_data_help_states_the_library_defaults():
+    """create_data.py's parser defaults are literals (no import before parsing): they must be
+    the generator's."""
+    import importlib.util
+
+    from perception.datasets.synth import class_weights, writer
+
+    spec = importlib.util.spec_from_file_location("create_data_tool", REPO / "tools/create_data.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    assert tool.SYNTH_VERSIONS == writer.VERSIONS
+    assert tool.SYNTH_IMAGE_SIZE == writer.DEFAULT_IMAGE_SIZE
+    assert tool.SYNTH_SAMPLES_PER_SCENE == writer.DEFAULT_SAMPLES_PER_SCENE
+    assert tool.RARE_WEIGHT == class_weights.RARE_WEIGHT
 
 
 def test_export_help_states_the_library_defaults():
