@@ -78,9 +78,10 @@ NO_VIEW = "no bank view"
 BEHIND_CAMERA = "behind the camera"
 OUTSIDE_IMAGE = "outside the image"
 DEGENERATE = "degenerate warp"
+BAD_CALIBRATION = "camera calibration not finite or singular"
 HIDDEN = "hidden by nearer objects"
 NO_CROP_PIXELS = "no crop pixel lands in the box"
-REASONS: tuple[str, ...] = (CAMERA_MISSING, BOX_NOT_FINITE, NO_VIEW, BEHIND_CAMERA,
+REASONS: tuple[str, ...] = (CAMERA_MISSING, BAD_CALIBRATION, BOX_NOT_FINITE, NO_VIEW, BEHIND_CAMERA,
                             OUTSIDE_IMAGE, DEGENERATE, HIDDEN, NO_CROP_PIXELS)  # fmt: skip
 
 # Box edges as corner pairs (`Boxes3D.corners` order: bottom face, then top face).
@@ -253,29 +254,42 @@ def composite_objects(
     # Boxes project to the image as loaded (before `image_aug`), where the banked crops' bounds
     # map onto the new box's; `image_aug`'s 2-D affine then carries both into `images`, so a
     # flip mirrors the crop and a rotation turns it.
+    # A present camera with unusable matrices is skipped (recorded), never an error.
+    intrinsics = sample.intrinsics.detach().cpu().double()  # [Ncam, 3, 3]
+    camera_to_lidar = sample.camera_to_lidar.detach().cpu().double()  # [Ncam, T, 4, 4]
+    image_aug = sample.image_aug.detach().cpu().double().numpy()  # [Ncam, 4, 4] on (u, v, 1, 1)
+    lidar_aug = sample.lidar_aug.detach().cpu().double()  # [4, 4]
+    usable = (
+        torch.isfinite(intrinsics).flatten(1).all(1)
+        & torch.isfinite(camera_to_lidar).flatten(1).all(1)
+        & (torch.linalg.det(camera_to_lidar).abs() > 1e-9).all(1)
+        & torch.from_numpy(np.isfinite(image_aug).reshape(Ncam, -1).all(1))
+        & torch.isfinite(lidar_aug).all()
+        & (torch.linalg.det(lidar_aug).abs() > 1e-9)
+    ).numpy()  # [Ncam]
+    eye = torch.eye(4, dtype=torch.float64)
+    camera_to_lidar[~torch.from_numpy(usable)] = eye
+    if not usable.any():
+        lidar_aug = eye
     projection = lidar_to_image(  # [Ncam, T, 4, 4]: augmented LiDAR -> (u*d, v*d, d, 1)
-        sample.intrinsics.double()[:, None],
-        sample.camera_to_lidar.double(),
-        torch.eye(4, dtype=torch.float64),
-        sample.lidar_aug.double(),
+        intrinsics[:, None], camera_to_lidar, eye, lidar_aug
     ).numpy()
-    image_aug = sample.image_aug.double().numpy()  # [Ncam, 4, 4] acting on (u, v, 1, 1)
     pixel_aug = np.zeros((Ncam, 3, 3))  # [Ncam, 3, 3] the same on (u, v, 1)
     pixel_aug[:, :2, :2] = image_aug[:, :2, :2]
     pixel_aug[:, :2, 2] = image_aug[:, :2, 3]
     pixel_aug[:, 2, 2] = 1.0
-    camera_centre = (  # [Ncam, T, 3] in the augmented LiDAR frame
-        sample.lidar_aug.double() @ sample.camera_to_lidar.double()
-    )[..., :3, 3].numpy()
+    camera_centre = (lidar_aug @ camera_to_lidar)[..., :3, 3].numpy()  # [Ncam, T, 3] aug. LiDAR
     lags = sample.camera_time_lag.double().numpy()  # [Ncam, T]
-    images = sample.images.numpy().copy()  # [Ncam, T, 3, H, W], drawn into in place
+    images = sample.images.detach().cpu().numpy().copy()  # [Ncam, T, 3, H, W], drawn into
 
     for c in range(Ncam):
         cams = [r["per_camera"][c] for r in records]
-        if not bool(sample.camera_mask[c]):
+        missing = not bool(sample.camera_mask[c])
+        if missing or not usable[c]:
+            reason = CAMERA_MISSING if missing else BAD_CALIBRATION
             for cam in cams:
-                cam["reason"] = CAMERA_MISSING
-                cam["frame_reasons"] = [CAMERA_MISSING] * T
+                cam["reason"] = reason
+                cam["frame_reasons"] = [reason] * T
             continue
         # The bank view per object, from the keyframe pose (one appearance for the clip).
         chosen: list[CameraView | None] = [None] * M

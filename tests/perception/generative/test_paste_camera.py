@@ -16,6 +16,7 @@ from shapely.geometry import MultiPoint
 
 from perception.generative.bank import extract_objects
 from perception.generative.paste_camera import (
+    BAD_CALIBRATION,
     BEHIND_CAMERA,
     BOX_NOT_FINITE,
     CAMERA_MISSING,
@@ -290,6 +291,13 @@ def test_a_missing_camera_or_an_unseen_box_draws_nothing_and_says_why():
     )
     assert crossing["pixels"] > 0 and crossing["cameras"] == ["CAM_FRONT"]
     assert int(_changed(before, near).sum()) == crossing["pixels"]
+    broken = np.stack([FRONT, np.full((4, 4), np.nan, np.float32)])[:, None]  # [2, 1, 4, 4]
+    before = _sample(_fill(GREY, n=2), camera_to_lidar=broken)
+    after, (record,) = composite_objects(
+        before, np.array([seen]), [obj], rng=np.random.default_rng(0)
+    )
+    assert [cam["reason"] for cam in record["per_camera"]] == [None, BAD_CALIBRATION]
+    assert after.images[1].eq(before.images[1]).all() and record["cameras"] == ["CAM_FRONT"]
 
 
 def test_hidden_objects_without_views_and_nothing_to_paste_are_recorded():
