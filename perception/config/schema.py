@@ -7,7 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from ..structures.classes import CAMERA_NAMES
+from ..structures.classes import CAMERA_NAMES, CLASS_NAMES
 
 CONFIG_FORMAT_VERSION = 1
 
@@ -16,6 +16,87 @@ PositiveInt = Annotated[int, Field(gt=0)]
 
 class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class PasteClassConfig(StrictModel):
+    """How one class is pasted (mmdet3d's `sample_groups` and `filter_by_min_points`)."""
+
+    count: int = Field(1, ge=0, description="objects of this class added to each sample (0: none)")
+    min_points: int = Field(
+        5, ge=1, description="only bank objects with at least this many LiDAR points"
+    )
+
+
+class PasteConfig(StrictModel):
+    """GT-paste (`perception.generative.paste`): objects of an object bank placed into each
+    training sample, LiDAR points with occlusion, boxes added to the targets, and with
+    `cameras` their appearance composited into the images. Off by default."""
+
+    enabled: bool = False
+    bank: str | None = Field(
+        None, description="the object bank folder (tools/create_data.py objects)"
+    )
+    source: Literal["bank", "generated"] = Field(
+        "bank", description="bank: real objects; generated: a generator's (not available yet)"
+    )
+    classes: dict[str, PasteClassConfig] = Field(
+        default_factory=dict,
+        description="per class: {count, min_points}, e.g. {bicycle: {count: 4}}",
+    )
+    cameras: bool = Field(
+        True,
+        description=(
+            "true: multimodal paste (the crop composited into the cameras); false: LiDAR only "
+            "(the cameras do not show the pasted object: mmdet3d's GT sampling)"
+        ),
+    )
+    min_visibility: float = Field(
+        0.0, ge=0, le=1, description="with cameras: only objects with a view this visible"
+    )
+    placement_tries: int = Field(
+        30, ge=1, description="random poses tried per object before it is skipped (counted)"
+    )
+    occlusion_cell_deg: float = Field(
+        0.25,
+        gt=0,
+        le=5,
+        description=(
+            "range-image cell (deg) of the LiDAR occlusion test: a point is hidden by a nearer "
+            "point of another object in its cell or the 8 around it; below the LiDAR's azimuth "
+            "step (0.33 deg at 20 Hz) and beam spacing (1.33 deg)"
+        ),
+    )
+
+    max_shadow: float = Field(
+        0.5,
+        ge=0,
+        le=1,
+        description=(
+            "a pose is not used when, seen from the LiDAR, the pasted box would cover more "
+            "than this fraction of the azimuth span of a farther box (existing or pasted), or "
+            "a nearer one would cover that much of its own (1: no limit; occlusion still "
+            "removes what is hidden)"
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> PasteConfig:
+        unknown = [c for c in self.classes if c not in CLASS_NAMES]
+        if unknown:
+            raise ValueError(
+                f"classes: unknown class(es) {unknown}; choose from {list(CLASS_NAMES)}"
+            )
+        if self.enabled:
+            if self.source == "generated":
+                raise ValueError(
+                    "source: generated needs a trained generator, which is not available yet; "
+                    "use source: bank"
+                )
+            if not self.bank:
+                raise ValueError("bank: enabled paste needs an object bank folder")
+            if not any(c.count > 0 for c in self.classes.values()):
+                raise ValueError("classes: enabled paste needs at least one class with count > 0")
+        return self
 
 
 class DataConfig(StrictModel):
@@ -66,6 +147,7 @@ class DataConfig(StrictModel):
     )
     load_images: bool = True
     workers: int = Field(2, ge=0, description="data-loading worker processes")
+    paste: PasteConfig = PasteConfig()
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:

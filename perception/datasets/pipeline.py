@@ -165,13 +165,21 @@ def check_sweep_reach(dataset: NuScenesDataset) -> None:
 
 
 def build_transforms(config: ExperimentConfig, *, train: bool) -> list[Transform]:
-    """Train: image augmentation, global LiDAR augmentation, then the point and box range
-    filters (after LidarAug, so what leaves the pipeline lies in `data.point_range`).
+    """Train: GT-paste when `data.paste.enabled` (first: on the sample as loaded, so the
+    augmentation that follows moves pasted and real objects alike), image augmentation,
+    global LiDAR augmentation, then the point and box range filters (after LidarAug, so what
+    leaves the pipeline lies in `data.point_range`).
     Test: the deterministic image resize/centre crop and the range filters."""
     point_range = config.data.point_range
     augment: list[Transform] = [image_transform(config, train=train)]
     if train:
         augment.append(LidarAug(config.augment.lidar))
+        if config.data.paste.enabled:
+            from ..generative.paste import build_paste  # the bank is opened only when used
+
+            images = config.data.load_images and config.model.camera is not None
+            paste = build_paste(config, cameras=config.data.paste.cameras and images)
+            augment.insert(0, paste)
     return [*augment, PointsRangeFilter(point_range), BoxesRangeFilter(point_range)]
 
 

@@ -51,6 +51,9 @@ class Sample:
     gt_labels: torch.Tensor  # [M] int64 index into CLASS_NAMES
     gt_attributes: torch.Tensor  # [M] int64 index into ATTRIBUTE_NAMES, -1 for none
     gt_num_points: torch.Tensor  # [M] int64 LiDAR points inside each box (keyframe sweep)
+    # What GT-paste added (perception.generative.paste), one dict per object: class, bank
+    # index and tokens, box in the LiDAR frame as pasted, points kept; empty when nothing was.
+    pasted: tuple[dict, ...] = ()
 
     def replace(self, **changes) -> Sample:
         return replace(self, **changes)
