@@ -201,9 +201,10 @@ def composite_objects(
         (drawn, all cameras and frames), `keyframe_pixels`, `cameras` (names drawn into), and
         `per_camera`: for every camera of the sample, `camera`, `pixels` `[T]` per frame,
         `reason` (None when drawn, else why not: one of `REASONS`; per frame in
-        `frame_reasons`), and the view used: `view` (index into `objects[i].views`),
-        `view_camera`, `view_angle` / `depth` of the new pose (rad, m) and their differences to
-        the banked view's, `view_angle_diff` (wrapped) and `depth_diff` (new - banked).
+        `frame_reasons`), `view_angle` / `depth` of the new pose at the keyframe (rad, m), and
+        where drawn the view used: `view` (index into `objects[i].views`), `view_camera`, and
+        the differences to its pose, `view_angle_diff` (wrapped) and `depth_diff` (new -
+        banked); these are None where nothing was drawn.
     """
     boxes = np.asarray(boxes, np.float64)
     if boxes.ndim != 2 or boxes.shape[1] != 9:
@@ -346,6 +347,8 @@ def composite_objects(
             if cam["reason"] is None and not any(cam["pixels"]):
                 reasons = [r for r in cam["frame_reasons"] if r is not None]
                 cam["reason"] = cam["frame_reasons"][-1] or (reasons[-1] if reasons else None)
+                # no view was used where nothing was drawn
+                cam.update(view=None, view_camera=None, view_angle_diff=None, depth_diff=None)
 
     for r in records:
         r["pixels"] = sum(sum(cam["pixels"]) for cam in r["per_camera"])

@@ -285,6 +285,7 @@ def test_a_missing_camera_or_an_unseen_box_draws_nothing_and_says_why():
     ]
     assert [r["pixels"] > 0 for r in records] == [True, False, False]
     assert records[1]["cameras"] == records[2]["cameras"] == []
+    assert records[2]["per_camera"][0]["view"] is None  # no view used where nothing was drawn
     assert int(_changed(before, after).sum()) == records[0]["pixels"]
     near, (crossing,) = composite_objects(  # drawn inside its outline clipped at the near plane
         before, np.array([across]), [obj], rng=np.random.default_rng(0)
