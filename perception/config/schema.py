@@ -79,6 +79,15 @@ class PasteConfig(StrictModel):
         ),
     )
 
+    max_scene_points: int = Field(
+        10,
+        ge=0,
+        description=(
+            "a pose is not used when its box already holds more scene points than this above "
+            "its lowest 0.3 m (a building, a pole, an unannotated object stands there)"
+        ),
+    )
+
     @model_validator(mode="after")
     def _check(self) -> PasteConfig:
         unknown = [c for c in self.classes if c not in CLASS_NAMES]

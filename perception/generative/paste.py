@@ -22,8 +22,12 @@ augmentation apply to pasted and real objects alike):
   anywhere in `data.point_range` (the generated world has none; real nuScenes' map is not
   read).
 - Collision: a pose whose BEV box overlaps (rotated IoU > 0, `perception.ops.bev_iou`) an
-  existing GT box or an object pasted before is rejected; `placement_tries` azimuths are
-  tried, then the object is skipped (counted).
+  existing GT box or an object pasted before is rejected, as is one where, seen from the
+  LiDAR, it would cover more than `max_shadow` of a farther box's azimuth span (or be that
+  much covered by a nearer one), and one whose box already holds more than
+  `max_scene_points` scene points above its lowest 0.3 m (a building, a pole, an
+  unannotated object). `placement_tries` azimuths are tried, then the object is skipped
+  (counted).
 - Points: moved with the box. Turning an object about the sensor's vertical axis keeps every
   point's range and elevation and the side of the object the sensor saw, so the scan pattern
   stays the one the same LiDAR would record there: the points are kept as they are, no
@@ -193,6 +197,9 @@ def ray_cells(xyz: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray, int
     return el_idx, az_idx, n_az
 
 
+# Points this close above a box's bottom are taken for ground when looking for what stands in
+# a candidate pose (the generated world's ground is flat; real roads are not quite).
+GROUND_CLEARANCE_M = 0.3
 _NEIGHBOURS = np.array([(de, da) for de in (-1, 0, 1) for da in (-1, 0, 1)], np.int64)  # [9, 2]
 
 
@@ -351,6 +358,44 @@ def _shadows(candidates: np.ndarray, boxes: np.ndarray, limit: float) -> np.ndar
     return (overlap > limit * np.maximum(far_span, 1e-9)).any(1)
 
 
+def _occupied(
+    candidates: np.ndarray, scene: np.ndarray, scene_range: np.ndarray, limit: int
+) -> np.ndarray:
+    """`[T]` bool: which candidate boxes `[T, 9]` (one object at one range, several azimuths)
+    hold more than `limit` scene points above their lowest `GROUND_CLEARANCE_M` (something
+    unannotated stands there: a building, a pole, an object the dataset does not label)."""
+    box = candidates[0]
+    radius = 0.5 * math.hypot(box[3], box[4])
+    r = math.hypot(box[0], box[1])
+    bottom = box[2] - box[5] / 2
+    ring = np.flatnonzero(
+        (np.abs(scene_range - r) <= radius)
+        & (scene[:, 2] > bottom + GROUND_CLEARANCE_M)
+        & (scene[:, 2] <= bottom + box[5])
+    )
+    if len(ring) <= limit:
+        return np.zeros(len(candidates), bool)
+    pts = scene[ring]
+    azimuth = np.arctan2(pts[:, 1], pts[:, 0])
+    order = np.argsort(azimuth)
+    pts, azimuth = pts[order], azimuth[order]
+    centre, low, high = _azimuth_spans(candidates)
+    out = np.zeros(len(candidates), bool)
+    for t, cand in enumerate(candidates):
+        lo, hi = centre[t] + low[t], centre[t] + high[t]
+        # the sector [lo, hi] of the ring (it may wrap past +-pi)
+        pieces = [(lo, hi)]
+        if lo < -math.pi:
+            pieces = [(-math.pi, hi), (lo + 2 * math.pi, math.pi)]
+        elif hi > math.pi:
+            pieces = [(lo, math.pi), (-math.pi, hi - 2 * math.pi)]
+        idx = np.concatenate(
+            [np.arange(*np.searchsorted(azimuth, [a, b])) for a, b in pieces]
+        ).astype(np.int64)
+        out[t] = int(_inside_box(pts[idx], cand).sum()) > limit
+    return out
+
+
 class GTPaste:
     """The paste transform: `paste(sample, rng) -> sample` (module docstring). Built by
     `build_paste`; `stats()` gives its counters (of this process: each loader worker counts
@@ -364,6 +409,7 @@ class GTPaste:
         placement_tries: int = 30,
         occlusion_cell_deg: float = 0.25,
         max_shadow: float = 0.5,
+        max_scene_points: int = 10,
         compositor: Compositor | None = None,
         log_every: int = 500,
     ):
@@ -372,6 +418,7 @@ class GTPaste:
         self.placement_tries = placement_tries
         self.occlusion_cell = math.radians(occlusion_cell_deg)
         self.max_shadow = max_shadow
+        self.max_scene_points = max_scene_points
         self.compositor = compositor
         self.log_every = log_every
         self._counts: Counter[str] = Counter()
@@ -438,6 +485,8 @@ class GTPaste:
         """Draws the objects and their free poses; returns the placed (plan, object, box)."""
         existing = sample.gt_boxes.tensor.numpy().astype(np.float64)  # [M, 9]
         lidar_to_ego = sample.lidar_to_ego.numpy()
+        scene = sample.points.numpy()
+        scene_range = np.hypot(scene[:, 0], scene[:, 1])
         plans, objects, boxes = [], [], []
         T = self.placement_tries
         for plan in self.plans:
@@ -456,6 +505,8 @@ class GTPaste:
                     ok[ok] = ~_bev_overlaps(cand[ok], occupied)
                 if ok.any():
                     ok[ok] = ~_shadows(cand[ok], occupied, self.max_shadow)
+                if ok.any():
+                    ok[ok] = ~_occupied(cand[ok], scene, scene_range, self.max_scene_points)
                 if not ok.any():
                     self._skip("no_free_pose", sample.token)
                     continue
@@ -610,5 +661,6 @@ def build_paste(config: ExperimentConfig, *, cameras: bool | None = None) -> GTP
         placement_tries=paste.placement_tries,
         occlusion_cell_deg=paste.occlusion_cell_deg,
         max_shadow=paste.max_shadow,
+        max_scene_points=paste.max_scene_points,
         compositor=compositor,
     )

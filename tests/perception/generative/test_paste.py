@@ -188,6 +188,22 @@ def test_pose_keeps_range_heading_to_ray_and_height():
         assert z == pytest.approx(-0.9)
 
 
+def test_no_pose_where_unannotated_things_stand():
+    """A dense block of scene points (a building) with no box: no object is pasted into it."""
+    gen = np.random.default_rng(0)
+    n = 20000
+    az = gen.uniform(-math.pi, 0, n)  # the building fills the ring's right half (y < 0)
+    r = gen.uniform(13, 17, n)
+    block = np.stack([r * np.cos(az), r * np.sin(az), gen.uniform(-1, 2, n), 0 * az, 0 * az], 1)
+    sample = _sample(n_points=0).replace(points=torch.from_numpy(block.astype(np.float32)))
+    objects = [_object(0, "bicycle", [15.0, 0.0, -1.0, 0.6, 1.8, 1.2, 0.0, 0, 0])]
+    paste = GTPaste(plans=[_plan("bicycle", 1, objects)], point_range=POINT_RANGE)
+    for seed in range(20):
+        for record in paste(sample, np.random.default_rng(seed)).pasted:
+            assert record["box"][1] > 0.5, record["box"]
+    assert paste.stats()["pasted"] > 5
+
+
 def test_a_sample_with_no_free_place_is_returned_unchanged_and_counted():
     cover = [[0, 0, -1, 200, 200, 3, 0, 0, 0]]  # one box over the whole range
     paste = GTPaste(plans=[_plan("bicycle", 2)], point_range=POINT_RANGE)
