@@ -8,6 +8,14 @@ barriers and traffic cones) and boxes without a LiDAR point are left out. One co
 the BEV.
 
     python tools/visualize.py --root data/synth-mini --version v1.0-mini --sample 0 --out s0.png
+
+`--paste BANK` first pastes objects of an object bank into the sample (GT-paste, as
+`data.paste` in training: LiDAR points with occlusion, boxes added, and the crops composited
+into the cameras where perception.generative.paste_camera is present) and outlines the pasted
+boxes in magenta:
+
+    python tools/visualize.py --root data/synth-mini --sample 3 --out paste.png \
+        --paste data/bank-mini-train --paste-classes bicycle=2,construction_vehicle=1
 """
 
 from __future__ import annotations
@@ -30,6 +38,17 @@ def _seconds_or_none(text: str) -> float | None:
     return value
 
 
+def _class_counts(text: str) -> dict[str, int]:
+    counts = {}
+    for item in text.split(","):
+        name, sep, count = item.partition("=")
+        try:
+            counts[name.strip()] = int(count) if sep else 1
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: expected CLASS=COUNT") from None
+    return counts
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -48,6 +67,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--camera-width", type=int, default=400, help="width of each camera tile")
     parser.add_argument("--out", required=True, help="PNG to write")
+    parser.add_argument("--paste", metavar="BANK", help="paste objects of this object bank")
+    parser.add_argument(
+        "--paste-classes",
+        type=_class_counts,
+        default={"bicycle": 2, "construction_vehicle": 1, "motorcycle": 1},
+        metavar="C=N,...",
+        help="with --paste: objects per class (default bicycle=2,construction_vehicle=1,"
+        "motorcycle=1)",
+    )
+    parser.add_argument("--paste-seed", type=int, default=0, help="with --paste: its random seed")
+    parser.add_argument(
+        "--paste-lidar-only",
+        action="store_true",
+        help="with --paste: LiDAR only (the cameras do not show the pasted objects)",
+    )
     return parser
 
 
@@ -78,9 +112,12 @@ def main(argv: list[str] | None = None) -> int:
                 f"--sample {args.sample}: split {args.split!r} has {len(dataset)} samples"
             )
         sample = dataset[args.sample]
-    except ValueError as exc:
+        pasted = None
+        if args.paste:
+            sample, pasted = _paste(args, sample)
+    except ValueError as exc:  # also a config or bank that cannot be used (naming it)
         return usage_error(exc)
-    picture = draw_sample(sample, camera_width=args.camera_width)
+    picture = draw_sample(sample, camera_width=args.camera_width, pasted=pasted)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     cv2.imwrite(
@@ -89,7 +126,44 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sample {sample.token} ({len(sample.points)} points, {len(sample.gt_boxes)} boxes) -> {out}"
     )
+    if args.paste:
+        for record in sample.pasted:
+            x, y = record["box"][:2]
+            print(
+                f"  pasted {record['class']} (bank object {record['bank_index']}) at "
+                f"({x:.1f}, {y:.1f}) m, {record['points']} points"
+            )
     return 0
+
+
+def _paste(args, sample):
+    """The sample with `--paste` applied and the pasted boxes; ValueError naming what is
+    wrong with the bank or the classes."""
+    import numpy as np
+    import torch
+
+    from perception.config.loader import parse_config
+    from perception.generative.paste import build_paste, camera_compositor
+    from perception.structures import Boxes3D
+
+    cameras = not args.paste_lidar_only and camera_compositor() is not None
+    if not args.paste_lidar_only and not cameras:
+        print("note: perception.generative.paste_camera is absent: LiDAR-only paste")
+    paste_config = {
+        "enabled": True,
+        "bank": args.paste,
+        "cameras": cameras,
+        "classes": {name: {"count": n} for name, n in args.paste_classes.items()},
+    }
+    config = parse_config(
+        {"data": {"version": args.version, "paste": paste_config}}, source="--paste"
+    )
+    paste = build_paste(config)
+    sample = paste(sample, np.random.default_rng(args.paste_seed))
+    stats = paste.stats()
+    print(f"paste: {stats['pasted']} of {stats['requested']} objects placed ({paste.summary()})")
+    boxes = [r["box"] for r in sample.pasted]
+    return sample, Boxes3D(torch.tensor(boxes, dtype=torch.float32).reshape(-1, 9))
 
 
 if __name__ == "__main__":

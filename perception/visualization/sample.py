@@ -20,6 +20,7 @@ UNKNOWN_CLASS_COLOR = (255, 255, 255)  # a label outside CLASS_NAMES (drawn, not
 BACKGROUND = (20, 20, 20)  # the BEV's background
 RING_COLOR = (90, 90, 90)
 RING_LABEL_COLOR = (170, 170, 170)
+PASTED_COLOR = (255, 64, 255)  # magenta: boxes GT-paste added (drawn over their class colour)
 # Box edges as pairs of corner indices. Boxes3D.corners order: bottom face counter-clockwise
 # from the front-left corner (0 front-left, 1 back-left, 2 back-right, 3 front-right), then the
 # top face in the same order (4..7). The front face is 0, 3, 7, 4.
@@ -151,6 +152,7 @@ def _draw_boxes_on_camera(
     dashed=False,
     pixel_scale: float = 1.0,
     labeller: _Labels | None = None,
+    color: tuple[int, int, int] | None = None,
 ):
     """Projects `boxes` through `matrix` (LiDAR -> image pixels) onto `image`, which is the
     camera image resized by `pixel_scale` (drawn after resizing, so labels stay readable);
@@ -163,7 +165,7 @@ def _draw_boxes_on_camera(
     depth = depth.reshape(-1, 8).numpy()
     visible = [b for b in range(len(boxes)) if (depth[b] > 0.1).all()]
     for b in visible:
-        c = class_color(int(labels[b]))
+        c = color or class_color(int(labels[b]))
         for i, j in EDGES + FRONT_DIAGONALS:
             _line(image, uv[b, i], uv[b, j], c, 2, dashed)
     if scores is None or labeller is None:
@@ -178,11 +180,15 @@ def _draw_boxes_on_camera(
 
 
 def draw_cameras(
-    sample: Sample, predictions: Predictions | None = None, width: int = 480
+    sample: Sample,
+    predictions: Predictions | None = None,
+    width: int = 480,
+    pasted: Boxes3D | None = None,
 ) -> np.ndarray:
     """`[H, W, 3]` uint8 RGB: the keyframe image of every camera in nuScenes' layout (front row,
     back row) with GT boxes (solid) and `predictions` (boxes, labels[, scores]; dashed, labelled
-    with class and score) in class colours. A cross marks each box's front face."""
+    with class and score) in class colours. A cross marks each box's front face. `pasted`:
+    boxes (LiDAR frame, as `gt_boxes`) outlined in `PASTED_COLOR`."""
     tiles = []
     n, t, _, h, w = sample.images.shape
     height = max(1, round(width * h / w))
@@ -208,6 +214,11 @@ def draw_cameras(
                     _draw_boxes_on_camera(
                         tile, sample.gt_boxes, sample.gt_labels, matrix, pixel_scale=scale
                     )
+                    if pasted is not None and len(pasted):
+                        _draw_boxes_on_camera(
+                            tile, pasted, torch.full((len(pasted),), -2), matrix,
+                            pixel_scale=scale, color=PASTED_COLOR,
+                        )  # fmt: skip
                     if predicted is not None:
                         boxes, labels, scores = predicted
                         _draw_boxes_on_camera(
@@ -233,11 +244,12 @@ def draw_bev(
     predictions: Predictions | None = None,
     extent: float = 54.0,
     size: int = 720,
+    pasted: Boxes3D | None = None,
 ) -> np.ndarray:
     """`[size, size, 3]` uint8 RGB BEV of the LiDAR frame, +x right and +y up, points shaded by
     time lag (keyframe brightest), range rings every 10 m (labelled), GT boxes solid and
     predictions (boxes, labels[, scores]) dashed with their score, in class colours; a tick from
-    the centre marks each box's front."""
+    the centre marks each box's front. `pasted`: boxes outlined in `PASTED_COLOR`."""
     image = np.full((size, size, 3), BACKGROUND, np.uint8)
     scale = size / (2 * extent)
 
@@ -261,15 +273,18 @@ def draw_bev(
         origin = (centre + offset + 2, centre - offset - 2)
         labeller.reserve(_label(image, f"{r} m", origin, RING_LABEL_COLOR, 0.35))
 
-    def draw(boxes: Boxes3D, labels, scores=None, dashed=False):
+    def draw(boxes: Boxes3D, labels, scores=None, dashed=False, color=None, thickness=2):
         if not len(boxes):
             return
         corners = boxes.corners()[:, :4, :2].numpy()
         for b in range(len(boxes)):
-            c = class_color(int(labels[b]))
+            c = color or class_color(int(labels[b]))
             poly = to_pixels(corners[b])
+            if color is not None:  # an outline around the class-coloured box
+                centre = poly.mean(0)
+                poly = centre + (poly - centre) * (1 + 4 / max(np.ptp(poly, 0).max(), 1))
             for i in range(4):
-                _line(image, poly[i], poly[(i + 1) % 4], c, 2, dashed)
+                _line(image, poly[i], poly[(i + 1) % 4], c, thickness, dashed)
             front = poly[[0, 3]].mean(0)
             _line(image, poly.mean(0), front, c, 1, False)
             if scores is not None:
@@ -279,6 +294,8 @@ def draw_bev(
                 )
 
     draw(sample.gt_boxes, sample.gt_labels)
+    if pasted is not None:
+        draw(pasted, torch.full((len(pasted),), -2), color=PASTED_COLOR, thickness=1)
     predicted = _unpack(predictions)
     if predicted is not None:
         boxes, labels, scores = predicted
@@ -286,21 +303,31 @@ def draw_bev(
     return image
 
 
-def draw_legend(image: np.ndarray, origin: tuple[int, int] = (8, 20)) -> np.ndarray:
-    """Writes the class colours and the line styles onto `image` (in place) from `origin`."""
+def draw_legend(
+    image: np.ndarray, origin: tuple[int, int] = (8, 20), pasted: bool = False
+) -> np.ndarray:
+    """Writes the class colours and the line styles onto `image` (in place) from `origin`;
+    with `pasted`, the GT-paste outline too."""
     x, y = origin
     for name, color in CLASS_COLORS.items():
         _label(image, name, (x, y), color, 0.45)
         y += 16
     _label(image, "solid: ground truth", (x, y), (230, 230, 230), 0.45)
     _label(image, "dashed: prediction + score", (x, y + 16), (230, 230, 230), 0.45)
+    if pasted:
+        _label(image, "magenta outline: pasted", (x, y + 32), PASTED_COLOR, 0.45)
     return image
 
 
 def draw_sample(
-    sample: Sample, predictions: Predictions | None = None, camera_width: int = 400
+    sample: Sample,
+    predictions: Predictions | None = None,
+    camera_width: int = 400,
+    pasted: Boxes3D | None = None,
 ) -> np.ndarray:
-    """Cameras (2 x 3 grid) beside the BEV view, one `[H, W, 3]` uint8 RGB picture."""
-    cameras = draw_cameras(sample, predictions, camera_width)
-    bev = draw_legend(draw_bev(sample, predictions, size=cameras.shape[0]))
+    """Cameras (2 x 3 grid) beside the BEV view, one `[H, W, 3]` uint8 RGB picture; `pasted`
+    boxes (GT-paste's) outlined in `PASTED_COLOR`."""
+    cameras = draw_cameras(sample, predictions, camera_width, pasted=pasted)
+    bev = draw_bev(sample, predictions, size=cameras.shape[0], pasted=pasted)
+    bev = draw_legend(bev, pasted=pasted is not None)
     return np.concatenate([cameras, bev], axis=1)
