@@ -310,6 +310,11 @@ def test_hidden_objects_without_views_and_nothing_to_paste_are_recorded():
     before = _sample(_fill(GREY), gt_boxes=[wall])
     after, (hidden,) = composite_objects(before, np.array([box]), [obj], rng=rng)
     assert hidden["per_camera"][0]["reason"] == HIDDEN and hidden["pixels"] == 0
+    across = [0.5, 0.0, 0.0, 30.0, 3.0, 20.0, 0.0, 0, 0]  # crosses the camera plane, hides all
+    _, (hidden,) = composite_objects(
+        _sample(_fill(GREY), gt_boxes=[across]), np.array([box]), [obj], rng=rng
+    )
+    assert hidden["per_camera"][0]["reason"] == HIDDEN and hidden["pixels"] == 0
     after, (none,) = composite_objects(_sample(_fill(GREY)), np.array([box]), [viewless], rng=rng)
     assert none["per_camera"][0]["reason"] == NO_VIEW and not _changed(before, after).any()
     nan = np.array([[np.nan, 0, 0, 2, 4, 1.6, 0, 0, 0]])
