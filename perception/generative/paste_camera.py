@@ -262,6 +262,7 @@ def composite_objects(
     lidar_aug = sample.lidar_aug.detach().cpu().double()  # [4, 4]
     usable = (
         torch.isfinite(intrinsics).flatten(1).all(1)
+        & (torch.linalg.det(intrinsics).abs() > 1e-9)
         & torch.isfinite(camera_to_lidar).flatten(1).all(1)
         & (torch.linalg.det(camera_to_lidar).abs() > 1e-9).all(1)
         & torch.from_numpy(np.isfinite(image_aug).reshape(Ncam, -1).all(1))
@@ -269,6 +270,7 @@ def composite_objects(
         & (torch.linalg.det(lidar_aug).abs() > 1e-9)
     ).numpy()  # [Ncam]
     eye = torch.eye(4, dtype=torch.float64)
+    intrinsics[~torch.from_numpy(usable)] = torch.eye(3, dtype=torch.float64)
     camera_to_lidar[~torch.from_numpy(usable)] = eye
     if not usable.any():
         lidar_aug = eye
@@ -280,7 +282,8 @@ def composite_objects(
     pixel_aug[:, :2, 2] = image_aug[:, :2, 3]
     pixel_aug[:, 2, 2] = 1.0
     camera_centre = (lidar_aug @ camera_to_lidar)[..., :3, 3].numpy()  # [Ncam, T, 3] aug. LiDAR
-    lags = sample.camera_time_lag.double().numpy()  # [Ncam, T]
+    lags = sample.camera_time_lag.detach().cpu().double().numpy()  # [Ncam, T] s
+    lags = np.where(np.isfinite(lags), lags, 0.0)  # an unknown lag: drawn as the keyframe
     images = sample.images.detach().cpu().numpy().copy()  # [Ncam, T, 3, H, W], drawn into
 
     for c in range(Ncam):

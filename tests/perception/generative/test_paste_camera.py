@@ -299,6 +299,15 @@ def test_a_missing_camera_or_an_unseen_box_draws_nothing_and_says_why():
     )
     assert [cam["reason"] for cam in record["per_camera"]] == [None, BAD_CALIBRATION]
     assert after.images[1].eq(before.images[1]).all() and record["cameras"] == ["CAM_FRONT"]
+    intrinsics = before.intrinsics.clone()
+    intrinsics[1] = 0  # a present camera without a camera matrix
+    no_intrinsics = before.replace(
+        camera_to_lidar=before.camera_to_lidar[[0, 0]], intrinsics=intrinsics
+    )
+    _, (record,) = composite_objects(
+        no_intrinsics, np.array([seen]), [obj], rng=np.random.default_rng(0)
+    )
+    assert [cam["reason"] for cam in record["per_camera"]] == [None, BAD_CALIBRATION]
 
 
 def test_hidden_objects_without_views_and_nothing_to_paste_are_recorded():
