@@ -292,6 +292,11 @@ def test_a_missing_camera_or_an_unseen_box_draws_nothing_and_says_why():
     )
     assert crossing["pixels"] > 0 and crossing["cameras"] == ["CAM_FRONT"]
     assert int(_changed(before, near).sum()) == crossing["pixels"]
+
+
+def test_a_camera_with_unusable_calibration_draws_nothing_and_says_why():
+    obj = _bank_object(SOURCE_BOX, _fill(RED))
+    seen = [12.0, 0.0, 0.0, 2.0, 4.0, 1.6, 0.0, 0, 0]
     broken = np.stack([FRONT, np.full((4, 4), np.nan, np.float32)])[:, None]  # [2, 1, 4, 4]
     before = _sample(_fill(GREY, n=2), camera_to_lidar=broken)
     after, (record,) = composite_objects(
