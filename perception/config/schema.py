@@ -51,7 +51,13 @@ class PasteConfig(StrictModel):
         ),
     )
     min_visibility: float = Field(
-        0.0, ge=0, le=1, description="with cameras: only objects with a view this visible"
+        0.3,
+        ge=0,
+        le=1,
+        description=(
+            "with cameras: only objects with a camera view at least this visible (and always "
+            "one view: an object no camera saw cannot be composited)"
+        ),
     )
     placement_tries: int = Field(
         30, ge=1, description="random poses tried per object before it is skipped (counted)"

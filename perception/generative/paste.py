@@ -137,12 +137,16 @@ class ClassPlan:
         )
 
 
-def open_paste_bank(paste: PasteConfig, version: str) -> list[ClassPlan]:
+def open_paste_bank(
+    paste: PasteConfig, version: str, *, cameras: bool | None = None
+) -> list[ClassPlan]:
     """The bank of `paste.bank` opened for training on dataset `version`, one `ClassPlan` per
-    class with count > 0. Raises ValueError (`BankFileError`) naming the config key and the
+    class with count > 0 (`cameras`, default `paste.cameras`: only objects with a camera view
+    at least `paste.min_visibility` visible). Raises ValueError (`BankFileError`) naming the config key and the
     bank file: missing, corrupt, of another version, an evaluation bank, empty, or without
     objects of a requested class."""
     where = f"data.paste.bank {paste.bank}"
+    cameras = paste.cameras if cameras is None else cameras
     try:
         # sizes are checked; the sha256 of every shard is not (it reads the whole bank)
         bank = ObjectBank.open(paste.bank, version=version, training=True, verify=False)
@@ -158,7 +162,8 @@ def open_paste_bank(paste: PasteConfig, version: str) -> list[ClassPlan]:
             selection = bank.filter(
                 classes=[name],
                 min_points=cls_config.min_points,
-                min_visibility=paste.min_visibility if paste.cameras else 0.0,
+                # with cameras, an object no camera saw cannot be composited: one view at least
+                min_visibility=max(paste.min_visibility, 1e-6) if cameras else 0.0,
             )
             plans.append(
                 ClassPlan.from_bank(name, cls_config.count, cls_config.min_points, selection)
@@ -654,7 +659,7 @@ def build_paste(config: ExperimentConfig, *, cameras: bool | None = None) -> GTP
                 "data.paste.cameras: true needs perception.generative.paste_camera, which this "
                 "checkout lacks; set data.paste.cameras: false for LiDAR-only paste"
             )
-    plans = open_paste_bank(paste, config.data.version)
+    plans = open_paste_bank(paste, config.data.version, cameras=use_cameras)
     return GTPaste(
         plans=plans,
         point_range=config.data.point_range,

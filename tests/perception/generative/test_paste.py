@@ -504,3 +504,49 @@ def test_an_evaluation_bank_is_refused(world, tmp_path):
     write_bank(world, VERSION, "mini_val", bank, progress=False, allow_eval_split=True)
     with pytest.raises(ValueError, match="val/bank.json: an evaluation bank"):
         build_dataset(_paste_config(bank), split="mini_train", train=True, root=world)
+
+
+def test_multimodal_paste_draws_the_objects_into_the_cameras(world, train_bank):
+    """With cameras: perception.generative.paste_camera composites the pasted objects; the
+    pixels that changed lie inside the pasted boxes' projections, and the records say which
+    cameras were drawn into."""
+    from perception.datasets.nuscenes import NuScenesDataset
+    from perception.geometry import lidar_to_image, project
+
+    config = _paste_config(
+        train_bank, cameras=True, min_visibility=0.2,
+        classes={"car": {"count": 3}, "pedestrian": {"count": 2, "min_points": 3}},
+    )  # fmt: skip
+    paste = build_paste(config)
+    assert paste.compositor is not None
+    dataset = NuScenesDataset(world, VERSION, "mini_train")
+    drawn = 0
+    for i in range(len(dataset)):
+        sample = dataset.load_raw(dataset.records[i])
+        out = paste(sample, np.random.default_rng(i))
+        assert out.images.shape == sample.images.shape
+        allowed = torch.zeros(out.images.shape[0], *out.images.shape[-2:], dtype=torch.bool)
+        H, W = out.images.shape[-2:]
+        for c in range(len(out.camera_names)):
+            matrix = lidar_to_image(
+                out.intrinsics[c].double(), out.camera_to_lidar[c, -1].double(),
+                out.image_aug[c].double(), out.lidar_aug.double(),
+            )  # fmt: skip
+            for record in out.pasted:
+                corners = Boxes3D(torch.tensor([record["box"]], dtype=torch.float64)).corners()
+                uv, depth = project(corners[0], matrix)
+                if (depth <= 0.1).any():
+                    continue
+                u0, v0 = (int(max(0, math.floor(x))) - 1 for x in uv.min(0).values)
+                u1, v1 = (
+                    int(min(lim, math.ceil(x))) + 1 for x, lim in zip(uv.max(0).values, (W, H))
+                )
+                allowed[c, max(v0, 0) : v1, max(u0, 0) : u1] = True
+        changed = (out.images[:, -1] != sample.images[:, -1]).any(1)  # [Ncam, H, W]
+        assert not (changed & ~allowed).any()
+        drawn += int(changed.sum())
+        for record in out.pasted:
+            assert record["camera"]["bank_index"] == record["bank_index"]
+            if record["camera"]["keyframe_pixels"]:
+                assert record["camera"]["cameras"]
+    assert drawn > 100 and paste.stats()["pasted"] > 0
