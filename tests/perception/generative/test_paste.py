@@ -550,3 +550,62 @@ def test_multimodal_paste_draws_the_objects_into_the_cameras(world, train_bank):
             if record["camera"]["keyframe_pixels"]:
                 assert record["camera"]["cameras"]
     assert drawn > 100 and paste.stats()["pasted"] > 0
+
+
+def test_a_skip_is_logged_once_and_summarised(caplog):
+    cover = [[0, 0, -1, 200, 200, 3, 0, 0, 0]]
+    paste = GTPaste(plans=[_plan("bicycle", 1)], point_range=POINT_RANGE, log_every=3)
+    with caplog.at_level("WARNING", logger="perception.generative.paste"):
+        for seed in range(3):
+            paste(_sample(cover, n_points=10), np.random.default_rng(seed))
+    messages = [r.getMessage() for r in caplog.records]
+    assert messages[0] == "GT-paste: sample scene-sample: 1 object(s) skipped (no_free_pose)"
+    assert len(messages) == 2 and "3 samples, 0 of 3 objects pasted" in messages[1]
+    assert "3 no free pose" in messages[1] and "3 samples with nothing placed" in messages[1]
+
+
+def test_paste_survives_pickling_into_loader_workers(world, train_bank):
+    """DataLoader workers get a pickled copy: it pastes the same as the original."""
+    import pickle
+
+    from perception.datasets.nuscenes import NuScenesDataset
+
+    paste = build_paste(_paste_config(train_bank))
+    copy = pickle.loads(pickle.dumps(paste))
+    dataset = NuScenesDataset(world, VERSION, "mini_train", load_images=False)
+    sample = dataset.load_raw(dataset.records[1])
+    a, b = paste(sample, np.random.default_rng(5)), copy(sample, np.random.default_rng(5))
+    assert a.pasted == b.pasted and torch.equal(a.points, b.points)
+
+
+def test_visualize_paste_draws_the_pasted_boxes(world, train_bank, tmp_path, capsys):
+    import cv2
+
+    from perception.visualization.sample import PASTED_COLOR
+    from tools.visualize import main as visualize
+
+    out = tmp_path / "paste.png"
+    argv = ["--root", str(world), "--split", "mini_train", "--sample", "1", "--out", str(out),
+            "--paste", str(train_bank), "--paste-classes", "car=2,pedestrian=1"]  # fmt: skip
+    assert visualize(argv) == 0
+    printed = capsys.readouterr().out
+    assert "  pasted car (bank object" in printed or "  pasted pedestrian (bank object" in printed
+    picture = cv2.cvtColor(cv2.imread(str(out)), cv2.COLOR_BGR2RGB)
+    assert (picture == np.array(PASTED_COLOR, np.uint8)).all(-1).sum() > 50
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--paste", "{tmp}/no-bank"], "no-bank/bank.json: no object bank here"),
+        (["--paste", "{bank}", "--paste-classes", "bike=1"], r"unknown class(es) ['bike']"),
+    ],
+)
+def test_visualize_paste_errors_are_one_line(world, train_bank, tmp_path, capsys, args, message):
+    from tools.visualize import main as visualize
+
+    args = [a.format(tmp=tmp_path, bank=train_bank) for a in args]
+    argv = ["--root", str(world), "--out", str(tmp_path / "p.png"), *args]
+    assert visualize(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
