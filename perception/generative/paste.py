@@ -28,7 +28,8 @@ augmentation apply to pasted and real objects alike):
   `max_scene_points` scene points above its lowest 0.3 m (a building, a pole, an
   unannotated object). `placement_tries` azimuths are tried, then the object is skipped
   (counted).
-- Points: moved with the box. Turning an object about the sensor's vertical axis keeps every
+- Points: moved with the box; only those of the sweeps the scene has (their time lags
+  within 0.02 s of one of the scene's: `data.sweeps` may differ from the bank's). Turning an object about the sensor's vertical axis keeps every
   point's range and elevation and the side of the object the sensor saw, so the scan pattern
   stays the one the same LiDAR would record there: the points are kept as they are, no
   re-dropping by beam pattern (which only a move to another range would need). The bank
@@ -173,6 +174,14 @@ def open_paste_bank(
     return plans
 
 
+def scene_sweep_lags(points: np.ndarray) -> np.ndarray:
+    """The distinct time lags `[S]` of a merged cloud `[N, 5]` (its sweeps, concatenated one
+    after another, each with one lag; the keyframe's 0 always included)."""
+    lag = points[:, 4]
+    starts = np.r_[0, np.flatnonzero(np.diff(lag)) + 1] if len(lag) else np.zeros(0, np.int64)
+    return np.unique(np.r_[0.0, lag[starts]])
+
+
 def object_points(obj: BankObject, box: np.ndarray) -> np.ndarray:
     """`[N, 5]` float32: `obj.points` (box frame) moved to `box` (x, y, z, w, l, h, yaw, vx, vy
     in the LiDAR frame), earlier sweeps' points shifted back by `box`'s velocity x time lag
@@ -202,6 +211,9 @@ def ray_cells(xyz: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray, int
     return el_idx, az_idx, n_az
 
 
+# A bank point is kept when its time lag is this close to one of the scene's sweeps' (s; less
+# than half the 0.05 s between sweeps at 20 Hz).
+SWEEP_LAG_TOLERANCE_S = 0.02
 # Points this close above a box's bottom are taken for ground when looking for what stands in
 # a candidate pose (the generated world's ground is flat; real roads are not quite).
 GROUND_CLEARANCE_M = 0.3
@@ -550,7 +562,14 @@ class GTPaste:
     def _paste(self, sample: Sample, rng: np.random.Generator) -> Sample:
         plans, objects, boxes = self._place(sample, rng)
         scene = sample.points.numpy()
-        moved = [object_points(o, b) for o, b in zip(objects, boxes)]
+        # only the bank points of sweeps the scene has too (data.sweeps / sweep_stride may
+        # differ from the bank's): within SWEEP_LAG_TOLERANCE_S of one of the scene's lags
+        lags = scene_sweep_lags(scene)
+        moved = []
+        for obj, box in zip(objects, boxes):
+            pts = object_points(obj, box)
+            near = np.abs(pts[:, 4:5] - lags[None, :]).min(1) <= SWEEP_LAG_TOLERANCE_S
+            moved.append(pts[near])
         el, az = ray_cells(scene, self.occlusion_cell)[:2] if objects else (None, None)
         # occlusion, dropping objects left with too few points until the rest all keep enough
         while True:

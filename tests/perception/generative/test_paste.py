@@ -331,10 +331,29 @@ def test_earlier_sweeps_trail_by_velocity():
     np.testing.assert_array_equal(moved[:, 3:], source.points[:, 3:])
 
 
+@pytest.mark.parametrize(
+    ("scene_lags", "pasted_lags"), [((0.0,), {0.0}), ((0.0, 0.051), {0.0, 0.05})]
+)
+def test_pasted_points_only_of_the_scene_sweeps(scene_lags, pasted_lags):
+    """A bank built with more sweeps than the dataset merges: only the bank points whose time
+    lag matches one of the scene's sweeps are pasted (here the bank has lags 0 and 0.05)."""
+    sample = _sample(n_points=2000)
+    points = sample.points.clone()
+    for k, lag in enumerate(scene_lags):  # consecutive runs, as merged sweeps are
+        points[k * 2000 // len(scene_lags) :, 4] = lag
+    sample = sample.replace(points=points)
+    paste = GTPaste(plans=[_plan("bicycle", 2)], point_range=POINT_RANGE)
+    out = paste(sample, np.random.default_rng(0))
+    n = sum(r["points"] for r in out.pasted)
+    assert n > 0
+    lags = {round(float(v), 3) for v in out.points[-n:, 4]}
+    assert lags == pasted_lags
+
+
 def test_a_real_box_left_without_points_is_dropped_and_counted():
     """A real box whose keyframe points all end up behind a pasted object leaves the targets
     (as the dataset drops GT without points); the others keep updated point counts."""
-    wall = _object(0, "bus", [10.0, 0.0, -0.5, 2.9, 3.0, 4.0, math.pi / 2, 0, 0], 3000, fill=True)
+    wall = _object(0, "bus", [10.0, 0.0, -0.5, 2.9, 3.0, 4.0, math.pi / 2, 0, 0], 8000, fill=True)
     sample = _sample(n_points=0)
     hidden_box = [25.0, 0.0, -1.0, 1.0, 1.0, 1.0, 0.0, 0, 0]
     pts = torch.tensor([[25.0, y, -1.0, 50, 0] for y in (-0.2, 0.0, 0.2)])
