@@ -28,23 +28,31 @@ augmentation apply to pasted and real objects alike):
   `max_scene_points` scene points above its lowest 0.3 m (a building, a pole, an
   unannotated object). `placement_tries` azimuths are tried, then the object is skipped
   (counted).
-- Points: moved with the box; only those of the sweeps the scene has (their time lags
-  within 0.02 s of one of the scene's: `data.sweeps` may differ from the bank's). Turning an object about the sensor's vertical axis keeps every
-  point's range and elevation and the side of the object the sensor saw, so the scan pattern
-  stays the one the same LiDAR would record there: the points are kept as they are, no
-  re-dropping by beam pattern (which only a move to another range would need). The bank
+- Points: moved with the box; only those of the sweeps the scene has (time lags within
+  0.02 s of one of the scene's: `data.sweeps` may differ from the bank's). Turning an object
+  about the sensor's vertical axis keeps every point's range and elevation and the side of
+  the object the sensor saw, so the scan pattern stays the one the same LiDAR would record
+  there: the points are kept as they are, no re-dropping by beam pattern (which only a move
+  to another range would need). The bank
   motion-compensates earlier sweeps' points into the keyframe box; they are shifted back by
   velocity x time lag in the new frame, so a moving pasted object trails as real ones do.
 - Occlusion (sensor origin: the LiDAR frame origin), on a range image of
   `occlusion_cell_deg` cells: a point is hidden when a point of another object (the scene
-  counts as one) lies in its ray's cell or one of the 8 around it and is nearer. Scene points behind a pasted object and pasted points behind the scene go; scene
-  points inside a pasted box go too (mmdet3d's habit). A pasted object left with fewer than
+  counts as one) lies in its ray's cell or one of the 8 around it and is nearer. Scene
+  points behind a pasted object and pasted points behind the scene go; scene points inside
+  a pasted box go too (mmdet3d's habit). A pasted object left with fewer than
   `min_points` points (or no keyframe point) is dropped and the rest recomputed (counted).
   Existing boxes keep `gt_num_points` up to date; one left with no keyframe point is removed
   from the targets, as the dataset drops GT without points (counted: `gt_hidden`).
 - Targets: the pasted boxes are appended to gt_boxes / gt_labels / gt_attributes /
   gt_num_points with the bank object's velocity turned into the new heading (unknown: 0, as
   the dataset trains unknown velocities); `Sample.pasted` records each object.
+- Cameras (`data.paste.cameras`, and images loaded): once the LiDAR side has settled which
+  objects stay, `composite_objects` draws them with the sample's existing boxes as nearer
+  occluders; its record is each object's `camera` entry. If it refuses the sample
+  (ValueError), the sample is returned unchanged (counted: `camera_failed`), never a LiDAR
+  paste the cameras do not show. Without images (a LiDAR-only model, or the trainer's
+  LiDAR-first phase) only the LiDAR side runs (counted: `camera_skipped`).
 
 A sample where nothing could be placed is returned unchanged and counted (`stats()`); the
 counters are also logged (logger `perception.generative.paste`, warning level) at the first
@@ -143,9 +151,9 @@ def open_paste_bank(
 ) -> list[ClassPlan]:
     """The bank of `paste.bank` opened for training on dataset `version`, one `ClassPlan` per
     class with count > 0 (`cameras`, default `paste.cameras`: only objects with a camera view
-    at least `paste.min_visibility` visible). Raises ValueError (`BankFileError`) naming the config key and the
-    bank file: missing, corrupt, of another version, an evaluation bank, empty, or without
-    objects of a requested class."""
+    at least `paste.min_visibility` visible). Raises ValueError (`BankFileError`) naming the
+    config key and the bank file: missing, corrupt, of another version, an evaluation bank,
+    empty, or without objects of a requested class."""
     where = f"data.paste.bank {paste.bank}"
     cameras = paste.cameras if cameras is None else cameras
     try:
