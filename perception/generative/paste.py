@@ -147,13 +147,18 @@ class ClassPlan:
 
 
 def open_paste_bank(
-    paste: PasteConfig, version: str, *, cameras: bool | None = None
+    paste: PasteConfig,
+    version: str,
+    *,
+    cameras: bool | None = None,
+    val_split: str | None = None,
 ) -> list[ClassPlan]:
     """The bank of `paste.bank` opened for training on dataset `version`, one `ClassPlan` per
     class with count > 0 (`cameras`, default `paste.cameras`: only objects with a camera view
     at least `paste.min_visibility` visible). Raises ValueError (`BankFileError`) naming the
     config key and the bank file: missing, corrupt, of another version, an evaluation bank,
-    empty, or without objects of a requested class."""
+    empty, holding a scene of `val_split` (the split the run evaluates on), or without
+    objects of a requested class."""
     where = f"data.paste.bank {paste.bank}"
     cameras = paste.cameras if cameras is None else cameras
     try:
@@ -163,6 +168,18 @@ def open_paste_bank(
         raise BankFileError(f"{where}: {exc}") from None
     if len(bank) == 0:
         raise BankFileError(f"{where}: {bank.index_path}: the bank holds no objects")
+    if val_split is not None:
+        from ..datasets.nuscenes import split_scene_names
+
+        evaluated = split_scene_names(val_split)
+        banked = set(bank._payload["dataset"].get("scenes", ()))  # noqa: SLF001 (no accessor)
+        shared = sorted(banked if evaluated is None else banked & evaluated)
+        if shared:
+            raise BankFileError(
+                f"{where}: {bank.index_path}: holds objects of {len(shared)} scene(s) of "
+                f"data.val_split {val_split!r} ({', '.join(shared[:3])}, ...): they would "
+                "leak into training"
+            )
     plans = []
     for name, cls_config in paste.classes.items():
         if cls_config.count == 0:
@@ -687,7 +704,9 @@ def build_paste(config: ExperimentConfig, *, cameras: bool | None = None) -> GTP
                 "data.paste.cameras: true needs perception.generative.paste_camera, which this "
                 "checkout lacks; set data.paste.cameras: false for LiDAR-only paste"
             )
-    plans = open_paste_bank(paste, config.data.version, cameras=use_cameras)
+    plans = open_paste_bank(
+        paste, config.data.version, cameras=use_cameras, val_split=config.data.val_split
+    )
     return GTPaste(
         plans=plans,
         point_range=config.data.point_range,

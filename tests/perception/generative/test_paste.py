@@ -514,6 +514,13 @@ def test_bank_errors_at_dataset_build_name_the_file(world, train_bank, tmp_path)
         build(empty)
     with pytest.raises(ValueError, match="missing/bank.json: no object bank here"):
         build(tmp_path / "missing")
+    # a training bank, but of the split this run evaluates on
+    config = _paste_config(train_bank)
+    config = config.model_copy(
+        update={"data": config.data.model_copy(update={"val_split": "mini_train"})}
+    )
+    with pytest.raises(ValueError, match="train/bank.json: holds objects of 1 scene.*scene-0061"):
+        build_dataset(config, split="mini_train", train=True, root=world)
 
 
 def test_an_evaluation_bank_is_refused(world, tmp_path):
