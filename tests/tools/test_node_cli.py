@@ -52,18 +52,20 @@ def test_a_dds_configuration_that_cannot_be_applied_is_one_line(
     tiny_world, tmp_path, monkeypatch, capsys
 ):
     pytest.importorskip("cyclonedds")
-    import os
-
     from cyclonedds.domain import DomainParticipant
 
+    from perception.deploy import transport
     from perception.deploy.transport import loopback_config
 
     config, _ = save_micro_checkpoint(node_raw(tiny_world), tmp_path / "ckpt")
-    domain = 110 + os.getpid() % 60
+    # a domain no transport of this process has configured (those would be reused, no error)
+    domain = next(d for d in range(232, 0, -1) if d not in transport._DOMAINS)
     monkeypatch.setenv("CYCLONEDDS_URI", loopback_config())
     first = DomainParticipant(domain)  # made from CYCLONEDDS_URI, not the node's configuration
     try:
-        code = run_cli(["--config", str(config), "--domain-id", str(domain), "--threads", "1"])
+        # --duration: should the transport come up after all, the node stops instead of hanging
+        code = run_cli(["--config", str(config), "--domain-id", str(domain), "--threads", "1",
+                        "--duration", "2"])  # fmt: skip
     finally:
         first.__del__()
     assert code == 2
