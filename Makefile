@@ -52,9 +52,9 @@ demo: $(STAMP)
 	$(PY) tools/test.py configs/bevfusion_tiny.yaml $(DEMO_OUT)/train --split mini_val --out $(DEMO_OUT)/test --set data.root=$(DEMO_ROOT) --set data.version=$(DEMO_VERSION)
 	@echo "== demo done. The oracle's mAP 1.000 ($(DEMO_OUT)/oracle) checks the metrics, not a model."
 	@echo "   The detector's figures above come from a $(DEMO_STEPS)-step smoke run: expect mAP near 0 (0.0-0.1);"
-	@echo "   it shows the pipeline works end to end, not what the model reaches. Trained for 30 CPU minutes"
-	@echo "   the tiny fused detector reaches mAP 0.49-0.62 / NDS 0.47-0.55 on an unseen world: BENCHMARKS.md,"
-	@echo "   'Accuracy: tiny detectors after <= 30 CPU minutes' (tools/accuracy_benchmark.sh reproduces it)."
+	@echo "   it shows the pipeline works end to end, not what the model reaches. What the tiny detectors"
+	@echo "   reach after 30 CPU minutes on an unseen world is in BENCHMARKS.md, 'Accuracy: tiny detectors"
+	@echo "   after <= 30 CPU minutes' (tools/accuracy_benchmark.sh reproduces it)."
 	@echo "   Report: $(DEMO_OUT)/test/report.html"
 
 clean-demo:
