@@ -236,6 +236,8 @@ def ray_cells(xyz: np.ndarray, cell: float) -> tuple[np.ndarray, np.ndarray, int
     return el_idx, az_idx, n_az
 
 
+# Rounds in which objects left with too few points after occlusion get a new pose.
+OCCLUSION_RETRIES = 2
 # A bank point is kept when its time lag is this close to one of the scene's sweeps' (s; less
 # than half the 0.05 s between sweeps at 20 Hz).
 SWEEP_LAG_TOLERANCE_S = 0.02
@@ -525,51 +527,68 @@ class GTPaste:
                 logger.warning(self.summary())
         return out
 
-    def _place(
-        self, sample: Sample, rng: np.random.Generator
-    ) -> tuple[list[ClassPlan], list[BankObject], list[np.ndarray]]:
-        """Draws the objects and their free poses; returns the placed (plan, object, box)."""
-        existing = sample.gt_boxes.tensor.numpy().astype(np.float64)  # [M, 9]
-        lidar_to_ego = sample.lidar_to_ego.numpy()
+    def _place(self, sample: Sample, rng: np.random.Generator) -> tuple[list[tuple], dict]:
+        """Draws the objects and their free poses: `[(plan, k, object, box [9])]` and the
+        placement context (`_free_pose`)."""
         # the keyframe sweep is enough to see what stands where (and a tenth of the points)
         scene = sample.points.numpy()
         scene = scene[scene[:, 4] == 0]
-        scene_range = np.hypot(scene[:, 0], scene[:, 1])
-        plans, objects, boxes = [], [], []
-        T = self.placement_tries
+        context = {
+            "existing": sample.gt_boxes.tensor.numpy().astype(np.float64),  # [M, 9]
+            "lidar_to_ego": sample.lidar_to_ego.numpy(),
+            "scene": scene,
+            "scene_range": np.hypot(scene[:, 0], scene[:, 1]),
+        }
+        placed: list[tuple] = []
         for plan in self.plans:
             for _ in range(plan.count):
                 self._counts["requested"] += 1
                 k = int(rng.integers(len(plan.ranges)))
-                azimuth = rng.uniform(-math.pi, math.pi, T)  # [T] candidate directions
-                cand = np.tile(plan.boxes[k], (T, 1))  # [T, 9]
-                cand[:, 0] = plan.ranges[k] * np.cos(azimuth)
-                cand[:, 1] = plan.ranges[k] * np.sin(azimuth)
-                cand[:, 6] = np.remainder(azimuth + plan.yaw_to_ray[k] + math.pi, 2 * math.pi)
-                cand[:, 6] -= math.pi
-                ok = self._in_range(cand, lidar_to_ego, plan.max_ego_distance)
-                occupied = np.concatenate([existing, *(b[None] for b in boxes)], 0)
-                if ok.any():
-                    ok[ok] = ~_bev_overlaps(cand[ok], occupied)
-                if ok.any():
-                    ok[ok] = ~_shadows(cand[ok], occupied, self.max_shadow)
-                if ok.any():
-                    ok[ok] = ~_occupied(cand[ok], scene, scene_range, self.max_scene_points)
-                if not ok.any():
+                obj = plan.bank[int(plan.indices[k])]
+                box = self._free_pose(plan, k, obj, context, [p[3] for p in placed], rng)
+                if box is None:
                     self._skip("no_free_pose", sample.token)
                     continue
-                box = cand[int(np.argmax(ok))]
-                obj = plan.bank[int(plan.indices[k])]
-                c, s = math.cos(box[6]), math.sin(box[6])
-                vx, vy = (float(v) for v in obj.velocity)
-                if np.isfinite([vx, vy]).all():
-                    box[7:9] = (c * vx - s * vy, s * vx + c * vy)
-                else:
-                    box[7:9] = 0.0  # unknown: trained as zero, as the dataset does
-                plans.append(plan)
-                objects.append(obj)
-                boxes.append(box)
-        return plans, objects, boxes
+                placed.append((plan, k, obj, box))
+        return placed, context
+
+    def _free_pose(
+        self,
+        plan: ClassPlan,
+        k: int,
+        obj: BankObject,
+        context: dict,
+        pasted: list[np.ndarray],
+        rng: np.random.Generator,
+    ) -> np.ndarray | None:
+        """A free pose `[9]` for object `k` of `plan` (`obj`: its range, yaw to the ray and z;
+        a new azimuth, `placement_tries` drawn), the velocity turned with it; None if none."""
+        T = self.placement_tries
+        azimuth = rng.uniform(-math.pi, math.pi, T)  # [T] candidate directions
+        cand = np.tile(plan.boxes[k], (T, 1))  # [T, 9]
+        cand[:, 0] = plan.ranges[k] * np.cos(azimuth)
+        cand[:, 1] = plan.ranges[k] * np.sin(azimuth)
+        cand[:, 6] = np.remainder(azimuth + plan.yaw_to_ray[k] + math.pi, 2 * math.pi) - math.pi
+        ok = self._in_range(cand, context["lidar_to_ego"], plan.max_ego_distance)
+        occupied = np.concatenate([context["existing"], *(b[None] for b in pasted)], 0)
+        if ok.any():
+            ok[ok] = ~_bev_overlaps(cand[ok], occupied)
+        if ok.any():
+            ok[ok] = ~_shadows(cand[ok], occupied, self.max_shadow)
+        if ok.any():
+            scene, scene_range = context["scene"], context["scene_range"]
+            ok[ok] = ~_occupied(cand[ok], scene, scene_range, self.max_scene_points)
+        if not ok.any():
+            return None
+        box = cand[int(np.argmax(ok))]
+        # the bank's velocity is in the box frame: turned with the new heading
+        c, s = math.cos(box[6]), math.sin(box[6])
+        vx, vy = (float(v) for v in obj.velocity)
+        if np.isfinite([vx, vy]).all():
+            box[7:9] = (c * vx - s * vy, s * vx + c * vy)
+        else:
+            box[7:9] = 0.0  # unknown: trained as zero, as the dataset does
+        return box
 
     def _in_range(self, boxes: np.ndarray, lidar_to_ego: np.ndarray, max_ego: float):
         """`[T]` bool: every BEV corner inside `point_range`, the centre's height inside it,
@@ -585,39 +604,54 @@ class GTPaste:
         return inside & (np.hypot(ego[:, 0], ego[:, 1]) <= max_ego)
 
     def _paste(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        plans, objects, boxes = self._place(sample, rng)
+        placed, context = self._place(sample, rng)
         scene = sample.points.numpy()
         # only the bank points of sweeps the scene has too (data.sweeps / sweep_stride may
         # differ from the bank's): within SWEEP_LAG_TOLERANCE_S of one of the scene's lags
         lags = scene_sweep_lags(scene)
-        moved = []
-        for obj, box in zip(objects, boxes):
-            pts = object_points(obj, box)
-            near = np.abs(pts[:, 4:5] - lags[None, :]).min(1) <= SWEEP_LAG_TOLERANCE_S
-            moved.append(pts[near])
-        el, az = ray_cells(scene, self.occlusion_cell)[:2] if objects else (None, None)
-        # occlusion, dropping objects left with too few points until the rest all keep enough
+        el, az = ray_cells(scene, self.occlusion_cell)[:2] if placed else (None, None)
+        retries = OCCLUSION_RETRIES
+        # occlusion; an object left with too few points gets another pose (OCCLUSION_RETRIES
+        # rounds), then is dropped, until every object left keeps enough
+        # id(box) -> (box, its points, scene points inside it); holding the box keeps its id
+        cache: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
         while True:
+            for _, _, obj, box in placed:
+                if id(box) not in cache:
+                    pts = object_points(obj, box)
+                    near = np.abs(pts[:, 4:5] - lags[None, :]).min(1) <= SWEEP_LAG_TOLERANCE_S
+                    cache[id(box)] = box, pts[near], _inside_box(scene, box)
+            moved = [cache[id(box)][1] for *_, box in placed]
             # scene points inside a pasted box go (mmdet3d's habit) and hide nothing
             inside = np.zeros(len(scene), bool)
-            for box in boxes:
-                inside |= _inside_box(scene, box)
+            for *_, box in placed:
+                inside |= cache[id(box)][2]
             hidden_scene, hidden_objs = hidden_points(
-                scene, moved, self.occlusion_cell, (el, az) if objects else None, inside
+                scene, moved, self.occlusion_cell, (el, az) if placed else None, inside
             )
             kept = [p[~h] for p, h in zip(moved, hidden_objs)]
             weak = [
                 i
-                for i, (plan, p) in enumerate(zip(plans, kept))
+                for i, ((plan, *_), p) in enumerate(zip(placed, kept))
                 if len(p) < plan.min_points or not (p[:, 4] == 0).any()
             ]
             if not weak:
                 break
-            self._skip("occluded", sample.token, len(weak))
-            keep = [i for i in range(len(plans)) if i not in weak]
-            plans, objects, boxes, moved = (
-                [x[i] for i in keep] for x in (plans, objects, boxes, moved)
-            )
+            strong = [x for i, x in enumerate(placed) if i not in weak]
+            for i in weak:
+                plan, k, obj, _ = placed[i]
+                box = None
+                if retries:
+                    box = self._free_pose(plan, k, obj, context, [x[3] for x in strong], rng)
+                if box is None:
+                    self._skip("occluded", sample.token)
+                else:
+                    strong.append((plan, k, obj, box))
+            retries = max(0, retries - 1)
+            placed = strong
+        plans = [x[0] for x in placed]
+        objects = [x[2] for x in placed]
+        boxes = [x[3] for x in placed]
         removed = inside | hidden_scene
         if not objects:
             if any(p.count for p in self.plans):
