@@ -635,3 +635,28 @@ def test_visualize_paste_errors_are_one_line(world, train_bank, tmp_path, capsys
     assert visualize(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and message in err, err
+
+
+def test_an_occluded_object_gets_another_pose(monkeypatch):
+    """Behind a wall (scene points, no box) an object is hidden; it is tried elsewhere before
+    it is dropped: more objects are pasted than without the retries."""
+    gen = np.random.default_rng(0)
+    n = 200000  # dense: ~20 points in the 3 x 3 cells around any ray through it
+    az = gen.uniform(-math.pi, 0, n)  # a wall 5 m away round the right half (y < 0)
+    wall = np.stack([5 * np.cos(az), 5 * np.sin(az), gen.uniform(-2, 3, n), 0 * az, 0 * az], 1)
+    sample = _sample(n_points=0).replace(points=torch.from_numpy(wall.astype(np.float32)))
+    objects = [_object(0, "bicycle", [15.0, 0.0, -1.0, 0.6, 1.8, 1.2, 0.0, 0, 0], 200)]
+
+    def pasted(retries):
+        monkeypatch.setattr(paste_module, "OCCLUSION_RETRIES", retries)
+        paste = GTPaste(plans=[_plan("bicycle", 1, objects)], point_range=POINT_RANGE)
+        for seed in range(30):
+            out = paste(sample, np.random.default_rng(seed))
+            for record in out.pasted:
+                assert record["box"][1] > 0  # never left behind the wall
+        return paste.stats()
+
+    without, with_retries = pasted(0), pasted(2)
+    assert without["occluded"] > 5
+    assert with_retries["pasted"] > without["pasted"] + 5
+    assert with_retries["pasted"] + with_retries["occluded"] == 30
