@@ -14,8 +14,8 @@ the BEV.
 into the cameras where perception.generative.paste_camera is present) and outlines the pasted
 boxes in magenta:
 
-    python tools/visualize.py --root data/synth-mini --split mini_train --sample 25 \
-        --paste data/bank-synth-mini-train --paste-seed 2 \
+    python tools/visualize.py --root data/synth-mini --split mini_train --sample 25 \\
+        --paste data/bank-synth-mini-train --paste-seed 2 \\
         --paste-classes bicycle=2,construction_vehicle=2,motorcycle=1 --out docs/paste.png
 
 (docs/paste.png; the bank: tools/create_data.py objects --root data/synth-mini --version
