@@ -481,9 +481,9 @@ class GTPaste:
         """Counters since the transform was built (this process): `samples`; `samples_pasted`
         (at least one object added); `samples_skipped` (none could be, sample unchanged);
         `requested`, `pasted` and `pasted/<class>` objects; skipped objects by reason:
-        `no_free_pose` (every tried pose overlapped a box or left the range), `occluded` (too
-        few points left after occlusion); `camera_failed` (the compositor refused the sample:
-        unchanged); `camera_skipped` (images not loaded: LiDAR side only);
+        `no_free_pose` (every tried pose overlapped or shadowed a box, held scene points or
+        left the range), `occluded` (too few points left after occlusion, at the re-tried
+        poses too); `camera_failed` (the compositor refused the sample: unchanged); `camera_skipped` (images not loaded: LiDAR side only);
         `scene_points_removed`; `gt_hidden` (real boxes left without points, removed)."""
         keys = ("samples", "samples_pasted", "samples_skipped", "requested", "pasted",
                 "no_free_pose", "occluded", "camera_failed", "camera_skipped",
