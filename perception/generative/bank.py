@@ -894,6 +894,11 @@ class ObjectBank:
         return self._payload["dataset"]["root"]
 
     @property
+    def scenes(self) -> tuple[str, ...]:
+        """The names of the scenes the bank's objects come from (for leakage checks)."""
+        return tuple(self._payload["dataset"].get("scenes", ()))
+
+    @property
     def classes(self) -> tuple[str, ...]:
         return tuple(self._payload["classes"])
 

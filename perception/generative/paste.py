@@ -172,7 +172,7 @@ def open_paste_bank(
         from ..datasets.nuscenes import split_scene_names
 
         evaluated = split_scene_names(val_split)
-        banked = set(bank._payload["dataset"].get("scenes", ()))  # noqa: SLF001 (no accessor)
+        banked = set(bank.scenes)
         shared = sorted(banked if evaluated is None else banked & evaluated)
         if shared:
             raise BankFileError(

@@ -191,6 +191,7 @@ def test_a_train_bank_holds_no_val_sample_or_instance(world, train_bank):
     assert not set(bank.sample_tokens) & val_samples
     assert not set(bank.instance_tokens) & val_instances
     assert {o.split for o in bank} == {TRAIN}
+    assert bank.scenes and not set(bank.scenes) & val_scenes
 
 
 @pytest.mark.parametrize("split", [VAL, "all"])
