@@ -46,6 +46,7 @@ import cv2
 import numpy as np
 
 from ..structures.classes import ATTRIBUTE_NAMES, CAMERA_NAMES, CLASS_NAMES
+from .box_frame import BOX_EDGES, box_corners, box_to_frame
 
 if TYPE_CHECKING:
     from ..structures.sample import Sample
@@ -151,36 +152,12 @@ class BankObject:
 # ---------------------------------------------------------------------------------------------
 # Extraction (one keyframe)
 # ---------------------------------------------------------------------------------------------
-def _box_to_lidar(box: np.ndarray) -> np.ndarray:
-    """4x4 float64: box frame -> LiDAR frame for a box (x, y, z, w, l, h, yaw, ...)."""
-    c, s = math.cos(box[6]), math.sin(box[6])
-    m = np.eye(4)
-    m[:2, :2] = [[c, -s], [s, c]]
-    m[:3, 3] = box[:3]
-    return m
-
-
-def _box_corners(size: np.ndarray) -> np.ndarray:
-    """`[8, 3]` corners in the box frame, `Boxes3D.corners` order (bottom face first)."""
-    w, l, h = (float(v) for v in size)
-    signs = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float64)
-    xy = signs * [l / 2, w / 2]
-    return np.concatenate(
-        [np.c_[xy, np.full(4, -h / 2)], np.c_[xy, np.full(4, h / 2)]], 0
-    )  # [8, 3]
-
-
-_EDGES = np.array(
-    [[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]]
-)
-
-
 def _project_box(corners_cam: np.ndarray, intrinsics: np.ndarray) -> np.ndarray | None:
     """Pixels `[K, 2]` float64 of the box's outline: the corners in front of the near plane and
     where its edges cross it; None when the whole box is behind."""
     depth = corners_cam[:, 2]
     kept = [corners_cam[depth > NEAR_PLANE_M]]
-    a, b = corners_cam[_EDGES[:, 0]], corners_cam[_EDGES[:, 1]]
+    a, b = corners_cam[BOX_EDGES[:, 0]], corners_cam[BOX_EDGES[:, 1]]
     da, db = a[:, 2] - NEAR_PLANE_M, b[:, 2] - NEAR_PLANE_M
     crossing = (da > 0) != (db > 0)
     if crossing.any():
@@ -281,8 +258,8 @@ def extract_objects(
     M = len(boxes)
     tree = cKDTree(points[:, :2]) if len(points) else None
     max_lag = float(points[:, 4].max()) if len(points) else 0.0
-    box_to_lidar = [_box_to_lidar(b) for b in boxes]
-    corners = [_box_corners(b[3:6]) for b in boxes]
+    box_to_lidar = [box_to_frame(b) for b in boxes]
+    corners = [box_corners(b[3:6]) for b in boxes]
 
     # Per camera: each box's projection (convex hull, depth), for the views and as occluders.
     images = sample.images[:, -1]  # [Ncam, 3, H, W] the keyframe frame (clips are oldest first)

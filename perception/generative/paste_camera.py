@@ -68,6 +68,7 @@ import torch
 from ..geometry import lidar_to_image
 from ..structures.sample import Sample
 from .bank import NEAR_PLANE_M, BankObject, CameraView
+from .box_frame import BOX_EDGES, box_corners, box_to_frame
 
 __all__ = ["REASONS", "composite_objects"]
 
@@ -84,28 +85,12 @@ NO_CROP_PIXELS = "no crop pixel lands in the box"
 REASONS: tuple[str, ...] = (CAMERA_MISSING, BAD_CALIBRATION, BOX_NOT_FINITE, NO_VIEW, BEHIND_CAMERA,
                             OUTSIDE_IMAGE, DEGENERATE, HIDDEN, NO_CROP_PIXELS)  # fmt: skip
 
-# Box edges as corner pairs (`Boxes3D.corners` order: bottom face, then top face).
-_EDGES = np.array(
-    [[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]]
-)
 _TIE = 1e-9  # view costs this close are a tie, broken by the rng
 
 
-def _box_to_frame(box: np.ndarray) -> np.ndarray:
-    """4x4 float64: box frame -> the frame of `box` (x, y, z, w, l, h, yaw, ...)."""
-    c, s = math.cos(box[6]), math.sin(box[6])
-    m = np.eye(4)
-    m[:2, :2] = [[c, -s], [s, c]]
-    m[:3, 3] = box[:3]
-    return m
-
-
-def _corners(size: np.ndarray) -> np.ndarray:
+def _corners_h(size: np.ndarray) -> np.ndarray:
     """`[8, 4]` homogeneous corners in the box frame, `Boxes3D.corners` order."""
-    w, l, h = (float(v) for v in size)
-    xy = np.array([[1, 1], [-1, 1], [-1, -1], [1, -1]], np.float64) * [l / 2, w / 2]
-    z = np.repeat([-h / 2, h / 2], 4)[:, None]
-    return np.c_[np.r_[xy, xy], z, np.ones(8)]
+    return np.c_[box_corners(size), np.ones(8)]
 
 
 def _outline(h: np.ndarray) -> np.ndarray | None:
@@ -114,7 +99,7 @@ def _outline(h: np.ndarray) -> np.ndarray | None:
     crossing interpolates in this form); None when the whole box is behind."""
     d = h[:, 2]
     kept = [h[d > NEAR_PLANE_M]]
-    a, b = h[_EDGES[:, 0]], h[_EDGES[:, 1]]
+    a, b = h[BOX_EDGES[:, 0]], h[BOX_EDGES[:, 1]]
     da, db = a[:, 2] - NEAR_PLANE_M, b[:, 2] - NEAR_PLANE_M
     crossing = (da > 0) != (db > 0)
     if crossing.any():
@@ -250,7 +235,7 @@ def composite_objects(
     existing = existing[np.isfinite(existing[:, :7]).all(1)]
     existing_velocity = np.where(np.isfinite(existing[:, 7:9]), existing[:, 7:9], 0.0)
     existing_corners = _corners_lidar(existing)  # [E, 8, 4] homogeneous, keyframe
-    pasted_corners = [_corners(b[3:6]) if ok else None for b, ok in zip(boxes, finite)]
+    pasted_corners = [_corners_h(b[3:6]) if ok else None for b, ok in zip(boxes, finite)]
 
     # Boxes project to the image as loaded (before `image_aug`), where the banked crops' bounds
     # map onto the new box's; `image_aug`'s 2-D affine then carries both into `images`, so a
@@ -334,7 +319,7 @@ def composite_objects(
                     continue
                 centre = boxes[i, :3].copy()
                 centre[:2] -= velocity[i] * lag
-                to_image = P @ _box_to_frame(np.r_[centre, boxes[i, 3:7]])
+                to_image = P @ box_to_frame(np.r_[centre, boxes[i, 3:7]])
                 h = (pasted_corners[i] @ to_image.T)[:, :3]  # [8, 3] (u*d, v*d, d)
                 drawable.append((float(to_image[2, 3]), i, h))
             for depth, i, h in sorted(drawable, key=lambda x: -x[0]):  # far to near
@@ -453,7 +438,7 @@ def _draw(
     # the crop sits inside it at `crop_box`, so a crop cut at the image border lands as a part.
     to_banked = np.eye(4)
     to_banked[:3, :3] = view.intrinsics
-    h_banked = (_corners(size) @ (to_banked @ view.box_to_camera.astype(np.float64)).T)[:, :3]
+    h_banked = (_corners_h(size) @ (to_banked @ view.box_to_camera.astype(np.float64)).T)[:, :3]
     banked = _outline(h_banked)
     if banked is None:
         return 0, DEGENERATE

@@ -1,0 +1,23 @@
+"""The numpy box frame of the bank and the paste agrees with `Boxes3D`."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from perception.generative.box_frame import BOX_EDGES, box_corners, box_to_frame
+from perception.structures import Boxes3D
+
+
+def test_corners_moved_by_the_box_pose_are_the_boxes3d_corners():
+    box = np.array([4.0, -2.5, 0.7, 1.9, 4.6, 1.6, 2.3, 1.0, -0.5])
+    corners = np.c_[box_corners(box[3:6]), np.ones(8)] @ box_to_frame(box).T  # [8, 4]
+    expected = Boxes3D(torch.tensor(box[None], dtype=torch.float64)).corners()[0].numpy()
+    np.testing.assert_allclose(corners[:, :3], expected, atol=1e-12)
+
+
+def test_edges_join_corners_one_size_apart():
+    size = np.array([2.0, 5.0, 1.5])  # w, l, h
+    corners = box_corners(size)
+    lengths = np.linalg.norm(corners[BOX_EDGES[:, 0]] - corners[BOX_EDGES[:, 1]], axis=1)
+    assert sorted(np.round(lengths, 9)) == sorted([2.0, 5.0] * 4 + [1.5] * 4)
