@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import torch
@@ -10,7 +11,8 @@ from ..structures import Batch, Sample
 
 
 def collate_samples(samples: Sequence[Sample]) -> Batch:
-    """Stacks per-sample tensors; concatenates points with a leading batch-index column."""
+    """Stacks per-sample tensors; concatenates points with a leading batch-index column; sums
+    the samples' GT-paste counters (`Sample.paste_counts`)."""
     if not samples:
         raise ValueError("collate_samples: empty list")
     names = {s.camera_names for s in samples}
@@ -28,6 +30,9 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
             for b, s in enumerate(samples)
         ]
     )
+    paste_counts: Counter[str] = Counter()
+    for s in samples:
+        paste_counts.update(s.paste_counts)
     return Batch(
         tokens=tuple(s.token for s in samples),
         points=points,
@@ -45,4 +50,5 @@ def collate_samples(samples: Sequence[Sample]) -> Batch:
         gt_boxes=tuple(s.gt_boxes for s in samples),
         gt_labels=tuple(s.gt_labels for s in samples),
         gt_attributes=tuple(s.gt_attributes for s in samples),
+        paste_counts=dict(sorted(paste_counts.items())),
     )

@@ -53,6 +53,15 @@ in the forward pass (modality dropout draws per rank, not per sample). The camer
 (`model.camera.depth_loss_weight` > 0) averages over the global batch's pixels too. The loss
 terms are averaged over the processes for logging and the NaN check (so every process stops
 together); only rank 0 writes logs and checkpoints.
+
+GT-paste (`data.paste`) counts what it pasted and skipped per sample, in the loader workers;
+each sample carries its counters and collate sums them into `Batch.paste_counts`. The trainer
+adds up those of the batches it trains on (over the processes, under `torchrun`) and writes,
+in every log.jsonl record, `paste` (the counters of the batches since the previous record:
+`samples`, `requested`, `pasted`, `pasted/<class>`, skipped objects by reason `no_free_pose`,
+`occluded`, ...; perception.generative.paste `GTPaste.stats`) and `paste_total` (since the
+run's first step, resumes included: the totals are saved with every checkpoint). Without
+paste neither key is written.
 """
 
 from __future__ import annotations
@@ -62,6 +71,7 @@ import math
 import os
 import random
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -319,6 +329,9 @@ class Trainer:
         if tc.tensorboard:  # on every rank: all stop together, before any step
             _require_tensorboard()
         self.camera_from_epoch: int | None = None  # LiDAR first: the epoch the camera joined
+        # GT-paste counters of the batches trained on: since the last log record, and in all
+        self.paste_interval: Counter[str] = Counter()
+        self.paste_total: Counter[str] = Counter()
         if tc.camera_start > 0 and not (
             getattr(self.model, "camera", None) is not None
             and getattr(self.model, "lidar", None) is not None
@@ -350,6 +363,8 @@ class Trainer:
         self.step = state.step
         self.last_checkpoint = state.path
         self.camera_from_epoch = state.extra.get("camera_from_epoch")
+        self.paste_total = Counter(state.extra.get("paste_counts") or {})
+        self.paste_interval = Counter()
         if self.budget_s is not None:
             self.spent_before = float(state.extra.get("train_seconds", 0.0))
             self.total_steps = int(state.extra.get("planned_steps", self.total_steps))
@@ -371,6 +386,8 @@ class Trainer:
                     "planned_steps": self.total_steps,
                     "train_seconds": self._spent(),
                     "camera_from_epoch": self.camera_from_epoch,
+                    # the totals so far, the batches since the last log record included
+                    "paste_counts": dict(self._paste_sum(self.paste_total, self.paste_interval)),
                 },
                 keep=self.train_config.keep_checkpoints,
             )
@@ -386,6 +403,28 @@ class Trainer:
             values /= self.world_size
         return dict(zip(names, values.tolist(), strict=True))
 
+    @staticmethod
+    def _paste_sum(*counters: dict[str, int]) -> Counter[str]:
+        """The counters added key by key (zeros kept: a `Counter` sum would drop them)."""
+        out: Counter[str] = Counter()
+        for counter in counters:
+            out.update(counter)
+        return out
+
+    def _paste_counts(self) -> tuple[dict[str, int], dict[str, int]] | None:
+        """At a log step (on every process): the GT-paste counters of the batches since the
+        previous one, summed over the processes, and the run's totals; None without paste."""
+        interval = self.paste_interval
+        if self.distributed and self.config.data.paste.enabled:
+            gathered: list[dict[str, int] | None] = [None] * self.world_size
+            torch_dist.all_gather_object(gathered, dict(interval))
+            interval = self._paste_sum(*(g or {} for g in gathered))
+        self.paste_interval = Counter()
+        self.paste_total.update(interval)
+        if not self.paste_total:
+            return None
+        return dict(sorted(interval.items())), dict(sorted(self.paste_total.items()))
+
     def _log(self, record: dict) -> None:
         if not self.is_main:
             return
@@ -397,6 +436,8 @@ class Trainer:
                     self.tensorboard.add_scalar(key, value, record["step"])
             for key, value in record["losses"].items():
                 self.tensorboard.add_scalar(f"loss/{key}", value, record["step"])
+            for key, value in record.get("paste", {}).items():
+                self.tensorboard.add_scalar(f"paste/{key}", value, record["step"])
 
     def _spent(self) -> float:
         """Seconds of training loop so far, this run and before a resume (0 before `train`)."""
@@ -580,6 +621,7 @@ class Trainer:
                 loader = _loader_skipping(self.loader, seen) if seen else self.loader
                 for batch in loader:
                     values = self._train_step(batch)
+                    self.paste_interval.update(batch.paste_counts)
                     loop_steps += 1
                     if self.budget_s is not None:
                         self._follow_budget(loop_steps)
@@ -593,16 +635,18 @@ class Trainer:
                         rate = steps * global_batch / max(now - last_log_time, 1e-9)
                         last_log_time, last_log_step = now, self.step
                         losses = {k: v for k, v in values.items() if k != "total"}
-                        self._log(
-                            {
-                                "step": self.step,
-                                "epoch": epoch,
-                                "loss": values["total"],
-                                "lr": self.scheduler.get_last_lr()[0],
-                                "samples_per_s": rate,
-                                "losses": losses,
-                            }
-                        )
+                        record = {
+                            "step": self.step,
+                            "epoch": epoch,
+                            "loss": values["total"],
+                            "lr": self.scheduler.get_last_lr()[0],
+                            "samples_per_s": rate,
+                            "losses": losses,
+                        }
+                        paste = self._paste_counts()
+                        if paste is not None:
+                            record["paste"], record["paste_total"] = paste
+                        self._log(record)
                     if self.step % tc.checkpoint_every == 0 or self.step == stop:
                         self._save()
                     if self.step >= stop:

@@ -54,9 +54,13 @@ augmentation apply to pasted and real objects alike):
   paste the cameras do not show. Without images (a LiDAR-only model, or the trainer's
   LiDAR-first phase) only the LiDAR side runs (counted: `camera_skipped`).
 
-A sample where nothing could be placed is returned unchanged and counted (`stats()`); the
-counters are also logged (logger `perception.generative.paste`, warning level) at the first
-skip and every `log_every` samples with skips, from each loader worker.
+A sample where nothing could be placed is returned unchanged (but for its counters) and
+counted (`stats()`); the counters are also logged (logger `perception.generative.paste`,
+warning level) at the first skip and every `log_every` samples with skips, from each loader
+worker. Every sample returned carries its own counters (`Sample.paste_counts`: the `stats()`
+keys, `pasted/<class>` where non-zero): collate sums them per batch and the trainer writes
+them to log.jsonl (`paste`, `paste_total`), so the skips made in loader workers are counted in
+the training log.
 """
 
 from __future__ import annotations
@@ -447,7 +451,7 @@ def _occupied(
 class GTPaste:
     """The paste transform: `paste(sample, rng) -> sample` (module docstring). Built by
     `build_paste`; `stats()` gives its counters (of this process: each loader worker counts
-    its own samples and logs them)."""
+    its own samples and logs them); each returned sample carries its own (`paste_counts`)."""
 
     def __init__(
         self,
@@ -520,12 +524,16 @@ class GTPaste:
                 f"GT-paste on sample {sample.token}: the sample is already augmented; paste "
                 "must come first in the transforms (on the sample as loaded)"
             )
+        before = self.stats()
         self._counts["samples"] += 1
         out = self._paste(sample, rng)
         if self.log_every and self._counts["samples"] % self.log_every == 0:
             if any(self._counts[k] for k in ("no_free_pose", "occluded", "camera_failed")):
                 logger.warning(self.summary())
-        return out
+        # this sample's counters travel with it (out of a loader worker, into the training log)
+        after = self.stats()
+        counts = {k: v - before.get(k, 0) for k, v in after.items()}
+        return out.replace(paste_counts={k: v for k, v in counts.items() if v or "/" not in k})
 
     def _place(self, sample: Sample, rng: np.random.Generator) -> tuple[list[tuple], dict]:
         """Draws the objects and their free poses: `[(plan, k, object, box [9])]` and the

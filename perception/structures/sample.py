@@ -6,7 +6,7 @@ frame unless its name says otherwise (`ego_to_global`, `lidar_to_ego`).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 
 import torch
 
@@ -54,6 +54,10 @@ class Sample:
     # What GT-paste added (perception.generative.paste), one dict per object: class, bank
     # index and tokens, box in the LiDAR frame as pasted, points kept; empty when nothing was.
     pasted: tuple[dict, ...] = ()
+    # GT-paste's counters for this sample (`GTPaste.stats()` keys: objects pasted, skipped and
+    # why, ...); empty when no paste ran. They travel with the sample out of the loader
+    # workers: collate sums them into `Batch.paste_counts` and the trainer logs them.
+    paste_counts: dict[str, int] = field(default_factory=dict)
 
     def replace(self, **changes) -> Sample:
         return replace(self, **changes)
@@ -79,6 +83,8 @@ class Batch:
     gt_boxes: tuple[Boxes3D, ...]
     gt_labels: tuple[torch.Tensor, ...]
     gt_attributes: tuple[torch.Tensor, ...]
+    # the samples' `Sample.paste_counts` summed (empty when no paste ran)
+    paste_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def batch_size(self) -> int:

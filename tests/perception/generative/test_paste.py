@@ -209,10 +209,12 @@ def test_a_sample_with_no_free_place_is_returned_unchanged_and_counted():
     paste = GTPaste(plans=[_plan("bicycle", 2)], point_range=POINT_RANGE)
     sample = _sample(cover)
     out = paste(sample, np.random.default_rng(0))
-    assert out is sample and out.pasted == ()
+    assert out.pasted == () and out.points is sample.points and out.gt_boxes is sample.gt_boxes
     s = paste.stats()
     assert s["samples"] == 1 and s["samples_skipped"] == 1
     assert s["no_free_pose"] == 2 and s["pasted"] == 0
+    # the sample carries its own counters (out of a loader worker, into the training log)
+    assert out.paste_counts == s and sample.paste_counts == {}
 
 
 # -- occlusion -------------------------------------------------------------------------------
