@@ -8,6 +8,9 @@ python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
     (collects what tools/accuracy_benchmark.sh trained and tested; checks the targets)
+python tools/benchmark.py paste --runs outputs/paste [--out benchmarks/paste_cpu.json]
+    (collects tools/paste_benchmark.sh's runs: rare-class AP and mAP per model x paste variant
+    x seed, mean and spread over the seeds)
 python tools/benchmark.py runs A.json B.json ... [--labels A B ...]
     (saved runs of one benchmark side by side: ms and ratio per run, median ratio)
 python tools/benchmark.py pairs benchmarks/accuracy_cpu*.json [--out benchmarks/accuracy_pairs.md]
@@ -139,6 +142,23 @@ def run_accuracy(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_paste(args: argparse.Namespace) -> int:
+    """Collects finished rare-class paste runs (`perception.benchmarks.paste`)."""
+    from perception.benchmarks import paste
+
+    command = "python tools/benchmark.py " + " ".join(
+        sys.argv[1:] if args.argv is None else args.argv
+    )
+    try:
+        result = paste.collect(args.runs, command=command)
+    except ValueError as exc:
+        print(f"benchmark paste: {exc}", file=sys.stderr)
+        return 2
+    print(paste.markdown(result))
+    print(f"wrote {paste.write(result, args.out or 'benchmarks/paste_cpu.json')}")
+    return 0
+
+
 def run_pairs(args: argparse.Namespace) -> int:
     """The accuracy comparisons recorded so far, one row a pair (`accuracy.pairs`)."""
     from perception.benchmarks import accuracy
@@ -196,7 +216,9 @@ def main(argv: list[str] | None = None) -> int:
     acc = sub.add_parser("accuracy", help="collect tools/accuracy_benchmark.sh's runs")
     acc.add_argument("--runs", default="outputs/accuracy", help="its OUT_DIR")
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")
-    for p in (ops, jpeg, synth, model, node, acc):
+    paste = sub.add_parser("paste", help="collect tools/paste_benchmark.sh's runs")
+    paste.add_argument("--runs", default="outputs/paste", help="its OUT_DIR")
+    for p in (ops, jpeg, synth, model, node, acc, paste):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     pairs = sub.add_parser(
         "pairs", help="every fused / LiDAR-only and TSM pair in saved accuracy JSONs, one table"
@@ -207,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("files", nargs="+", help="JSON reports written by --out")
     runs.add_argument("--labels", nargs="+", help="one per file (default A, B, ...)")
     args = parser.parse_args(argv)
+    args.argv = argv
     from perception.benchmarks.report import (
         machine_description,
         markdown_table,
@@ -227,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_node(args)
     if args.command == "accuracy":
         return run_accuracy(args)
+    if args.command == "paste":
+        return run_paste(args)
     from perception.config import ConfigError
 
     device = getattr(args, "device", "cpu")
