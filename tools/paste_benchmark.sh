@@ -50,6 +50,16 @@ WORLD_OPTS=()
 [ -n "${SAMPLES:-}" ] && WORLD_OPTS+=(--samples-per-scene "$SAMPLES")
 # shellcheck disable=SC2206  # "W H": two words on purpose
 [ -n "${IMAGE_SIZE:-}" ] && WORLD_OPTS+=(--image-size $IMAGE_SIZE)
+for model in "${MODELS[@]}"; do  # checked before any world is generated
+    case "$model" in fused|lidar) ;; *) echo "unknown model $model (fused or lidar)" >&2; exit 2 ;; esac
+done
+for variant in $VARIANTS; do
+    case "$variant" in none|lidar|multimodal) ;;
+        *) echo "unknown variant $variant (none, lidar or multimodal)" >&2; exit 2 ;; esac
+done
+for kv in ${PASTE_CLASSES//,/ }; do
+    [[ "$kv" =~ ^[a-z_]+=[0-9]+$ ]] || { echo "PASTE_CLASSES: $kv is not CLASS=COUNT" >&2; exit 2; }
+done
 mkdir -p "$OUT"
 
 TRAIN_ROOT=$DATA/synth-train-rare

@@ -77,3 +77,25 @@ def test_paste_without_runs_or_with_a_foreign_record_is_one_line(tmp_path, capsy
     assert benchmark(["paste", "--runs", str(tmp_path), "--out", str(tmp_path / "p.json")]) == 2
     err = capsys.readouterr().err
     assert "seed0/train_time.json: no paste" in err and not (tmp_path / "p.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "message"),
+    [
+        (["bogus"], {}, "unknown model bogus (fused or lidar)"),
+        ([], {"VARIANTS": "none gan"}, "unknown variant gan"),
+        ([], {"PASTE_CLASSES": "bicycle:2"}, "PASTE_CLASSES: bicycle:2 is not CLASS=COUNT"),
+    ],
+)
+def test_paste_benchmark_script_refuses_bad_arguments_before_any_work(tmp_path, args, env, message):
+    import os
+    import subprocess
+
+    out = tmp_path / "out"
+    done = subprocess.run(
+        ["bash", "tools/paste_benchmark.sh", str(out), *args],
+        env={**os.environ, "DATA": str(tmp_path / "data"), **env},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and message in done.stderr
+    assert not (tmp_path / "data").exists() and not out.exists()
