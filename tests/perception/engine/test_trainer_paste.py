@@ -116,3 +116,41 @@ def test_paste_totals_survive_a_resume_and_are_absent_without_paste(world_and_ba
             device="cpu", progress=False).train()  # fmt: skip
     (record,) = _records(tmp_path / "c")
     assert "paste" not in record and "paste_total" not in record
+
+
+def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """`Trainer._paste_counts` on a stand-in trainer in process `rank` of 2 (gloo)."""
+    import os
+    from types import SimpleNamespace
+
+    import torch
+    import torch.distributed as torch_dist
+
+    torch_dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                                  world_size=2)  # fmt: skip
+    try:
+        counts = [{"samples": 2, "pasted": 3, "pasted/car": 3}, {"samples": 2, "no_free_pose": 1}]
+        trainer = SimpleNamespace(
+            distributed=True, world_size=2, _paste_sum=Trainer._paste_sum,
+            config=SimpleNamespace(data=SimpleNamespace(paste=SimpleNamespace(enabled=True))),
+            paste_interval=Counter(counts[rank]), paste_total=Counter({"samples": 4}),
+        )  # fmt: skip
+        result = Trainer._paste_counts(trainer)
+        torch.save({"result": result, "interval": dict(trainer.paste_interval)},
+                   os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
+    finally:
+        torch_dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_paste_counts_are_summed_over_processes(tmp_path):
+    import torch
+
+    torch.multiprocessing.spawn(
+        _gather_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=2, join=True
+    )
+    interval = {"no_free_pose": 1, "pasted": 3, "pasted/car": 3, "samples": 4}
+    for rank in range(2):
+        saved = torch.load(tmp_path / f"rank{rank}.pt")
+        assert saved["result"] == (interval, {**interval, "samples": 8})
+        assert saved["interval"] == {}  # the next interval starts from zero
