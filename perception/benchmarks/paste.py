@@ -14,12 +14,11 @@ from __future__ import annotations
 import datetime
 import json
 import statistics
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from .accuracy import read_run
-from .report import machine_description
+from .report import git_commit, machine_description
 
 MODELS: dict[str, str] = {
     "fused": "fused (`bevfusion_tiny`, cameras T=1)",
@@ -162,16 +161,6 @@ def markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def _commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
-
-
 def collect(runs_dir: str | Path, *, command: str = "") -> dict[str, Any]:
     """Every finished run under `runs_dir` (`<model>/<paste>/seed<S>/` with train_time.json and
     test/metrics.json), sorted, with the per-(model, variant) summary over seeds."""
@@ -190,7 +179,7 @@ def collect(runs_dir: str | Path, *, command: str = "") -> dict[str, Any]:
     return {
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(),
-        "commit": _commit(),
+        "commit": git_commit(),
         "command": command,
         "runs": runs,
         "summary": summarize(runs),

@@ -6,6 +6,7 @@ import datetime
 import json
 import os
 import platform
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,18 +46,37 @@ def markdown_table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
+def git_commit() -> str | None:
+    """The checkout's commit (short hash), with `+dirty` when tracked files differ from it;
+    None outside a git checkout."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return (head + ("+dirty" if dirty else "")) or None
+
+
 def write_report(rows: list[BenchRow], out: str | Path, device: str) -> Path:
-    """Writes `rows` as JSON (with date, machine and command) beside a Markdown table."""
+    """Writes `rows` as JSON (with date, machine, commit and command) beside a Markdown table."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "date": datetime.date.today().isoformat(),
         "machine": machine_description(device),
+        "commit": git_commit(),
         "command": "python " + " ".join(sys.argv),
     }
     out.write_text(json.dumps({**meta, "rows": [r.as_dict() for r in rows]}, indent=2))
     out.with_suffix(".md").write_text(
-        f"{meta['date']}, {meta['machine']}\n\n`{meta['command']}`\n\n{markdown_table(rows)}\n"
+        f"{meta['date']}, {meta['machine']}, commit {meta['commit']}\n\n`{meta['command']}`\n\n{markdown_table(rows)}\n"
     )
     return out
 

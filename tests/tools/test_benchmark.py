@@ -36,7 +36,9 @@ def test_ops_benchmark_quick(tmp_path):
 def test_jpeg_benchmark_quick(tmp_path):
     out = tmp_path / "jpeg.json"
     assert benchmark(["jpeg", "--quick", "--out", str(out)]) == 0
-    rows = json.loads(out.read_text())["rows"]
+    report = json.loads(out.read_text())
+    assert report["commit"] and report["machine"]  # provenance of the saved figures
+    rows = report["rows"]
     names = {row["name"] for row in rows}
     assert {"opencv imdecode", "ours decode_image (strict)"} <= names
     ours = next(row for row in rows if row["name"] == "ours decode_image (strict)")
