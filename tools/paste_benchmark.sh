@@ -20,7 +20,7 @@
 #   STEPS           steps of every run (default per model, the same for its three variants:
 #                   fused 1200, lidar 1400 at 2 threads; from the accuracy benchmark's paces,
 #                   0.87-0.94 / 0.7-0.8 s a step, plus the paste's ~0.1-0.13 s a sample in the
-#                   loader: ~25 minutes a run, an estimate, check train_time.json)
+#                   loader: LiDAR only took ~15 minutes a run on 2 cores, BENCHMARKS.md)
 #   PASTE_CLASSES="bicycle=2,construction_vehicle=2"  objects pasted per sample, per class
 #   OMP_NUM_THREADS (default 2: one run at a time on both cores), BATCH (default 2)
 #   CAMERA_START    the fused model trains LiDAR first (its config's train.camera_start, 0.5):
