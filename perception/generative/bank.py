@@ -46,7 +46,7 @@ import cv2
 import numpy as np
 
 from ..structures.classes import ATTRIBUTE_NAMES, CAMERA_NAMES, CLASS_NAMES
-from .box_frame import BOX_EDGES, box_corners, box_to_frame
+from .box_frame import box_corners, box_to_frame, clip_to_near_plane
 
 if TYPE_CHECKING:
     from ..structures.sample import Sample
@@ -155,16 +155,8 @@ class BankObject:
 def _project_box(corners_cam: np.ndarray, intrinsics: np.ndarray) -> np.ndarray | None:
     """Pixels `[K, 2]` float64 of the box's outline: the corners in front of the near plane and
     where its edges cross it; None when the whole box is behind."""
-    depth = corners_cam[:, 2]
-    kept = [corners_cam[depth > NEAR_PLANE_M]]
-    a, b = corners_cam[BOX_EDGES[:, 0]], corners_cam[BOX_EDGES[:, 1]]
-    da, db = a[:, 2] - NEAR_PLANE_M, b[:, 2] - NEAR_PLANE_M
-    crossing = (da > 0) != (db > 0)
-    if crossing.any():
-        t = da[crossing] / (da[crossing] - db[crossing])
-        kept.append(a[crossing] + t[:, None] * (b[crossing] - a[crossing]))
-    pts = np.concatenate(kept, 0)
-    if len(pts) < 3:
+    pts = clip_to_near_plane(corners_cam, NEAR_PLANE_M)
+    if pts is None:
         return None
     uvw = pts @ intrinsics.T
     return uvw[:, :2] / uvw[:, 2:3]

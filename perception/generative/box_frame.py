@@ -35,3 +35,20 @@ def box_corners(size: np.ndarray) -> np.ndarray:
 BOX_EDGES = np.array(
     [[0, 1], [1, 2], [2, 3], [3, 0], [4, 5], [5, 6], [6, 7], [7, 4], [0, 4], [1, 5], [2, 6], [3, 7]]
 )
+
+
+def clip_to_near_plane(corners: np.ndarray, near: float) -> np.ndarray | None:
+    """The box's points in front of a camera's near plane: `corners [8, 3]` (the third column
+    the depth: camera-frame `(x, y, z)`, or `(u*d, v*d, d)` after the intrinsics, both linear, so
+    the crossings interpolate alike) -> `[K, 3]`, the corners with depth > `near` and the points
+    where the box's edges cross that plane; None when fewer than 3 remain (the box is behind)."""
+    depth = corners[:, 2]
+    kept = [corners[depth > near]]
+    a, b = corners[BOX_EDGES[:, 0]], corners[BOX_EDGES[:, 1]]
+    da, db = a[:, 2] - near, b[:, 2] - near
+    crossing = (da > 0) != (db > 0)
+    if crossing.any():
+        t = da[crossing] / (da[crossing] - db[crossing])
+        kept.append(a[crossing] + t[:, None] * (b[crossing] - a[crossing]))
+    pts = np.concatenate(kept, 0)
+    return pts if len(pts) >= 3 else None

@@ -68,7 +68,7 @@ import torch
 from ..geometry import lidar_to_image
 from ..structures.sample import Sample
 from .bank import NEAR_PLANE_M, BankObject, CameraView
-from .box_frame import BOX_EDGES, box_corners, box_to_frame
+from .box_frame import box_corners, box_to_frame, clip_to_near_plane
 
 __all__ = ["REASONS", "composite_objects"]
 
@@ -97,16 +97,8 @@ def _outline(h: np.ndarray) -> np.ndarray | None:
     """Convex hull `[K, 2]` (pixels) of a box from its corners' `(u*d, v*d, d)` `h [8, 3]`: the
     corners in front of the near plane and where edges cross it (the map is linear, so the
     crossing interpolates in this form); None when the whole box is behind."""
-    d = h[:, 2]
-    kept = [h[d > NEAR_PLANE_M]]
-    a, b = h[BOX_EDGES[:, 0]], h[BOX_EDGES[:, 1]]
-    da, db = a[:, 2] - NEAR_PLANE_M, b[:, 2] - NEAR_PLANE_M
-    crossing = (da > 0) != (db > 0)
-    if crossing.any():
-        t = da[crossing] / (da[crossing] - db[crossing])
-        kept.append(a[crossing] + t[:, None] * (b[crossing] - a[crossing]))
-    pts = np.concatenate(kept, 0)
-    if len(pts) < 3:
+    pts = clip_to_near_plane(h, NEAR_PLANE_M)
+    if pts is None:
         return None
     uv = pts[:, :2] / pts[:, 2:3]
     return cv2.convexHull(uv.astype(np.float32)).reshape(-1, 2).astype(np.float64)

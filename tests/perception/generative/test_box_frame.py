@@ -5,7 +5,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from perception.generative.box_frame import BOX_EDGES, box_corners, box_to_frame
+from perception.generative.box_frame import (
+    BOX_EDGES,
+    box_corners,
+    box_to_frame,
+    clip_to_near_plane,
+)
 from perception.structures import Boxes3D
 
 
@@ -21,3 +26,14 @@ def test_edges_join_corners_one_size_apart():
     corners = box_corners(size)
     lengths = np.linalg.norm(corners[BOX_EDGES[:, 0]] - corners[BOX_EDGES[:, 1]], axis=1)
     assert sorted(np.round(lengths, 9)) == sorted([2.0, 5.0] * 4 + [1.5] * 4)
+
+
+def test_clip_to_near_plane_keeps_the_front_and_the_crossings():
+    corners = box_corners(np.array([2.0, 4.0, 1.5]))  # box frame: z is the depth here
+    in_front = corners + [0.0, 0.0, 5.0]
+    np.testing.assert_array_equal(clip_to_near_plane(in_front, 0.1), in_front)
+    assert clip_to_near_plane(corners - [0.0, 0.0, 5.0], 0.1) is None
+    straddling = clip_to_near_plane(corners + [0.0, 0.0, 0.5], 0.1)  # depths -0.25 .. 1.25
+    assert straddling is not None and len(straddling) == 4 + 4  # 4 corners + 4 crossings
+    assert (straddling[:, 2] >= 0.1 - 1e-12).all()
+    assert np.isclose(straddling[:, 2], 0.1).sum() == 4
