@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..cli import add_override_option  # noqa: F401 (re-exported; the tools use perception.cli)
 from .schema import ExperimentConfig
@@ -19,6 +19,9 @@ from .schema import ExperimentConfig
 
 class ConfigError(ValueError):
     """A config file or override that does not validate; the message names where."""
+
+
+Schema = TypeVar("Schema", bound=BaseModel)
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -59,22 +62,29 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def parse_config(
-    raw: dict[str, Any] | None, overrides: list[str] = (), source: str = "<config>"
-) -> ExperimentConfig:
-    """Validates a mapping (as read from YAML) plus overrides into an `ExperimentConfig`."""
+    raw: dict[str, Any] | None,
+    overrides: list[str] = (),
+    source: str = "<config>",
+    *,
+    schema: type[Schema] = ExperimentConfig,
+) -> Schema:
+    """Validates a mapping (as read from YAML) plus overrides into `schema` (a detector's
+    `ExperimentConfig` by default; the generators have their own)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping, got {type(raw).__name__}")
     merged = apply_overrides(raw, list(overrides))
     try:
-        return ExperimentConfig.model_validate(merged)
+        return schema.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_format_validation_error(exc, source)) from None
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Reads a YAML config file (data only: `yaml.safe_load`) and validates it."""
+def load_config(
+    path: str | Path, overrides: list[str] = (), *, schema: type[Schema] = ExperimentConfig
+) -> Schema:
+    """Reads a YAML config file (data only: `yaml.safe_load`) and validates it into `schema`."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -84,10 +94,10 @@ def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_config(raw, overrides, source=str(path))
+    return parse_config(raw, overrides, source=str(path), schema=schema)
 
 
-def save_config(config: ExperimentConfig, path: str | Path) -> Path:
+def save_config(config: BaseModel, path: str | Path) -> Path:
     """Writes the fully resolved config as YAML (every default spelled out)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

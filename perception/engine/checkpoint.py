@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import safetensors.torch
 import torch
+from pydantic import BaseModel
 from torch import nn
 
 from ..config import ConfigError, ExperimentConfig, load_config, save_config
@@ -73,7 +74,7 @@ class TrainingState:
 
     step: int
     epoch: int
-    config: ExperimentConfig
+    config: BaseModel  # the ExperimentConfig of a detector, a generator's config otherwise
     path: Path  # the checkpoint directory it came from
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -301,7 +302,7 @@ def save_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
-    config: ExperimentConfig,
+    config: BaseModel,
     epoch: int = 0,
     extra: dict[str, Any] | None = None,
     keep: int | None = 3,
@@ -472,10 +473,10 @@ class _Checkpoint:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise CheckpointError(f"{self.path / filename}: not valid JSON: {exc}") from None
 
-    def config(self) -> ExperimentConfig:
+    def config(self, schema: type[BaseModel] = ExperimentConfig) -> BaseModel:
         self.read(CONFIG_FILE)  # verifies the sha256
         try:
-            return load_config(self.path / CONFIG_FILE)
+            return load_config(self.path / CONFIG_FILE, schema=schema)
         except ConfigError as exc:
             raise CheckpointError(f"{self.path / CONFIG_FILE}: invalid config: {exc}") from None
 
@@ -510,16 +511,18 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any | None = None,
     restore_rng: bool = True,
+    schema: type[BaseModel] = ExperimentConfig,
 ) -> TrainingState:
     """Restores `model` (and `optimizer`, `scheduler`, global RNGs) in place from a checkpoint.
 
     `path_or_work_dir` is a checkpoint directory or a work dir (its latest checkpoint is
     used). The manifest's kind, format version and every file's sha256 are checked first;
     any problem raises `CheckpointError` naming the file. Model keys must match exactly.
+    `schema` is the config's type (a generator's checkpoint holds its own config).
     """
     ckpt = _Checkpoint(_resolve(path_or_work_dir))
     model_state = ckpt.tensors(MODEL_FILE)
-    config = ckpt.config()
+    config = ckpt.config(schema)
     training = ckpt.json(TRAINING_STATE_FILE)
     optimizer_state = scheduler_state = None
     if optimizer is not None:
@@ -589,7 +592,9 @@ def load_partial_weights(
     return sorted(chosen)
 
 
-def load_weights(path: str | Path, model: nn.Module) -> ExperimentConfig:
+def load_weights(
+    path: str | Path, model: nn.Module, *, schema: type[BaseModel] = ExperimentConfig
+) -> BaseModel:
     """Loads only the model weights (for inference) and returns the saved config.
 
     `path` is a checkpoint directory or a work dir. A directory with just
@@ -600,14 +605,14 @@ def load_weights(path: str | Path, model: nn.Module) -> ExperimentConfig:
     if (directory / MANIFEST_NAME).is_file():
         ckpt = _Checkpoint(directory)
         state = ckpt.tensors(MODEL_FILE)
-        config = ckpt.config()
+        config = ckpt.config(schema)
     else:
         try:
             state = safetensors.torch.load((directory / MODEL_FILE).read_bytes())
         except Exception as exc:
             raise CheckpointError(f"{directory / MODEL_FILE}: cannot load: {exc}") from None
         try:
-            config = load_config(directory / CONFIG_FILE)
+            config = load_config(directory / CONFIG_FILE, schema=schema)
         except ConfigError as exc:
             raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from None
     _load_model_state(model, state, directory / MODEL_FILE)
