@@ -36,6 +36,7 @@ __all__ = [
     "ConditionEmbedding",
     "ConditionRange",
     "ObjectConditions",
+    "continuous_features",
 ]
 
 _INTEGER_FIELDS = ("label", "sensor")

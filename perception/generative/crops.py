@@ -56,8 +56,10 @@ __all__ = [
     "CropSet",
     "GridSet",
     "camera_crops",
+    "crop_image",
     "grid_to_points",
     "lidar_grids",
+    "lidar_pose",
     "points_to_grid",
 ]
 
