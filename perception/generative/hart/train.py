@@ -1,0 +1,310 @@
+"""Training a HART-style generator in three stages (`tools/train_generator.py`).
+
+1. classifier  the crop classifier (class + yaw bin) on the training signals: the features of
+               the tokenizer's feature loss and of the metrics (no downloaded weights exist).
+2. tokenizer   the hybrid tokenizer: reconstruction + commitment + feature loss.
+3. transformer the condition embedding, the scale-wise transformer and the residual diffusion
+               head, on the frozen tokenizer (HART trains the tokenizer first, then the rest).
+
+Work dir layout::
+
+    WORK/config.yaml                   the resolved HARTConfig
+    WORK/conditions.json               the training conditions' range (checked at sampling)
+    WORK/log.jsonl                     one line per `train.log_every` steps, with the stage
+    WORK/classifier.safetensors        the crop classifier (metrics.save_crop_classifier)
+    WORK/tokenizer/checkpoints/...     the whole generator during stage 2 (+ its optimizer)
+    WORK/transformer/checkpoints/...   the whole generator during stage 3 (+ its optimizer):
+                                       its latest checkpoint is the trained generator
+
+`resume=True` continues the latest stage from its latest checkpoint, at the same step, learning
+rate and batch draws (each step's batch and noise come from a generator seeded with
+(seed, stage, step)).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from ...config import load_config, save_config
+from ...engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
+from ...engine.trainer import lr_factor, seed_everything
+from ..bank import ObjectBank
+from ..conditions import ConditionRange, ObjectConditions
+from ..config import GeneratorDataConfig, HARTConfig
+from ..crops import camera_crops, lidar_grids
+from ..metrics import load_crop_classifier, save_crop_classifier, train_crop_classifier
+from .model import HARTGenerator, build_hart
+
+__all__ = ["SignalSet", "STAGES", "load_generator", "load_training_signals", "train_hart"]
+
+STAGES = ("classifier", "tokenizer", "transformer")
+LOG_NAME = "log.jsonl"
+CONDITIONS_NAME = "conditions.json"
+CLASSIFIER_NAME = "classifier.safetensors"
+
+
+@dataclass(frozen=True)
+class SignalSet:
+    """The training signals of one modality and their conditions."""
+
+    signals: torch.Tensor  # [N, C, S, S] float32 in [-1, 1]
+    conditions: ObjectConditions
+    object_index: torch.Tensor  # [N] long, the bank index of each signal's object
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+
+def load_training_signals(data: GeneratorDataConfig, *, progress: bool = True) -> SignalSet:
+    """The crops (camera) or occupancy grids (LiDAR) of a training bank's objects."""
+    bank = ObjectBank.open(data.bank, version=data.version, training=True)
+    if data.modality == "camera":
+        crops = camera_crops(
+            bank,
+            size=data.image_size,
+            min_visibility=data.min_visibility,
+            classes=data.classes,
+            progress=progress,
+        )
+        signals = crops.images
+    else:
+        crops = lidar_grids(
+            bank,
+            grid=data.lidar_grid,
+            min_points=data.min_points,
+            classes=data.classes,
+            progress=progress,
+        )
+        signals = crops.grids
+    if len(signals) == 0:
+        raise ValueError(
+            f"{bank.index_path}: no {data.modality} signal passes data.min_visibility / "
+            f"data.min_points for classes {data.classes or 'all'}"
+        )
+    return SignalSet(signals.float(), crops.conditions, crops.object_index)
+
+
+def flip_batch(
+    signals: torch.Tensor, conditions: ObjectConditions, flip: torch.Tensor
+) -> tuple[torch.Tensor, ObjectConditions]:
+    """Mirrors the rows `flip` [B] bool left-right: the last axis of the signal (the image's
+    columns, the grid's box-frame y) and the view angle's sign (seen from the mirrored side)."""
+    signals = torch.where(flip[:, None, None, None], signals.flip(-1), signals)
+    angle = torch.where(flip, -conditions.view_angle, conditions.view_angle)
+    return signals, dataclasses.replace(conditions, view_angle=angle)
+
+
+def _stage_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_000_019 + step)
+
+
+def _append_log(work_dir: Path, record: dict) -> None:
+    with (work_dir / LOG_NAME).open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def _run_stage(
+    stage: str,
+    *,
+    model: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    loss_fn: Callable[[torch.Tensor, ObjectConditions, torch.Generator], dict],
+    data: SignalSet,
+    config: HARTConfig,
+    work_dir: Path,
+    steps: int,
+    lr: float,
+    resume: bool,
+    progress: bool,
+    flip: bool,
+    log: Callable[[str], None],
+) -> None:
+    """One stage's loop: AdamW, warm-up + cosine LR, gradient clipping, logs and checkpoints
+    of `model` (+ optimizer) under WORK/<stage>/."""
+    train = config.train
+    stage_dir = work_dir / stage
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
+    start = 0
+    extra = {"stage": stage, "conditions": json.loads((work_dir / CONDITIONS_NAME).read_text())}
+    if resume and find_latest(stage_dir) is not None:
+        state = load_checkpoint(stage_dir, model=model, optimizer=optimizer, schema=HARTConfig)
+        start = state.step
+        log(f"{stage}: resumed at step {start} from {state.path}")
+    if start >= steps:
+        return
+    bar = tqdm(total=steps, initial=start, desc=stage, disable=not progress, unit="step")
+    sums: dict[str, float] = {}
+    count, tic = 0, time.perf_counter()
+    for step in range(start, steps):
+        factor = lr_factor(step, total_steps=steps, schedule="cosine", warmup=train.warmup)
+        for group in optimizer.param_groups:
+            group["lr"] = lr * factor
+        generator = _stage_generator(train.seed, stage, step)
+        rows = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
+        signals, conditions = data.signals[rows], data.conditions.index(rows)
+        if flip:
+            mirror = torch.rand(len(rows), generator=generator) < 0.5
+            signals, conditions = flip_batch(signals, conditions, mirror)
+        losses = loss_fn(signals, conditions, generator)
+        total = losses["total"]
+        if not torch.isfinite(total):
+            raise FloatingPointError(
+                f"{stage} step {step}: the loss is {float(total)}; the last good checkpoint is "
+                f"{find_latest(stage_dir)}"
+            )
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        optimizer.step()
+        for name, value in losses.items():
+            sums[name] = sums.get(name, 0.0) + float(value.detach())
+        count += 1
+        bar.update(1)
+        done = step + 1
+        if done % train.log_every == 0 or done == steps:
+            record = {"stage": stage, "step": done, "lr": lr * factor}
+            record.update({k: v / count for k, v in sums.items()})
+            record["seconds_per_step"] = (time.perf_counter() - tic) / count
+            _append_log(work_dir, record)
+            bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k != "total"})
+            sums, count, tic = {}, 0, time.perf_counter()
+        if done % train.checkpoint_every == 0 or done == steps:
+            save_checkpoint(
+                stage_dir, step=done, model=model, optimizer=optimizer, config=config, extra=extra
+            )
+    bar.close()
+
+
+def train_hart(
+    config: HARTConfig,
+    work_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Trains the generator `config` describes into `work_dir`; returns the directory of the
+    trained generator's checkpoint (WORK/transformer/checkpoints/step_<N>)."""
+    work_dir = Path(work_dir)
+    work_dir.mkdir(parents=True, exist_ok=True)
+    train = config.train
+    if train.threads:
+        torch.set_num_threads(train.threads)
+    save_config(config, work_dir / "config.yaml")
+    seed_everything(train.seed)
+    data = load_training_signals(config.data, progress=progress)
+    labels = data.conditions.label
+    counts = torch.bincount(labels).tolist()
+    log(
+        f"{config.name}: {len(data)} {config.data.modality} signals "
+        f"{tuple(data.signals.shape[1:])} from {config.data.bank} "
+        f"(per class label: { {i: c for i, c in enumerate(counts) if c} })"
+    )
+    ranges = ConditionRange.fit(data.conditions)
+    (work_dir / CONDITIONS_NAME).write_text(json.dumps(ranges.to_dict(), indent=1))
+    flip = config.data.flip
+    model = build_hart(config)
+
+    # 1. the crop classifier (frozen afterwards)
+    classifier = None
+    if train.classifier_steps > 0:
+        classifier_path = work_dir / CLASSIFIER_NAME
+        if resume and classifier_path.is_file():
+            classifier = load_crop_classifier(classifier_path)
+            log(f"classifier: loaded {classifier_path}")
+        else:
+            classifier = train_crop_classifier(
+                data.signals,
+                labels,
+                data.conditions.view_angle,
+                steps=train.classifier_steps,
+                batch_size=train.batch_size,
+                generator=torch.Generator().manual_seed(train.seed),
+                progress=progress,
+            )
+            save_crop_classifier(classifier, classifier_path)
+        classifier.eval().requires_grad_(False)
+
+    # 2. the tokenizer
+    tokenizer = model.tokenizer
+    feature_fn = classifier.features if classifier is not None else None
+    resume_transformer = resume and find_latest(work_dir / "transformer") is not None
+    if not resume_transformer:
+
+        def tokenizer_loss(x, conds, generator):
+            return tokenizer.loss(x, feature_fn=feature_fn, generator=generator)
+
+        tokenizer.train()
+        _run_stage(
+            "tokenizer",
+            model=model,
+            params=list(tokenizer.parameters()),
+            loss_fn=tokenizer_loss,
+            data=data,
+            config=config,
+            work_dir=work_dir,
+            steps=train.tokenizer_steps,
+            lr=train.lr,
+            resume=resume,
+            progress=progress,
+            flip=flip,
+            log=log,
+        )
+
+    # 3. the transformer and the residual head on the frozen tokenizer
+    tokenizer.eval().requires_grad_(False)
+    if not resume_transformer:
+        scale = model.fit_residual_scale(data.signals)
+        log(f"transformer: the residual tokens' std is {scale:.4g} (the head's unit)")
+    trainable = [p for name, p in model.named_parameters() if not name.startswith("tokenizer.")]
+    model.transformer.train()
+
+    def transformer_loss(x, conds, generator):
+        return model.transformer_loss(x, conds, generator=generator)
+
+    _run_stage(
+        "transformer",
+        model=model,
+        params=trainable,
+        loss_fn=transformer_loss,
+        data=data,
+        config=config,
+        work_dir=work_dir,
+        steps=train.transformer_steps,
+        lr=train.transformer_lr,
+        resume=resume_transformer,
+        progress=progress,
+        flip=flip,
+        log=log,
+    )
+    latest = find_latest(work_dir / "transformer")
+    log(f"trained generator: {latest}")
+    return latest
+
+
+def load_generator(
+    path: str | Path,
+) -> tuple[HARTGenerator, HARTConfig, ConditionRange]:
+    """The trained generator of a checkpoint directory, a stage dir or a work dir (its
+    transformer stage), with its config and the training conditions' range, in eval mode."""
+    path = Path(path)
+    if (path / "transformer").is_dir():
+        path = path / "transformer"
+    latest = path if (path / "model.safetensors").is_file() else find_latest(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"{path}: no generator checkpoint (train one with tools/train_generator.py)"
+        )
+    config = load_config(latest / "config.yaml", schema=HARTConfig)
+    model = build_hart(config)
+    state = load_checkpoint(latest, model=model, restore_rng=False, schema=HARTConfig)
+    ranges = ConditionRange.from_dict(state.extra["conditions"])
+    return model.eval(), config, ranges

@@ -1,0 +1,106 @@
+"""tools/train_generator.py and tools/sample_generator.py on a bank of the tiny world: the three
+stages run and resume, the sample grid and its JSON are written, and bad input is one line
+naming what is wrong (exit 2)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tools.create_data import main as create_data
+from tools.sample_generator import main as sample_generator
+from tools.train_generator import main as train_generator
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TINY = [
+    "--set", "data.image_size=16", "--set", "tokenizer.scales=[1,2,4]",
+    "--set", "tokenizer.latent_dim=4", "--set", "tokenizer.vocab_size=16",
+    "--set", "tokenizer.hidden=16", "--set", "transformer.width=32",
+    "--set", "transformer.depth=1", "--set", "transformer.heads=2",
+    "--set", "transformer.cond_dim=32", "--set", "residual_head.width=32",
+    "--set", "residual_head.depth=1", "--set", "train.batch_size=8",
+    "--set", "train.classifier_steps=3", "--set", "train.tokenizer_steps=4",
+    "--set", "train.transformer_steps=4", "--set", "train.log_every=2",
+    "--set", "train.checkpoint_every=2",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def bank(indexed_world_copy, tmp_path_factory):
+    world = indexed_world_copy("generator_cli")
+    out = tmp_path_factory.mktemp("generator_bank") / "bank"
+    args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", "mini_train"]
+    assert create_data([*args, "--out", str(out), "--workers", "1"]) == 0
+    return out
+
+
+def _train(bank, work, *extra):
+    config = "configs/generative/hart_camera.yaml"
+    return train_generator(
+        [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={bank}",
+         *TINY, *extra]
+    )  # fmt: skip
+
+
+def test_trains_resumes_and_samples_a_grid(bank, tmp_path, capsys):
+    work = tmp_path / "hart"
+    assert _train(bank, work) == 0
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log] == [
+        ("tokenizer", 2), ("tokenizer", 4), ("transformer", 2), ("transformer", 4)
+    ]  # fmt: skip
+    assert {"recon", "commit", "feature"} <= set(log[0]) and {"ce", "diffusion"} <= set(log[-1])
+    assert (work / "classifier.safetensors").is_file() and (work / "conditions.json").is_file()
+    # a longer run resumes the transformer stage where it stopped
+    assert _train(bank, work, "--resume", "--set", "train.transformer_steps=6") == 0
+    assert "transformer: resumed at step 4" in capsys.readouterr().out
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log[4:]] == [("transformer", 6)]
+
+    out = tmp_path / "grid.png"
+    assert sample_generator([str(work), "--class", "car", "--n", "3", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert out.stat().st_size > 1000 and record["conditions"]["class_name"] == ["car"] * 3
+    assert record["sampling"]["use_residual"] is True and record["kind"] == "hart"
+
+
+def test_bad_input_is_one_line_naming_it(bank, tmp_path, capsys):
+    assert _train(tmp_path / "nope", tmp_path / "w") == 2
+    assert "data.bank:" in capsys.readouterr().err
+    assert _train(bank, tmp_path / "w", "--set", "tokenizer.bogus=1") == 2
+    assert "tokenizer.bogus: unknown key" in capsys.readouterr().err
+    assert _train(bank, tmp_path / "w", "--kind", "gan") == 2
+    assert "issue #26" in capsys.readouterr().err
+    lidar = ["--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]"]
+    assert _train(bank, tmp_path / "w", *lidar, "--set", "data.min_points=100000") == 2
+    err = capsys.readouterr().err
+    assert "bank.json" in err and "100000" in err
+    assert sample_generator([str(tmp_path / "missing")]) == 2
+    assert "missing: no such generator" in capsys.readouterr().err
+
+
+def test_sampling_refuses_a_class_it_never_saw(bank, tmp_path, capsys):
+    work = tmp_path / "hart"
+    assert _train(bank, work, "--set", "data.classes=[car]") == 0
+    capsys.readouterr()
+    assert (
+        sample_generator([str(work), "--class", "pedestrian", "--out", str(tmp_path / "g.png")])
+        == 2
+    )
+    assert "class 'pedestrian': the generator saw no 'pedestrian'" in capsys.readouterr().err
+    assert sample_generator([str(work), "--class", "car", "--size", "9,30,9"]) == 2
+    assert "size: row 0 ('car')" in capsys.readouterr().err
+
+
+def test_the_lidar_generator_trains_and_draws_its_grids(bank, tmp_path):
+    work = tmp_path / "lidar"
+    lidar = ["--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]"]
+    assert _train(bank, work, *lidar) == 0
+    out = tmp_path / "lidar.png"
+    assert sample_generator([str(work), "--n", "2", "--out", str(out)]) == 0
+    record = json.loads(out.with_suffix(".json").read_text())
+    assert record["modality"] == "lidar" and set(record["conditions"]["sensor_name"]) == {
+        "LIDAR_TOP"
+    }
