@@ -68,6 +68,12 @@ POINT_CHANNELS: tuple[str, ...] = ("x", "y", "z", "intensity", "time_lag")
 NEAR_PLANE_M = 0.1
 # Keyframes per shard: a shard is one worker task and one file (bounded memory per worker).
 DEFAULT_SHARD_SAMPLES = 8
+# Objects per shard when a bank is written from a list of objects (`write_objects_bank`).
+DEFAULT_SHARD_OBJECTS = 256
+# Where a bank's objects come from (bank.json "source"; absent: "bank"): cut from a dataroot
+# (`write_bank`), or made by a generator from such a bank's objects
+# (`perception.generative.generated_bank`).
+BANK_SOURCES: tuple[str, ...] = ("bank", "generated")
 
 BOX_FRAME = (
     "origin at the box centre, x forward along the heading, y left, z up, metres; the box spans "
@@ -76,6 +82,7 @@ BOX_FRAME = (
 
 __all__ = [
     "BANK_FORMAT_VERSION",
+    "BANK_SOURCES",
     "BOX_FRAME",
     "EVALUATION_SPLITS",
     "BankFileError",
@@ -86,6 +93,8 @@ __all__ = [
     "extract_objects",
     "read_bank",
     "write_bank",
+    "write_objects_bank",
+    "write_shard",
 ]
 
 
@@ -432,6 +441,12 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def write_shard(path: str | Path, objects: Sequence[BankObject]) -> dict[str, Any]:
+    """Writes `objects` as one bank shard (safetensors) at `path`; returns its record for the
+    bank index's `shards` list (file name, objects, views, points, bytes, sha256)."""
+    return _write_shard(Path(path), objects)
+
+
 def _write_shard(path: Path, objects: Sequence[BankObject]) -> dict[str, Any]:
     from safetensors.numpy import save_file
 
@@ -704,6 +719,107 @@ def write_bank(
     )
 
 
+def write_objects_bank(
+    objects: Sequence[BankObject],
+    out: str | Path,
+    *,
+    dataset: Mapping[str, Any],
+    training: bool,
+    settings: Mapping[str, Any],
+    source: str = "bank",
+    extra: Mapping[str, Any] | None = None,
+    shard_objects: int = DEFAULT_SHARD_OBJECTS,
+    overwrite: bool = False,
+) -> BankSummary:
+    """Writes a bank folder `out` from a list of objects (e.g. generated ones), in the format
+    `write_bank` writes and `ObjectBank.open` reads: shards of `shard_objects` objects in list
+    order (an object's bank index is its position) and `bank.json`.
+
+    Args:
+        dataset: the index's `dataset` block: `root`, `version`, `fingerprint`, `split`,
+            `scenes`, `samples` (a generated bank copies its source bank's, `ObjectBank.dataset`,
+            so version, split and leakage checks see the data it came from).
+        training: whether the bank may train.
+        settings: the index's `settings`.
+        source: one of `BANK_SOURCES`, written as bank.json's `source`.
+        extra: more top-level keys of bank.json (e.g. `generation`); may not replace the
+            format's own keys.
+
+    The folder is written aside and renamed into place when complete; an existing `out` is an
+    error unless `overwrite` (then it must be a bank). Raises ValueError naming the argument.
+    """
+    import time
+
+    start = time.perf_counter()
+    out = Path(out)
+    objects = list(objects)
+    if not objects:
+        raise ValueError(f"objects: nothing to write to {out} (0 objects)")
+    if source not in BANK_SOURCES:
+        raise ValueError(f"source={source!r}: must be one of {list(BANK_SOURCES)}")
+    if shard_objects < 1:
+        raise ValueError(f"shard_objects={shard_objects}: must be >= 1")
+    missing = [k for k in ("version", "split") if k not in dataset]
+    if missing:
+        raise ValueError(f"dataset: lacks {missing} (the source bank's `dataset` block)")
+    unknown = [o.class_name for o in objects if o.class_name not in CLASS_NAMES]
+    if unknown:
+        raise ValueError(f"objects: unknown class {unknown[0]!r}")
+    if out.exists():
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        if not (out / INDEX_NAME).is_file() and any(out.iterdir()):
+            raise FileExistsError(f"{out} exists and is not an object bank; not replacing it")
+    partial = out.with_name(out.name + ".partial")
+    if partial.exists():
+        shutil.rmtree(partial)
+    partial.mkdir(parents=True)
+    try:
+        shards = [
+            _write_shard(partial / f"objects-{k:05d}.safetensors", objects[i : i + shard_objects])
+            for k, i in enumerate(range(0, len(objects), shard_objects))
+        ]
+        per_class = Counter(o.class_name for o in objects)
+        payload = {
+            "kind": BANK_KIND,
+            "format_version": BANK_FORMAT_VERSION,
+            "source": source,
+            "dataset": dict(dataset),
+            "training": bool(training),
+            "classes": list(CLASS_NAMES),
+            "attributes": list(ATTRIBUTE_NAMES),
+            "cameras": list(CAMERA_NAMES),
+            "box_frame": BOX_FRAME,
+            "point_channels": list(POINT_CHANNELS),
+            "settings": dict(settings),
+            "objects": len(objects),
+            "per_class": {c: per_class.get(c, 0) for c in CLASS_NAMES},
+            "shards": shards,
+        }
+        clash = sorted(set(extra or {}) & set(payload))
+        if clash:
+            raise ValueError(f"extra: may not replace the bank index's own key(s) {clash}")
+        payload.update(extra or {})
+        (partial / INDEX_NAME).write_text(json.dumps(payload, indent=1) + "\n")
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)  # no half-written bank left behind
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(partial, out)
+    return BankSummary(
+        out=out,
+        split=str(dataset["split"]),
+        training=bool(training),
+        samples=int(dataset.get("samples", 0)),
+        objects=len(objects),
+        views=sum(s["views"] for s in shards),
+        points=sum(s["points"] for s in shards),
+        per_class=payload["per_class"],
+        seconds=time.perf_counter() - start,
+    )
+
+
 # ---------------------------------------------------------------------------------------------
 # Reader
 # ---------------------------------------------------------------------------------------------
@@ -743,14 +859,16 @@ class ObjectBank:
         split: str | None = None,
         training: bool | None = None,
         verify: bool = True,
+        source: str | None = None,
     ) -> ObjectBank:
         """Opens the bank folder `path` (or its `bank.json`).
 
         `version`, `split`: when given, the bank must come from that dataset version and split.
         `training=True`: the bank must be a training bank (no evaluation-split objects).
         `verify`: check every shard's sha256 (reads the whole bank once); sizes are always
-        checked. Raises `BankFileError` naming the file for anything missing, corrupt or
-        mismatched.
+        checked. `source`: when given, the bank's `source` (`BANK_SOURCES`: "bank" for a bank
+        cut from a dataroot, "generated") must be it. Raises `BankFileError` naming the file
+        for anything missing, corrupt or mismatched.
         """
         path = Path(path)
         index = path if path.name == INDEX_NAME else path / INDEX_NAME
@@ -782,6 +900,17 @@ class ObjectBank:
             )
         if split is not None and bank_split != split:
             raise BankFileError(f"{index}: a bank of split {bank_split!r}, not {split!r}")
+        bank_source = payload.get("source", "bank")
+        if bank_source not in BANK_SOURCES:
+            raise BankFileError(
+                f"{index}: unknown bank source {bank_source!r} (known: {list(BANK_SOURCES)})"
+            )
+        if source is not None and bank_source != source:
+            raise BankFileError(
+                f"{index}: a bank of source {bank_source!r}, not {source!r}"
+                + (" (made by tools/create_data.py generated)" if bank_source == "generated"
+                   else "")
+            )  # fmt: skip
         if training and not payload.get("training", False):
             raise BankFileError(
                 f"{index}: an evaluation bank (split {bank_split!r} holds evaluation scenes); "
@@ -861,6 +990,25 @@ class ObjectBank:
     @property
     def dataroot(self) -> str:
         return self._payload["dataset"]["root"]
+
+    @property
+    def source(self) -> str:
+        """Where the objects come from (`BANK_SOURCES`): "bank" (cut from a dataroot; the
+        default of an index without the key) or "generated"."""
+        return str(self._payload.get("source", "bank"))
+
+    @property
+    def dataset(self) -> dict[str, Any]:
+        """A copy of the index's `dataset` block (root, version, fingerprint, split, scenes,
+        samples)."""
+        return json.loads(json.dumps(self._payload["dataset"]))
+
+    @property
+    def generation(self) -> dict[str, Any] | None:
+        """How a generated bank was made (bank.json `generation`: generators, seed, signals,
+        counts); None for a bank cut from a dataroot."""
+        value = self._payload.get("generation")
+        return json.loads(json.dumps(value)) if value is not None else None
 
     @property
     def scenes(self) -> tuple[str, ...]:
