@@ -90,11 +90,11 @@ class TokenizerConfig(StrictModel):
 class TransformerConfig(StrictModel):
     """The scale-wise autoregressive transformer (`hart.transformer.ScaleTransformer`)."""
 
-    width: PositiveInt = 256
-    depth: PositiveInt = 6
+    width: PositiveInt = 192
+    depth: PositiveInt = 4
     heads: PositiveInt = 4
     mlp_ratio: float = Field(4.0, gt=0)
-    cond_dim: PositiveInt = 256
+    cond_dim: PositiveInt = 192
     cond_dropout: float = Field(
         0.1, ge=0, lt=1, description="share of training rows with the null condition (for CFG)"
     )
@@ -110,9 +110,9 @@ class ResidualHeadConfig(StrictModel):
     """The residual diffusion head (`hart.diffusion.ResidualDiffusionHead`)."""
 
     enabled: bool = Field(True, description="false: discrete tokens only at sampling (ablation)")
-    width: PositiveInt = 256
+    width: PositiveInt = 192
     depth: PositiveInt = 3
-    repeats: PositiveInt = Field(4, description="noise draws per token per training step")
+    repeats: PositiveInt = Field(2, description="noise draws per token per training step")
 
 
 class SamplingConfig(StrictModel):
@@ -133,10 +133,10 @@ class GeneratorTrainConfig(StrictModel):
     residual head on the frozen tokenizer (as HART trains them)."""
 
     seed: int = 0
-    batch_size: PositiveInt = 64
-    classifier_steps: int = Field(1500, ge=0, description="0: no feature loss")
-    tokenizer_steps: int = Field(3000, ge=0)
-    transformer_steps: int = Field(4000, ge=0)
+    batch_size: PositiveInt = 32
+    classifier_steps: int = Field(600, ge=0, description="0: no feature loss")
+    tokenizer_steps: int = Field(1500, ge=0)
+    transformer_steps: int = Field(1500, ge=0)
     lr: float = Field(1e-3, gt=0, description="tokenizer learning rate (AdamW)")
     transformer_lr: float = Field(5e-4, gt=0)
     weight_decay: float = Field(0.01, ge=0)

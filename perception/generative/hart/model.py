@@ -41,6 +41,7 @@ class HARTGenerator(nn.Module):
         transformer: ScaleTransformer,
         residual_head: ResidualDiffusionHead | None,
         cond_dropout: float = 0.1,
+        head_repeats: int = 1,
     ) -> None:
         super().__init__()
         if not 0.0 <= cond_dropout < 1.0:
@@ -50,6 +51,7 @@ class HARTGenerator(nn.Module):
         self.transformer = transformer
         self.residual_head = residual_head
         self.cond_dropout = cond_dropout
+        self.head_repeats = head_repeats  # noise draws per residual token per step (MAR/HART)
         dim = tokenizer.quantizer.dim
         if residual_head is not None:
             # the head reads the last scale's hidden state and that token's code vector
@@ -105,7 +107,9 @@ class HARTGenerator(nn.Module):
             head_cond = self.head_condition(hidden[:, -last:], indices[-1])  # [B*G*G, W]
             D = residual.shape[1]
             target = residual.flatten(2).transpose(1, 2).reshape(-1, D) / self.residual_scale
-            diffusion = self.residual_head.loss(target, head_cond, generator=generator)
+            diffusion = self.residual_head.loss(
+                target, head_cond, repeats=self.head_repeats, generator=generator
+            )
             out["diffusion"] = diffusion
             total = total + diffusion
         out["total"] = total
@@ -147,6 +151,7 @@ def build_hart(config: HARTConfig) -> HARTGenerator:
         transformer=transformer,
         residual_head=residual_head,
         cond_dropout=tr.cond_dropout,
+        head_repeats=head.repeats,
     )
 
 
