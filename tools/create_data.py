@@ -7,12 +7,18 @@
     python tools/create_data.py check --root data/synth --version v1.0-mini
     python tools/create_data.py objects --root data/synth --version v1.0-mini --split mini_train \
         --out data/synth/bank-mini_train
+    python tools/create_data.py generated --bank data/synth/bank-mini_train --out data/bank-gen \
+        --classes bicycle,construction_vehicle --lidar-generator work_dirs/hart_lidar \
+        --camera-generator work_dirs/hart_camera --per-object 4
 
 Subcommands: `synth` writes a synthetic world (see perception.datasets.synth); `nuscenes` builds
 the dataset index of any nuScenes dataroot; `check` reports every problem in a dataroot at once
 (every table's token fields, and every sensor file, sweeps included, unless --keyframes-only);
 `objects` cuts every annotated object of a split out into an object bank
-(perception.generative.bank: points in the box frame, camera crops; needs the index).
+(perception.generative.bank: points in the box frame, camera crops; needs the index);
+`generated` makes a bank of generated objects from a real bank's objects of some classes (their
+geometry kept, their LiDAR points and/or camera crops from trained generators;
+perception.generative.generated_bank), which GT-paste reads like a real one.
 Each subcommand is one function taking the parsed arguments and returning an exit code.
 """
 
@@ -137,6 +143,65 @@ def objects(args: argparse.Namespace) -> int:
     return 0
 
 
+def generated(args: argparse.Namespace) -> int:
+    """Build a bank of generated objects from a real bank and print what went in."""
+    from pathlib import Path
+
+    if not args.camera_generator and not args.lidar_generator:
+        raise ValueError(
+            "give --lidar-generator and/or --camera-generator (a trained generator's work dir)"
+        )
+    classes = [c for c in args.classes.split(",") if c]
+    if not classes:
+        raise ValueError(f"--classes {args.classes!r}: give at least one class")
+    if args.per_object < 1:
+        raise ValueError(f"--per-object {args.per_object}: must be >= 1")
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size {args.batch_size}: must be >= 1")
+    if Path(args.out).exists() and not args.overwrite:
+        raise FileExistsError(f"{args.out} exists; pass --overwrite to replace it")
+
+    from perception.generative.bank import ObjectBank  # torch: only for this subcommand
+    from perception.generative.generated_bank import generate_objects, write_generated_bank
+
+    bank = ObjectBank.open(args.bank, training=True, verify=False)
+    objects = generate_objects(
+        bank,
+        camera_generator=args.camera_generator,
+        lidar_generator=args.lidar_generator,
+        classes=classes,
+        per_object=args.per_object,
+        seed=args.seed,
+        guidance=args.guidance,
+        batch_size=args.batch_size,
+        progress=not args.no_progress,
+    )
+    for name in classes:
+        reasons = objects.skipped.get(name, {})
+        skipped = sum(reasons.values())
+        why = f" ({', '.join(f'{k} {v}' for k, v in sorted(reasons.items()))})" if skipped else ""
+        empty = objects.empty_lidar.get(name, 0)
+        print(
+            f"  {name}: {objects.generated[name]} generated of {objects.requested[name]} "
+            f"requested, {skipped} skipped outside a generator's range{why}"
+            + (f", {empty} without a LiDAR point" if empty else "")
+        )
+    if not objects:
+        raise ValueError(
+            f"{bank.index_path}: every object of {classes} was skipped (outside the "
+            "generators' training ranges); nothing written"
+        )
+    summary = write_generated_bank(objects, args.out, source_bank=bank, overwrite=args.overwrite)
+    signals = ", ".join(f"{k} {v}" for k, v in objects.settings["signals"].items())
+    print(f"wrote generated object bank ({signals}) to {summary.out.resolve()}")
+    print(
+        f"  from {bank.index_path} ({bank.version} {bank.split}), seed {args.seed}: "
+        f"{summary.objects} objects, {summary.views} camera views, {summary.points} points "
+        f"in {summary.seconds:.1f} s"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -210,6 +275,28 @@ def build_parser() -> argparse.ArgumentParser:
         "--shard-samples", type=int, default=8, help="keyframes per shard file (one worker task)"
     )
     p.set_defaults(handler=objects)
+
+    p = commands.add_parser(
+        "generated", help="build a bank of generated objects from a real bank (for GT-paste)"
+    )
+    p.add_argument("--bank", required=True, help="the real training bank (create_data objects)")
+    p.add_argument("--out", required=True, help="bank folder to write (bank.json + shards)")
+    p.add_argument(
+        "--classes", required=True, help="comma-separated classes whose objects are generated"
+    )
+    p.add_argument(
+        "--camera-generator", help="camera generator work dir (default: keep the real crops)"
+    )
+    p.add_argument(
+        "--lidar-generator", help="LiDAR generator work dir (default: keep the real points)"
+    )
+    p.add_argument("--per-object", type=int, default=1, help="generated objects per real one")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--guidance", type=float, help="classifier-free guidance (the config's)")
+    p.add_argument("--batch-size", type=int, default=64, help="objects per generator call")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing bank in OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(handler=generated)
     return parser
 
 
