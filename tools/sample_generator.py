@@ -66,15 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from perception.engine.checkpoint import CheckpointError
-    from perception.generative.hart.model import sample
-    from perception.generative.hart.train import load_generator
+    from perception.generative.registry import load_any_generator
     from perception.generative.sampling import describe_condition, grid_conditions
     from perception.visualization.generated import save_signal_grid
 
     try:
-        model, config, ranges = load_generator(args.checkpoint)
+        loaded = load_any_generator(args.checkpoint)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return usage_error(exc)
+    config, ranges = loaded.config, loaded.ranges
     classes = args.classes.split(",") if args.classes else None
     try:
         conds = grid_conditions(
@@ -82,17 +82,26 @@ def main(argv: list[str] | None = None) -> int:
         )
     except ValueError as exc:
         return usage_error(exc)
-    s = config.sampling
-    settings = {
-        "guidance": s.guidance if args.guidance is None else args.guidance,
-        "temperature": s.temperature if args.temperature is None else args.temperature,
-        "top_k": s.top_k if args.top_k is None else args.top_k,
-        "top_p": s.top_p,
-        "residual_steps": s.residual_steps if args.residual_steps is None else args.residual_steps,
-        "use_residual": not args.no_residual,
+    # the config's sampling defaults, then the flags given (each must mean something to this kind)
+    settings = config.sampling.model_dump()
+    if loaded.kind == "hart":
+        settings["use_residual"] = True
+    given = {
+        "guidance": args.guidance,
+        "temperature": args.temperature,
+        "top_k": args.top_k,
+        "residual_steps": args.residual_steps,
+        "use_residual": False if args.no_residual else None,
     }
+    for key, value in given.items():
+        if value is None:
+            continue
+        if key not in settings:
+            flag = "--no-residual" if key == "use_residual" else "--" + key.replace("_", "-")
+            return usage_error(f"{flag}: a {loaded.kind!r} generator has no {key}")
+        settings[key] = value
     generator = torch.Generator().manual_seed(args.seed)
-    out = sample(model, conds, generator=generator, **settings)
+    out = loaded.sample(conds, generator=generator, **settings)
     titles = [describe_condition(conds, i) for i in range(len(conds))]
     modality = config.data.modality
     path = save_signal_grid(
@@ -101,11 +110,11 @@ def main(argv: list[str] | None = None) -> int:
         modality=modality,
         titles=titles,
         columns=args.columns or args.n,
-        suptitle=f"{config.name} ({modality}), guidance {settings['guidance']}, seed {args.seed}",
+        suptitle=f"{config.name} ({loaded.kind}, {modality}), seed {args.seed}",
     )
     record = {
         "generator": str(args.checkpoint),
-        "kind": config.kind,
+        "kind": loaded.kind,
         "modality": modality,
         "seed": args.seed,
         "sampling": settings,

@@ -48,13 +48,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.kind == "gan":
-        return usage_error("--kind gan: the DiffAugment GAN is not built yet (issue #26)")
-    from perception.config import ConfigError, load_config
-    from perception.generative.config import HARTConfig
+    from perception.config import ConfigError
+    from perception.generative.registry import GENERATOR_KINDS, load_generator_config
 
+    if args.kind and args.kind not in GENERATOR_KINDS:
+        return usage_error(f"--kind {args.kind}: not built yet (issue #26 builds the GAN)")
     try:
-        config = load_config(args.config, args.overrides, schema=HARTConfig)
+        config = load_generator_config(args.config, args.overrides)
     except ConfigError as exc:
         return usage_error(exc)
     if args.kind and args.kind != config.kind:
@@ -67,10 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
 
     from perception.generative.bank import BankFileError
-    from perception.generative.hart.train import train_hart
+    from perception.generative.registry import train_generator
 
     try:
-        latest = train_hart(config, work_dir, resume=args.resume, progress=not args.no_progress)
+        latest = train_generator(
+            config, work_dir, resume=args.resume, progress=not args.no_progress
+        )
     except (BankFileError, ValueError) as exc:
         return usage_error(exc)
     print(
