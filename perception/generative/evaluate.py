@@ -130,6 +130,19 @@ def _check_real(real: Any, name: str = "real") -> None:
         )
 
 
+def _kid_subset_size(n_real: int, n_fake: int) -> int:
+    """KID's subset size for sets of these sizes: half the smaller set, at most 1000 (a subset
+    as large as the set would draw the same subset every time, and its std would read 0)."""
+    return max(2, min(1000, min(n_real, n_fake) // 2))
+
+
+def _features(real: Tensor, fake: Tensor, classifier: CropClassifier, **kwargs) -> dict:
+    """`metrics.feature_metrics` with `_kid_subset_size`, which it adds as `kid_subset_size`."""
+    size = _kid_subset_size(real.shape[0], fake.shape[0])
+    out = feature_metrics(real, fake, classifier, kid_subset_size=size, **kwargs)
+    return {**out, "kid_subset_size": size}
+
+
 def _subset(real: Any, rows: Tensor) -> RealSignals:
     return RealSignals(real.signals[rows], real.conditions.index(rows), real.object_index[rows])
 
@@ -294,7 +307,8 @@ def generation_metrics(
     Returns:
         `num_samples`, `num_half_a`, `num_half_b`, `sample_seconds`, `noise_floor_method`, and
         the `feature_metrics` dicts (`fid`, `kid_mean`, `kid_std`, `precision`, `recall`,
-        `num_real`, `num_fake`) `generated`, `generated_half` and `noise_floor` (module
+        `num_real`, `num_fake`, and `kid_subset_size`: half the smaller set, at most 1000)
+        `generated`, `generated_half` and `noise_floor` (module
         docstring), and `condition_fidelity` (`metrics.condition_fidelity` of the generated
         signals against the requested conditions, relative to the real ones).
     """
@@ -329,9 +343,9 @@ def generation_metrics(
         "num_half_b": len(rows_b),
         "sample_seconds": seconds,
         "noise_floor_method": NOISE_FLOOR_METHOD,
-        "generated": feature_metrics(real.signals, fake, classifier, **common),
-        "generated_half": feature_metrics(real_a, fake[rows_b], classifier, **common),
-        "noise_floor": feature_metrics(real_a, real_b, classifier, **common),
+        "generated": _features(real.signals, fake, classifier, **common),
+        "generated_half": _features(real_a, fake[rows_b], classifier, **common),
+        "noise_floor": _features(real_a, real_b, classifier, **common),
         "condition_fidelity": condition_fidelity(
             classifier,
             real.signals,
@@ -425,7 +439,7 @@ def reconstruction_metrics(
     for name in ("hybrid", "discrete"):
         result[name] = {
             "mse": _mse(recon[name], x),
-            **feature_metrics(x, recon[name], classifier, **common),
+            **_features(x, recon[name], classifier, **common),
         }
     arms = ["discrete"]
     if discrete_tokenizer is not None:
@@ -433,7 +447,7 @@ def reconstruction_metrics(
         result["discrete_tokenizer"] = {
             "tokenizer_hybrid": bool(getattr(discrete_tokenizer, "hybrid", False)),
             "mse": _mse(other, x),
-            **feature_metrics(x, other, classifier, **common),
+            **_features(x, other, classifier, **common),
         }
         arms.append("discrete_tokenizer")
     hybrid = result["hybrid"]
@@ -609,7 +623,7 @@ def residual_head_share(
     total_median = statistics.median(with_head)
     without_median = statistics.median(without_head)
     return {
-        "share": statistics.median(h / t for h, t in zip(head_times, with_head, strict=True)),
+        "share": statistics.median([h / t for h, t in zip(head_times, with_head, strict=True)]),
         "head_seconds_median": statistics.median(head_times),
         "total_seconds_median": total_median,
         "total_seconds_without_residual_median": without_median,

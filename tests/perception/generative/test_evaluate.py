@@ -37,7 +37,8 @@ from perception.generative.metrics import CropClassifier
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 SIZE = 16
-FEATURE_KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "num_real", "num_fake"}
+FEATURE_KEYS = {"fid", "kid_mean", "kid_std", "precision", "recall", "num_real", "num_fake",
+                "kid_subset_size"}  # fmt: skip
 
 
 def _real(n: int = 24, *, seed: int = 0, views: int = 2) -> RealSignals:
