@@ -13,11 +13,11 @@ its samples with `tokenizer.decode` (HART's decoder is trained on that continuou
 hybrid training decodes `f_hat + residual = z` half the time). Only the condition embedding and
 the DiT train; the tokenizer is frozen and kept in eval mode.
 
-The defaults (`LatentDiTConfig`: width 256, depth 7, 4 heads, cond_dim 256) give 8,644,624
-trainable parameters, against 8,871,440 of the default HART generator
-(configs/generative/hart_camera.yaml: transformer 7,469,056 + residual head 1,325,840 +
-head_code 4,352 + condition embedding 72,192; both without the shared tokenizer's 609,956): 2.6%
-fewer (`generator_parameter_count`).
+The defaults (`LatentDiTConfig`: width 192, depth 5, 4 heads, cond_dim 192) give 3,553,168
+trainable parameters (DiT 3,511,312 + condition embedding 41,856), against 3,711,120 of the
+default HART generator (configs/generative/hart_camera.yaml: transformer 2,905,088 + residual
+head 760,912 + head_code 3,264 + condition embedding 41,856; both without the shared
+tokenizer's 609,956): 4.3% fewer (`generator_parameter_count`; depth 6 would be 13.7% more).
 
 Guidance uses HART's convention, so one `--guidance` means the same for both generators:
 `eps = eps_c + w (eps_c - eps_u)` (w = 0: the conditional model alone; diffusers' scale is
@@ -77,6 +77,7 @@ __all__ = [
     "LatentSamplingConfig",
     "DiffusionScheduleConfig",
     "build_latent_diffusion",
+    "generator_kind",
     "generator_parameter_count",
     "guided_eps",
     "load_latent_diffusion",
@@ -97,13 +98,13 @@ PositiveInt = Annotated[int, Field(gt=0)]
 class LatentDiTConfig(StrictModel):
     """The denoiser (`LatentDiT`) and its condition embedding."""
 
-    width: PositiveInt = 256
+    width: PositiveInt = 192
     depth: PositiveInt = Field(
-        7, description="7 blocks at width 256: within 3% of the default HART's parameters"
+        5, description="5 blocks at width 192: within 5% of the default HART's parameters"
     )
     heads: PositiveInt = 4
     mlp_ratio: float = Field(4.0, gt=0)
-    cond_dim: PositiveInt = 256
+    cond_dim: PositiveInt = 192
     cond_dropout: float = Field(
         0.1, ge=0, lt=1, description="share of training rows with the null condition (for CFG)"
     )
@@ -143,8 +144,8 @@ class LatentDiffusionTrainConfig(StrictModel):
     """One stage: the condition embedding and the DiT on the frozen tokenizer."""
 
     seed: int = 0
-    batch_size: PositiveInt = 64
-    steps: PositiveInt = Field(4000, description="the most optimizer steps (HART's 4000)")
+    batch_size: PositiveInt = Field(32, description="HART's")
+    steps: PositiveInt = Field(1500, description="the most optimizer steps (HART's 1500)")
     lr: float = Field(5e-4, gt=0, description="AdamW learning rate (HART's transformer_lr)")
     warmup: float = Field(0.05, ge=0, lt=1, description="share of the schedule warming up")
     weight_decay: float = Field(0.01, ge=0)
@@ -244,8 +245,8 @@ class LatentDiT(nn.Module):
         latent_dim: int,
         grid: int,
         cond_dim: int,
-        width: int = 256,
-        depth: int = 7,
+        width: int = 192,
+        depth: int = 5,
         heads: int = 4,
         mlp_ratio: float = 4.0,
         frequency_dim: int = 256,
@@ -721,6 +722,24 @@ def train_latent_diffusion(
     latest = find_latest(work_dir / LDM_STAGE)
     log(f"trained generator: {latest}")
     return latest
+
+
+def generator_kind(path: str | Path) -> str:
+    """The `kind` ("hart", "ldm", ...) of a generator work dir (its config.yaml), stage dir or
+    checkpoint directory, for tools that load either kind. FileNotFoundError without one."""
+    path = Path(path)
+    candidates = [path / "config.yaml"]
+    latest = path if (path / "model.safetensors").is_file() else find_latest(path)
+    if latest is not None:
+        candidates.insert(0, latest / "config.yaml")
+    for config_path in candidates:
+        if config_path.is_file():
+            raw = yaml.safe_load(config_path.read_text())
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            if not isinstance(kind, str):
+                raise ValueError(f"{config_path}: kind: missing or not a string ({kind!r})")
+            return kind
+    raise FileNotFoundError(f"{path}: no generator config.yaml (not a generator work dir)")
 
 
 def load_latent_diffusion(
