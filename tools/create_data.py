@@ -191,9 +191,12 @@ def generated(args: argparse.Namespace) -> int:
             f"{bank.index_path}: every object of {classes} was skipped (outside the "
             "generators' training ranges); nothing written"
         )
-    summary = write_generated_bank(objects, args.out, source_bank=bank, overwrite=args.overwrite)
+    summary = write_generated_bank(
+        objects, args.out, source_bank=bank, include_real=args.with_real, overwrite=args.overwrite
+    )
     signals = ", ".join(f"{k} {v}" for k, v in objects.settings["signals"].items())
-    print(f"wrote generated object bank ({signals}) to {summary.out.resolve()}")
+    real = f", with the {summary.objects - len(objects)} real ones" if args.with_real else ""
+    print(f"wrote generated object bank ({signals}{real}) to {summary.out.resolve()}")
     print(
         f"  from {bank.index_path} ({bank.version} {bank.split}), seed {args.seed}: "
         f"{summary.objects} objects, {summary.views} camera views, {summary.points} points "
@@ -294,6 +297,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--guidance", type=float, help="classifier-free guidance (the config's)")
     p.add_argument("--batch-size", type=int, default=64, help="objects per generator call")
+    p.add_argument(
+        "--with-real",
+        action="store_true",
+        help="the bank also holds the real objects of --classes (real + generated paste)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace an existing bank in OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=generated)

@@ -369,6 +369,8 @@ class GeneratedObjects(list):
         skipped: class -> reason -> objects skipped (reason "<sensor>:<field>": a condition
             outside that generator's training range, e.g. "lidar:size", "camera:depth").
         empty_lidar: class -> generated objects left with no LiDAR point (kept).
+        empty_masks: class -> generated camera views whose mask has no pixel (kept; the
+            compositor draws nothing of them).
         settings: how they were made (written into bank.json's `generation`).
     """
 
@@ -379,12 +381,14 @@ class GeneratedObjects(list):
         requested: Mapping[str, int] | None = None,
         skipped: Mapping[str, Mapping[str, int]] | None = None,
         empty_lidar: Mapping[str, int] | None = None,
+        empty_masks: Mapping[str, int] | None = None,
         settings: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__(objects)
         self.requested = dict(requested or {})
         self.skipped = {k: dict(v) for k, v in (skipped or {}).items()}
         self.empty_lidar = dict(empty_lidar or {})
+        self.empty_masks = dict(empty_masks or {})
         self.settings = dict(settings or {})
 
     @property
@@ -523,6 +527,7 @@ def generate_objects(
     requested: Counter[str] = Counter()
     skipped: dict[str, Counter[str]] = defaultdict(Counter)
     empty: Counter[str] = Counter()
+    empty_masks: Counter[str] = Counter()
     objects: list[BankObject] = []
     jobs = [(i, k) for i in range(len(selection)) for k in range(per_object)]
     bar = tqdm(total=len(jobs), desc="generated objects", unit="obj", disable=not progress)
@@ -599,6 +604,7 @@ def generate_objects(
                         _generated_view(v, crops[view_at + n]) for n, v in enumerate(obj.views)
                     )
                     view_at += len(obj.views)
+                    empty_masks[obj.class_name] += sum(not v.mask.any() for v in views)
                 objects.append(_generated_object(obj, index, seed, points, views))
             bar.update(len(chunk))
 
@@ -631,6 +637,7 @@ def generate_objects(
         requested={c: requested.get(c, 0) for c in classes},
         skipped={c: dict(skipped[c]) for c in classes if skipped.get(c)},
         empty_lidar={c: empty[c] for c in classes if empty.get(c)},
+        empty_masks={c: empty_masks[c] for c in classes if empty_masks.get(c)},
         settings=settings,
     )
 
@@ -683,6 +690,7 @@ def write_generated_bank(
     source_bank: ObjectBank,
     generators: Mapping[str, Any] | None = None,
     seed: int | None = None,
+    include_real: bool = False,
     overwrite: bool = False,
 ) -> BankSummary:
     """Writes generated objects as a bank folder `out` (`bank.write_objects_bank`) that
@@ -691,7 +699,12 @@ def write_generated_bank(
     the paste's version, training and leakage checks judge the data the objects came from;
     `generation` records the generators' provenance (`generators`: sensor -> path, kind,
     sampling settings; default the `GeneratedObjects`' own), the seed, which signals are
-    generated, the point-count model and the counts (requested, generated, skipped)."""
+    generated, the point-count model and the counts (requested, generated, skipped).
+
+    `include_real`: the bank also holds `source_bank`'s real objects of the generated classes
+    (first, unchanged: their own tokens), for a "real + generated" paste that draws from both
+    (per class, generated : real = `per_object` : 1 less the skipped);
+    `generation.real_objects` counts them per class."""
     if source_bank.source != "bank":
         raise ValueError(
             f"source_bank: {source_bank.index_path} is a {source_bank.source} bank, not one cut "
@@ -714,9 +727,19 @@ def write_generated_bank(
             generated=objects.generated,
             skipped=objects.skipped,
             empty_lidar=objects.empty_lidar,
+            empty_masks=objects.empty_masks,
         )
+    written = list(objects)
+    generation["real_objects"] = None
+    if include_real:
+        classes = made.get("classes") or sorted(
+            {o.class_name for o in written}, key=CLASS_NAMES.index
+        )
+        real = list(source_bank.filter(classes=classes)) if classes else []
+        generation["real_objects"] = dict(Counter(o.class_name for o in real))
+        written = real + written
     return write_objects_bank(
-        objects,
+        written,
         out,
         dataset=source_bank.dataset,
         training=source_bank.training,

@@ -66,8 +66,9 @@ def test_writes_a_generated_bank_and_prints_its_counts(bank, lidar, tmp_path, ca
         create_data(args)
     assert exit_info.value.code == 2
     assert "generated exists; pass --overwrite" in capsys.readouterr().err
-    assert create_data([*args, "--overwrite", "--per-object", "1"]) == 0
-    assert len(ObjectBank.open(out)) == real["car"] + real["pedestrian"]
+    assert create_data([*args, "--overwrite", "--per-object", "1", "--with-real"]) == 0
+    assert len(ObjectBank.open(out)) == 2 * (real["car"] + real["pedestrian"])
+    assert f"with the {real['car'] + real['pedestrian']} real ones" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(
