@@ -171,7 +171,7 @@ def _table(results: dict) -> str:
             f"{_fmt(floor['kid_mean'], '.4f'):>18} {_fmt(floor['precision'], '.3f'):>6} "
             f"{_fmt(floor['recall'], '.3f'):>6}"
         )
-    recon = results["reconstruction"]
+    recon = results.get("reconstruction", {})
     for name in ("hybrid", "discrete", "discrete_tokenizer"):
         if name in recon:
             r = recon[name]
@@ -201,16 +201,16 @@ def main(argv: list[str] | None = None) -> int:
     from perception.generative import evaluate
     from perception.generative.bank import BankFileError
     from perception.generative.conditions import SENSOR_NAMES
-    from perception.generative.hart.model import sample
-    from perception.generative.hart.train import load_generator
     from perception.generative.metrics import load_crop_classifier
+    from perception.generative.registry import load_any_generator
     from perception.structures.classes import CLASS_NAMES
 
     progress = not args.no_progress
     try:
-        model, config, ranges = load_generator(args.work)
+        loaded = load_any_generator(args.work)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return usage_error(exc)
+    model, config, ranges = loaded.model, loaded.config, loaded.ranges
     work = Path(args.work)
     data = config.data
 
@@ -233,9 +233,15 @@ def main(argv: list[str] | None = None) -> int:
     discrete_tokenizer = None
     if args.discrete_tokenizer:
         try:
-            other, other_config, _ = load_generator(args.discrete_tokenizer)
+            other = load_any_generator(args.discrete_tokenizer)
         except (CheckpointError, FileNotFoundError, ValueError) as exc:
             return usage_error(f"--discrete-tokenizer: {exc}")
+        other_config = other.config
+        if not hasattr(other.model, "tokenizer"):
+            return usage_error(
+                f"--discrete-tokenizer: {args.discrete_tokenizer} is a {other.kind!r} "
+                "generator without a tokenizer"
+            )
         if (other_config.data.modality, other_config.data.signal_size) != (
             data.modality,
             data.signal_size,
@@ -245,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{other_config.data.modality} {other_config.data.signal_size} generator, "
                 f"{args.work} a {data.modality} {data.signal_size} one"
             )
-        discrete_tokenizer = other.tokenizer
+        discrete_tokenizer = other.model.tokenizer
 
     version = data.version or _training_version(data.bank)
     try:
@@ -269,26 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         real.signals[keep], real.conditions.index(keep), real.object_index[keep]
     )
 
-    s = config.sampling
-    base = {
-        "guidance": s.guidance if args.guidance is None else args.guidance,
-        "temperature": s.temperature,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-    }
-    arms: dict[str, dict] = {}
-    if model.residual_head is not None:
-        for steps in args.steps or [s.residual_steps]:
-            arms[f"residual_steps={steps}"] = {
-                **base,
-                "residual_steps": steps,
-                "use_residual": True,
-            }
-    if args.no_residual or model.residual_head is None:
-        arms["no_residual"] = {**base, "residual_steps": s.residual_steps, "use_residual": False}
+    arms = _arms(args, loaded)
 
     def sampler(settings: dict):
-        return lambda conds, generator: sample(model, conds, generator=generator, **settings)
+        return lambda conds, generator: loaded.sample(conds, generator=generator, **settings)
 
     print(
         f"{config.name} ({data.modality}): {len(real)} held-out signals from "
@@ -298,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     results: dict = {
         "generator": {
             "path": str(args.work),
-            "kind": config.kind,
+            "kind": loaded.kind,
             "name": config.name,
             "modality": data.modality,
             "training_bank": data.bank,
@@ -324,11 +314,16 @@ def main(argv: list[str] | None = None) -> int:
         "seed": args.seed,
         "n": args.n,
     }
-    results["reconstruction"] = evaluate.reconstruction_metrics(
-        model.tokenizer, real, classifier, discrete_tokenizer=discrete_tokenizer, seed=args.seed
-    )
-    if discrete_tokenizer is not None:
-        results["reconstruction"]["discrete_tokenizer_path"] = str(args.discrete_tokenizer)
+    if hasattr(model, "tokenizer"):  # HART, latent diffusion: the tokenizer's reconstruction
+        results["reconstruction"] = evaluate.reconstruction_metrics(
+            model.tokenizer,
+            real,
+            classifier,
+            discrete_tokenizer=discrete_tokenizer,
+            seed=args.seed,
+        )
+        if discrete_tokenizer is not None:
+            results["reconstruction"]["discrete_tokenizer_path"] = str(args.discrete_tokenizer)
     results["arms"] = {}
     for name, settings in arms.items():
         print(f"arm {name}: sampling {min(args.n or len(real), len(real))} signals")
@@ -352,7 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                 seed=args.seed,
             )
         results["arms"][name] = arm
-    if args.throughput and model.residual_head is not None:
+    if args.throughput and getattr(model, "residual_head", None) is not None:
         first = next(iter(arms.values()))
         results["residual_head_share"] = evaluate.residual_head_share(
             model,
@@ -365,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.cas:
         try:
-            results["cas"] = _cas(args, model, config, real, first_arm=next(iter(arms.values())),
+            results["cas"] = _cas(args, config, real, first_arm=next(iter(arms.values())),
                                   sampler=sampler, progress=progress)  # fmt: skip
         except (BankFileError, ValueError) as exc:
             return usage_error(f"--cas: {exc}")
@@ -378,7 +373,33 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _cas(args, model, config, real, *, first_arm, sampler, progress) -> dict:
+def _arms(args: argparse.Namespace, loaded) -> dict[str, dict]:
+    """The sampling settings of each arm to measure. HART: one arm per residual-head step count
+    (--steps, default the config's), plus the discrete-only arm (--no-residual, or a generator
+    without a head). Other kinds: their default settings."""
+    if loaded.kind != "hart":
+        return {"default": {}}
+    s = loaded.config.sampling
+    base = {
+        "guidance": s.guidance if args.guidance is None else args.guidance,
+        "temperature": s.temperature,
+        "top_k": s.top_k,
+        "top_p": s.top_p,
+    }
+    arms: dict[str, dict] = {}
+    if loaded.model.residual_head is not None:
+        for steps in args.steps or [s.residual_steps]:
+            arms[f"residual_steps={steps}"] = {
+                **base,
+                "residual_steps": steps,
+                "use_residual": True,
+            }
+    if args.no_residual or loaded.model.residual_head is None:
+        arms["no_residual"] = {**base, "residual_steps": s.residual_steps, "use_residual": False}
+    return arms
+
+
+def _cas(args, config, real, *, first_arm, sampler, progress) -> dict:
     """Classification accuracy score: generated crops for class-balanced training conditions;
     real-few = the training crops with each rare class cut to --few."""
     import torch
