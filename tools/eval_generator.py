@@ -376,7 +376,15 @@ def main(argv: list[str] | None = None) -> int:
 def _arms(args: argparse.Namespace, loaded) -> dict[str, dict]:
     """The sampling settings of each arm to measure. HART: one arm per residual-head step count
     (--steps, default the config's), plus the discrete-only arm (--no-residual, or a generator
-    without a head). Other kinds: their default settings."""
+    without a head). The latent diffusion baseline: one arm per DDIM step count (--steps, default
+    8, 16, 32, 50). Other kinds: their default settings."""
+    if loaded.kind == "ldm":
+        s = loaded.config.sampling
+        guidance = s.guidance if args.guidance is None else args.guidance
+        return {
+            f"ddim_steps={steps}": {"steps": steps, "guidance": guidance, "eta": s.eta}
+            for steps in args.steps or [8, 16, 32, 50]
+        }
     if loaded.kind != "hart":
         return {"default": {}}
     s = loaded.config.sampling

@@ -4,7 +4,9 @@
         --set data.bank=data/synth-train-rare-bank-train
     python tools/train_generator.py configs/generative/hart_camera.yaml --work-dir work_dirs/hart_cam --resume
 
-The HART-style generator (`--kind hart`, the config's `kind`) trains in three stages: the crop
+The config's `kind` says which generator: `hart` (configs/generative/hart_*.yaml), `ldm` (the
+latent diffusion transformer it is measured against, on a trained HART's frozen tokenizer:
+configs/generative/ldm_camera.yaml). The HART-style generator trains in three stages: the crop
 classifier (its features drive the tokenizer's feature loss and the metrics), the hybrid
 tokenizer, then the scale-wise transformer and the residual diffusion head on the frozen
 tokenizer (`perception.generative.hart.train`). WORK/log.jsonl has one line per
@@ -22,7 +24,7 @@ from pathlib import Path
 # Only light imports before the arguments are parsed: --help and usage errors answer at once.
 from perception.cli import add_override_option, usage_error
 
-KINDS = ("hart", "gan")
+KINDS = ("hart", "ldm", "gan")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,13 +61,14 @@ def main(argv: list[str] | None = None) -> int:
         return usage_error(exc)
     if args.kind and args.kind != config.kind:
         return usage_error(f"--kind {args.kind}: {args.config} is a {config.kind!r} config")
-    if not (Path(config.data.bank) / "bank.json").is_file():
+    if not (Path(config.data.bank) / "bank.json").is_file():  # every kind learns from a bank
         return usage_error(
             f"data.bank: {config.data.bank} holds no bank.json (build one with "
             "python tools/create_data.py objects --root DIR --version V --split S --out BANK)"
         )
     work_dir = Path(args.work_dir or Path("work_dirs") / Path(args.config).stem)
 
+    from perception.engine.checkpoint import CheckpointError
     from perception.generative.bank import BankFileError
     from perception.generative.registry import train_generator
 
@@ -73,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         latest = train_generator(
             config, work_dir, resume=args.resume, progress=not args.no_progress
         )
-    except (BankFileError, ValueError) as exc:
+    except (BankFileError, CheckpointError, FileNotFoundError, ValueError) as exc:
         return usage_error(exc)
     print(
         f"generator: {latest}\nsamples:   python tools/sample_generator.py {work_dir} --out grid.png"

@@ -53,6 +53,13 @@ GENERATOR_KINDS: dict[str, _Kind] = {
         load="perception.generative.hart.train:load_generator",
         sample="perception.generative.hart.model:sample",
     ),
+    # the latent diffusion transformer HART is measured against (same latent, ~same size)
+    "ldm": _Kind(
+        schema="perception.generative.hart.baseline:LatentDiffusionConfig",
+        train="perception.generative.hart.baseline:train_latent_diffusion",
+        load="perception.generative.hart.baseline:load_latent_diffusion",
+        sample="perception.generative.hart.baseline:sample_latent_diffusion",
+    ),
 }
 
 
@@ -89,13 +96,23 @@ def load_generator_config(path: str | Path, overrides: Sequence[str] = ()) -> Ba
 
 
 def generator_kind_of(path: str | Path) -> str:
-    """The `kind` of a generator work dir's or checkpoint's saved config.yaml."""
+    """The `kind` ("hart", "ldm", ...) of a generator work dir (its config.yaml), stage dir or
+    checkpoint directory, read from its saved config. FileNotFoundError without one."""
+    from ..engine.checkpoint import find_latest
+
     path = Path(path)
-    for candidate in (path / "config.yaml", path.parent / "config.yaml"):
-        if candidate.is_file():
-            raw = yaml.safe_load(candidate.read_text()) or {}
-            return str(raw.get("kind", "hart"))
-    raise FileNotFoundError(f"{path}: no config.yaml of a generator here")
+    candidates = [path / "config.yaml", path.parent / "config.yaml"]
+    latest = path if (path / "model.safetensors").is_file() else find_latest(path)
+    if latest is not None:
+        candidates.insert(0, latest / "config.yaml")
+    for config_path in candidates:
+        if config_path.is_file():
+            raw = yaml.safe_load(config_path.read_text())
+            kind = raw.get("kind") if isinstance(raw, dict) else None
+            if not isinstance(kind, str):
+                raise ValueError(f"{config_path}: kind: missing or not a string ({kind!r})")
+            return kind
+    raise FileNotFoundError(f"{path}: no generator config.yaml (not a generator work dir)")
 
 
 def train_generator(config: BaseModel, work_dir: str | Path, **kwargs) -> Path:

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Literal
@@ -47,12 +46,11 @@ import torch.nn.functional as F
 import yaml
 from pydantic import Field, model_validator
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from ...config import load_config, save_config
 from ...config.schema import StrictModel
-from ...engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
-from ...engine.trainer import lr_factor, seed_everything
+from ...engine.checkpoint import find_latest, load_checkpoint
+from ...engine.trainer import seed_everything
 from ..conditions import ConditionEmbedding, ConditionRange, ObjectConditions
 from ..config import GENERATOR_CONFIG_FORMAT_VERSION, GeneratorDataConfig, TokenizerConfig
 from .diffusion import DDIMSampler, NoiseSchedule, ddim_sample, diffusion_loss, timestep_embedding
@@ -60,11 +58,9 @@ from .model import GeneratedSignal
 from .tokenizer import HybridTokenizer
 from .train import (
     CONDITIONS_NAME,
-    LOG_NAME,
-    SignalSet,
-    flip_batch,
     load_generator,
     load_training_signals,
+    run_stage,
 )
 
 __all__ = [
@@ -77,7 +73,6 @@ __all__ = [
     "LatentSamplingConfig",
     "DiffusionScheduleConfig",
     "build_latent_diffusion",
-    "generator_kind",
     "generator_parameter_count",
     "guided_eps",
     "load_latent_diffusion",
@@ -87,7 +82,6 @@ __all__ = [
 ]
 
 LDM_STAGE = "ldm"  # WORK/ldm/checkpoints/...: the stage dir of the baseline
-_STAGE_SEED_INDEX = 3  # after HART's classifier, tokenizer, transformer (its _stage_generator)
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
@@ -556,109 +550,6 @@ def _check_same_signal(config: LatentDiffusionConfig, source: GeneratorDataConfi
             )
 
 
-def _ldm_generator(seed: int, step: int) -> torch.Generator:
-    # as hart.train._stage_generator, with the stage index after HART's three
-    return torch.Generator().manual_seed(seed * 1_000_003 + _STAGE_SEED_INDEX * 10_000_019 + step)
-
-
-def _append_log(work_dir: Path, record: dict) -> None:
-    with (work_dir / LOG_NAME).open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
-def _run_ldm_stage(
-    *,
-    model: LatentDiffusionGenerator,
-    data: SignalSet,
-    config: LatentDiffusionConfig,
-    work_dir: Path,
-    extra: dict,
-    resume: bool,
-    progress: bool,
-    log: Callable[[str], None],
-) -> None:
-    """hart.train._run_stage's loop (AdamW, warm-up + cosine LR, clipping at 1, logs and
-    checkpoints under WORK/ldm/), with this config's schema on resume, a time budget, and the
-    elapsed training time kept in the checkpoint's extra."""
-    train = config.train
-    stage_dir = work_dir / LDM_STAGE
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=train.lr, weight_decay=train.weight_decay)
-    start, spent = 0, 0.0
-    if resume and find_latest(stage_dir) is not None:
-        state = load_checkpoint(
-            stage_dir, model=model, optimizer=optimizer, schema=LatentDiffusionConfig
-        )
-        start, spent = state.step, float(state.extra.get("elapsed_s", 0.0))
-        log(f"{LDM_STAGE}: resumed at step {start} ({spent:.0f} s trained) from {state.path}")
-    budget = train.time_budget_s
-    if start >= train.steps or (budget is not None and spent >= budget):
-        return
-    model.train()
-    bar = tqdm(total=train.steps, initial=start, desc=LDM_STAGE, disable=not progress, unit="step")
-    sums: dict[str, float] = {}
-    count, tic = 0, time.perf_counter()
-    began = time.perf_counter()
-    for step in range(start, train.steps):
-        elapsed = spent + time.perf_counter() - began
-        position = step / train.steps
-        if budget is not None:
-            position = max(position, min(elapsed / budget, 1.0))
-        factor = lr_factor(
-            round(position * train.steps),
-            total_steps=train.steps,
-            schedule="cosine",
-            warmup=train.warmup,
-        )
-        for group in optimizer.param_groups:
-            group["lr"] = train.lr * factor
-        generator = _ldm_generator(train.seed, step)
-        rows = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
-        signals, conditions = data.signals[rows], data.conditions.index(rows)
-        if config.data.flip:
-            mirror = torch.rand(len(rows), generator=generator) < 0.5
-            signals, conditions = flip_batch(signals, conditions, mirror)
-        losses = model.loss(signals, conditions, generator=generator)
-        total = losses["total"]
-        if not torch.isfinite(total):
-            raise FloatingPointError(
-                f"{LDM_STAGE} step {step}: the loss is {float(total)}; the last good checkpoint "
-                f"is {find_latest(stage_dir)}"
-            )
-        optimizer.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        optimizer.step()
-        for name, value in losses.items():
-            sums[name] = sums.get(name, 0.0) + float(value.detach())
-        count += 1
-        bar.update(1)
-        done = step + 1
-        elapsed = spent + time.perf_counter() - began
-        if done % train.log_every == 0 or done == train.steps:
-            record = {"stage": LDM_STAGE, "step": done, "lr": train.lr * factor}
-            record.update({k: v / count for k, v in sums.items()})
-            record["seconds_per_step"] = (time.perf_counter() - tic) / count
-            record["elapsed_s"] = elapsed
-            _append_log(work_dir, record)
-            bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k != "total"})
-            sums, count, tic = {}, 0, time.perf_counter()
-        over_budget = budget is not None and elapsed >= budget
-        if done % train.checkpoint_every == 0 or done == train.steps:
-            save_checkpoint(
-                stage_dir,
-                step=done,
-                model=model,
-                optimizer=optimizer,
-                config=config,
-                extra={**extra, "elapsed_s": elapsed},
-            )
-            if over_budget:
-                log(f"{LDM_STAGE}: time budget {budget:g} s spent at step {done} ({elapsed:.0f} s)")
-                break
-    bar.close()
-
-
 def train_latent_diffusion(
     config: LatentDiffusionConfig,
     work_dir: str | Path,
@@ -704,42 +595,31 @@ def train_latent_diffusion(
         scale = model.fit_latent_scale(data.signals)
         log(f"{LDM_STAGE}: the latent's root mean square is {scale:.4g} (the DiT's unit)")
         log(f"{LDM_STAGE}: {generator_parameter_count(model):,} trainable parameters")
-    extra = {
-        "stage": LDM_STAGE,
-        "conditions": json.loads((work_dir / CONDITIONS_NAME).read_text()),
-        "tokenizer_checkpoint": str(source_path.resolve()),
-    }
-    _run_ldm_stage(
+    params = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+
+    def loss_fn(signals, conditions, generator):
+        return model.loss(signals, conditions, generator=generator)
+
+    run_stage(
+        LDM_STAGE,
         model=model,
+        params=params,
+        loss_fn=loss_fn,
         data=data,
         config=config,
         work_dir=work_dir,
-        extra=extra,
+        steps=train.steps,
+        lr=train.lr,
         resume=resuming,
         progress=progress,
         log=log,
+        extra={"tokenizer_checkpoint": str(source_path.resolve())},
+        time_budget_s=train.time_budget_s,
     )
     latest = find_latest(work_dir / LDM_STAGE)
     log(f"trained generator: {latest}")
     return latest
-
-
-def generator_kind(path: str | Path) -> str:
-    """The `kind` ("hart", "ldm", ...) of a generator work dir (its config.yaml), stage dir or
-    checkpoint directory, for tools that load either kind. FileNotFoundError without one."""
-    path = Path(path)
-    candidates = [path / "config.yaml"]
-    latest = path if (path / "model.safetensors").is_file() else find_latest(path)
-    if latest is not None:
-        candidates.insert(0, latest / "config.yaml")
-    for config_path in candidates:
-        if config_path.is_file():
-            raw = yaml.safe_load(config_path.read_text())
-            kind = raw.get("kind") if isinstance(raw, dict) else None
-            if not isinstance(kind, str):
-                raise ValueError(f"{config_path}: kind: missing or not a string ({kind!r})")
-            return kind
-    raise FileNotFoundError(f"{path}: no generator config.yaml (not a generator work dir)")
 
 
 def load_latent_diffusion(

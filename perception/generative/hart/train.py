@@ -26,11 +26,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from pydantic import BaseModel
 from tqdm import tqdm
 
 from ...config import load_config, save_config
@@ -102,55 +104,75 @@ def flip_batch(
     return signals, dataclasses.replace(conditions, view_angle=angle)
 
 
-def _stage_generator(seed: int, stage: str, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed * 1_000_003 + STAGES.index(stage) * 10_000_019 + step)
+def stage_generator(seed: int, stage: str, step: int) -> torch.Generator:
+    """The generator of one training step's draws (batch rows, flips, noise): a function of
+    (seed, stage name, step) only, so a resumed run draws what an uninterrupted one would."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(stage.encode()) + step)
 
 
-def _append_log(work_dir: Path, record: dict) -> None:
+def append_log(work_dir: Path, record: dict) -> None:
     with (work_dir / LOG_NAME).open("a") as f:
         f.write(json.dumps(record) + "\n")
 
 
-def _run_stage(
+def run_stage(
     stage: str,
     *,
     model: torch.nn.Module,
     params: list[torch.nn.Parameter],
     loss_fn: Callable[[torch.Tensor, ObjectConditions, torch.Generator], dict],
     data: SignalSet,
-    config: HARTConfig,
+    config: BaseModel,
     work_dir: Path,
     steps: int,
     lr: float,
     resume: bool,
     progress: bool,
-    flip: bool,
     log: Callable[[str], None],
+    extra: dict | None = None,
+    time_budget_s: float | None = None,
 ) -> None:
-    """One stage's loop: AdamW, warm-up + cosine LR, gradient clipping, logs and checkpoints
-    of `model` (+ optimizer) under WORK/<stage>/."""
+    """One training stage of a generator: AdamW, warm-up + cosine LR, gradient clipping at 1,
+    log.jsonl lines and checkpoints of `model` (+ optimizer) under WORK/<stage>/.
+
+    `config` is the generator's config (any kind): its `train` section gives seed, batch_size,
+    weight_decay, warmup, log_every, checkpoint_every, and `data.flip` the mirroring; it is
+    saved with every checkpoint and is the schema a resume validates. `time_budget_s`: stop at
+    the first checkpoint after that much training time (summed over resumes, kept in the
+    checkpoint as `elapsed_s`); the LR schedule then follows the larger of the step and the
+    time fractions."""
     train = config.train
+    schema = type(config)
     stage_dir = work_dir / stage
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
-    start = 0
-    extra = {"stage": stage, "conditions": json.loads((work_dir / CONDITIONS_NAME).read_text())}
+    start, spent = 0, 0.0
+    extra = {
+        "stage": stage,
+        "conditions": json.loads((work_dir / CONDITIONS_NAME).read_text()),
+        **(extra or {}),
+    }
     if resume and find_latest(stage_dir) is not None:
-        state = load_checkpoint(stage_dir, model=model, optimizer=optimizer, schema=HARTConfig)
-        start = state.step
+        state = load_checkpoint(stage_dir, model=model, optimizer=optimizer, schema=schema)
+        start, spent = state.step, float(state.extra.get("elapsed_s", 0.0))
         log(f"{stage}: resumed at step {start} from {state.path}")
-    if start >= steps:
+    budget = time_budget_s
+    if start >= steps or (budget is not None and spent >= budget):
         return
     bar = tqdm(total=steps, initial=start, desc=stage, disable=not progress, unit="step")
     sums: dict[str, float] = {}
-    count, tic = 0, time.perf_counter()
+    count, tic, began = 0, time.perf_counter(), time.perf_counter()
     for step in range(start, steps):
-        factor = lr_factor(step, total_steps=steps, schedule="cosine", warmup=train.warmup)
+        position = step
+        if budget is not None:
+            elapsed = spent + time.perf_counter() - began
+            position = max(step, round(min(elapsed / budget, 1.0) * steps))
+        factor = lr_factor(position, total_steps=steps, schedule="cosine", warmup=train.warmup)
         for group in optimizer.param_groups:
             group["lr"] = lr * factor
-        generator = _stage_generator(train.seed, stage, step)
+        generator = stage_generator(train.seed, stage, step)
         rows = torch.randint(len(data), (min(train.batch_size, len(data)),), generator=generator)
         signals, conditions = data.signals[rows], data.conditions.index(rows)
-        if flip:
+        if config.data.flip:
             mirror = torch.rand(len(rows), generator=generator) < 0.5
             signals, conditions = flip_batch(signals, conditions, mirror)
         losses = loss_fn(signals, conditions, generator)
@@ -169,17 +191,27 @@ def _run_stage(
         count += 1
         bar.update(1)
         done = step + 1
+        elapsed = spent + time.perf_counter() - began
         if done % train.log_every == 0 or done == steps:
             record = {"stage": stage, "step": done, "lr": lr * factor}
             record.update({k: v / count for k, v in sums.items()})
             record["seconds_per_step"] = (time.perf_counter() - tic) / count
-            _append_log(work_dir, record)
+            record["elapsed_s"] = elapsed
+            append_log(work_dir, record)
             bar.set_postfix({k: f"{v / count:.4g}" for k, v in sums.items() if k != "total"})
             sums, count, tic = {}, 0, time.perf_counter()
         if done % train.checkpoint_every == 0 or done == steps:
             save_checkpoint(
-                stage_dir, step=done, model=model, optimizer=optimizer, config=config, extra=extra
+                stage_dir,
+                step=done,
+                model=model,
+                optimizer=optimizer,
+                config=config,
+                extra={**extra, "elapsed_s": elapsed},
             )
+            if budget is not None and elapsed >= budget:
+                log(f"{stage}: time budget {budget:g} s spent at step {done} ({elapsed:.0f} s)")
+                break
     bar.close()
 
 
@@ -210,7 +242,6 @@ def train_hart(
     )
     ranges = ConditionRange.fit(data.conditions)
     (work_dir / CONDITIONS_NAME).write_text(json.dumps(ranges.to_dict(), indent=1))
-    flip = config.data.flip
     model = build_hart(config)
 
     # 1. the crop classifier (frozen afterwards)
@@ -243,7 +274,7 @@ def train_hart(
             return tokenizer.loss(x, feature_fn=feature_fn, generator=generator)
 
         tokenizer.train()
-        _run_stage(
+        run_stage(
             "tokenizer",
             model=model,
             params=list(tokenizer.parameters()),
@@ -255,7 +286,6 @@ def train_hart(
             lr=train.lr,
             resume=resume,
             progress=progress,
-            flip=flip,
             log=log,
         )
 
@@ -270,7 +300,7 @@ def train_hart(
     def transformer_loss(x, conds, generator):
         return model.transformer_loss(x, conds, generator=generator)
 
-    _run_stage(
+    run_stage(
         "transformer",
         model=model,
         params=trainable,
@@ -282,7 +312,6 @@ def train_hart(
         lr=train.transformer_lr,
         resume=resume_transformer,
         progress=progress,
-        flip=flip,
         log=log,
     )
     latest = find_latest(work_dir / "transformer")

@@ -18,7 +18,6 @@ from perception.generative.config import HARTConfig
 from perception.generative.hart.baseline import (
     LatentDiffusionConfig,
     build_latent_diffusion,
-    generator_kind,
     generator_parameter_count,
     guided_eps,
     load_latent_diffusion,
@@ -28,6 +27,7 @@ from perception.generative.hart.baseline import (
 from perception.generative.hart.diffusion import DDIMSampler
 from perception.generative.hart.model import build_hart
 from perception.generative.hart.train import train_hart
+from perception.generative.registry import generator_kind_of
 from tools.create_data import main as create_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -205,7 +205,7 @@ def test_a_hart_checkpoint_is_refused_naming_kind(tmp_path):
     )
     (work / "config.yaml").write_text((ckpt / "config.yaml").read_text())
     for path in (ckpt, work / "transformer", work):
-        assert generator_kind(path) == "hart"
+        assert generator_kind_of(path) == "hart"
         with pytest.raises(ValueError, match="kind is 'hart', not 'ldm'"):
             load_latent_diffusion(path)
     with pytest.raises(FileNotFoundError):
@@ -259,7 +259,7 @@ def test_train_resume_budget_and_load_round_trip(bank, tmp_path):
                                     log=lines.append)  # fmt: skip
     assert latest.name == "step_6" and any("resumed at step 4" in line for line in lines)
 
-    assert generator_kind(work) == generator_kind(latest) == "ldm"
+    assert generator_kind_of(work) == generator_kind_of(latest) == "ldm"
     model, loaded_config, ranges = load_latent_diffusion(work)
     assert loaded_config.tokenizer is not None and loaded_config.tokenizer.latent_dim == 4
     state = json.loads((latest / "training_state.json").read_text())["extra"]
