@@ -256,11 +256,19 @@ def test_point_counts_recover_an_exact_power_law():
     assert model.slope["bicycle"] == pytest.approx(-2.5, abs=2e-3)  # shared
     assert model.intercept["bicycle"] == pytest.approx(11.0, abs=1e-2)
     assert model.spread["car"] < 1e-2 and model.fitted == {"car": 30, "bicycle": 5}
+    assert max(map(abs, model.residuals["car"])) < 2e-2 and len(model.residuals["car"]) == 101
+    json.dumps(model.to_dict())  # JSON-safe, for bank.json
     rng = np.random.default_rng(0)
     assert model.draw("car", 10.0, rng) == pytest.approx(np.exp(14.0) * 10**-2.5, rel=0.03)
     assert model.draw("car", 0.1, rng) == model.maximum["car"]  # capped at the real largest
     with pytest.raises(ValueError, match="class 'bus'"):
         model.draw("bus", 10.0, rng)
+    # skewed residuals are drawn as they are: a class with a long tail of few points
+    y = 14.0 - 2.0 * np.log(ranges) + np.where(np.arange(30) % 3 == 1, -3.0, 0.0)
+    skewed = PointCountModel.fit(_Meta([0] * 30, np.c_[ranges, np.zeros((30, 8))], np.exp(y)))
+    draws = np.array([skewed.draw("car", 10.0, rng) for _ in range(3000)])
+    typical = np.exp(14.0 - 2.0 * np.log(10.0))  # the fit is 1 lower: the majority at +1
+    assert np.mean(np.abs(draws / typical - 1) < 0.1) == pytest.approx(2 / 3, abs=0.05)
 
 
 def _grid(occupied):
