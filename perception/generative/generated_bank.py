@@ -128,13 +128,15 @@ class SignalGenerator:
 def load_signal_generator(
     path: str | Path, *, modality: str, guidance: float | None = None
 ) -> SignalGenerator:
-    """The trained generator of a work dir, stage dir or checkpoint
-    (`perception.generative.hart.train.load_generator`), sampling with its config's settings
-    (`guidance` overrides the config's). Raises ValueError naming the path when it is missing,
-    unreadable or of the other modality (`data.modality`)."""
+    """The trained generator of a work dir, stage dir or checkpoint, of any registered kind
+    (`perception.generative.registry.load_any_generator`: hart, ldm, ...), sampling with its
+    config's `sampling` settings (those its sampler takes; HART's residual head as its config
+    says; `guidance` overrides the config's). Raises ValueError naming the path when it is
+    missing, unreadable, of an unknown kind or of the other modality (`data.modality`)."""
+    import inspect
+
     from ..engine.checkpoint import CheckpointError
-    from .hart.model import sample
-    from .hart.train import load_generator
+    from .registry import load_any_generator
 
     if modality not in ("camera", "lidar"):
         raise ValueError(f"modality={modality!r}: must be 'camera' or 'lidar'")
@@ -142,36 +144,35 @@ def load_signal_generator(
     if not path.exists():
         raise ValueError(f"{path}: no such generator work dir or checkpoint")
     try:
-        model, config, ranges = load_generator(path)
+        loaded = load_any_generator(path)
     except (CheckpointError, FileNotFoundError) as exc:
         raise ValueError(f"{path}: {exc}") from None
+    config = loaded.config
     if config.data.modality != modality:
         raise ValueError(
             f"{path}: a {config.data.modality} generator (data.modality: "
             f"{config.data.modality}), not a {modality} one"
         )
-    s = config.sampling
-    settings = {
-        "guidance": s.guidance if guidance is None else float(guidance),
-        "temperature": s.temperature,
-        "top_k": s.top_k,
-        "top_p": s.top_p,
-        "residual_steps": s.residual_steps,
-        "use_residual": bool(config.residual_head.enabled),
-    }
+    takes = inspect.signature(loaded._sample).parameters
+    settings = {k: v for k, v in config.sampling.model_dump().items() if k in takes}
+    if guidance is not None:
+        settings["guidance"] = float(guidance)
+    head = getattr(config, "residual_head", None)
+    if head is not None and "use_residual" in takes:
+        settings["use_residual"] = bool(head.enabled)
 
     def sample_fn(conditions: ObjectConditions, generator: torch.Generator) -> Tensor:
-        return sample(model, conditions, generator=generator, **settings).signals
+        return loaded.sample(conditions, generator=generator, **settings).signals
 
     provenance = {
         "path": str(path.resolve()),
-        "kind": config.kind,
-        "name": config.name,
+        "kind": loaded.kind,
+        "name": getattr(config, "name", loaded.kind),
         "modality": modality,
         "signal": [config.data.in_channels, config.data.signal_size, config.data.signal_size],
         "sampling": settings,
     }
-    return SignalGenerator(sample=sample_fn, ranges=ranges, provenance=provenance)
+    return SignalGenerator(sample=sample_fn, ranges=loaded.ranges, provenance=provenance)
 
 
 def _as_generator(
