@@ -1,0 +1,1 @@
+"""A class-conditional data-efficient GAN with DiffAugment (issue #26)."""
