@@ -906,11 +906,14 @@ class ObjectBank:
                 f"{index}: unknown bank source {bank_source!r} (known: {list(BANK_SOURCES)})"
             )
         if source is not None and bank_source != source:
+            made = {
+                "generated": "tools/create_data.py generated --bank REAL --out BANK ...",
+                "bank": "tools/create_data.py objects",
+            }
             raise BankFileError(
-                f"{index}: a bank of source {bank_source!r}, not {source!r}"
-                + (" (made by tools/create_data.py generated)" if bank_source == "generated"
-                   else "")
-            )  # fmt: skip
+                f"{index}: a bank of source {bank_source!r}, not {source!r} (a {source!r} bank "
+                f"is made by {made.get(source, '?')})"
+            )
         if training and not payload.get("training", False):
             raise BankFileError(
                 f"{index}: an evaluation bank (split {bank_split!r} holds evaluation scenes); "

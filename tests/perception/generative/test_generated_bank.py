@@ -351,6 +351,8 @@ def test_bad_input_names_the_argument(bank, generated, tmp_path):
         write_generated_bank(objects, gen_bank.path, source_bank=real)
     with pytest.raises(BankFileError, match="a bank of source 'generated', not 'bank'"):
         ObjectBank.open(gen_bank.path, source="bank")
+    with pytest.raises(BankFileError, match="source 'bank', not 'generated'.*create_data.py gen"):
+        ObjectBank.open(real.path, source="generated")
     assert ObjectBank.open(real.path, source="bank").source == "bank"
     # an index without the key is a real bank; an unknown source is refused
     index = json.loads((gen_bank.path / "bank.json").read_text())
