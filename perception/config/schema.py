@@ -37,7 +37,11 @@ class PasteConfig(StrictModel):
         None, description="the object bank folder (tools/create_data.py objects)"
     )
     source: Literal["bank", "generated"] = Field(
-        "bank", description="bank: real objects; generated: a generator's (not available yet)"
+        "bank",
+        description=(
+            "bank: `bank` is a real object bank; generated: a bank of generated objects "
+            "(tools/create_data.py generated); a bank of the other source is refused"
+        ),
     )
     classes: dict[str, PasteClassConfig] = Field(
         default_factory=dict,
@@ -102,11 +106,6 @@ class PasteConfig(StrictModel):
                 f"classes: unknown class(es) {unknown}; choose from {list(CLASS_NAMES)}"
             )
         if self.enabled:
-            if self.source == "generated":
-                raise ValueError(
-                    "source: generated needs a trained generator, which is not available yet; "
-                    "use source: bank"
-                )
             if not self.bank:
                 raise ValueError("bank: enabled paste needs an object bank folder")
             if not any(c.count > 0 for c in self.classes.values()):

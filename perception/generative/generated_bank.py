@@ -73,6 +73,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..datasets.synth.lidar import ELEVATIONS_DEG as SYNTH_ELEVATIONS_DEG
 from ..structures.classes import CAMERA_NAMES, CLASS_NAMES
 from .bank import BankObject, BankSummary, CameraView, ObjectBank, write_objects_bank
 from .conditions import LIDAR_SENSOR, ConditionRange, ObjectConditions
@@ -91,7 +92,7 @@ __all__ = [
 ]
 
 # nuScenes' LIDAR_TOP (Velodyne HDL-32E) beam elevations, deg (as the synthetic world casts).
-HDL32E_ELEVATIONS_DEG: tuple[float, ...] = tuple(float(v) for v in np.linspace(-30.67, 10.67, 32))
+HDL32E_ELEVATIONS_DEG: tuple[float, ...] = tuple(float(v) for v in SYNTH_ELEVATIONS_DEG)
 # A class with fewer objects with points than this shares the slope and spread of the count fit.
 MIN_CLASS_FIT = 20
 # Ranges below this (m) are taken as this in the count fit (log r).

@@ -167,7 +167,9 @@ def open_paste_bank(
     cameras = paste.cameras if cameras is None else cameras
     try:
         # sizes are checked; the sha256 of every shard is not (it reads the whole bank)
-        bank = ObjectBank.open(paste.bank, version=version, training=True, verify=False)
+        bank = ObjectBank.open(
+            paste.bank, version=version, training=True, verify=False, source=paste.source
+        )
     except BankFileError as exc:
         raise BankFileError(f"{where}: {exc}") from None
     if len(bank) == 0:

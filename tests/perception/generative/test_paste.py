@@ -419,7 +419,6 @@ def _paste_config(bank_path, **paste):
         ({"classes": {"bike": {"count": 1}}}, r"unknown class\(es\) \['bike'\]"),
         ({"classes": {"car": {"count": 0}}}, "at least one class with count > 0"),
         ({"bank": None}, "enabled paste needs an object bank"),
-        ({"source": "generated"}, "source: generated"),
         ({"classes": {"car": {"count": -1}}}, "data.paste.classes.car.count"),
     ],
 )  # fmt: skip
@@ -516,6 +515,17 @@ def test_bank_errors_at_dataset_build_name_the_file(world, train_bank, tmp_path)
         build(empty)
     with pytest.raises(ValueError, match="missing/bank.json: no object bank here"):
         build(tmp_path / "missing")
+    # source: generated wants a bank of generated objects, and source: bank a real one
+    with pytest.raises(ValueError, match="train/bank.json: .*source"):
+        build(train_bank, source="generated")
+    generated = tmp_path / "generated"
+    shutil.copytree(train_bank, generated)
+    index = json.loads((generated / "bank.json").read_text())
+    index["source"] = "generated"
+    (generated / "bank.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="generated/bank.json: .*source"):
+        build(generated)
+    assert len(build(generated, source="generated")) > 0
     # a training bank, but of the split this run evaluates on
     config = _paste_config(train_bank)
     config = config.model_copy(
