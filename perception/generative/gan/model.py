@@ -95,7 +95,7 @@ class GANGenerator(nn.Module):
         out_channels: int,
         image_size: int = 32,
         z_dim: int = 64,
-        width: int = 32,
+        width: int = 36,
     ) -> None:
         super().__init__()
         if image_size < 8 or image_size & (image_size - 1):
@@ -170,7 +170,7 @@ class GANDiscriminator(nn.Module):
         condition: ConditionEmbedding,
         in_channels: int,
         image_size: int = 32,
-        width: int = 48,
+        width: int = 40,
     ) -> None:
         super().__init__()
         if image_size < 8 or image_size & (image_size - 1):
