@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--top-k", type=int, help="top-k truncation, 0 off (config's)")
     parser.add_argument("--residual-steps", type=int, help="residual head DDIM steps (config's)")
     parser.add_argument("--steps", type=int, help="ldm: DDIM steps (config's)")
+    parser.add_argument("--truncation", type=float, help="gan: z ~ N(0, t^2) (config's)")
     parser.add_argument(
         "--no-residual", action="store_true", help="decode the discrete tokens only (ablation)"
     )
@@ -93,6 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         "top_k": args.top_k,
         "residual_steps": args.residual_steps,
         "steps": args.steps,
+        "truncation": args.truncation,
         "use_residual": False if args.no_residual else None,
     }
     for key, value in given.items():

@@ -6,7 +6,8 @@
 
 The config's `kind` says which generator: `hart` (configs/generative/hart_*.yaml), `ldm` (the
 latent diffusion transformer it is measured against, on a trained HART's frozen tokenizer:
-configs/generative/ldm_camera.yaml). The HART-style generator trains in three stages: the crop
+configs/generative/ldm_camera.yaml), `gan` (the class-conditional DiffAugment GAN:
+configs/generative/gan_camera.yaml). The HART-style generator trains in three stages: the crop
 classifier (its features drive the tokenizer's feature loss and the metrics), the hybrid
 tokenizer, then the scale-wise transformer and the residual diffusion head on the frozen
 tokenizer (`perception.generative.hart.train`). WORK/log.jsonl has one line per
@@ -51,10 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     from perception.config import ConfigError
-    from perception.generative.registry import GENERATOR_KINDS, load_generator_config
+    from perception.generative.registry import load_generator_config
 
-    if args.kind and args.kind not in GENERATOR_KINDS:
-        return usage_error(f"--kind {args.kind}: not built yet (issue #26 builds the GAN)")
     try:
         config = load_generator_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -60,6 +60,13 @@ GENERATOR_KINDS: dict[str, _Kind] = {
         load="perception.generative.hart.baseline:load_latent_diffusion",
         sample="perception.generative.hart.baseline:sample_latent_diffusion",
     ),
+    # the class-conditional DiffAugment GAN (issue #26)
+    "gan": _Kind(
+        schema="perception.generative.gan.config:GANConfig",
+        train="perception.generative.gan.train:train_gan",
+        load="perception.generative.gan.train:load_gan",
+        sample="perception.generative.gan.model:sample_gan",
+    ),
 }
 
 

@@ -124,6 +124,14 @@ class GANTrainConfig(StrictModel):
         return value
 
 
+class GANSamplingConfig(StrictModel):
+    """Defaults of `gan.model.sample_gan` (each can be given at the call)."""
+
+    truncation: float = Field(
+        1.0, gt=0, description="z ~ N(0, truncation^2); < 1 trades variety for fidelity"
+    )
+
+
 class GANConfig(StrictModel):
     """A class-conditional data-efficient GAN with DiffAugment (issue #26)."""
 
@@ -135,6 +143,7 @@ class GANConfig(StrictModel):
     augment: GANAugmentConfig = GANAugmentConfig()
     loss: GANLossConfig = GANLossConfig()
     train: GANTrainConfig = GANTrainConfig()
+    sampling: GANSamplingConfig = GANSamplingConfig()
 
     @model_validator(mode="after")
     def _fits(self) -> GANConfig:
