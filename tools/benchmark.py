@@ -11,6 +11,11 @@ python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/acc
 python tools/benchmark.py paste --runs outputs/paste [--out benchmarks/paste_cpu.json]
     (collects tools/paste_benchmark.sh's runs: rare-class AP and mAP per model x paste variant
     x seed, mean and spread over the seeds)
+python tools/benchmark.py generator --runs outputs/generator [--out benchmarks/generator_cpu.json]
+    (collects tools/generator_benchmark.sh's runs: HART vs its ablations and the diffusion
+    baseline, issue #25's target checks)
+python tools/benchmark.py gan --runs outputs/gan [--out benchmarks/gan_cpu.json]
+    (collects tools/gan_benchmark.sh's runs: KID per N real crops x augment mode, spread)
 python tools/benchmark.py runs A.json B.json ... [--labels A B ...]
     (saved runs of one benchmark side by side: ms and ratio per run, median ratio)
 python tools/benchmark.py pairs benchmarks/accuracy_cpu*.json [--out benchmarks/accuracy_pairs.md]
@@ -159,6 +164,28 @@ def run_paste(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_generators(args: argparse.Namespace) -> int:
+    """Collects finished generator or GAN benchmark runs (`perception.benchmarks.generator`)."""
+    from perception.benchmarks import generator
+
+    command = "python tools/benchmark.py " + " ".join(
+        sys.argv[1:] if args.argv is None else args.argv
+    )
+    if args.command == "generator":
+        collect, markdown = generator.collect_generator, generator.generator_markdown
+    else:
+        collect, markdown = generator.collect_gan, generator.gan_markdown
+    try:
+        result = collect(args.runs, command=command)
+    except ValueError as exc:
+        print(f"benchmark {args.command}: {exc}", file=sys.stderr)
+        return 2
+    print(markdown(result))
+    out = args.out or f"benchmarks/{args.command}_cpu.json"
+    print(f"wrote {generator.write(result, out, markdown)}")
+    return 0
+
+
 def run_pairs(args: argparse.Namespace) -> int:
     """The accuracy comparisons recorded so far, one row a pair (`accuracy.pairs`)."""
     from perception.benchmarks import accuracy
@@ -218,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")
     paste = sub.add_parser("paste", help="collect tools/paste_benchmark.sh's runs")
     paste.add_argument("--runs", default="outputs/paste", help="its OUT_DIR")
-    for p in (ops, jpeg, synth, model, node, acc, paste):
+    gen = sub.add_parser("generator", help="collect tools/generator_benchmark.sh's runs")
+    gen.add_argument("--runs", default="outputs/generator", help="its OUT_DIR")
+    gan = sub.add_parser("gan", help="collect tools/gan_benchmark.sh's runs")
+    gan.add_argument("--runs", default="outputs/gan", help="its OUT_DIR")
+    for p in (ops, jpeg, synth, model, node, acc, paste, gen, gan):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     pairs = sub.add_parser(
         "pairs", help="every fused / LiDAR-only and TSM pair in saved accuracy JSONs, one table"
@@ -252,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_accuracy(args)
     if args.command == "paste":
         return run_paste(args)
+    if args.command in ("generator", "gan"):
+        return run_generators(args)
     from perception.config import ConfigError
 
     device = getattr(args, "device", "cpu")
