@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--rare-classes", help="comma-separated rare classes: the real-few (+ generated) arms"
     )
     parser.add_argument("--few", type=int, default=10, help="real crops kept per rare class")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where the generator, tokenizers and classifier run (default cpu; auto: cuda when "
+        "available); throughput is then that device's",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     return parser
 
@@ -201,16 +208,18 @@ def main(argv: list[str] | None = None) -> int:
     from perception.generative import evaluate
     from perception.generative.bank import BankFileError
     from perception.generative.conditions import SENSOR_NAMES
+    from perception.generative.hart.train import resolve_device
     from perception.generative.metrics import load_crop_classifier
     from perception.generative.registry import load_any_generator
     from perception.structures.classes import CLASS_NAMES
 
     progress = not args.no_progress
     try:
+        device = resolve_device(args.device, field="--device")
         loaded = load_any_generator(args.work)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return usage_error(exc)
-    model, config, ranges = loaded.model, loaded.config, loaded.ranges
+    model, config, ranges = loaded.model.to(device), loaded.config, loaded.ranges
     work = Path(args.work)
     data = config.data
 
@@ -222,6 +231,7 @@ def main(argv: list[str] | None = None) -> int:
         classifier = load_crop_classifier(classifier_path)
     except Exception as exc:  # safetensors' own errors, another kind or format version
         return usage_error(f"--classifier: {classifier_path}: not a crop classifier ({exc})")
+    classifier.to(device)
     if (classifier.in_channels, classifier.image_size) != (data.in_channels, data.signal_size):
         return usage_error(
             f"--classifier: {classifier_path} takes {classifier.in_channels}-channel "
@@ -251,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{other_config.data.modality} {other_config.data.signal_size} generator, "
                 f"{args.work} a {data.modality} {data.signal_size} one"
             )
-        discrete_tokenizer = other.model.tokenizer
+        discrete_tokenizer = other.model.tokenizer.to(device)
 
     version = data.version or _training_version(data.bank)
     try:
@@ -313,6 +323,7 @@ def main(argv: list[str] | None = None) -> int:
         },
         "seed": args.seed,
         "n": args.n,
+        "device": str(device),
     }
     if hasattr(model, "tokenizer"):  # HART, latent diffusion: the tokenizer's reconstruction
         results["reconstruction"] = evaluate.reconstruction_metrics(

@@ -3,7 +3,7 @@
 # their CPU references, the detector against its CPU run, bfloat16 training steps), then the
 # operator and end-to-end model benchmarks on CUDA (ratios against references in the same run).
 # Results land in $OUT (or ./gpu_check): gpu_check.log, cuda_tests.xml and benchmark JSON/Markdown
-# (six files).
+# (six files), and the generators' two JSON files (below).
 #
 #   bash tools/gpu_check.sh                      # sets up .venv with `make setup` (needs PyPI)
 #   GPU_CHECK_PYTHON=python3 GPU_CHECK_WHEELS=.whl bash tools/gpu_check.sh
@@ -12,6 +12,15 @@
 #
 # GPU_CHECK_TESTS: the test paths (default: tests); GPU_CHECK_PYTEST_ARGS: more pytest arguments
 # (e.g. "-n 8"); GPU_CHECK_LIMIT_S: seconds per stage (default 600).
+#
+# Generators (GPU_CHECK_GENERATORS=0 skips them; estimated 3 min on one H100/H200): a small
+# synthetic world (6 scenes x 8 samples) and its training + held-out object banks in a scratch dir
+# (GPU_CHECK_WORK, default a mktemp dir), then the HART camera generator, the latent diffusion
+# baseline and the DiffAugment GAN (their configs/generative/*_camera.yaml models) trained on
+# CUDA with bf16 autocast, GPU_CHECK_GENERATOR_STEPS steps each (default 300; HART: per stage),
+# and tools/eval_generator.py --device cuda --throughput on the HART run. Writes
+# generators_cuda.json (seconds per step of each run and stage: the first log interval, with the
+# CUDA warm-up, apart from the median of the rest) and eval_generator_cuda.json.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out="${OUT:-gpu_check}"
@@ -75,4 +84,59 @@ stage "ops benchmark" "$py" tools/benchmark.py ops --device cuda --out "$out/ben
 stage "model benchmark" "$py" tools/benchmark.py model --device cuda \
     --config configs/bevfusion_tiny.yaml configs/bevfusion_b2_nusc.yaml \
     --repeat 10 --out "$out/bench_model_cuda.json"
+
+if [ "${GPU_CHECK_GENERATORS:-1}" != 0 ]; then
+    gen="${GPU_CHECK_WORK:-$(mktemp -d)}"
+    steps="${GPU_CHECK_GENERATOR_STEPS:-300}"
+    every=$(( steps >= 100 ? 50 : steps ))
+    cuda=(--no-progress --set train.device=cuda --set train.amp=true --set train.log_every="$every"
+          --set train.checkpoint_every="$steps")
+    stage "generator data" bash -c "set -e
+        '$py' tools/create_data.py synth --out '$gen/world' --version v1.0-mini --scenes 6 \
+            --samples-per-scene 8 --image-size 320 180 --seed 0 --overwrite
+        '$py' tools/create_data.py nuscenes --root '$gen/world' --version v1.0-mini
+        '$py' tools/create_data.py objects --root '$gen/world' --version v1.0-mini \
+            --split mini_train --out '$gen/bank-train' --overwrite
+        '$py' tools/create_data.py objects --root '$gen/world' --version v1.0-mini \
+            --split mini_val --allow-eval-split --out '$gen/bank-val' --overwrite"
+    stage "generator hart (cuda, bf16)" "$py" tools/train_generator.py \
+        configs/generative/hart_camera.yaml --work-dir "$gen/hart" "${cuda[@]}" \
+        --set data.bank="$gen/bank-train" --set train.classifier_steps=100 \
+        --set train.tokenizer_steps="$steps" --set train.transformer_steps="$steps"
+    stage "generator ldm (cuda, bf16)" "$py" tools/train_generator.py \
+        configs/generative/ldm_camera.yaml --work-dir "$gen/ldm" "${cuda[@]}" \
+        --set data.bank="$gen/bank-train" --set tokenizer_from="$gen/hart" \
+        --set train.steps="$steps"
+    stage "generator gan (cuda, bf16)" "$py" tools/train_generator.py \
+        configs/generative/gan_camera.yaml --work-dir "$gen/gan" "${cuda[@]}" \
+        --set data.bank="$gen/bank-train" --set train.steps="$steps" --set train.kid_every=0
+    stage "generator eval (cuda, throughput)" "$py" tools/eval_generator.py "$gen/hart" \
+        --held-out-bank "$gen/bank-val" --device cuda --n 256 --throughput --no-progress \
+        --out "$out/eval_generator_cuda.json"
+    stage "generator seconds per step" "$py" - "$gen" "$out/generators_cuda.json" <<'PY'
+import json, statistics, sys
+from pathlib import Path
+
+gen, out = Path(sys.argv[1]), Path(sys.argv[2])
+runs = {}
+for run in ("hart", "ldm", "gan"):
+    log = gen / run / "log.jsonl"
+    if not log.is_file():
+        runs[run] = {"error": f"{log} missing (the run failed: see gpu_check.log)"}
+        continue
+    records = [json.loads(line) for line in log.read_text().splitlines()]
+    for stage in dict.fromkeys(r["stage"] for r in records):
+        rows = [r for r in records if r["stage"] == stage and "seconds_per_step" in r]
+        rest = [r["seconds_per_step"] for r in rows[1:]]
+        runs[f"{run}/{stage}"] = {
+            "steps": rows[-1]["step"] if rows else 0,
+            "first_interval_s_per_step": rows[0]["seconds_per_step"] if rows else None,
+            "median_s_per_step": statistics.median(rest) if rest else None,
+            "last": {k: v for k, v in rows[-1].items() if isinstance(v, float)} if rows else {},
+        }
+out.write_text(json.dumps({"device": "cuda", "amp": "bf16", "runs": runs}, indent=1) + "\n")
+for name, run in runs.items():
+    print(f"{name:<24} {run}")
+PY
+fi
 exit $status

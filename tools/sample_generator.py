@@ -54,6 +54,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--columns", type=int, help="grid columns (default: N)")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda", "auto"),
+        default="cpu",
+        help="where to sample (default cpu; auto: cuda when available); the seed's samples "
+        "differ between devices",
+    )
     return parser
 
 
@@ -68,14 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from perception.engine.checkpoint import CheckpointError
+    from perception.generative.hart.train import resolve_device
     from perception.generative.registry import load_any_generator
     from perception.generative.sampling import describe_condition, grid_conditions
     from perception.visualization.generated import save_signal_grid
 
     try:
+        device = resolve_device(args.device, field="--device")
         loaded = load_any_generator(args.checkpoint)
     except (CheckpointError, FileNotFoundError, ValueError) as exc:
         return usage_error(exc)
+    loaded.model.to(device)  # checkpoints load on the CPU
     config, ranges = loaded.config, loaded.ranges
     classes = args.classes.split(",") if args.classes else None
     try:
@@ -109,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     titles = [describe_condition(conds, i) for i in range(len(conds))]
     modality = config.data.modality
     path = save_signal_grid(
-        out.signals,
+        out.signals.cpu(),
         args.out,
         modality=modality,
         titles=titles,
@@ -121,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "kind": loaded.kind,
         "modality": modality,
         "seed": args.seed,
+        "device": str(device),
         "sampling": settings,
         "conditions": conds.to_dict(),
         "command": "python tools/sample_generator.py " + " ".join(argv or sys.argv[1:]),

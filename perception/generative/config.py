@@ -16,6 +16,17 @@ GENERATOR_CONFIG_FORMAT_VERSION = 1
 
 PositiveInt = Annotated[int, Field(gt=0)]
 
+# Where a generator trains: "auto" is CUDA when torch sees a GPU, else the CPU; "cuda" on a machine
+# without one is an error naming `train.device` (`hart.train.resolve_device`). The default is the
+# CPU, so a config trains the same (bit for bit) on every machine unless it asks for a GPU.
+TrainDevice = Literal["auto", "cpu", "cuda"]
+DEVICE_DESCRIPTION = (
+    "cpu (default), cuda, or auto (cuda when available, else cpu). CPU runs are bit-identical "
+    "for a seed and thread count; CUDA runs are not bit-exact (cuDNN/cuBLAS kernels, and the "
+    "loss noise comes from a CUDA generator seeded like the CPU one)"
+)
+AMP_DESCRIPTION = "bfloat16 autocast of the forward passes; CUDA only, ignored on CPU (logged)"
+
 
 class GeneratorDataConfig(StrictModel):
     """Which objects of which bank the generator learns, and as what signal."""
@@ -144,6 +155,8 @@ class GeneratorTrainConfig(StrictModel):
     log_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 500
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    device: TrainDevice = Field("cpu", description=DEVICE_DESCRIPTION)
+    amp: bool = Field(False, description=AMP_DESCRIPTION)
 
 
 class HARTConfig(StrictModel):

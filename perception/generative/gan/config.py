@@ -10,7 +10,13 @@ from typing import Annotated, Literal
 from pydantic import Field, field_validator, model_validator
 
 from ...config.schema import StrictModel
-from ..config import GENERATOR_CONFIG_FORMAT_VERSION, GeneratorDataConfig
+from ..config import (
+    AMP_DESCRIPTION,
+    DEVICE_DESCRIPTION,
+    GENERATOR_CONFIG_FORMAT_VERSION,
+    GeneratorDataConfig,
+    TrainDevice,
+)
 from .diffaugment import COLOR_OPS, parse_policy
 
 __all__ = ["GANAugmentConfig", "GANConfig", "GANLossConfig", "GANModelConfig", "GANTrainConfig"]
@@ -115,6 +121,8 @@ class GANTrainConfig(StrictModel):
     )
     classifier_steps: int = Field(500, ge=0, description="0 and no classifier: no KID")
     threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    device: TrainDevice = Field("cpu", description=DEVICE_DESCRIPTION)
+    amp: bool = Field(False, description=AMP_DESCRIPTION)
 
     @field_validator("betas")
     @classmethod

@@ -29,6 +29,14 @@ Work dir layout::
 batch rows, flips, noise and augmentation come from a generator seeded with (seed, step), and
 the ADA probability and its running r_t are saved with the checkpoint, so a resumed run is the
 uninterrupted run bit for bit (same device and thread count).
+
+Device (`train.device`, `train.amp`, or train_gan's `device=`): G, D, EMA G and the KID classifier
+live on the device; the training signals stay on the CPU and each step's batch moves there. All
+draws (rows, flips, z, DiffAugment) come from the CPU step generator and move to the device, so a
+CUDA run draws the CPU run's numbers; `train.amp` runs the D and G steps' forward passes (and R1)
+under bfloat16 autocast on CUDA (ignored on the CPU, with a logged note). CPU runs are bit-identical
+to runs before the device option existed; CUDA runs are not bit-exact. Checkpoints are saved on the
+CPU (safetensors), so a CUDA-trained GAN samples on the CPU and vice versa.
 """
 
 from __future__ import annotations
@@ -53,8 +61,11 @@ from ..hart.train import (
     CONDITIONS_NAME,
     LOG_NAME,
     SignalSet,
+    autocast,
     flip_batch,
     load_training_signals,
+    resolve_device,
+    training_device,
 )
 from ..metrics import (
     CropClassifier,
@@ -143,8 +154,9 @@ def discriminator_losses(
         fake_seen = augment(fakes, probability=probability, generator=generator)
     elif mode not in ("none", "reals_only"):
         raise ValueError(f"augment.mode: unknown {mode!r} (both, none, reals_only)")
-    d_real = gan.discriminator(real_seen, conds)  # [B]
-    d_fake = gan.discriminator(fake_seen, conds)  # [B]
+    # float32 logits (no-ops without autocast): the loss, its logged values and R1 in fp32
+    d_real = gan.discriminator(real_seen, conds).float()  # [B]
+    d_fake = gan.discriminator(fake_seen, conds).float()  # [B]
     loss = discriminator_adversarial_loss(d_real, d_fake, loss_kind)
     out = {
         "loss_d": loss,
@@ -180,7 +192,7 @@ def generator_losses(
         fakes = augment(fakes, probability=probability, generator=generator)
     elif mode not in ("none", "reals_only"):
         raise ValueError(f"augment.mode: unknown {mode!r} (both, none, reals_only)")
-    loss = generator_adversarial_loss(gan.discriminator(fakes, conds), loss_kind)
+    loss = generator_adversarial_loss(gan.discriminator(fakes, conds).float(), loss_kind)
     return {"total": loss, "loss_g": loss}
 
 
@@ -253,42 +265,46 @@ def train_step(
     step: int,
     probability: float = 1.0,
     generator: torch.Generator,
+    amp: bool = False,
 ) -> dict[str, float]:
     """One training step on reals [B,C,S,S] (step counted from 0): the D step (with lazy R1
     when `step % r1_every == 0`, weighted by r1_every), the G step (D frozen: no gradient
     reaches its weights, so the shared Adam leaves them), the EMA update. `optimizer` holds
-    G's and D's parameters. Returns the logged values (d_real, d_fake, r_t, loss_d, loss_g,
-    r1 on R1 steps) as floats."""
+    G's and D's parameters. `amp`: the losses' forward passes under bfloat16 autocast (CUDA
+    reals only). Returns the logged values (d_real, d_fake, r_t, loss_d, loss_g, r1 on R1
+    steps) as floats."""
     aug, loss_cfg, train = config.augment, config.loss, config.train
     G, D = gan.generator, gan.discriminator
     do_r1 = loss_cfg.r1_gamma > 0 and step % loss_cfg.r1_every == 0
-    d_out = discriminator_losses(
-        gan,
-        reals,
-        conds,
-        augment=augment,
-        mode=aug.mode,
-        loss_kind=loss_cfg.kind,
-        r1_weight=loss_cfg.r1_gamma / 2 * loss_cfg.r1_every if do_r1 else 0.0,
-        probability=probability,
-        generator=generator,
-    )
+    with autocast(reals.device, amp):
+        d_out = discriminator_losses(
+            gan,
+            reals,
+            conds,
+            augment=augment,
+            mode=aug.mode,
+            loss_kind=loss_cfg.kind,
+            r1_weight=loss_cfg.r1_gamma / 2 * loss_cfg.r1_every if do_r1 else 0.0,
+            probability=probability,
+            generator=generator,
+        )
     optimizer.zero_grad(set_to_none=True)
     d_out["total"].backward()
     optimizer.step()
 
     D.requires_grad_(False)
     try:
-        g_out = generator_losses(
-            gan,
-            conds,
-            augment=augment,
-            mode=aug.mode,
-            loss_kind=loss_cfg.kind,
-            probability=probability,
-            generator=generator,
-            device=reals.device,
-        )
+        with autocast(reals.device, amp):
+            g_out = generator_losses(
+                gan,
+                conds,
+                augment=augment,
+                mode=aug.mode,
+                loss_kind=loss_cfg.kind,
+                probability=probability,
+                generator=generator,
+                device=reals.device,
+            )
         optimizer.zero_grad(set_to_none=True)
         g_out["total"].backward()
         optimizer.step()
@@ -372,14 +388,24 @@ def train_gan(
     resume: bool = False,
     progress: bool = True,
     log: Callable[[str], None] = print,
-    device: str | torch.device = "cpu",
+    device: str | torch.device | None = None,
 ) -> Path:
     """Trains the GAN `config` describes into `work_dir`; returns the final checkpoint
-    directory (WORK/gan/checkpoints/step_<steps>)."""
+    directory (WORK/gan/checkpoints/step_<steps>). `device` (None: `train.device`) overrides
+    the config's device ("auto", "cpu", "cuda" or a torch device); `train.amp` applies on
+    CUDA."""
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device)
     train, aug = config.train, config.augment
+    if device is None:
+        device, amp = training_device(train, log)
+    else:  # the caller's device (e.g. a tool's --device) over the config's
+        if isinstance(device, str) and device in ("auto", "cpu", "cuda"):
+            device = resolve_device(str(device), field="device")
+        device = torch.device(device)
+        amp = train.amp and device.type == "cuda"
+        if train.amp and not amp:
+            log(f"note: train.amp is ignored on {device.type} (bfloat16 autocast is CUDA only)")
     if train.threads:
         torch.set_num_threads(train.threads)
     save_config(config, work_dir / "config.yaml")
@@ -444,6 +470,7 @@ def train_gan(
             step=step,
             probability=probability,
             generator=generator,
+            amp=amp,
         )
         if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(

@@ -52,15 +52,23 @@ from ...config.schema import StrictModel
 from ...engine.checkpoint import find_latest, load_checkpoint
 from ...engine.trainer import seed_everything
 from ..conditions import ConditionEmbedding, ConditionRange, ObjectConditions
-from ..config import GENERATOR_CONFIG_FORMAT_VERSION, GeneratorDataConfig, TokenizerConfig
+from ..config import (
+    AMP_DESCRIPTION,
+    DEVICE_DESCRIPTION,
+    GENERATOR_CONFIG_FORMAT_VERSION,
+    GeneratorDataConfig,
+    TokenizerConfig,
+    TrainDevice,
+)
 from .diffusion import DDIMSampler, NoiseSchedule, ddim_sample, diffusion_loss, timestep_embedding
-from .model import GeneratedSignal
+from .model import GeneratedSignal, generator_on
 from .tokenizer import HybridTokenizer
 from .train import (
     CONDITIONS_NAME,
     load_generator,
     load_training_signals,
     run_stage,
+    training_device,
 )
 
 __all__ = [
@@ -155,6 +163,8 @@ class LatentDiffusionTrainConfig(StrictModel):
             "max(step / steps, time / time_budget_s)"
         ),
     )
+    device: TrainDevice = Field("cpu", description=DEVICE_DESCRIPTION)
+    amp: bool = Field(False, description=AMP_DESCRIPTION)
 
 
 class LatentDiffusionConfig(StrictModel):
@@ -480,7 +490,8 @@ def sample_latent_diffusion(
     `guidance` (w; conditional and null rows in one batch; w = 0 runs the conditional rows
     alone), then decodes the latent with the frozen tokenizer.
 
-    `generator` (on the model's device) draws the initial noise (and DDIM's noise when eta > 0).
+    Runs on the model's device. `generator` draws the initial noise (and DDIM's noise when
+    eta > 0); one on another device seeds one on the model's device (`hart.model.generator_on`).
     Returns GeneratedSignal(signals [B, C, S, S], indices [], residual None).
     """
     if not (math.isfinite(guidance) and guidance >= 0):
@@ -489,6 +500,7 @@ def sample_latent_diffusion(
     net = model.network
     B = len(conditions)
     device = model.latent_scale.device
+    generator = generator_on(generator, device)
     conditions = conditions.to(device)
     cond = model.condition(conditions)  # [B, cond_dim]
     if guidance == 0:
@@ -580,6 +592,7 @@ def train_latent_diffusion(
     )
     if config.data.bank != source_config.data.bank:
         log(f"note: data.bank {config.data.bank} != the tokenizer's {source_config.data.bank}")
+    device, _ = training_device(train, log)  # run_stage trains there (batches moved per step)
     save_config(config, work_dir / "config.yaml")
     seed_everything(train.seed)
     data = load_training_signals(config.data, progress=progress)
@@ -589,10 +602,10 @@ def train_latent_diffusion(
     )
     ranges = ConditionRange.fit(data.conditions)
     (work_dir / CONDITIONS_NAME).write_text(json.dumps(ranges.to_dict(), indent=1))
-    model = build_latent_diffusion(config, source.tokenizer)
+    model = build_latent_diffusion(config, source.tokenizer).to(device)
     resuming = resume and find_latest(work_dir / LDM_STAGE) is not None
     if not resuming:
-        scale = model.fit_latent_scale(data.signals)
+        scale = model.fit_latent_scale(data.signals.to(device))
         log(f"{LDM_STAGE}: the latent's root mean square is {scale:.4g} (the DiT's unit)")
         log(f"{LDM_STAGE}: {generator_parameter_count(model):,} trainable parameters")
     params = [p for p in model.parameters() if p.requires_grad]

@@ -27,7 +27,14 @@ from .diffusion import ResidualDiffusionHead
 from .tokenizer import HybridTokenizer
 from .transformer import ScaleTransformer
 
-__all__ = ["GeneratedSignal", "HARTGenerator", "build_hart", "sample", "sample_logits"]
+__all__ = [
+    "GeneratedSignal",
+    "HARTGenerator",
+    "build_hart",
+    "generator_on",
+    "sample",
+    "sample_logits",
+]
 
 
 class HARTGenerator(nn.Module):
@@ -188,6 +195,16 @@ class GeneratedSignal:
     residual: torch.Tensor | None  # [B, D, G, G] the head's residual, None without the head
 
 
+def generator_on(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator that draws on `device`: `generator` itself when it is on that device (or
+    None), else a new generator on `device` seeded by one draw from `generator` (so a CPU seed
+    still fixes a CUDA model's samples, though not to the CPU model's values)."""
+    if generator is None or generator.device.type == device.type:
+        return generator
+    seed = int(torch.randint(0, 2**62, (), generator=generator, device=generator.device))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
 @torch.no_grad()
 def sample(
     model: HARTGenerator,
@@ -202,7 +219,10 @@ def sample(
     generator: torch.Generator | None = None,
 ) -> GeneratedSignal:
     """Samples one signal per row of `conditions` (scale by scale, KV-cached, classifier-free
-    guidance ramped over the scales), then the residual head's continuous tokens."""
+    guidance ramped over the scales), then the residual head's continuous tokens.
+
+    Runs on the model's device (`conditions` move there; the result stays there). A
+    `generator` on another device seeds one on the model's device (`generator_on`)."""
     if guidance < 0:
         raise ValueError(f"guidance={guidance}: must be >= 0")
     model.eval()
@@ -210,6 +230,7 @@ def sample(
     scales = quantizer.scales
     B = len(conditions)
     device = model.residual_scale.device
+    generator = generator_on(generator, device)
     conditions = conditions.to(device)
     cond = model.condition(conditions)  # [B, cond_dim]
     null = model.condition(conditions, torch.ones(B, dtype=torch.bool, device=device))

@@ -19,10 +19,21 @@ Work dir layout::
 `resume=True` continues the latest stage from its latest checkpoint, at the same step, learning
 rate and batch draws (each step's batch and noise come from a generator seeded with
 (seed, stage, step)).
+
+Device (`train.device`, `train.amp`): the model trains on `resolve_device(train.device)`; the
+training signals stay on the CPU and each step's batch rows are drawn there (as before) and moved
+to the device, so the batch draws do not depend on the device. On CUDA the loss's noise comes from
+a CUDA generator seeded with the step generator's seed (a CPU generator cannot draw CUDA tensors),
+and `train.amp` runs the loss under bfloat16 autocast (ignored on the CPU, as the detector's
+trainer does, with a logged note). CPU runs are bit-identical to runs before the device option
+existed; CUDA runs are deterministic in their draws but not bit-exact (kernel choice, atomics).
+Checkpoints are device-independent (safetensors on the CPU; a resume loads them into the model
+already on the device), so a CUDA-trained generator samples on the CPU and vice versa.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import time
@@ -45,7 +56,16 @@ from ..crops import camera_crops, lidar_grids
 from ..metrics import load_crop_classifier, save_crop_classifier, train_crop_classifier
 from .model import HARTGenerator, build_hart
 
-__all__ = ["SignalSet", "STAGES", "load_generator", "load_training_signals", "train_hart"]
+__all__ = [
+    "SignalSet",
+    "STAGES",
+    "autocast",
+    "load_generator",
+    "load_training_signals",
+    "resolve_device",
+    "train_hart",
+    "training_device",
+]
 
 STAGES = ("classifier", "tokenizer", "transformer")
 LOG_NAME = "log.jsonl"
@@ -110,6 +130,57 @@ def stage_generator(seed: int, stage: str, step: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + zlib.crc32(stage.encode()) + step)
 
 
+def resolve_device(name: str, *, field: str = "train.device") -> torch.device:
+    """The torch device of a config's `device` value: "auto" is CUDA when torch sees a GPU, else
+    the CPU; "cuda" without one is a ValueError naming `field` (a config key or a flag)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(
+                f"{field}: 'cuda', but torch {torch.__version__} sees no CUDA GPU "
+                f"(built with CUDA {torch.version.cuda}); use 'auto' or 'cpu'"
+            )
+        return torch.device("cuda")
+    raise ValueError(f"{field}: unknown device {name!r} (auto, cpu, cuda)")
+
+
+def training_device(
+    train: BaseModel, log: Callable[[str], None] | None = None
+) -> tuple[torch.device, bool]:
+    """(device, amp) of a generator config's `train` section: `train.device` resolved, and
+    whether bfloat16 autocast runs (`train.amp` on CUDA; on the CPU it is ignored, like the
+    detector's trainer, and `log` gets a note). A section without the fields trains on the CPU
+    without autocast."""
+    device = resolve_device(getattr(train, "device", "cpu"))
+    amp = bool(getattr(train, "amp", False))
+    if amp and device.type != "cuda":
+        if log is not None:
+            log(f"note: train.amp is ignored on {device.type} (bfloat16 autocast is CUDA only)")
+        amp = False
+    elif log is not None and device.type != "cpu":
+        log(f"device: {device}{' with bfloat16 autocast' if amp else ''}")
+    return device, amp
+
+
+def autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast on `device` when `amp`, else nothing (CPU runs never autocast)."""
+    if amp and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def noise_generator(step_generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """The generator of a step's loss noise on `device`: the step generator itself on the CPU
+    (so CPU runs draw exactly as before), else a generator on `device` seeded with the step
+    generator's seed (a function of (seed, stage, step): resumes still repeat the draws)."""
+    if device.type == "cpu":
+        return step_generator
+    return torch.Generator(device=device).manual_seed(step_generator.initial_seed())
+
+
 def append_log(work_dir: Path, record: dict) -> None:
     with (work_dir / LOG_NAME).open("a") as f:
         f.write(json.dumps(record) + "\n")
@@ -140,10 +211,16 @@ def run_stage(
     saved with every checkpoint and is the schema a resume validates. `time_budget_s`: stop at
     the first checkpoint after that much training time (summed over resumes, kept in the
     checkpoint as `elapsed_s`); the LR schedule then follows the larger of the step and the
-    time fractions."""
+    time fractions.
+
+    `model` moves to `train.device` (`training_device`) before the optimizer is built and a
+    checkpoint is loaded; `data` stays where it is (the CPU) and each step's batch moves to the
+    device; `loss_fn` runs under bfloat16 autocast when `train.amp` applies."""
     train = config.train
     schema = type(config)
     stage_dir = work_dir / stage
+    device, amp = training_device(train)
+    model.to(device)  # in place: `params` stay the same Parameter objects
     optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=train.weight_decay)
     start, spent = 0, 0.0
     extra = {
@@ -175,8 +252,10 @@ def run_stage(
         if config.data.flip:
             mirror = torch.rand(len(rows), generator=generator) < 0.5
             signals, conditions = flip_batch(signals, conditions, mirror)
-        losses = loss_fn(signals, conditions, generator)
-        total = losses["total"]
+        signals, conditions = signals.to(device), conditions.to(device)  # no-ops on the CPU
+        with autocast(device, amp):
+            losses = loss_fn(signals, conditions, noise_generator(generator, device))
+        total = losses["total"].float()
         if not torch.isfinite(total):
             raise FloatingPointError(
                 f"{stage} step {step}: the loss is {float(total)}; the last good checkpoint is "
@@ -230,6 +309,7 @@ def train_hart(
     train = config.train
     if train.threads:
         torch.set_num_threads(train.threads)
+    device, _ = training_device(train, log)  # a bad train.device fails before any work
     save_config(config, work_dir / "config.yaml")
     seed_everything(train.seed)
     data = load_training_signals(config.data, progress=progress)
@@ -242,9 +322,9 @@ def train_hart(
     )
     ranges = ConditionRange.fit(data.conditions)
     (work_dir / CONDITIONS_NAME).write_text(json.dumps(ranges.to_dict(), indent=1))
-    model = build_hart(config)
+    model = build_hart(config).to(device)
 
-    # 1. the crop classifier (frozen afterwards)
+    # 1. the crop classifier (frozen afterwards; trained on the CPU, then moved to the device)
     classifier = None
     if train.classifier_steps > 0:
         classifier_path = work_dir / CLASSIFIER_NAME
@@ -262,7 +342,7 @@ def train_hart(
                 progress=progress,
             )
             save_crop_classifier(classifier, classifier_path)
-        classifier.eval().requires_grad_(False)
+        classifier.to(device).eval().requires_grad_(False)
 
     # 2. the tokenizer
     tokenizer = model.tokenizer
@@ -292,7 +372,7 @@ def train_hart(
     # 3. the transformer and the residual head on the frozen tokenizer
     tokenizer.eval().requires_grad_(False)
     if not resume_transformer:
-        scale = model.fit_residual_scale(data.signals)
+        scale = model.fit_residual_scale(data.signals.to(device))
         log(f"transformer: the residual tokens' std is {scale:.4g} (the head's unit)")
     trainable = [p for name, p in model.named_parameters() if not name.startswith("tokenizer.")]
     model.transformer.train()
