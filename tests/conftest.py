@@ -1,4 +1,5 @@
-"""Shared pytest set-up: visible skips for CUDA-only cases, and a small generated world."""
+"""Shared pytest set-up: visible skips for CUDA-only cases, a small generated world and the
+object banks of its splits."""
 
 from __future__ import annotations
 
@@ -74,3 +75,53 @@ def indexed_world_copy(tiny_world, tmp_path_factory):
         return root
 
     return make
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """{relative path: sha256} of every file below `folder`."""
+    import hashlib
+
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
+
+
+def _shared_bank(world: Path, out: Path, split: str, **options):
+    """Writes a bank of `split` of `world` to `out`, yields it, and fails the session at
+    teardown if any test changed, added or removed one of its files."""
+    from perception.generative.bank import write_bank
+
+    write_bank(world, "v1.0-mini", split, out, progress=False, **options)
+    before = _file_digests(out)
+    yield out
+    after = _file_digests(out)
+    changed = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    assert not changed, f"{out}: a test wrote into the shared bank (read-only): {changed}"
+
+
+@pytest.fixture(scope="session")
+def tiny_bank_world(indexed_world_copy):
+    """The indexed copy of the tiny world that `tiny_train_bank` and `tiny_val_bank` are
+    extracted from (its dataroot). Read-only for tests: the banks point into it."""
+    return indexed_world_copy("tiny_banks")
+
+
+@pytest.fixture(scope="session")
+def tiny_train_bank(tiny_bank_world, tmp_path_factory):
+    """The object bank (folder Path) of the tiny world's mini_train split (scene-0061, a
+    training bank), written once per session by `perception.generative.bank.write_bank` with
+    its defaults. Read-only for tests: a test that must change a bank copies it first
+    (`shutil.copytree(tiny_train_bank, tmp_path / "bank")`); a changed file fails the session."""
+    out = tmp_path_factory.mktemp("tiny_train_bank") / "bank"
+    yield from _shared_bank(tiny_bank_world, out, "mini_train")
+
+
+@pytest.fixture(scope="session")
+def tiny_val_bank(tiny_bank_world, tmp_path_factory):
+    """The object bank (folder Path) of the tiny world's mini_val split (scene-0103 and
+    scene-0916), written with `allow_eval_split=True`, so an evaluation bank (`training:
+    false`). Read-only for tests, as `tiny_train_bank`."""
+    out = tmp_path_factory.mktemp("tiny_val_bank") / "bank"
+    yield from _shared_bank(tiny_bank_world, out, "mini_val", allow_eval_split=True)

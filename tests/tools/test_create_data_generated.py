@@ -7,31 +7,16 @@ from __future__ import annotations
 import pytest
 
 from perception.generative.bank import ObjectBank
+from tests.generative_helpers import TINY_HART, TINY_HART_LIDAR
 from tools.create_data import main as create_data
 from tools.train_generator import main as train_generator
 
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.slow]
 
-TINY = [
-    "--set", "tokenizer.scales=[1,2,4]", "--set", "tokenizer.latent_dim=4",
-    "--set", "tokenizer.vocab_size=16", "--set", "tokenizer.hidden=16",
-    "--set", "transformer.width=32", "--set", "transformer.depth=1",
-    "--set", "transformer.heads=2", "--set", "transformer.cond_dim=32",
-    "--set", "residual_head.width=32", "--set", "residual_head.depth=1",
-    "--set", "train.batch_size=8", "--set", "train.classifier_steps=3",
-    "--set", "train.tokenizer_steps=4", "--set", "train.transformer_steps=4",
-    "--set", "train.log_every=2", "--set", "train.checkpoint_every=2",
-    "--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def bank(indexed_world_copy, tmp_path_factory):
-    world = indexed_world_copy("generated_cli")
-    out = tmp_path_factory.mktemp("generated_cli_bank") / "bank"
-    args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", "mini_train"]
-    assert create_data([*args, "--out", str(out), "--workers", "1"]) == 0
-    return out
+def bank(tiny_train_bank):
+    return tiny_train_bank  # read-only (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +24,7 @@ def lidar(bank, tmp_path_factory):
     work = tmp_path_factory.mktemp("generated_cli_lidar") / "lidar"
     config = "configs/generative/hart_lidar.yaml"
     args = [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={bank}"]
-    assert train_generator([*args, *TINY]) == 0
+    assert train_generator([*args, *TINY_HART, *TINY_HART_LIDAR]) == 0
     return work
 
 

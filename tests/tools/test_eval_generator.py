@@ -10,43 +10,17 @@ import shutil
 
 import pytest
 
-from tools.create_data import main as create_data
+from tests.generative_helpers import TINY_HART
 from tools.eval_generator import main as eval_generator
 from tools.train_generator import main as train_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-# the tiny overrides of tests/tools/test_train_generator.py
-TINY = [
-    "--set", "data.image_size=16", "--set", "tokenizer.scales=[1,2,4]",
-    "--set", "tokenizer.latent_dim=4", "--set", "tokenizer.vocab_size=16",
-    "--set", "tokenizer.hidden=16", "--set", "transformer.width=32",
-    "--set", "transformer.depth=1", "--set", "transformer.heads=2",
-    "--set", "transformer.cond_dim=32", "--set", "residual_head.width=32",
-    "--set", "residual_head.depth=1", "--set", "train.batch_size=8",
-    "--set", "train.classifier_steps=3", "--set", "train.tokenizer_steps=4",
-    "--set", "train.transformer_steps=4", "--set", "train.log_every=2",
-    "--set", "train.checkpoint_every=2",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def world(indexed_world_copy):
-    return indexed_world_copy("eval_generator")
-
-
-def _bank(world, out, split, *extra):
-    args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", split]
-    assert create_data([*args, "--out", str(out), "--workers", "1", *extra]) == 0
-    return out
-
-
-@pytest.fixture(scope="module")
-def banks(world, tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval_generator_banks")
-    train = _bank(world, root / "train", "mini_train")
-    held_out = _bank(world, root / "val", "mini_val", "--allow-eval-split")
-    return train, held_out
+def banks(tiny_train_bank, tiny_val_bank):
+    """(training bank, evaluation bank): read-only (tests/conftest.py)."""
+    return tiny_train_bank, tiny_val_bank
 
 
 def _finite_numbers(value, path="report"):
@@ -77,9 +51,8 @@ def test_measures_a_tiny_generator_against_an_evaluation_bank(banks, tmp_path, c
     train, held_out = banks
     work = tmp_path / "hart"
     config = "configs/generative/hart_camera.yaml"
-    assert train_generator(
-        [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={train}", *TINY]
-    ) == 0  # fmt: skip
+    train_args = [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={train}"]
+    assert train_generator([*train_args, *TINY_HART]) == 0
     capsys.readouterr()
     out = tmp_path / "eval.json"
     args = [str(work), "--held-out-bank", str(held_out), "--no-progress", "--out", str(out)]

@@ -346,19 +346,12 @@ def test_a_foreign_report_is_named(tmp_path):
 # The driver end to end (TINY)
 # ---------------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_generator_benchmark_runs_end_to_end_tiny(indexed_world_copy, tmp_path):
+def test_generator_benchmark_runs_end_to_end_tiny(tiny_train_bank, tiny_val_bank, tmp_path):
     """~100 s on 2 cores: tools/generator_benchmark.sh TINY=1 SEEDS=0 camera on banks of the tiny
-    world (train: mini_train, held-out: mini_val), then the collector on its output."""
-    from tools.create_data import main as create_data
-
-    world = indexed_world_copy("generator_benchmark")
-    banks = {}
-    for split, extra in (("mini_train", []), ("mini_val", ["--allow-eval-split"])):
-        banks[split] = tmp_path / f"bank-{split}"
-        args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", split]
-        assert create_data([*args, *extra, "--out", str(banks[split]), "--workers", "1"]) == 0
+    world (train: mini_train, held-out: mini_val; shared, read-only: the script only reads them),
+    then the collector on its output."""
     env = {"TINY": "1", "SEEDS": "0", "OMP_NUM_THREADS": "1", "PY": str(REPO / ".venv/bin/python"),
-           "TRAIN_BANK": str(banks["mini_train"]), "HELDOUT_BANK": str(banks["mini_val"])}  # fmt: skip
+           "TRAIN_BANK": str(tiny_train_bank), "HELDOUT_BANK": str(tiny_val_bank)}  # fmt: skip
     out = tmp_path / "out"
     proc = _bash("tools/generator_benchmark.sh", str(out), "camera", env=env, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -8,39 +8,23 @@ import json
 
 import pytest
 
-from tools.create_data import main as create_data
+from tests.generative_helpers import TINY_HART, TINY_HART_LIDAR
 from tools.sample_generator import main as sample_generator
 from tools.train_generator import main as train_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TINY = [
-    "--set", "data.image_size=16", "--set", "tokenizer.scales=[1,2,4]",
-    "--set", "tokenizer.latent_dim=4", "--set", "tokenizer.vocab_size=16",
-    "--set", "tokenizer.hidden=16", "--set", "transformer.width=32",
-    "--set", "transformer.depth=1", "--set", "transformer.heads=2",
-    "--set", "transformer.cond_dim=32", "--set", "residual_head.width=32",
-    "--set", "residual_head.depth=1", "--set", "train.batch_size=8",
-    "--set", "train.classifier_steps=3", "--set", "train.tokenizer_steps=4",
-    "--set", "train.transformer_steps=4", "--set", "train.log_every=2",
-    "--set", "train.checkpoint_every=2",
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
-def bank(indexed_world_copy, tmp_path_factory):
-    world = indexed_world_copy("generator_cli")
-    out = tmp_path_factory.mktemp("generator_bank") / "bank"
-    args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", "mini_train"]
-    assert create_data([*args, "--out", str(out), "--workers", "1"]) == 0
-    return out
+def bank(tiny_train_bank):
+    return tiny_train_bank  # read-only (tests/conftest.py)
 
 
 def _train(bank, work, *extra):
     config = "configs/generative/hart_camera.yaml"
     return train_generator(
         [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={bank}",
-         *TINY, *extra]
+         *TINY_HART, *extra]
     )  # fmt: skip
 
 
@@ -76,8 +60,7 @@ def test_bad_input_is_one_line_naming_it(bank, tmp_path, capsys):
         "--kind gan: configs/generative/hart_camera.yaml is a 'hart' config"
         in capsys.readouterr().err
     )
-    lidar = ["--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]"]
-    assert _train(bank, tmp_path / "w", *lidar, "--set", "data.min_points=100000") == 2
+    assert _train(bank, tmp_path / "w", *TINY_HART_LIDAR, "--set", "data.min_points=100000") == 2
     err = capsys.readouterr().err
     assert "bank.json" in err and "100000" in err
     assert sample_generator([str(tmp_path / "missing")]) == 2
@@ -116,8 +99,7 @@ def test_the_gan_trains_and_samples_through_the_same_tools(bank, tmp_path):
 
 def test_the_lidar_generator_trains_and_draws_its_grids(bank, tmp_path):
     work = tmp_path / "lidar"
-    lidar = ["--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]"]
-    assert _train(bank, work, *lidar) == 0
+    assert _train(bank, work, *TINY_HART_LIDAR) == 0
     out = tmp_path / "lidar.png"
     assert sample_generator([str(work), "--n", "2", "--out", str(out)]) == 0
     record = json.loads(out.with_suffix(".json").read_text())

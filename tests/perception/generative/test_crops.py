@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from perception.generative.bank import ObjectBank, write_bank
+from perception.generative.bank import ObjectBank
 from perception.generative.box_frame import box_to_frame
 from perception.generative.conditions import LIDAR_SENSOR
 from perception.generative.crops import (
@@ -36,11 +36,8 @@ GRID = (16, 12, 6)  # X, Y, Z: unequal, so a swapped axis shows
 
 
 @pytest.fixture(scope="module")
-def bank(indexed_world_copy, tmp_path_factory):
-    world = indexed_world_copy("crops_world")
-    out = tmp_path_factory.mktemp("crops_bank") / "train"
-    write_bank(world, VERSION, "mini_train", out, progress=False, shard_samples=4)
-    return ObjectBank.open(out)
+def bank(tiny_train_bank):
+    return ObjectBank.open(tiny_train_bank)  # read-only (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")

@@ -27,39 +27,24 @@ from perception.generative.generated_bank import (
     signal_to_crop,
     write_generated_bank,
 )
-from tools.create_data import main as create_data
+from tests.generative_helpers import TINY_HART, TINY_HART_LIDAR
 from tools.train_generator import main as train_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 VERSION = "v1.0-mini"
 CLASSES = ["car", "pedestrian"]
-TINY = [
-    "--set", "data.image_size=16", "--set", "tokenizer.scales=[1,2,4]",
-    "--set", "tokenizer.latent_dim=4", "--set", "tokenizer.vocab_size=16",
-    "--set", "tokenizer.hidden=16", "--set", "transformer.width=32",
-    "--set", "transformer.depth=1", "--set", "transformer.heads=2",
-    "--set", "transformer.cond_dim=32", "--set", "residual_head.width=32",
-    "--set", "residual_head.depth=1", "--set", "train.batch_size=8",
-    "--set", "train.classifier_steps=3", "--set", "train.tokenizer_steps=4",
-    "--set", "train.transformer_steps=4", "--set", "train.log_every=2",
-    "--set", "train.checkpoint_every=2",
-]  # fmt: skip
-LIDAR = ["--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]"]
 
 
 # -- fixtures: the tiny world's bank and two tiny generators trained on it --------------------
 @pytest.fixture(scope="module")
-def world(indexed_world_copy):
-    return indexed_world_copy("generated_bank")
+def world(tiny_bank_world):
+    return tiny_bank_world  # the bank's world; read-only (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
-def bank(world, tmp_path_factory):
-    out = tmp_path_factory.mktemp("generated_bank_real") / "bank"
-    args = ["objects", "--root", str(world), "--version", VERSION, "--split", "mini_train"]
-    assert create_data([*args, "--out", str(out), "--workers", "1"]) == 0
-    return out
+def bank(tiny_train_bank):
+    return tiny_train_bank  # read-only (tests/conftest.py)
 
 
 @pytest.fixture(scope="module")
@@ -69,9 +54,9 @@ def generators(bank, tmp_path_factory):
     works = {"camera": root / "camera", "lidar": root / "lidar"}
     config = "configs/generative/hart_camera.yaml"
     for modality, work in works.items():
-        extra = LIDAR if modality == "lidar" else []
+        extra = TINY_HART_LIDAR if modality == "lidar" else []
         args = [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={bank}"]
-        assert train_generator([*args, *TINY, *extra]) == 0
+        assert train_generator([*args, *TINY_HART, *extra]) == 0
     return works
 
 

@@ -37,7 +37,6 @@ from perception.generative.gan.train import (
 )
 from perception.generative.hart.train import SignalSet
 from perception.generative.metrics import train_crop_classifier
-from tools.create_data import main as create_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -227,12 +226,8 @@ def test_config_errors_name_the_value():
 # Training on a tiny-world bank
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def bank(indexed_world_copy, tmp_path_factory):
-    world = indexed_world_copy("gan_bank")
-    out = tmp_path_factory.mktemp("gan_bank") / "bank"
-    args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", "mini_train"]
-    assert create_data([*args, "--out", str(out), "--workers", "1"]) == 0
-    return out
+def bank(tiny_train_bank):
+    return tiny_train_bank  # read-only (tests/conftest.py)
 
 
 def _train_config(bank, steps, **train) -> GANConfig:

@@ -28,7 +28,6 @@ from perception.generative.hart.diffusion import DDIMSampler
 from perception.generative.hart.model import build_hart
 from perception.generative.hart.train import train_hart
 from perception.generative.registry import generator_kind_of
-from tools.create_data import main as create_data
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -214,12 +213,8 @@ def test_a_hart_checkpoint_is_refused_naming_kind(tmp_path):
 
 # --- train + resume + load on a tiny-world bank -----------------------------------------------
 @pytest.fixture(scope="module")
-def bank(indexed_world_copy, tmp_path_factory):
-    world = indexed_world_copy("ldm_baseline")
-    out = tmp_path_factory.mktemp("ldm_bank") / "bank"
-    args = ["objects", "--root", str(world), "--version", "v1.0-mini", "--split", "mini_train"]
-    assert create_data([*args, "--out", str(out), "--workers", "1"]) == 0
-    return out
+def bank(tiny_train_bank):
+    return tiny_train_bank  # read-only (tests/conftest.py)
 
 
 def test_train_resume_budget_and_load_round_trip(bank, tmp_path):
