@@ -254,6 +254,19 @@ class ConditionEmbedding(nn.Module):
             )
         return torch.where(drop[:, None], self.null[None, :].expand(B, -1), out)  # [B, dim]
 
+    def with_null(self, conds: ObjectConditions) -> Tensor:
+        """`[2B, dim]`: the B conditional rows, then B null rows (classifier-free guidance
+        runs both in one batch; `guided` combines the two halves of the output)."""
+        B = len(conds)
+        cond = self(conds)  # [B, dim]
+        return torch.cat([cond, self.null[None, :].expand(B, -1)])  # [2B, dim]
+
+
+def guided(conditional: Tensor, null: Tensor, weight: float) -> Tensor:
+    """Classifier-free guidance, HART's convention: `c + w (c - u)` = `(1 + w) c - w u`
+    (w = 0: the conditional output alone). Logits or noise predictions of the same shape."""
+    return conditional + weight * (conditional - null)
+
 
 # ---------------------------------------------------------------------------------------------
 # Range of the training conditions

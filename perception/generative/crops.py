@@ -38,6 +38,7 @@ from .conditions import LIDAR_SENSOR, ObjectConditions
 
 if TYPE_CHECKING:
     from .bank import ObjectBank
+    from .config import GeneratorDataConfig
 
 INTENSITY_SCALE = 255.0  # nuScenes intensity range: 0..255
 CROPS_KIND = "perception.camera-crops"
@@ -52,6 +53,8 @@ _JITTER_MARGIN = 1e-3
 _FACE_TOLERANCE = 1e-3
 
 __all__ = [
+    "SignalSet",
+    "bank_signals",
     "INTENSITY_SCALE",
     "CropSet",
     "GridSet",
@@ -501,3 +504,57 @@ def grid_to_points(
     out[:, :3] = np.clip(xyz.astype(np.float32), -half32, half32)
     out[:, 3] = intensity * INTENSITY_SCALE
     return out
+
+
+# ---------------------------------------------------------------------------------------------
+# A bank's signals as a generator reads them (training, evaluation, benchmarks)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class SignalSet:
+    """Signals of one modality with their conditions: a generator's training set, or the real
+    held-out set it is scored against.
+
+    signals: `[N, C, S, S]` float32 in [-1, 1] (camera crops, or LiDAR grids `[N, Z+1, X, Y]`).
+    conditions: the N signals' `ObjectConditions`.
+    object_index: `[N]` int64, the bank index of each signal's object (camera crops of one
+        object share it).
+    """
+
+    signals: Tensor
+    conditions: ObjectConditions
+    object_index: Tensor
+
+    def __len__(self) -> int:
+        return len(self.signals)
+
+
+def bank_signals(
+    bank: ObjectBank, data: GeneratorDataConfig, *, progress: bool = True
+) -> SignalSet:
+    """The signals of `bank` cut as a generator config's `data` section says (modality, image
+    size or LiDAR grid, min_visibility / min_points, classes): the one rule for the training
+    set and the held-out set. ValueError (naming the bank) when no signal passes."""
+    if data.modality == "camera":
+        crops = camera_crops(
+            bank,
+            size=data.image_size,
+            min_visibility=data.min_visibility,
+            classes=data.classes,
+            progress=progress,
+        )
+        signals = crops.images  # [N, 4, S, S]
+    else:
+        crops = lidar_grids(
+            bank,
+            grid=data.lidar_grid,
+            min_points=data.min_points,
+            classes=data.classes,
+            progress=progress,
+        )
+        signals = crops.grids  # [N, Z + 1, X, Y]
+    if len(signals) == 0:
+        raise ValueError(
+            f"{bank.index_path}: no {data.modality} signal passes data.min_visibility / "
+            f"data.min_points for classes {data.classes or 'all'}"
+        )
+    return SignalSet(signals.float(), crops.conditions, crops.object_index)

@@ -40,7 +40,6 @@ import statistics
 import time
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -50,6 +49,7 @@ from torch import Tensor, nn
 from ..structures.classes import CLASS_NAMES
 from .conditions import ObjectConditions
 from .config import GeneratorDataConfig
+from .crops import SignalSet, bank_signals
 from .metrics import (
     CropClassifier,
     classification_accuracy_score,
@@ -95,23 +95,7 @@ class _HasSignals(Protocol):
 SampleFn = Callable[[ObjectConditions, torch.Generator], "_HasSignals | Tensor"]
 
 
-@dataclass(frozen=True)
-class RealSignals:
-    """Real signals of one modality with their conditions (the shape of
-    `hart.train.SignalSet`, which works wherever this does).
-
-    signals: `[N, C, S, S]` float32 in [-1, 1] (camera crops or LiDAR grids).
-    conditions: the N signals' `ObjectConditions`.
-    object_index: `[N]` int64, the bank index of each signal's object (camera crops of one
-        object share it).
-    """
-
-    signals: Tensor
-    conditions: ObjectConditions
-    object_index: Tensor
-
-    def __len__(self) -> int:
-        return self.signals.shape[0]
+RealSignals = SignalSet  # the real held-out set has the shape of a training set
 
 
 def _check_real(real: Any, name: str = "real") -> None:
@@ -173,29 +157,10 @@ def held_out_signals(
         ValueError: no signal of the modality passes the filters (naming the bank).
     """
     from .bank import ObjectBank
-    from .crops import camera_crops, lidar_grids
 
     version = version if version is not None else data_config.version
     bank = ObjectBank.open(bank_path, version=version, training=None)
-    if data_config.modality == "camera":
-        crops = camera_crops(
-            bank,
-            size=data_config.image_size,
-            min_visibility=data_config.min_visibility,
-            classes=data_config.classes,
-            progress=progress,
-        )
-        signals = crops.images  # [N, 4, S, S]
-    else:
-        crops = lidar_grids(
-            bank,
-            grid=data_config.lidar_grid,
-            min_points=data_config.min_points,
-            classes=data_config.classes,
-            progress=progress,
-        )
-        signals = crops.grids  # [N, Z + 1, X, Y]
-    return RealSignals(signals.float(), crops.conditions, crops.object_index)
+    return bank_signals(bank, data_config, progress=progress)
 
 
 def split_by_object(object_index: Tensor, *, seed: int = 0) -> tuple[Tensor, Tensor]:

@@ -51,7 +51,7 @@ from ...config import load_config, save_config
 from ...config.schema import StrictModel
 from ...engine.checkpoint import find_latest, load_checkpoint
 from ...engine.trainer import seed_everything
-from ..conditions import ConditionEmbedding, ConditionRange, ObjectConditions
+from ..conditions import ConditionEmbedding, ConditionRange, ObjectConditions, guided
 from ..config import (
     AMP_DESCRIPTION,
     DEVICE_DESCRIPTION,
@@ -82,7 +82,6 @@ __all__ = [
     "DiffusionScheduleConfig",
     "build_latent_diffusion",
     "generator_parameter_count",
-    "guided_eps",
     "load_latent_diffusion",
     "resolve_hart_checkpoint",
     "sample_latent_diffusion",
@@ -468,12 +467,6 @@ def build_latent_diffusion(
     )
 
 
-def guided_eps(eps_cond: Tensor, eps_null: Tensor, guidance: float) -> Tensor:
-    """Classifier-free guidance in HART's convention: `eps_c + w (eps_c - eps_u)`
-    (w = 0: the conditional prediction). eps_cond, eps_null: [B, ...], same shape."""
-    return eps_cond + guidance * (eps_cond - eps_null)
-
-
 @torch.no_grad()
 def sample_latent_diffusion(
     model: LatentDiffusionGenerator,
@@ -502,18 +495,17 @@ def sample_latent_diffusion(
     device = model.latent_scale.device
     generator = generator_on(generator, device)
     conditions = conditions.to(device)
-    cond = model.condition(conditions)  # [B, cond_dim]
     if guidance == 0:
+        cond = model.condition(conditions)  # [B, cond_dim]
 
         def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
             return net(x_t, t, cond)  # [B, D, G, G]
     else:
-        null = model.condition(conditions, torch.ones(B, dtype=torch.bool, device=device))
-        both = torch.cat([cond, null])  # [2B, cond_dim]: conditional rows, then null rows
+        both = model.condition.with_null(conditions)  # [2B, cond_dim]: conditional, then null
 
         def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
             eps = net(torch.cat([x_t, x_t]), torch.cat([t, t]), both)  # [2B, D, G, G]
-            return guided_eps(eps[:B], eps[B:], guidance)
+            return guided(eps[:B], eps[B:], guidance)
 
     sampler = DDIMSampler(model.schedule, steps=steps, eta=eta, spacing=spacing or model.spacing)
     shape = (B, net.latent_dim, net.grid, net.grid)

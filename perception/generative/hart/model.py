@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..conditions import ConditionEmbedding, ObjectConditions
+from ..conditions import ConditionEmbedding, ObjectConditions, guided
 from ..config import HARTConfig
 from .diffusion import ResidualDiffusionHead
 from .tokenizer import HybridTokenizer
@@ -232,9 +232,7 @@ def sample(
     device = model.residual_scale.device
     generator = generator_on(generator, device)
     conditions = conditions.to(device)
-    cond = model.condition(conditions)  # [B, cond_dim]
-    null = model.condition(conditions, torch.ones(B, dtype=torch.bool, device=device))
-    both = torch.cat([cond, null])  # [2B, cond_dim]: conditional rows, then null rows
+    both = model.condition.with_null(conditions)  # [2B, cond_dim]: conditional, then null rows
     cache = model.transformer.new_cache()
     G, D = quantizer.grid, quantizer.dim
     f_hat = torch.zeros(B, D, G, G, device=device)
@@ -245,9 +243,12 @@ def sample(
         inputs = None if k == 0 else quantizer.next_scale_input(f_hat, k - 1).repeat(2, 1, 1)
         logits, hidden = model.transformer.step(k, both, inputs, cache)  # [2B, s*s, V]
         weight = guidance * k / last if last else guidance
-        guided = (1 + weight) * logits[:B] - weight * logits[B:]
         idx = sample_logits(
-            guided, temperature=temperature, top_k=top_k, top_p=top_p, generator=generator
+            guided(logits[:B], logits[B:], weight),
+            temperature=temperature,
+            top_k=top_k,
+            top_p=top_p,
+            generator=generator,
         )
         indices.append(idx)
         f_hat = f_hat + quantizer.embed_scale(k, idx)

@@ -39,7 +39,6 @@ import json
 import time
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -52,7 +51,7 @@ from ...engine.trainer import lr_factor, seed_everything
 from ..bank import ObjectBank
 from ..conditions import ConditionRange, ObjectConditions
 from ..config import GeneratorDataConfig, HARTConfig
-from ..crops import camera_crops, lidar_grids
+from ..crops import SignalSet, bank_signals
 from ..metrics import load_crop_classifier, save_crop_classifier, train_crop_classifier
 from .model import HARTGenerator, build_hart
 
@@ -73,45 +72,11 @@ CONDITIONS_NAME = "conditions.json"
 CLASSIFIER_NAME = "classifier.safetensors"
 
 
-@dataclass(frozen=True)
-class SignalSet:
-    """The training signals of one modality and their conditions."""
-
-    signals: torch.Tensor  # [N, C, S, S] float32 in [-1, 1]
-    conditions: ObjectConditions
-    object_index: torch.Tensor  # [N] long, the bank index of each signal's object
-
-    def __len__(self) -> int:
-        return len(self.signals)
-
-
 def load_training_signals(data: GeneratorDataConfig, *, progress: bool = True) -> SignalSet:
-    """The crops (camera) or occupancy grids (LiDAR) of a training bank's objects."""
+    """The crops (camera) or occupancy grids (LiDAR) of a training bank's objects (the bank
+    must be a training bank: no evaluation-split object)."""
     bank = ObjectBank.open(data.bank, version=data.version, training=True)
-    if data.modality == "camera":
-        crops = camera_crops(
-            bank,
-            size=data.image_size,
-            min_visibility=data.min_visibility,
-            classes=data.classes,
-            progress=progress,
-        )
-        signals = crops.images
-    else:
-        crops = lidar_grids(
-            bank,
-            grid=data.lidar_grid,
-            min_points=data.min_points,
-            classes=data.classes,
-            progress=progress,
-        )
-        signals = crops.grids
-    if len(signals) == 0:
-        raise ValueError(
-            f"{bank.index_path}: no {data.modality} signal passes data.min_visibility / "
-            f"data.min_points for classes {data.classes or 'all'}"
-        )
-    return SignalSet(signals.float(), crops.conditions, crops.object_index)
+    return bank_signals(bank, data, progress=progress)
 
 
 def flip_batch(

@@ -19,7 +19,6 @@ from perception.generative.hart.baseline import (
     LatentDiffusionConfig,
     build_latent_diffusion,
     generator_parameter_count,
-    guided_eps,
     load_latent_diffusion,
     sample_latent_diffusion,
     train_latent_diffusion,
@@ -179,14 +178,6 @@ def test_guided_sampling_equals_a_reference_loop(guidance):
     if guidance:  # the guidance matters (so this check can fail)
         plain = _reference(model, conds, steps=5, guidance=0.0, seed=5)
         assert (out.signals - plain).abs().max() > 1e-3
-
-
-def test_guided_eps_convention():
-    eps_c, eps_u = torch.randn(3, 4), torch.randn(3, 4)
-    assert torch.equal(guided_eps(eps_c, eps_u, 0.0), eps_c)
-    torch.testing.assert_close(guided_eps(eps_c, eps_u, 2.0), 3 * eps_c - 2 * eps_u)
-    with pytest.raises(ValueError, match="guidance"):
-        sample_latent_diffusion(build_latent_diffusion(_config()), _conditions(2), guidance=-1)
 
 
 def test_a_hart_checkpoint_is_refused_naming_kind(tmp_path):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from perception.generative.conditions import ObjectConditions
+from perception.generative.conditions import ObjectConditions, guided
 from perception.generative.config import HARTConfig
 from perception.generative.hart.model import build_hart, sample, sample_logits
 from perception.generative.hart.transformer import scale_slices
@@ -67,6 +67,7 @@ def _uncached_indices(model, conds, *, guidance, generator):
     cond = model.condition(conds)
     null = model.condition(conds, torch.ones(B, dtype=torch.bool))
     both = torch.cat([cond, null])
+    assert torch.equal(both, model.condition.with_null(conds))
     slices = scale_slices(scales)
     indices = []
     f_hat = torch.zeros(B, q.dim, q.grid, q.grid)
@@ -79,8 +80,7 @@ def _uncached_indices(model, conds, *, guidance, generator):
         logits, _ = model.transformer(both, inputs)
         logits = logits[:, slices[k]]
         w = guidance * k / (len(scales) - 1)
-        guided = (1 + w) * logits[:B] - w * logits[B:]
-        idx = sample_logits(guided, generator=generator)
+        idx = sample_logits(guided(logits[:B], logits[B:], w), generator=generator)
         indices.append(idx)
         f_hat = f_hat + q.embed_scale(k, idx)
     return indices
@@ -132,3 +132,9 @@ def test_config_errors_name_the_field():
         update={"residual_head": _config().residual_head.model_copy(update={"enabled": False})}
     )
     assert build_hart(no_head).residual_head is None
+
+
+def test_guidance_convention():
+    c, u = torch.randn(3, 5), torch.randn(3, 5)
+    assert torch.equal(guided(c, u, 0.0), c)
+    torch.testing.assert_close(guided(c, u, 2.0), 3 * c - 2 * u)
