@@ -42,7 +42,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-import torch.nn.functional as F
 import yaml
 from pydantic import Field, model_validator
 from torch import Tensor, nn
@@ -70,6 +69,7 @@ from .train import (
     run_stage,
     training_device,
 )
+from .transformer import AdaLNBlock
 
 __all__ = [
     "LDM_STAGE",
@@ -194,39 +194,6 @@ class LatentDiffusionConfig(StrictModel):
 # ---------------------------------------------------------------------------------------------
 # The network
 # ---------------------------------------------------------------------------------------------
-class _DiTBlock(nn.Module):
-    """DiT's AdaLN-zero block: `x + gate_a * attn(LN(x) (1 + scale_a) + shift_a)`, then the same
-    with the MLP; (shift, scale, gate) x 2 linear in `c`, zero-initialised (identity at start)."""
-
-    def __init__(self, *, width: int, heads: int, cond_dim: int, mlp_ratio: float) -> None:
-        super().__init__()
-        self.heads = heads
-        self.head_dim = width // heads
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        self.qkv = nn.Linear(width, 3 * width)
-        self.proj = nn.Linear(width, width)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
-        hidden = int(round(width * mlp_ratio))
-        self.mlp = nn.Sequential(
-            nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width)
-        )
-        self.modulation = nn.Sequential(nn.SiLU(), nn.Linear(cond_dim, 6 * width))
-
-    def forward(self, x: Tensor, c: Tensor) -> Tensor:
-        """x: [B, N, width]; c: [B, cond_dim]. Returns [B, N, width]."""
-        B, N, W = x.shape
-        shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.modulation(c)[:, None].chunk(
-            6, dim=-1
-        )  # 6 x [B, 1, W]
-        h = self.norm1(x) * (1 + scale_a) + shift_a  # [B, N, W]
-        qkv = self.qkv(h).view(B, N, 3, self.heads, self.head_dim)  # [B, N, 3, H, hd]
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # 3 x [B, H, N, hd]
-        a = F.scaled_dot_product_attention(q, k, v)  # [B, H, N, hd]: every token sees all
-        x = x + gate_a * self.proj(a.transpose(1, 2).reshape(B, N, W))
-        h = self.norm2(x) * (1 + scale_m) + shift_m  # [B, N, W]
-        return x + gate_m * self.mlp(h)
-
-
 class LatentDiT(nn.Module):
     """A DiT (Peebles & Xie 2023) over the latent grid, patch size 1: each of the `G * G` latent
     cells is a token (a linear map of its D channels plus a learned position embedding);
@@ -281,7 +248,7 @@ class LatentDiT(nn.Module):
             nn.Linear(frequency_dim, cond_dim), nn.SiLU(), nn.Linear(cond_dim, cond_dim)
         )
         self.blocks = nn.ModuleList(
-            _DiTBlock(width=width, heads=heads, cond_dim=cond_dim, mlp_ratio=mlp_ratio)
+            AdaLNBlock(width=width, heads=heads, cond_dim=cond_dim, mlp_ratio=mlp_ratio)
             for _ in range(depth)
         )
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
@@ -318,7 +285,7 @@ class LatentDiT(nn.Module):
         c = cond + self.time_embed(t_freq)  # [B, cond_dim]
         h = self.input_proj(x_t.flatten(2).transpose(1, 2)) + self.pos_embed  # [B, G*G, W]
         for block in self.blocks:
-            h = block(h, c)  # [B, G*G, W]
+            h, _ = block(h, c, attn_mask=None)  # [B, G*G, W]: every token sees all
         shift, scale = self.final_modulation(c)[:, None].chunk(2, dim=-1)  # 2 x [B, 1, W]
         out = self.output(self.final_norm(h) * (1 + scale) + shift)  # [B, G*G, D]
         return out.transpose(1, 2).reshape(B, D, G, G)

@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
+    "AdaLNBlock",
     "KVCache",
     "ScaleTransformer",
     "block_causal_mask",
@@ -112,8 +113,10 @@ class KVCache:
     batch: int | None = None
 
 
-class _AdaLNBlock(nn.Module):
-    """Pre-norm transformer block with AdaLN modulation from the condition.
+class AdaLNBlock(nn.Module):
+    """Pre-norm transformer block with AdaLN modulation from the condition (the scale-wise
+    transformer's, with a block-causal mask and a KV cache; the latent-diffusion baseline's DiT
+    blocks are the same block with no mask and zero-initialised modulation).
 
     `x + gate_a * attn(LN(x) * (1 + scale_a) + shift_a)`, then the same with the MLP.
     """
@@ -235,7 +238,7 @@ class ScaleTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, self.seq_len, width))  # [1, L, W]
         self.level_embed = nn.Embedding(len(self.scales), width)
         self.blocks = nn.ModuleList(
-            _AdaLNBlock(width=width, heads=heads, cond_dim=cond_dim, mlp_ratio=mlp_ratio)
+            AdaLNBlock(width=width, heads=heads, cond_dim=cond_dim, mlp_ratio=mlp_ratio)
             for _ in range(depth)
         )
         self.final_norm = nn.LayerNorm(width, elementwise_affine=False, eps=1e-6)
