@@ -51,7 +51,7 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from ...config import load_config, save_config
+from ...config import save_config
 from ...engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from ...engine.trainer import seed_everything
 from ...structures.classes import CLASS_NAMES
@@ -63,6 +63,7 @@ from ..hart.train import (
     SignalSet,
     autocast,
     flip_batch,
+    load_trained,
     load_training_signals,
     resolve_device,
     training_device,
@@ -550,16 +551,4 @@ def load_gan(path: str | Path) -> tuple[GAN, GANConfig, ConditionRange]:
     """The GAN of a checkpoint directory, a checkpoints' parent (WORK/gan, WORK/best) or a
     work dir (its final checkpoint), with its config and training conditions' range; eval
     mode, on the CPU."""
-    path = Path(path)
-    if (path / STAGE).is_dir():
-        path = path / STAGE
-    latest = path if (path / "model.safetensors").is_file() else find_latest(path)
-    if latest is None:
-        raise FileNotFoundError(
-            f"{path}: no GAN checkpoint (train one with tools/train_generator.py --kind gan)"
-        )
-    config = load_config(latest / "config.yaml", schema=GANConfig)
-    gan = build_gan(config)
-    state = load_checkpoint(latest, model=gan, restore_rng=False, schema=GANConfig)
-    ranges = ConditionRange.from_dict(state.extra["conditions"])
-    return gan.eval(), config, ranges
+    return load_trained(path, kind="gan", stage=STAGE, schema=GANConfig, build=build_gan)

@@ -42,13 +42,12 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-import yaml
 from pydantic import Field, model_validator
 from torch import Tensor, nn
 
-from ...config import load_config, save_config
+from ...config import save_config
 from ...config.schema import StrictModel
-from ...engine.checkpoint import find_latest, load_checkpoint
+from ...engine.checkpoint import find_latest
 from ...engine.trainer import seed_everything
 from ..conditions import ConditionEmbedding, ConditionRange, ObjectConditions, guided
 from ..config import (
@@ -65,6 +64,7 @@ from .tokenizer import HybridTokenizer
 from .train import (
     CONDITIONS_NAME,
     load_generator,
+    load_trained,
     load_training_signals,
     run_stage,
     training_device,
@@ -498,20 +498,6 @@ def resolve_hart_checkpoint(path: str | Path) -> Path:
     return latest
 
 
-def _check_kind(config_path: Path) -> None:
-    """ValueError naming `kind` when the YAML at `config_path` is not a latent diffusion one."""
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise ValueError(f"{config_path}: cannot read the config: {exc}") from None
-    kind = raw.get("kind") if isinstance(raw, dict) else None
-    if kind != "ldm":
-        raise ValueError(
-            f"{config_path}: kind is {kind!r}, not 'ldm': not a latent diffusion baseline "
-            "checkpoint (a 'hart' one loads with hart.train.load_generator)"
-        )
-
-
 def _check_same_signal(config: LatentDiffusionConfig, source: GeneratorDataConfig) -> None:
     for field in ("modality", "in_channels", "signal_size"):
         mine, theirs = getattr(config.data, field), getattr(source, field)
@@ -600,19 +586,10 @@ def load_latent_diffusion(
     """The trained baseline of a checkpoint directory, a stage dir or a work dir (its ldm
     stage), with its config and the training conditions' range, in eval mode. A checkpoint of
     another generator kind raises ValueError naming `kind`."""
-    path = Path(path)
-    if (path / LDM_STAGE).is_dir():
-        path = path / LDM_STAGE
-    latest = path if (path / "model.safetensors").is_file() else find_latest(path)
-    if latest is None:
-        if (path / "config.yaml").is_file():  # e.g. a HART work dir
-            _check_kind(path / "config.yaml")
-        raise FileNotFoundError(
-            f"{path}: no latent diffusion checkpoint (train one with train_latent_diffusion)"
-        )
-    _check_kind(latest / "config.yaml")
-    config = load_config(latest / "config.yaml", schema=LatentDiffusionConfig)
-    model = build_latent_diffusion(config)
-    state = load_checkpoint(latest, model=model, restore_rng=False, schema=LatentDiffusionConfig)
-    ranges = ConditionRange.from_dict(state.extra["conditions"])
-    return model.eval(), config, ranges
+    return load_trained(
+        path,
+        kind="ldm",
+        stage=LDM_STAGE,
+        schema=LatentDiffusionConfig,
+        build=build_latent_diffusion,
+    )

@@ -364,21 +364,41 @@ def train_hart(
     return latest
 
 
-def load_generator(
+def load_trained(
     path: str | Path,
-) -> tuple[HARTGenerator, HARTConfig, ConditionRange]:
-    """The trained generator of a checkpoint directory, a stage dir or a work dir (its
-    transformer stage), with its config and the training conditions' range, in eval mode."""
+    *,
+    kind: str,
+    stage: str,
+    schema: type[BaseModel],
+    build: Callable[[BaseModel], torch.nn.Module],
+) -> tuple[torch.nn.Module, BaseModel, ConditionRange]:
+    """A trained generator of any kind from a checkpoint directory, a stage dir or a work dir
+    (its `stage`'s latest checkpoint): (model in eval mode on the CPU, its config, the training
+    conditions' range). A checkpoint of another kind raises ValueError naming `kind`."""
+    from ..registry import generator_kind_of
+
     path = Path(path)
-    if (path / "transformer").is_dir():
-        path = path / "transformer"
+    if (path / stage).is_dir():
+        path = path / stage
     latest = path if (path / "model.safetensors").is_file() else find_latest(path)
+    try:
+        found = generator_kind_of(latest or path)
+    except FileNotFoundError:
+        found = None
+    if found is not None and found != kind:
+        raise ValueError(f"{latest or path}: kind is {found!r}, not {kind!r}: another generator")
     if latest is None:
         raise FileNotFoundError(
-            f"{path}: no generator checkpoint (train one with tools/train_generator.py)"
+            f"{path}: no {kind} generator checkpoint (train one with tools/train_generator.py)"
         )
-    config = load_config(latest / "config.yaml", schema=HARTConfig)
-    model = build_hart(config)
-    state = load_checkpoint(latest, model=model, restore_rng=False, schema=HARTConfig)
+    config = load_config(latest / "config.yaml", schema=schema)
+    model = build(config)
+    state = load_checkpoint(latest, model=model, restore_rng=False, schema=schema)
     ranges = ConditionRange.from_dict(state.extra["conditions"])
     return model.eval(), config, ranges
+
+
+def load_generator(path: str | Path) -> tuple[HARTGenerator, HARTConfig, ConditionRange]:
+    """The trained HART generator of a checkpoint directory, a stage dir or a work dir (its
+    transformer stage), with its config and the training conditions' range, in eval mode."""
+    return load_trained(path, kind="hart", stage="transformer", schema=HARTConfig, build=build_hart)
