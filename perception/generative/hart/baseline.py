@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import torch
-from pydantic import Field, model_validator
+from pydantic import Field
 from torch import Tensor, nn
 
 from ...config import save_config
@@ -57,6 +57,7 @@ from ..config import (
     GeneratorDataConfig,
     TokenizerConfig,
     TrainDevice,
+    TransformerConfig,
 )
 from .diffusion import DDIMSampler, NoiseSchedule, ddim_sample, diffusion_loss, timestep_embedding
 from .model import GeneratedSignal, generator_on
@@ -96,25 +97,13 @@ PositiveInt = Annotated[int, Field(gt=0)]
 # ---------------------------------------------------------------------------------------------
 # Config
 # ---------------------------------------------------------------------------------------------
-class LatentDiTConfig(StrictModel):
-    """The denoiser (`LatentDiT`) and its condition embedding."""
+class LatentDiTConfig(TransformerConfig):
+    """The denoiser (`LatentDiT`) and its condition embedding: HART's transformer section with
+    one more block (the head's parameters go into depth)."""
 
-    width: PositiveInt = 192
     depth: PositiveInt = Field(
         5, description="5 blocks at width 192: within 5% of the default HART's parameters"
     )
-    heads: PositiveInt = 4
-    mlp_ratio: float = Field(4.0, gt=0)
-    cond_dim: PositiveInt = 192
-    cond_dropout: float = Field(
-        0.1, ge=0, lt=1, description="share of training rows with the null condition (for CFG)"
-    )
-
-    @model_validator(mode="after")
-    def _heads_divide_width(self) -> LatentDiTConfig:
-        if self.width % self.heads:
-            raise ValueError(f"width {self.width} is not a multiple of heads {self.heads}")
-        return self
 
 
 class DiffusionScheduleConfig(StrictModel):
