@@ -5,6 +5,7 @@ naming what is wrong (exit 2)."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 
@@ -42,6 +43,14 @@ def test_trains_resumes_and_samples_a_grid(bank, tmp_path, capsys):
     assert "transformer: resumed at step 4" in capsys.readouterr().out
     log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
     assert [(r["stage"], r["step"]) for r in log[4:]] == [("transformer", 6)]
+    # killed after step 6's log line but before its checkpoint: the resumed run writes that
+    # interval again, and the log keeps one line for it
+    shutil.rmtree(work / "transformer" / "checkpoints" / "step_6")
+    (work / "transformer" / "checkpoints" / "latest").write_text("step_4\n")
+    assert _train(bank, work, "--resume", "--set", "train.transformer_steps=6") == 0
+    assert "(1 log line(s) past it dropped)" in capsys.readouterr().out
+    log = [json.loads(line) for line in (work / "log.jsonl").read_text().splitlines()]
+    assert [(r["stage"], r["step"]) for r in log[3:]] == [("transformer", 4), ("transformer", 6)]
 
     out = tmp_path / "grid.png"
     assert sample_generator([str(work), "--class", "car", "--n", "3", "--out", str(out)]) == 0

@@ -151,6 +151,26 @@ def append_log(work_dir: Path, record: dict) -> None:
         f.write(json.dumps(record) + "\n")
 
 
+def drop_log_after(work_dir: Path, stage: str, step: int) -> int:
+    """Removes the log.jsonl lines of `stage` past `step` (written after the checkpoint a run
+    resumes from, and written again by the resumed run); returns how many."""
+    path = work_dir / LOG_NAME
+    if not path.is_file():
+        return 0
+    kept, dropped = [], 0
+    for line in path.read_text().splitlines():
+        record = json.loads(line)
+        if record.get("stage") == stage and record.get("step", 0) > step:
+            dropped += 1
+        else:
+            kept.append(line)
+    if dropped:
+        tmp = path.with_suffix(".jsonl.tmp")
+        tmp.write_text("".join(k + "\n" for k in kept))
+        tmp.replace(path)
+    return dropped
+
+
 def run_stage(
     stage: str,
     *,
@@ -196,7 +216,11 @@ def run_stage(
     if resume and find_latest(stage_dir) is not None:
         state = load_checkpoint(stage_dir, model=model, optimizer=optimizer, schema=schema)
         start, spent = state.step, float(state.extra.get("elapsed_s", 0.0))
-        log(f"{stage}: resumed at step {start} from {state.path}")
+        dropped = drop_log_after(work_dir, stage, start)
+        log(
+            f"{stage}: resumed at step {start} from {state.path}"
+            + (f" ({dropped} log line(s) past it dropped)" if dropped else "")
+        )
     budget = time_budget_s
     if start >= steps or (budget is not None and spent >= budget):
         return
