@@ -19,6 +19,10 @@
 #   tools/generator_benchmark.sh [OUT_DIR] [MODALITY ...]   # camera | lidar (default both)
 #   tools/generator_benchmark.sh --help
 #
+# Time on 2 CPU cores (paces of the first camera run, BENCHMARKS.md): tokenizer ~0.44 s and
+# transformer ~0.65 s a step, so ~30 minutes a HART run with its classifier; four HART runs, the
+# same-time baseline and the evals (~5 minutes each, CAS more) make ~2.5-3 hours a modality.
+#
 # Runs go to OUT/<modality>/<arm>/seed<S>/ (the work dir, train_time.json, eval.json); a run
 # whose eval.json exists is skipped, a run with a work dir but no train_time.json resumes
 # (tools/train_generator.py --resume), so an interrupted benchmark continues where it stopped.
