@@ -113,22 +113,17 @@ class StreamingCameraEncoder(nn.Module):
 
 
 class DecoderHead(nn.Module):
-    """BEV decoder then detection head, outputs flattened: per task, the `HEAD_FIELDS` that
-    are not None (see `head_output_names`)."""
+    """`BEVFusion.decode` (BEV decoder then detection head), outputs flattened: per task, the
+    `HEAD_FIELDS` that are not None (see `head_output_names`)."""
 
     def __init__(self, model: BEVFusion):
         super().__init__()
-        self.decoder = model.decoder
+        self.decoder = model.decoder  # only these two: the graph holds no branch weights
         self.head = model.head
 
     def forward(self, fused_bev: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`[B, C_fused, X, Y]` -> the head's maps, each `[B, ., X', Y']`."""
-        stages = self.decoder.backbone(fused_bev)  # per stage [B, C_k, X_k, Y_k]
-        # SECONDFPN.forward, without its resolution check: under tracing, shapes are tensors
-        # and its set of shape tuples never dedups. Parity is checked against the real one.
-        neck = self.decoder.neck
-        bev = torch.cat([block(f) for block, f in zip(neck.blocks, stages)], dim=1)
-        return _flatten_head(self.head(bev))
+        return _flatten_head(self.head(self.decoder(fused_bev)))  # = BEVFusion.decode
 
 
 def _flatten_head(outputs: Sequence[TaskOutput]) -> tuple[torch.Tensor, ...]:
@@ -575,8 +570,8 @@ def _export_decoder_head(
     module = DecoderHead(model).eval()
     names = head_output_names(model)
 
-    def eager_run(x: torch.Tensor) -> dict[str, torch.Tensor]:  # the model's own modules
-        return dict(zip(names, _flatten_head(model.head(model.decoder(x)))))
+    def eager_run(x: torch.Tensor) -> dict[str, torch.Tensor]:  # the model's own stage
+        return dict(zip(names, _flatten_head(model.decode(x))))
 
     fused = torch.rand(B, C, X, Y, generator=generator)  # a ReLU output: >= 0
     axes = {n: {0: "batch"} for n in ["fused_bev", *names]} if dynamic_batch else None

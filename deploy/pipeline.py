@@ -162,11 +162,10 @@ class ModelStages:
         self._voxelize_time = time.perf_counter()
 
     def camera_clip(self, batch: Batch) -> torch.Tensor | None:
-        """Camera BEV `[1, C, X, Y]` from clips `[1, Ncam, T, 3, H, W]` (offline path)."""
-        if self.model.camera is None:
-            return None
+        """Camera BEV `[1, C, X, Y]` from clips `[1, Ncam, T, 3, H, W]` (offline path):
+        `BEVFusion.encode_camera`."""
         with torch.inference_mode():
-            bev, _ = self.model.camera(batch)
+            bev, _ = self.model.encode_camera(batch)
         return bev
 
     def camera_stream(
@@ -264,7 +263,7 @@ class ModelStages:
         return bev, batch, failed
 
     def lidar(self, batch: Batch) -> tuple[torch.Tensor | None, float]:
-        """LiDAR BEV `[1, C, X, Y]` and the voxelization time (s)."""
+        """LiDAR BEV `[1, C, X, Y]` (`BEVFusion.encode_lidar`) and the voxelization time (s)."""
         import time
 
         if self.model.lidar is None:
@@ -272,25 +271,16 @@ class ModelStages:
         start = time.perf_counter()
         self._voxelize_time = None
         with torch.inference_mode():
-            points = self.model.lidar_points(batch)  # painted when the model paints
-            bev = self.model.lidar(points, batch.batch_size, batch.lidar_mask)
+            bev = self.model.encode_lidar(batch)  # painted when the model paints
         voxelize = (self._voxelize_time or start) - start
         return bev, voxelize
 
     def fuse_head(
         self, batch: Batch, camera_bev: torch.Tensor | None, lidar_bev: torch.Tensor | None
     ) -> Detections:
-        """Fuser, BEV decoder, head, decode + NMS: the sample's `Detections`."""
+        """Fuser, BEV decoder, head, decode + NMS (`BEVFusion.fuse`, `decode`, `detect`): the
+        sample's `Detections`."""
         model = self.model
-        maps, present = [], []
-        if model.camera is not None:
-            maps.append(camera_bev)
-            present.append(batch.camera_mask.any(dim=1))
-        if model.lidar is not None:
-            maps.append(lidar_bev)
-            present.append(batch.lidar_mask)
         with torch.inference_mode():
-            fused = model.fuser(maps, present)
-            features = model.decoder(fused)
-            outputs = model.head(features)
-            return model.head.predict(outputs, batch)[0]
+            outputs = model.decode(model.fuse(batch, camera_bev, lidar_bev))
+            return model.detect(outputs, batch)[0]

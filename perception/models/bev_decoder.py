@@ -110,8 +110,9 @@ class SECONDFPN(nn.Module):
         if len(features) != len(self.blocks):
             raise ValueError(f"expected {len(self.blocks)} stages, got {len(features)}")
         outs = [block(f) for block, f in zip(self.blocks, features)]
+        # Under the ONNX tracer shapes are tensors and the set never dedups: checked eagerly.
         shapes = {tuple(o.shape[2:]) for o in outs}
-        if len(shapes) != 1:
+        if len(shapes) != 1 and not torch.jit.is_tracing():
             raise ValueError(f"stages do not meet at one resolution: {sorted(shapes)}")
         return torch.cat(outs, dim=1)
 

@@ -6,6 +6,15 @@ sample, in each sample's un-augmented keyframe LiDAR frame. Either branch may be
 camera-only or LiDAR-only model), and at run time either sensor may be missing for some
 samples (`Batch.camera_mask`, `Batch.lidar_mask`): the fuser is told, and the model runs on what
 it has.
+
+The stages, in order (each a method; `forward`, the node's pipeline `deploy.pipeline.ModelStages`,
+the model benchmark and the ONNX export all call them, so what is trained is what is served):
+
+    encode_camera(batch)             -> camera BEV [B, C_cam, X, Y], aux losses
+    encode_lidar(batch)              -> LiDAR BEV [B, C_lidar, X, Y] (voxelization inside)
+    fuse(batch, camera, lidar)       -> fused BEV [B, C_fused, X, Y] (`presence` says who is there)
+    decode(fused)                    -> the head's per-task maps (BEV decoder + head)
+    detect(outputs, batch) | losses(outputs, batch)
 """
 
 from __future__ import annotations
@@ -19,7 +28,7 @@ from torch import nn
 from ..structures import Batch, Detections
 from .bev_decoder import BEVDecoder
 from .fuser import ConvFuser, ModalityDropout
-from .heads.centerpoint import CenterPointHead
+from .heads.centerpoint import CenterPointHead, TaskOutput
 from .painting import paint_points as painted
 
 
@@ -95,13 +104,36 @@ class BEVFusion(nn.Module):
             name for name, m in (("camera", self.camera), ("lidar", self.lidar)) if m is not None
         )
 
-    def _presence(self, batch: Batch) -> list[torch.Tensor]:
+    # -- the stages: forward, the node's pipeline, the model benchmark and the ONNX export all
+    # -- call these (deploy/pipeline.py `ModelStages`, perception/benchmarks/model.py).
+
+    def presence(self, batch: Batch) -> list[torch.Tensor]:
+        """Per branch (camera first, then LiDAR; absent branches left out) which samples have
+        that sensor: `[B]` bool each. The fuser's `present` argument."""
         present = []
         if self.camera is not None:
             present.append(batch.camera_mask.any(dim=1))  # [B]
         if self.lidar is not None:
             present.append(batch.lidar_mask)  # [B]
         return present
+
+    def encode_camera(
+        self, batch: Batch, lidar_present: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """Stage 1a: camera BEV `[B, C_cam, X, Y]` and its auxiliary losses (named
+        `camera/<name>`); `(None, {})` without a camera branch.
+
+        `lidar_present` `[B]` bool: the samples whose LiDAR the fused model keeps (modality
+        dropout); a camera branch reading LiDAR depths then sees only those. Default: the
+        batch's `lidar_mask`.
+        """
+        if self.camera is None:
+            return None, {}
+        camera_batch = batch
+        if self.lidar is not None and lidar_present is not None:
+            camera_batch = replace(batch, lidar_mask=batch.lidar_mask & lidar_present)
+        bev, aux = self.camera(camera_batch)
+        return bev, {f"camera/{k}": v for k, v in aux.items()}
 
     def lidar_points(self, batch: Batch, cameras: torch.Tensor | None = None) -> torch.Tensor:
         """The points the LiDAR branch reads: `batch.points`, painted when `paint_points`, by
@@ -110,15 +142,55 @@ class BEVFusion(nn.Module):
             return batch.points
         return painted(batch, batch.camera_mask if cameras is None else cameras)
 
-    def bev_features(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The fused and decoded BEV map `[B, C, X, Y]` and the branches' auxiliary losses."""
-        aux: dict[str, torch.Tensor] = {}
-        maps: list[torch.Tensor | None] = []
-        present = self._presence(batch)
+    def encode_lidar(
+        self, batch: Batch, painters: torch.Tensor | None = None
+    ) -> torch.Tensor | None:
+        """Stage 1b: LiDAR BEV `[B, C_lidar, X, Y]` (voxelization inside); None without a
+        LiDAR branch. `painters` `[B, Ncam]` bool: the cameras that paint the points (see
+        `lidar_points`)."""
+        if self.lidar is None:
+            return None
+        return self.lidar(self.lidar_points(batch, painters), batch.batch_size, batch.lidar_mask)
+
+    def fuse(
+        self,
+        batch: Batch,
+        camera_bev: torch.Tensor | None,
+        lidar_bev: torch.Tensor | None,
+        present: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Stage 2: the fused BEV `[B, C_fused, X, Y]` from the branches' maps (a map of a
+        branch the model has may be None: missing from every sample). `present`: per branch
+        which samples have it (default `presence(batch)`)."""
+        present = self.presence(batch) if present is None else present
+        maps = []
+        if self.camera is not None:
+            maps.append(camera_bev)
+        if self.lidar is not None:
+            maps.append(lidar_bev)
+        return self.fuser(maps, present)
+
+    def decode(self, fused: torch.Tensor) -> list[TaskOutput]:
+        """Stage 3: BEV decoder and detection head on the fused map: the head's per-task maps
+        (the ONNX export's decoder-head graph is this call)."""
+        return self.head(self.decoder(fused))
+
+    def detect(self, outputs: list[TaskOutput], batch: Batch) -> list[Detections]:
+        """Stage 4 (eval): box decoding + BEV NMS, back to each sample's un-augmented keyframe
+        LiDAR frame."""
+        return self.head.predict(outputs, batch)
+
+    def losses(self, outputs: list[TaskOutput], batch: Batch) -> dict[str, torch.Tensor]:
+        """Stage 4 (train): the head's named losses against the batch's targets."""
+        return self.head.loss(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
+
+    def fused_features(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Stages 1-2 as `forward` runs them: the fused map `[B, C_fused, X, Y]` (after the
+        LiDAR-first skip and, in training, modality dropout) and the auxiliary losses."""
+        present = self.presence(batch)
         skip_camera = self.camera is not None and self.lidar is not None and not self.camera_enabled
         if skip_camera:
             present[0] = torch.zeros_like(present[0])
-            maps.append(None)
         elif self.training and self.modality_dropout is not None and len(present) > 1:
             present = list(self.modality_dropout(present))
         painters = None
@@ -126,23 +198,21 @@ class BEVFusion(nn.Module):
             painters = batch.camera_mask
             if not skip_camera:
                 painters = painters & present[0][:, None]
-        if self.camera is not None and not skip_camera:
-            camera_batch = batch
-            if self.lidar is not None:  # a camera branch reading LiDAR depths sees what's kept
-                camera_batch = replace(batch, lidar_mask=batch.lidar_mask & present[-1])
-            camera_bev, camera_aux = self.camera(camera_batch)  # [B, C_cam, X, Y]
-            maps.append(camera_bev)
-            aux.update({f"camera/{k}": v for k, v in camera_aux.items()})
-        if self.lidar is not None:
-            points = self.lidar_points(batch, painters)
-            maps.append(self.lidar(points, batch.batch_size, batch.lidar_mask))
-        fused = self.fuser(maps, present)  # [B, C_fused, X, Y]
+        camera_bev, aux = None, {}
+        if not skip_camera:
+            camera_bev, aux = self.encode_camera(batch, present[-1])
+        lidar_bev = self.encode_lidar(batch, painters)
+        return self.fuse(batch, camera_bev, lidar_bev, present), aux
+
+    def bev_features(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The fused and decoded BEV map `[B, C, X, Y]` (the head's input) and the branches'
+        auxiliary losses."""
+        fused, aux = self.fused_features(batch)
         return self.decoder(fused), aux
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor] | list[Detections]:
-        features, aux = self.bev_features(batch)
-        outputs = self.head(features)
+        fused, aux = self.fused_features(batch)
+        outputs = self.decode(fused)
         if self.training:
-            losses = self.head.loss(outputs, batch.gt_boxes, batch.gt_labels, batch.gt_attributes)
-            return {**losses, **aux}
-        return self.head.predict(outputs, batch)
+            return {**self.losses(outputs, batch), **aux}
+        return self.detect(outputs, batch)
