@@ -28,72 +28,31 @@ gloo/CPU path needs this module; it is used on CUDA too, to keep one code path.
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
 import warnings
-from collections.abc import Iterator
 
 import torch
 import torch.distributed as torch_dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+# Who and how many we are, the global-batch context and the loss normalizer live below the
+# models (the models' losses use them); re-exported here for the engine's callers.
+from perception.distributed import (
+    global_batch,
+    global_mean_normaliser,
+    synchronising_world_size,
+)
 from perception.ops.sparse import BatchNorm as SparseBatchNorm
 from perception.ops.sparse import SparseTensor
 
-_GLOBAL_BATCH: contextvars.ContextVar[bool] = contextvars.ContextVar(
-    "perception_global_batch", default=False
-)
-
-
-@contextlib.contextmanager
-def global_batch(enabled: bool = True) -> Iterator[None]:
-    """Inside, `SyncBatchNorm` and `global_mean_normaliser` reduce over all processes of the
-    default group (when it has more than one). Scoped to the calling thread/context, like
-    `torch.no_grad`."""
-    token = _GLOBAL_BATCH.set(enabled)
-    try:
-        yield
-    finally:
-        _GLOBAL_BATCH.reset(token)
-
-
-def synchronising_world_size() -> int:
-    """The number of processes batch statistics and normalizers are reduced over here: the
-    default group's size inside `global_batch()` with a group initialized, else 1."""
-    if not _GLOBAL_BATCH.get():
-        return 1
-    if not (torch_dist.is_available() and torch_dist.is_initialized()):
-        return 1
-    return torch_dist.get_world_size()
-
-
-def global_mean_normaliser(
-    count: torch.Tensor, *, eps: float = 0.0, min_value: float | None = None
-) -> torch.Tensor:
-    """The normalizer that makes a per-process loss the process's share of the global loss.
-
-    Args:
-        count: a count of this process's batch (any shape, e.g. `[T]` for T losses); not
-            differentiated.
-        eps: added to the global count (as in ``count + 1e-4``).
-        min_value: lower clamp of the global count plus `eps` (as in ``clamp_min(1)``).
-
-    Returns:
-        ``clamp(sum over processes of count + eps, min_value) / W``, float, same shape; in one
-        process (or outside `global_batch`) exactly ``clamp(count + eps, min_value)`` (same
-        dtype, same operations). Dividing a loss sum by it gives W x (this process's part of
-        the global-batch loss): DDP's gradient average then equals the one-process gradient.
-    """
-    world = synchronising_world_size()
-    if world > 1:
-        count = count.detach().float().clone()
-        torch_dist.all_reduce(count)  # every process must reach this call
-    if eps:
-        count = count + eps
-    if min_value is not None:
-        count = count.clamp_min(min_value)
-    return count / world if world > 1 else count
+__all__ = [
+    "SyncBatchNorm",
+    "SyncSparseBatchNorm",
+    "convert_sync_batchnorm",
+    "global_batch",
+    "global_mean_normaliser",
+    "synchronising_world_size",
+]
 
 
 class _AllReduceSum(torch.autograd.Function):

@@ -29,8 +29,8 @@ Sensor dropping (`drop_sensors`, `apply_drop_sensors`) edits each `Batch` before
   half the points are kept, spread over every other elevation.
 
 Under `torchrun` (an initialized process group), rank r infers samples r, r + W, r + 2W, ...
-and every rank receives all per-sample records (`all_gather_object` of JSON-able dicts), in
-the dataset's order: the same result as one process.
+and every rank receives all per-sample records (`perception.distributed.all_gather_objects`
+of JSON-able dicts), in the dataset's order: the same result as one process.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from .. import distributed
 from ..datasets.collate import collate_samples
 from ..datasets.synth.lidar import ELEVATIONS_DEG
 from ..structures import CAMERA_NAMES, Batch, Boxes3D, Detections
@@ -290,13 +291,6 @@ class InferenceResult:
         return writer
 
 
-def _world() -> tuple[int, int]:
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
 def run_inference(
     model: nn.Module,
     dataset: Dataset,
@@ -318,7 +312,7 @@ def run_inference(
 
     device = torch.device(device)
     drop = check_drop_sensors(drop_sensors)
-    rank, world_size = _world()
+    rank, world_size = distributed.rank(), distributed.world_size()
     indices = list(range(rank, len(dataset), world_size))
     loader = DataLoader(
         Subset(dataset, indices),
@@ -355,8 +349,7 @@ def run_inference(
             bar.update(B)
             waited = time.perf_counter()
     if world_size > 1:
-        gathered: list[list[dict[str, Any]] | None] = [None] * world_size
-        torch.distributed.all_gather_object(gathered, records)
+        gathered = distributed.all_gather_objects(records)
         by_token = {r["token"]: r for part in gathered for r in part or ()}
         records = [by_token[t] for t in _dataset_tokens(dataset)]
     return InferenceResult(records=tuple(records), drop_sensors=drop, world_size=world_size)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.distributed import global_mean_normaliser
+from ..distributed import global_mean_normaliser
 from ..structures import Boxes3D
 
 NEAR = 0.1  # m: the near plane the boxes are clipped against before projecting

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..engine.distributed import global_mean_normaliser
+from ..distributed import global_mean_normaliser
 from ..geometry import lidar_to_image
 from ..ops.bev_pool import BEVPoolPlanCache, bev_pool_depth
 from ..structures import Batch

@@ -26,7 +26,7 @@ from perception.structures import (
     Detections,
 )
 
-from ...engine.distributed import global_mean_normaliser
+from ...distributed import global_mean_normaliser
 from ..bev_grid import BEVGrid
 from .losses import attribute_loss, gaussian_focal_loss, weighted_l1_loss
 from .targets import NUM_REGRESSION, TargetConfig, TaskTargets, build_targets, decode_boxes
