@@ -1247,10 +1247,10 @@ def load_node_model(config: ExperimentConfig, checkpoint: str | Path | None) -> 
 
         torch.manual_seed(config.seed)
         return build_model(config).eval()
-    from perception.evaluation.runner import load_model
+    from perception.models.loading import load_model
 
-    model, _ = load_model(config, checkpoint)
-    return model.eval()
+    model, _ = load_model(checkpoint, config)
+    return model
 
 
 def summary_json(stats: NodeStats) -> str:

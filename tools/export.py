@@ -58,23 +58,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _checkpoint_dir(path: Path) -> Path:
-    """The checkpoint directory `path` names: itself, or a work dir's latest checkpoint."""
-    from perception.engine.checkpoint import MANIFEST_NAME, MODEL_FILE, CheckpointError, find_latest
-
-    if not path.exists():
-        raise CheckpointError(f"checkpoint not found: {path}")
-    if (path / MANIFEST_NAME).is_file() or (path / MODEL_FILE).is_file():
-        return path
-    latest = find_latest(path)
-    if latest is None:
-        raise CheckpointError(
-            f"{path}: no checkpoint here (no {MANIFEST_NAME} or {MODEL_FILE}, and no "
-            "checkpoints/step_<N> under it)"
-        )
-    return latest
-
-
 def _export_inputs(config: ExperimentConfig) -> tuple:
     """What fixes the exported graphs: the model and its input shapes."""
     d = config.data
@@ -83,6 +66,11 @@ def _export_inputs(config: ExperimentConfig) -> tuple:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from perception.runtime import set_cpu_threads
+
+    set_cpu_threads()  # numba's worker pool follows torch's threads (OMP_NUM_THREADS)
+
+    from perception.checkpoint import CONFIG_FILE, CheckpointError, resolve_checkpoint
     from perception.config import ConfigError, load_config
     from perception.deploy.export import (
         DEFAULT_OPSET,
@@ -92,19 +80,17 @@ def main(argv: list[str] | None = None) -> int:
         export_onnx,
         format_report,
     )
-    from perception.engine.checkpoint import CONFIG_FILE, CheckpointError, load_weights
-    from perception.models.builder import build_model
+    from perception.models.loading import load_model
 
     opset = DEFAULT_OPSET if args.opset is None else args.opset
     tolerance = DEFAULT_TOLERANCE if args.tolerance is None else args.tolerance
     try:
-        checkpoint = _checkpoint_dir(Path(args.checkpoint))
+        checkpoint = resolve_checkpoint(args.checkpoint)
         config_path = Path(args.config) if args.config else checkpoint / CONFIG_FILE
         config = load_config(config_path, args.overrides)
-        model = build_model(config)
-        saved = load_weights(checkpoint, model)
+        model, info = load_model(checkpoint, config)
         print(f"loaded {checkpoint} into the model of {config_path}")
-        if _export_inputs(saved) != _export_inputs(config):
+        if _export_inputs(info.saved_config) != _export_inputs(config):
             print(
                 f"note: the model or input shapes of {config_path} differ from the "
                 f"checkpoint's {CONFIG_FILE}; exporting with {config_path}"

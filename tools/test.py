@@ -64,12 +64,17 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error(f"--batch-size must be >= 1, got {args.batch_size}")  # exits with 2
+    from perception.runtime import set_cpu_threads
+
+    set_cpu_threads()  # numba's worker pool follows torch's threads (OMP_NUM_THREADS)
+
+    from perception.checkpoint import CheckpointError, resolve_checkpoint
     from perception.config import ConfigError, load_config
     from perception.datasets.io import DataError
-    from perception.engine import CheckpointError, cleanup_distributed, setup_distributed
+    from perception.engine import cleanup_distributed, setup_distributed
     from perception.evaluation import SplitError, SubmissionError, split_sample_tokens
     from perception.evaluation.inference import check_drop_sensors
-    from perception.evaluation.runner import evaluate_checkpoint, resolve_checkpoint
+    from perception.evaluation.runner import evaluate_checkpoint
 
     # Usage errors (exit code 2) are found before any work starts.
     try:
@@ -81,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
         split = args.split or config.data.val_split
         split_sample_tokens(config.data.root, config.data.version, split)
         resolve_checkpoint(args.checkpoint)
-    except (ConfigError, ValueError, FileNotFoundError) as exc:  # SplitError is a ValueError
+    # SplitError is a ValueError, CheckpointNotFoundError a FileNotFoundError
+    except (ConfigError, ValueError, FileNotFoundError) as exc:
         return usage_error(exc)
 
     dist = setup_distributed()

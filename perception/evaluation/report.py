@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..checkpoint import CONFIG_FILE, CheckpointError, read_training_state, work_dir_of
 from ..structures import CLASS_NAMES, Detections, Sample
 from .inference import STAGE_TITLES, STAGES
 from .nuscenes_eval import TP_ERROR_NAMES, DetectionMetrics
@@ -127,23 +128,21 @@ def load_training_summary(checkpoint: str | Path) -> TrainingSummary:
     directory = Path(checkpoint)
     problems: list[str] = []
     config_yaml = None
-    config_path = directory / "config.yaml"
+    config_path = directory / CONFIG_FILE  # as written at training time, not re-serialized
     try:
         config_yaml = config_path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         problems.append(f"{config_path}: {exc.__class__.__name__}: {exc}")
     step = epoch = planned = None
     seconds = None
-    state_path = directory / "training_state.json"
     try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-        extra = state.get("extra") or {}
-        step, epoch = state.get("step"), state.get("epoch")
-        planned, seconds = extra.get("planned_steps"), extra.get("train_seconds")
-    except (OSError, ValueError, AttributeError) as exc:
-        problems.append(f"{state_path}: {exc.__class__.__name__}: {exc}")
+        state = read_training_state(directory)
+        step, epoch = state["step"], state["epoch"]
+        planned, seconds = state["extra"].get("planned_steps"), state["extra"].get("train_seconds")
+    except CheckpointError as exc:
+        problems.append(str(exc))
 
-    work_dir = directory.parent.parent if directory.parent.name == "checkpoints" else directory
+    work_dir = work_dir_of(directory)
     log_path = work_dir / "log.jsonl"
     by_step: dict[int, dict[str, Any]] = {}
     events: list[dict[str, Any]] = []

@@ -29,14 +29,9 @@ import torch
 import yaml
 from torch import nn
 
+from .. import distributed
 from ..config import ExperimentConfig
-from ..engine.checkpoint import (
-    MANIFEST_NAME,
-    MODEL_FILE,
-    TRAINING_STATE_FILE,
-    find_latest,
-    load_weights,
-)
+from ..models.loading import load_model
 from .inference import DROP_CAMERAS, DROP_HALF_BEAMS, DROP_LIDAR, InferenceResult, run_inference
 from .nuscenes_eval import (
     DEFAULT_RANGE_BANDS,
@@ -73,12 +68,6 @@ ROBUSTNESS_SETTINGS: dict[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class CheckpointInfo:
-    path: Path  # the checkpoint directory the weights came from
-    step: int | None  # training step, when the checkpoint records it
-
-
-@dataclass(frozen=True)
 class EvalOutcome:
     """What a test run produced (on process 0; other processes get `None` fields)."""
 
@@ -90,47 +79,8 @@ class EvalOutcome:
     note: str | None = None  # what a reader of the metrics must know (e.g. why all are 0)
 
 
-def resolve_checkpoint(path: str | Path) -> Path:
-    """The checkpoint directory `path` names: itself when it holds a checkpoint, else the
-    latest `checkpoints/step_<N>` of a work dir. `FileNotFoundError` naming the path when
-    there is nothing there."""
-    path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
-    if (path / MANIFEST_NAME).is_file() or (path / MODEL_FILE).is_file():
-        return path
-    latest = find_latest(path)
-    if latest is None:
-        raise FileNotFoundError(
-            f"checkpoint not found: {path} holds no {MODEL_FILE} and no checkpoints/step_<N>"
-        )
-    return latest
-
-
-def load_model(
-    config: ExperimentConfig, checkpoint: str | Path, device: torch.device | str = "cpu"
-) -> tuple[nn.Module, CheckpointInfo]:
-    """Builds the model `config` describes and loads the checkpoint's weights into it (keys
-    and shapes must match: `CheckpointError` otherwise)."""
-    from ..models.builder import build_model
-
-    directory = resolve_checkpoint(checkpoint)
-    model = build_model(config)
-    load_weights(directory, model)
-    step = None
-    state_path = directory / TRAINING_STATE_FILE
-    if state_path.is_file():
-        step = int(json.loads(state_path.read_text())["step"])
-    return model.to(device).eval(), CheckpointInfo(directory.resolve(), step)
-
-
 def _slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", name.lower()).strip("_")
-
-
-def _is_main() -> bool:
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def _sensors_used(model: nn.Module, drop: Sequence[str]) -> tuple[bool, bool]:
@@ -338,8 +288,8 @@ def evaluate_checkpoint(
 ) -> EvalOutcome:
     """Runs the whole test (module docstring). `split` defaults to `data.val_split`.
 
-    Raises `FileNotFoundError` for a missing checkpoint, `CheckpointError` for one that does
-    not fit the config's model, `SplitError` for an unknown split, `ValueError` for an unknown
+    Raises `CheckpointNotFoundError` (a `FileNotFoundError` too) for a missing checkpoint,
+    `CheckpointError` for one that does not fit the config's model, `SplitError` for an unknown split, `ValueError` for an unknown
     sensor to drop. A model that kept no box in any sample gets the devkit's all-zero
     metrics (`evaluate_no_boxes`) and `EvalOutcome.note` says why. An evaluation the devkit
     cannot run does not raise: `EvalOutcome.metrics` is None and `eval_error` says why;
@@ -352,9 +302,9 @@ def evaluate_checkpoint(
     out_dir = Path(out_dir)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens = split_sample_tokens(config.data.root, config.data.version, split)  # SplitError
-    model, info = load_model(config, checkpoint, device)
+    model, info = load_model(checkpoint, config, device=device)
     dataset = build_dataset(config, split, train=False)
-    main = _is_main()
+    main = distributed.is_main_process()
 
     nusc = None
     if main:

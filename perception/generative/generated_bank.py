@@ -136,7 +136,7 @@ def load_signal_generator(
     missing, unreadable, of an unknown kind or of the other modality (`data.modality`)."""
     import inspect
 
-    from ..engine.checkpoint import CheckpointError
+    from ..checkpoint import CheckpointError
     from .registry import load_any_generator
 
     if modality not in ("camera", "lidar"):

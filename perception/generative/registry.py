@@ -105,7 +105,7 @@ def load_generator_config(path: str | Path, overrides: Sequence[str] = ()) -> Ba
 def generator_kind_of(path: str | Path) -> str:
     """The `kind` ("hart", "ldm", ...) of a generator work dir (its config.yaml), stage dir or
     checkpoint directory, read from its saved config. FileNotFoundError without one."""
-    from ..engine.checkpoint import find_latest
+    from ..checkpoint import find_latest
 
     path = Path(path)
     candidates = [path / "config.yaml", path.parent / "config.yaml"]

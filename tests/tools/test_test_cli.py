@@ -122,7 +122,7 @@ def test_missing_checkpoint_names_the_path(micro, tmp_path, capsys):
     empty = tmp_path / "empty_work_dir"
     empty.mkdir()
     assert run_cli([str(config), str(empty), "--out", str(tmp_path / "out")]) == 2
-    assert f"checkpoint not found: {empty}" in capsys.readouterr().err
+    assert f"error: {empty}: no checkpoint here" in capsys.readouterr().err
 
 
 def test_checkpoint_of_another_model_is_an_error(micro, tmp_path, capsys):

@@ -51,8 +51,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from ...checkpoint import find_latest, load_checkpoint, save_checkpoint
 from ...config import save_config
-from ...engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from ...engine.trainer import seed_everything
 from ...structures.classes import CLASS_NAMES
 from ..conditions import ConditionRange, ObjectConditions

@@ -45,9 +45,9 @@ import torch
 from pydantic import Field
 from torch import Tensor, nn
 
+from ...checkpoint import find_latest
 from ...config import save_config
 from ...config.schema import StrictModel
-from ...engine.checkpoint import find_latest
 from ...engine.trainer import seed_everything
 from ..conditions import ConditionEmbedding, ConditionRange, ObjectConditions, guided
 from ..config import (

@@ -45,8 +45,8 @@ import torch
 from pydantic import BaseModel
 from tqdm import tqdm
 
+from ...checkpoint import find_latest, load_checkpoint, save_checkpoint
 from ...config import load_config, save_config
-from ...engine.checkpoint import find_latest, load_checkpoint, save_checkpoint
 from ...engine.trainer import lr_factor, seed_everything
 from ..bank import ObjectBank
 from ..conditions import ConditionRange, ObjectConditions

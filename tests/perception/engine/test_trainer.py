@@ -96,7 +96,7 @@ def test_a_kill_inside_a_checkpoint_write_resumes_exactly(indexed_world, tmp_pat
     """Killed while writing step 2's checkpoint (the weights in memory already at step 2): the
     half-written directory is ignored, step 1's checkpoint is resumed, and the run ends at the
     weights of an uninterrupted one."""
-    from perception.engine import checkpoint
+    from perception import checkpoint
 
     steps = ("train.batch_size=1", "train.max_steps=2", "train.checkpoint_every=1")
     straight = make_trainer(indexed_world, tmp_path / "a", *steps)

@@ -17,17 +17,22 @@ import pytest
 import torch
 from torch import nn
 
-from perception.config import ExperimentConfig
-from perception.engine import (
+from perception.checkpoint import (
     CheckpointError,
+    CheckpointNotFoundError,
     find_latest,
     load_checkpoint,
     load_partial_weights,
     load_weights,
+    read_config,
+    read_training_state,
+    resolve_checkpoint,
     save_checkpoint,
+    work_dir_of,
 )
+from perception.config import ExperimentConfig
 
-REPO_ROOT = Path(__file__).resolve().parents[3]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def _model(seed: int) -> nn.Module:
@@ -256,6 +261,57 @@ def test_no_checkpoint_is_a_clear_error(tmp_path):
         load_checkpoint(tmp_path, model=_model(0))
 
 
+def test_one_resolver_for_checkpoint_dirs_and_work_dirs(tmp_path):
+    """What every reader (test, node, export, resume) takes a path to mean."""
+    first = save_checkpoint(tmp_path, step=1, model=_model(0), config=ExperimentConfig())
+    latest = save_checkpoint(tmp_path, step=2, model=_model(0), config=ExperimentConfig())
+    assert resolve_checkpoint(tmp_path) == latest  # a work dir: its latest
+    assert resolve_checkpoint(first) == first  # a checkpoint dir: itself
+    assert work_dir_of(first) == tmp_path and work_dir_of(tmp_path) == tmp_path
+    weights_only = tmp_path / "weights"
+    weights_only.mkdir()
+    (weights_only / "model.safetensors").write_bytes((first / "model.safetensors").read_bytes())
+    assert resolve_checkpoint(weights_only) == weights_only  # no manifest: still a checkpoint
+    missing = tmp_path / "no_such_run"
+    with pytest.raises(CheckpointNotFoundError, match=f"checkpoint not found: {missing}"):
+        resolve_checkpoint(missing)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(FileNotFoundError, match=f"{empty}: no checkpoint here"):
+        resolve_checkpoint(empty)  # a CheckpointError and a FileNotFoundError
+    assert issubclass(CheckpointNotFoundError, CheckpointError)
+
+
+def test_training_state_and_config_readers(tmp_path):
+    config = ExperimentConfig(name="readers")
+    path = save_checkpoint(
+        tmp_path, step=7, model=_model(0), config=config, epoch=2, extra={"planned_steps": 9}
+    )
+    state = read_training_state(path)
+    assert state == {"step": 7, "epoch": 2, "extra": {"planned_steps": 9}}
+    assert read_config(path) == config
+    (path / "training_state.json").write_text('{"step": 8}')  # changed after saving
+    with pytest.raises(CheckpointError, match=r"training_state\.json: sha256 mismatch"):
+        read_training_state(path)
+    hand_made = tmp_path / "hand_made"  # no manifest: read as it is, checked for its form
+    hand_made.mkdir()
+    with pytest.raises(CheckpointError, match=r"training_state\.json: missing"):
+        read_training_state(hand_made)
+    (hand_made / "training_state.json").write_text('{"step": "7"}')
+    with pytest.raises(CheckpointError, match="'step' is '7', not an integer"):
+        read_training_state(hand_made)
+    (hand_made / "training_state.json").write_text('{"step": 7}')
+    assert read_training_state(hand_made) == {"step": 7, "epoch": 0, "extra": {}}
+
+
+def test_the_engine_reexports_the_one_implementation():
+    import perception.checkpoint as io
+    import perception.engine.checkpoint as engine
+
+    for name in engine.__all__:
+        assert getattr(engine, name) is getattr(io, name), name
+
+
 # The child saves step 1, then stalls inside the save of step 2 (at the hook named by
 # argv[2]) after touching a marker file, so that the parent can SIGKILL it there.
 _CHILD = textwrap.dedent(
@@ -264,7 +320,7 @@ _CHILD = textwrap.dedent(
     from pathlib import Path
     import torch
     from perception.config import ExperimentConfig
-    import perception.engine.checkpoint as ckpt
+    import perception.checkpoint as ckpt
 
     work_dir, stall_in = Path(sys.argv[1]), sys.argv[2]
     torch.manual_seed(0)
