@@ -1,36 +1,81 @@
-"""Formatting benchmark rows with the machine they ran on."""
+"""Formatting benchmark rows with the machine they ran on, and the one result layout.
+
+Every saved result (`benchmarks/results/*.json`, layout in `benchmarks/results/README.md`)
+starts with the same keys, :func:`provenance`'s: ``date``, ``machine``, ``commit``,
+``config_hash`` (sha256 of the resolved config, None where no config is involved) and
+``command``; the figures follow (``rows`` for timings, ``runs`` / ``summary`` for collected
+training runs).
+"""
 
 from __future__ import annotations
 
 import datetime
+import hashlib
 import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-import torch
+import yaml
 
+from ..provenance import git_commit, machine_description
 from .common import BenchRow
 
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
-def machine_description(device: str = "cpu") -> str:
-    cpu = platform.processor() or platform.machine()
+__all__ = [
+    "config_hash",
+    "file_hash",
+    "git_commit",
+    "machine_description",
+    "markdown_table",
+    "provenance",
+    "runs_table",
+    "with_provenance",
+    "write_report",
+]
+
+RESULT_KEYS = ("date", "machine", "commit", "config_hash", "command")
+
+
+def config_hash(config: BaseModel | None) -> str | None:
+    """sha256 (hex) of the resolved config as `save_config` writes it (so the hash of a run's
+    saved `config.yaml` is the same number); None for no config."""
+    if config is None:
+        return None
+    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def file_hash(path: str | Path) -> str | None:
+    """sha256 (hex) of a saved config file's bytes (a run's `config.yaml`); None if absent."""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
     except OSError:
-        pass
-    text = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
-    if device.startswith("cuda") and torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name()}"
-    return text
+        return None
+
+
+def provenance(
+    command: str | None = None, *, device: str = "cpu", config_hash: str | None = None
+) -> dict[str, Any]:
+    """The keys every saved result starts with, in this order (`RESULT_KEYS`); `command`
+    defaults to this process's command line."""
+    return {
+        "date": datetime.date.today().isoformat(),
+        "machine": machine_description(device),
+        "commit": git_commit(),
+        "config_hash": config_hash,
+        "command": command if command is not None else "python " + " ".join(sys.argv),
+    }
+
+
+def with_provenance(result: dict[str, Any], header: dict[str, Any]) -> dict[str, Any]:
+    """`result` in the one layout: the `RESULT_KEYS` first (the result's own values where it
+    has them, else `header`'s), then its figures."""
+    out = {k: result.get(k, header.get(k)) for k in RESULT_KEYS}
+    out.update({k: v for k, v in result.items() if k not in out})
+    return out
 
 
 def markdown_table(rows: list[BenchRow]) -> str:
@@ -46,37 +91,26 @@ def markdown_table(rows: list[BenchRow]) -> str:
     return "\n".join(lines)
 
 
-def git_commit() -> str | None:
-    """The checkout's commit (short hash), with `+dirty` when tracked files differ from it;
-    None outside a git checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (head + ("+dirty" if dirty else "")) or None
-
-
-def write_report(rows: list[BenchRow], out: str | Path, device: str) -> Path:
-    """Writes `rows` as JSON (with date, machine, commit and command) beside a Markdown table."""
+def write_report(
+    rows: list[BenchRow],
+    out: str | Path,
+    device: str,
+    *,
+    command: str | None = None,
+    config_hash: str | None = None,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Writes `rows` as JSON in the one result layout (:func:`provenance`'s keys, then `extra`,
+    then ``rows``) beside a Markdown table."""
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine_description(device),
-        "commit": git_commit(),
-        "command": "python " + " ".join(sys.argv),
-    }
-    out.write_text(json.dumps({**meta, "rows": [r.as_dict() for r in rows]}, indent=2))
+    meta = provenance(command, device=device, config_hash=config_hash)
+    result = {**meta, **(extra or {}), "rows": [r.as_dict() for r in rows]}
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    config = f", config sha256 {meta['config_hash']}" if meta["config_hash"] else ""
     out.with_suffix(".md").write_text(
-        f"{meta['date']}, {meta['machine']}, commit {meta['commit']}\n\n`{meta['command']}`\n\n{markdown_table(rows)}\n"
+        f"{meta['date']}, {meta['machine']}, commit {meta['commit']}{config}\n\n"
+        f"`{meta['command']}`\n\n{markdown_table(rows)}\n"
     )
     return out
 

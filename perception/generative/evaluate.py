@@ -701,7 +701,7 @@ def write_generator_report(
     checkout's, `git rev-parse --short HEAD` with `+dirty`), `machine` (description, platform,
     CPU count, torch version and threads), `command` and `date` (UTC, ISO 8601). Non-finite
     floats become null. Returns the path."""
-    from ..benchmarks.report import git_commit, machine_description
+    from ..provenance import git_commit, machine_description
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
