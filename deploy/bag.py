@@ -15,7 +15,6 @@ message's bag log time equal to its header stamp:
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -26,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from perception.datasets.io import read_points
+from perception.datasets.sensors import pose_matrix, read_table
 
 from .convert import (
     StampedTransform,
@@ -67,16 +67,6 @@ def lidar_topic(channel: str = LIDAR_CHANNEL) -> str:
     return "/" + frame_of(channel).replace("_", "/", 1)  # LIDAR_TOP -> /lidar/top
 
 
-def _matrix(translation: Sequence[float], rotation_wxyz: Sequence[float]) -> np.ndarray:
-    from .convert import quaternion_to_matrix
-
-    w, x, y, z = rotation_wxyz
-    m = np.eye(4)
-    m[:3, :3] = quaternion_to_matrix(x, y, z, w)
-    m[:3, 3] = translation
-    return m
-
-
 def _qos(*, transient_local: bool, depth: int = 10):
     from rosbags.interfaces import (
         Qos,
@@ -109,17 +99,6 @@ class _Event:
     make: Callable[[], Any]  # builds the message when written (keeps memory flat)
 
 
-def _load_tables(root: Path, version: str) -> dict[str, list[dict]]:
-    tables = {}
-    for name in ("scene", "sample", "sample_data", "calibrated_sensor", "sensor", "ego_pose"):
-        path = root / version / f"{name}.json"
-        try:
-            tables[name] = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: nuScenes table is missing") from None
-    return tables
-
-
 def write_nuscenes_bag(
     root: str | Path,
     scene: str,
@@ -137,7 +116,10 @@ def write_nuscenes_bag(
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     root, out = Path(root), Path(out)
-    tables = _load_tables(root, version)
+    tables = {
+        name: read_table(root, version, name)
+        for name in ("scene", "sample", "sample_data", "calibrated_sensor", "sensor", "ego_pose")
+    }
     scenes = {s["name"]: s for s in tables["scene"]}
     if scene not in scenes:
         raise ValueError(f"{root}/{version}: no scene {scene!r}; it has {sorted(scenes)}")
@@ -162,12 +144,12 @@ def write_nuscenes_bag(
         modality = sensors[cs["sensor_token"]]["modality"]
         frame = frame_of(channel)
         stamp = int(sd["timestamp"]) * 1000
-        static.setdefault(frame, _matrix(cs["translation"], cs["rotation"]))
+        static.setdefault(frame, pose_matrix(cs["translation"], cs["rotation"]))
         pose = poses[sd["ego_pose_token"]]
         pose_ns = int(pose["timestamp"]) * 1000
         if pose_ns not in pose_stamps:
             pose_stamps.add(pose_ns)
-            ego = _matrix(pose["translation"], pose["rotation"])
+            ego = pose_matrix(pose["translation"], pose["rotation"])
             events.append(
                 _Event(
                     pose_ns,

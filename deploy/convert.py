@@ -7,7 +7,9 @@ topic and field (the node counts and drops those).
 Frames: points stay in the sensor frame of the cloud's `header.frame_id`; transforms map the
 child frame into the parent frame (`parent_from_child`, a 4x4 acting on column vectors), the
 tf2 convention. Boxes are `Boxes3D` (x, y, z, w, l, h, yaw, vx, vy) in the LiDAR frame; ROS
-boxes hold (length, width, height) along the box's own x (heading), y, z axes.
+boxes hold (length, width, height) along the box's own x (heading), y, z axes. Quaternions are
+`(w, x, y, z)` in the library (`perception.datasets.sensors`, which does all pose and quaternion
+arithmetic); ROS messages carry them in named fields, mapped here at the message boundary only.
 """
 
 from __future__ import annotations
@@ -22,6 +24,12 @@ import cv2
 import numpy as np
 
 from perception.datasets.io import DataError, declared_kind, decode_image, image_kind
+from perception.datasets.sensors import (
+    matrix_to_quaternion,
+    pose_matrix,
+    quaternion_yaw,
+    yaw_to_quaternion,
+)
 from perception.structures import CLASS_NAMES, Detections
 from perception.structures.classes import CLASS_COLORS
 
@@ -43,70 +51,15 @@ from .validation import InvalidMessage, check_frame
 # -- geometry helpers ---------------------------------------------------------------------
 
 
-def yaw_to_quaternion(yaw: float) -> tuple[float, float, float, float]:
-    """(x, y, z, w) of a rotation by `yaw` rad about +z."""
-    return (0.0, 0.0, math.sin(yaw / 2), math.cos(yaw / 2))
+def _quaternion_msg(q: Sequence[float]) -> Any:
+    """A `geometry_msgs/Quaternion` of `q = (w, x, y, z)` (the library's order, `sensors`)."""
+    w, x, y, z = q
+    return msg_class("geometry_msgs/msg/Quaternion")(x=x, y=y, z=z, w=w)
 
 
-def quaternion_to_matrix(x: float, y: float, z: float, w: float) -> np.ndarray:
-    """3x3 rotation of a (normalized here) quaternion."""
-    q = np.array([w, x, y, z], dtype=np.float64)
-    n = float(q @ q)
-    if n < 1e-12:
-        raise ValueError("zero quaternion")
-    w, x, y, z = q / math.sqrt(n)
-    return np.array(
-        [
-            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-        ]
-    )
-
-
-def matrix_to_quaternion(rotation: np.ndarray) -> tuple[float, float, float, float]:
-    """(x, y, z, w), w >= 0, of a 3x3 rotation matrix (Shepperd's method)."""
-    m = np.asarray(rotation, dtype=np.float64)
-    trace = m[0, 0] + m[1, 1] + m[2, 2]
-    if trace > 0:
-        s = 2.0 * math.sqrt(trace + 1.0)
-        w, x, y, z = (
-            0.25 * s,
-            (m[2, 1] - m[1, 2]) / s,
-            (m[0, 2] - m[2, 0]) / s,
-            (m[1, 0] - m[0, 1]) / s,
-        )
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2])
-        w, x, y, z = (
-            (m[2, 1] - m[1, 2]) / s,
-            0.25 * s,
-            (m[0, 1] + m[1, 0]) / s,
-            (m[0, 2] + m[2, 0]) / s,
-        )
-    elif m[1, 1] > m[2, 2]:
-        s = 2.0 * math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2])
-        w, x, y, z = (
-            (m[0, 2] - m[2, 0]) / s,
-            (m[0, 1] + m[1, 0]) / s,
-            0.25 * s,
-            (m[1, 2] + m[2, 1]) / s,
-        )
-    else:
-        s = 2.0 * math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1])
-        w, x, y, z = (
-            (m[1, 0] - m[0, 1]) / s,
-            (m[0, 2] + m[2, 0]) / s,
-            (m[1, 2] + m[2, 1]) / s,
-            0.25 * s,
-        )
-    if w < 0:
-        w, x, y, z = -w, -x, -y, -z
-    return (float(x), float(y), float(z), float(w))
-
-
-def _quaternion_msg(q: tuple[float, float, float, float]) -> Any:
-    return msg_class("geometry_msgs/msg/Quaternion")(x=q[0], y=q[1], z=q[2], w=q[3])
+def _wxyz(q: Any) -> tuple[float, float, float, float]:
+    """`(w, x, y, z)` of a `geometry_msgs/Quaternion`."""
+    return (q.w, q.x, q.y, q.z)
 
 
 def _pose(x: float, y: float, z: float, yaw: float) -> Any:
@@ -121,8 +74,7 @@ def _vector3(x: float, y: float, z: float) -> Any:
 
 
 def _yaw_of(orientation: Any) -> float:
-    o = orientation
-    return math.atan2(2 * (o.w * o.z + o.x * o.y), 1 - 2 * (o.y * o.y + o.z * o.z))
+    return quaternion_yaw(_wxyz(orientation))
 
 
 # -- PointCloud2 --------------------------------------------------------------------------
@@ -567,17 +519,13 @@ def tf_message_to_transforms(
     for i, t in enumerate(msg.transforms):
         for frame in (t.header.frame_id, t.child_frame_id):
             check_frame(topic, frame, known_frames)
-        r = t.transform.rotation
+        tr, r = t.transform.translation, t.transform.rotation
         try:
-            rotation = quaternion_to_matrix(r.x, r.y, r.z, r.w)
+            m = pose_matrix((tr.x, tr.y, tr.z), _wxyz(r))
         except ValueError:
             raise InvalidMessage(
                 topic, f"transforms[{i}].transform.rotation", "undecodable", "zero quaternion"
             ) from None
-        m = np.eye(4)
-        m[:3, :3] = rotation
-        tr = t.transform.translation
-        m[:3, 3] = (tr.x, tr.y, tr.z)
         out.append(
             StampedTransform(t.header.frame_id, t.child_frame_id, stamp_to_ns(t.header.stamp), m)
         )

@@ -16,35 +16,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from perception.datasets.sweeps import (
+from perception.datasets.sensors import (
     DEFAULT_MAX_SWEEP_AGE_S,
     fresh_clip_length,
+    interpolate_pose,
     merge_sweeps,
 )
 
-from .convert import StampedTransform, matrix_to_quaternion, quaternion_to_matrix
+from .convert import StampedTransform
 
 
 class MissingTransform(LookupError):
     """No transform for a frame at a stamp (TF not received yet, or too far from any pose)."""
-
-
-def _interpolate(a: np.ndarray, b: np.ndarray, w: float) -> np.ndarray:
-    """Rigid transform `w` of the way from `a` to `b` (linear translation, quaternion slerp)."""
-    qa = np.array(matrix_to_quaternion(a[:3, :3]))
-    qb = np.array(matrix_to_quaternion(b[:3, :3]))
-    dot = float(qa @ qb)
-    if dot < 0:
-        qb, dot = -qb, -dot
-    if dot > 0.9995:
-        q = qa + w * (qb - qa)
-    else:
-        theta = np.arccos(dot)
-        q = (np.sin((1 - w) * theta) * qa + np.sin(w * theta) * qb) / np.sin(theta)
-    m = np.eye(4)
-    m[:3, :3] = quaternion_to_matrix(*q)
-    m[:3, 3] = (1 - w) * a[:3, 3] + w * b[:3, 3]
-    return m
 
 
 @dataclass
@@ -92,7 +75,7 @@ class TfBuffer:
             return self._poses[i]
         if 0 < i < len(stamps):
             w = (stamp_ns - stamps[i - 1]) / (stamps[i] - stamps[i - 1])
-            return _interpolate(self._poses[i - 1], self._poses[i], w)
+            return interpolate_pose(self._poses[i - 1], self._poses[i], w)
         nearest = 0 if i == 0 else len(stamps) - 1
         if abs(stamps[nearest] - stamp_ns) <= self.tolerance_ns:
             return self._poses[nearest]
@@ -130,10 +113,11 @@ class Sweep:
 def merge_earlier(
     sweep: Sweep, earlier: tuple[Sweep, ...], max_age_s: float | None
 ) -> tuple[np.ndarray, int]:
-    """The dataset's `merge_sweeps` on the node's sweeps: `[N, 5]` float32 (x, y, z,
-    intensity, time_lag) in `sweep`'s frame (its points with lag 0, then each of `earlier`,
-    oldest first, merged newest first, moved with the ego motion between the stamps), and how
-    many of `earlier` were skipped as older than `max_age_s` seconds (`data.max_sweep_age`)."""
+    """The dataset's `merge_sweeps` (`perception.datasets.sensors`) on the node's sweeps:
+    `[N, 5]` float32 (x, y, z, intensity, time_lag) in `sweep`'s frame (its points with lag 0,
+    then each of `earlier`, oldest first, merged newest first, moved with the ego motion
+    between the stamps), and how many of `earlier` were skipped as older than `max_age_s`
+    seconds (`data.max_sweep_age`)."""
     map_to_key = np.linalg.inv(sweep.sensor_to_map)
     return merge_sweeps(
         sweep.points,

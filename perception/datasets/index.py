@@ -21,6 +21,7 @@ import numpy as np
 
 from ..structures.classes import CAMERA_NAMES, CLASS_NAMES
 from .checks import TABLES, check_tables, reference_problems
+from .sensors import pose_matrix
 
 INDEX_FORMAT_VERSION = 1
 INDEX_KIND = "perception.nuscenes-index"
@@ -44,16 +45,6 @@ def tables_fingerprint(root: str | Path, version: str) -> str:
         except FileNotFoundError:
             raise IndexFileError(f"{path}: table is missing") from None
     return digest.hexdigest()
-
-
-def _matrix(translation, rotation_wxyz) -> np.ndarray:
-    """4x4 float64 from a nuScenes translation and [w, x, y, z] quaternion."""
-    from pyquaternion import Quaternion
-
-    m = np.eye(4)
-    m[:3, :3] = Quaternion(rotation_wxyz).rotation_matrix
-    m[:3, 3] = translation
-    return m
 
 
 def _flat(m: np.ndarray) -> list[float]:
@@ -130,8 +121,8 @@ def build_index(
         lidar_sd = nusc.get("sample_data", sample["data"]["LIDAR_TOP"])
         lidar_cs = nusc.get("calibrated_sensor", lidar_sd["calibrated_sensor_token"])
         lidar_pose = nusc.get("ego_pose", lidar_sd["ego_pose_token"])
-        lidar_to_ego = _matrix(lidar_cs["translation"], lidar_cs["rotation"])
-        ego_to_global = _matrix(lidar_pose["translation"], lidar_pose["rotation"])
+        lidar_to_ego = pose_matrix(lidar_cs["translation"], lidar_cs["rotation"])
+        ego_to_global = pose_matrix(lidar_pose["translation"], lidar_pose["rotation"])
         global_to_lidar = np.linalg.inv(ego_to_global @ lidar_to_ego)
         key_time = lidar_sd["timestamp"]
 
@@ -139,7 +130,7 @@ def build_index(
             """4x4 from the sensor frame of sample_data `sd` to this keyframe's LiDAR frame."""
             cs = nusc.get("calibrated_sensor", sd["calibrated_sensor_token"])
             pose = nusc.get("ego_pose", sd["ego_pose_token"])
-            sensor_to_global = _matrix(pose["translation"], pose["rotation"]) @ _matrix(
+            sensor_to_global = pose_matrix(pose["translation"], pose["rotation"]) @ pose_matrix(
                 cs["translation"], cs["rotation"]
             )
             return global_to_lidar @ sensor_to_global
@@ -188,7 +179,7 @@ def build_index(
             name = category_to_detection_name(ann["category_name"])
             if name is None:
                 continue
-            ann_to_global = _matrix(ann["translation"], ann["rotation"])
+            ann_to_global = pose_matrix(ann["translation"], ann["rotation"])
             ann_to_lidar = global_to_lidar @ ann_to_global
             heading = ann_to_lidar[:3, 0]
             velocity = nusc.box_velocity(ann_token)  # global frame, NaN when unknown

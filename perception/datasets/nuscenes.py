@@ -2,7 +2,7 @@
 
 A sample is one keyframe: the keyframe sweep plus `sweeps - 1` earlier sweeps merged into the
 keyframe LiDAR frame with a time-lag channel (sweeps older than `max_sweep_age` are not merged,
-see `perception.datasets.sweeps`), a clip of the `clip_frames` most recent frames
+see `perception.datasets.sensors`), a clip of the `clip_frames` most recent frames
 per camera (oldest first; padded by repeating the oldest frame at the start of a scene or
 before a frame older than `max_clip_frame_age`), all
 camera geometry as matrices to the LiDAR frame, and GT boxes in the LiDAR frame filtered the
@@ -23,10 +23,9 @@ from torch.utils.data import Dataset
 from ..structures import ATTRIBUTE_NAMES, CAMERA_NAMES, CLASS_NAMES, Boxes3D, Sample
 from .index import Index, default_index_path, load_index
 from .io import read_image, read_points
-from .sweeps import (
+from .sensors import (
     DEFAULT_MAX_CLIP_FRAME_AGE_S,
     DEFAULT_MAX_SWEEP_AGE_S,
-    EGO_RADIUS_M,
     fresh_clip_length,
     merge_sweeps,
     within_age,
@@ -46,7 +45,7 @@ EVAL_CLASS_RANGE: dict[str, float] = {
     "barrier": 30,
 }
 
-__all__ = ["EGO_RADIUS_M", "EVAL_CLASS_RANGE", "NuScenesDataset", "split_scene_names"]
+__all__ = ["EVAL_CLASS_RANGE", "NuScenesDataset", "split_scene_names"]
 
 Transform = Callable[[Sample, np.random.Generator], Sample]
 

@@ -18,6 +18,7 @@ import torch
 
 from ..config.schema import ImageAugConfig, LidarAugConfig
 from ..structures import Sample
+from .sensors import image_aug_matrix, in_range_mask
 
 
 def _rotation_z(angle: float) -> np.ndarray:
@@ -124,8 +125,13 @@ class ImageAug:
                 kept.append(np.where(above >= 1, rows / np.where(above >= 1, above, 1), np.nan))
         return kept[0], kept[1]
 
-    def _affine(self, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+    def affine(self, width: int, height: int, rng: np.random.Generator | None = None) -> np.ndarray:
+        """`[3, 3]` float64 pixel affine (input `(u, v, 1)` -> output pixel) for a `width` x
+        `height` image. Train mode draws from `rng` (required there); test mode draws nothing
+        and is deterministic (`sensors.TestTimeImageTransform`, the node's transform)."""
         cfg = self.config
+        if self.train and rng is None:
+            raise ValueError("ImageAug(train=True).affine needs a random generator")
         final_w, final_h = cfg.final_size
         if self.train:
             if cfg.resize_lim is not None:
@@ -166,7 +172,7 @@ class ImageAug:
         image_aug = sample.image_aug.clone()
         images = sample.images.numpy()
         for c in range(n):
-            m = self._affine(w, h, rng)
+            m = self.affine(w, h, rng)
             if bool(sample.camera_mask[c]) and (h, w) != (1, 1):
                 for j in range(t):
                     for k in range(3):  # plane by plane: each [H, W] plane is contiguous
@@ -177,10 +183,7 @@ class ImageAug:
                             dst=out[c, j, k],
                             flags=cv2.INTER_LINEAR,
                         )
-            m4 = np.eye(4)
-            m4[:2, :2] = m[:2, :2]
-            m4[:2, 3] = m[:2, 2]
-            image_aug[c] = torch.from_numpy(m4).float() @ image_aug[c]
+            image_aug[c] = torch.from_numpy(image_aug_matrix(m)).float() @ image_aug[c]
         return sample.replace(images=torch.from_numpy(out), image_aug=image_aug)
 
 
@@ -220,16 +223,14 @@ def apply_lidar_transform(sample: Sample, matrix: torch.Tensor) -> Sample:
 
 @dataclass(frozen=True)
 class PointsRangeFilter:
-    """Keeps points inside `point_range` (x_min, y_min, z_min, x_max, y_max, z_max)."""
+    """Keeps points inside `point_range` (x_min, y_min, z_min, x_max, y_max, z_max), half-open
+    (`sensors.in_range_mask`, the node's filter too)."""
 
     point_range: Sequence[float]
 
     def __call__(self, sample: Sample, rng: np.random.Generator) -> Sample:
-        lo = torch.tensor(self.point_range[:3])
-        hi = torch.tensor(self.point_range[3:])
-        xyz = sample.points[:, :3]
-        keep = ((xyz >= lo) & (xyz < hi)).all(dim=1)
-        return sample.replace(points=sample.points[keep])
+        keep = in_range_mask(sample.points.numpy(), self.point_range)
+        return sample.replace(points=sample.points[torch.from_numpy(keep)])
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..datasets.sensors import yaw_to_quaternion
 from ..structures import (
     ATTRIBUTE_NAMES,
     CLASS_NAMES,
@@ -97,11 +98,6 @@ def attribute_name_for(label: int, attribute: int) -> str:
         if name in VALID_ATTRIBUTES[class_name]:
             return name
     return DEFAULT_ATTRIBUTE[class_name]
-
-
-def yaw_to_quaternion(yaw: float) -> list[float]:
-    """A rotation of `yaw` rad about +z as a quaternion `[w, x, y, z]` (pyquaternion order)."""
-    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
 
 
 def detections_to_nuscenes(
@@ -179,7 +175,7 @@ def detections_to_nuscenes(
             "sample_token": token,
             "translation": center[i].tolist(),
             "size": boxes[i, 3:6].tolist(),
-            "rotation": yaw_to_quaternion(float(yaw[i])),
+            "rotation": list(yaw_to_quaternion(float(yaw[i]))),  # [w, x, y, z]
             "velocity": velocity[i].tolist(),
             "detection_name": CLASS_NAMES[labels[i]],
             "detection_score": float(scores[i]),

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from perception.datasets.sensors import quaternion_to_matrix
 from perception.deploy import convert, messages
 from perception.deploy.convert import StampedTransform
 from perception.structures import CLASS_NAMES, Boxes3D, Detections
@@ -51,7 +52,7 @@ def _jpeg(w: int = 64, h: int = 48) -> bytes:
 def _all_messages() -> dict[str, object]:
     k = np.array([[800.0, 0, 320], [0, 800, 240], [0, 0, 1]])
     pose = np.eye(4)
-    pose[:3, :3] = convert.quaternion_to_matrix(0.1, -0.2, 0.3, 0.9)
+    pose[:3, :3] = quaternion_to_matrix((0.9, 0.1, -0.2, 0.3))  # (w, x, y, z)
     pose[:3, 3] = (1500.0, 900.0, 0.5)
     det = _detections()
     return {
@@ -235,7 +236,7 @@ def test_tf_round_trip():
     for i in range(4):
         q = rng.normal(size=4)
         m = np.eye(4)
-        m[:3, :3] = convert.quaternion_to_matrix(*q)
+        m[:3, :3] = quaternion_to_matrix(q)
         m[:3, 3] = rng.normal(size=3) * 100
         transforms.append(StampedTransform("base_link", f"cam_{i}", STAMP + i, m))
     msg = convert.transforms_to_tf_message(transforms)

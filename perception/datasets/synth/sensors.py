@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from pyquaternion import Quaternion
 
+from perception.datasets.sensors import quaternion_to_matrix
 from perception.structures.classes import CAMERA_NAMES
 
 LIDAR = "LIDAR_TOP"
@@ -72,7 +73,7 @@ def _calibration(
         q = -q
     rotation = np.array(q.elements)
     return Calibration(
-        channel, translation, rotation, Quaternion(rotation).rotation_matrix, intrinsic, w, h
+        channel, translation, rotation, quaternion_to_matrix(rotation), intrinsic, w, h
     )
 
 

@@ -29,10 +29,10 @@ from typing import Any
 
 import cv2
 import numpy as np
-from pyquaternion import Quaternion
 from tqdm import tqdm
 
 from perception.datasets.checks import TABLES as NUSCENES_TABLES
+from perception.datasets.sensors import quaternion_to_matrix, yaw_to_quaternion
 from perception.datasets.synth.camera import CameraRenderer
 from perception.datasets.synth.catalog import (
     ATTRIBUTES,
@@ -170,8 +170,8 @@ def _scene_splits(version: str, scenes: int, val_scenes: int | None) -> list[tup
 # Geometry helpers
 # ---------------------------------------------------------------------------------------------
 def _yaw_quaternion(yaw: float) -> list[float]:
-    yaw = math.atan2(math.sin(yaw), math.cos(yaw))
-    return [math.cos(yaw / 2), 0.0, 0.0, math.sin(yaw / 2)]
+    """`[w, x, y, z]` of `yaw` wrapped to (-pi, pi] (so w >= 0), as a JSON table stores it."""
+    return list(yaw_to_quaternion(math.atan2(math.sin(yaw), math.cos(yaw))))
 
 
 def _points_in_boxes_count(
@@ -184,11 +184,11 @@ def _points_in_boxes_count(
     """num_lidar_pts exactly as the devkit counts it: the float32 cloud taken lidar -> ego ->
     global with LidarPointCloud.rotate/translate, then `points_in_box` per (centre, wlh, q)."""
     pc = np.ascontiguousarray(points[:, :4].T)  # [4, N] float32, as LidarPointCloud.points
-    pc[:3, :] = np.dot(Quaternion(cs.rotation.tolist()).rotation_matrix, pc[:3, :])
+    pc[:3, :] = np.dot(quaternion_to_matrix(cs.rotation.tolist()), pc[:3, :])
     translation = np.array(cs.translation.tolist())
     for i in range(3):
         pc[i, :] = pc[i, :] + translation[i]
-    pc[:3, :] = np.dot(Quaternion(pose_rotation).rotation_matrix, pc[:3, :])
+    pc[:3, :] = np.dot(quaternion_to_matrix(pose_rotation), pc[:3, :])
     translation = np.array(pose_translation)
     for i in range(3):
         pc[i, :] = pc[i, :] + translation[i]
@@ -203,7 +203,7 @@ def _points_in_boxes_count(
                 h / 2 * np.array([1, 1, -1, -1, 1, 1, -1, -1]),
             )
         )
-        corners = np.dot(Quaternion(rotation).rotation_matrix, corners)
+        corners = np.dot(quaternion_to_matrix(rotation), corners)
         x, y, z = np.array(centre)
         corners[0, :] = corners[0, :] + x
         corners[1, :] = corners[1, :] + y
@@ -418,7 +418,7 @@ def _generate_scene(job: _SceneJob) -> dict[str, Any]:
             ego_xy, ego_yaw, _ = layout.ego.state(layout.road, t)
             pose_translation = [float(ego_xy[0, 0]), float(ego_xy[0, 1]), 0.0]
             pose_rotation = _yaw_quaternion(float(ego_yaw[0]))
-            ego_rot = Quaternion(pose_rotation).rotation_matrix
+            ego_rot = quaternion_to_matrix(pose_rotation)
             sensor_to_global = ego_rot @ calib.rotation_matrix
             origin = np.array(pose_translation) + ego_rot @ calib.translation
             prisms = Prisms.concat([objects.prisms(layout.road, t), layout.clutter])

@@ -136,8 +136,8 @@ def test_tiny_config_on_800x450_is_the_old_absolute_crop(train):
     new = image_transform(load_config(TINY_CONFIG), train=train)
     old = image_transform(_old_tiny_config(), train=train)
     for seed in range(20):
-        m_new = new._affine(800, 450, np.random.default_rng(seed))
-        m_old = old._affine(800, 450, np.random.default_rng(seed))
+        m_new = new.affine(800, 450, np.random.default_rng(seed))
+        m_old = old.affine(800, 450, np.random.default_rng(seed))
         np.testing.assert_allclose(m_new, m_old, rtol=0, atol=1e-9)
 
 
@@ -250,7 +250,7 @@ def test_deprecated_absolute_keys_warn_and_still_work(overrides, key, replacemen
     with pytest.warns(FutureWarning, match=rf"{key} .*deprecated.*{replacement}"):
         config = parse_config({}, overrides)
     aug = image_transform(config, train="resize_lim" in key)
-    m = aug._affine(1600, 900, np.random.default_rng(0))
+    m = aug.affine(1600, 900, np.random.default_rng(0))
     if "resize_lim" in key:
         assert 0.3 <= m[1, 1] <= 0.34  # absolute, whatever the input size
     else:
