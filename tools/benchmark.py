@@ -6,20 +6,24 @@ python tools/benchmark.py jpeg [--quick] [--out F]
     (strict JPEG decoding, decode_image, against OpenCV's imdecode; full and half size)
 python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
-python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/accuracy_cpu.json]
-    (collects what tools/accuracy_benchmark.sh trained and tested; checks the targets)
-python tools/benchmark.py paste --runs outputs/paste [--out benchmarks/paste_cpu.json]
+python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/results/accuracy_cpu.json]
+    (collects what tools/accuracy_benchmark.sh trained and tested; judges the targets below)
+python tools/benchmark.py paste --runs outputs/paste [--out benchmarks/results/paste_cpu.json]
     (collects tools/paste_benchmark.sh's runs: rare-class AP and mAP per model x paste variant
     x seed, mean and spread over the seeds)
-python tools/benchmark.py generator --runs outputs/generator [--out benchmarks/generator_cpu.json]
+python tools/benchmark.py generator --runs outputs/generator [--out benchmarks/results/generator_cpu.json]
     (collects tools/generator_benchmark.sh's runs: HART vs its ablations and the diffusion
     baseline, issue #25's target checks)
-python tools/benchmark.py gan --runs outputs/gan [--out benchmarks/gan_cpu.json]
+python tools/benchmark.py gan --runs outputs/gan [--out benchmarks/results/gan_cpu.json]
     (collects tools/gan_benchmark.sh's runs: KID per N real crops x augment mode, spread)
 python tools/benchmark.py runs A.json B.json ... [--labels A B ...]
     (saved runs of one benchmark side by side: ms and ratio per run, median ratio)
-python tools/benchmark.py pairs benchmarks/accuracy_cpu*.json [--out benchmarks/accuracy_pairs.md]
+python tools/benchmark.py pairs benchmarks/results/accuracy_cpu*.json [--out benchmarks/results/accuracy_cpu_pairs.md]
     (every fused / LiDAR-only and camera T=2 / T=1 pair recorded, one table each)
+
+Every JSON written has one layout (benchmarks/results/README.md): date, machine, commit,
+config_hash, command, then the figures. The library (`perception.benchmarks`) measures and
+collects figures; the targets they are judged against live here, in this script.
 """
 
 from __future__ import annotations
@@ -30,12 +34,74 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from perception.cli import usage_error
 
 if TYPE_CHECKING:  # the benchmark modules import torch: only after the arguments are parsed
     from perception.benchmarks.common import BenchRow
+
+# The accuracy benchmark's targets (the issue's), judged on the figures the library collects.
+# Retired: "fusion beats LiDAR only at equal wall time" (both runs fitted to one time budget;
+# not met in any pair recorded, see BENCHMARKS.md): `pairs` still counts it, nothing judges it.
+TRAIN_BUDGET_MIN = 30.0
+TARGET_MAP, TARGET_NDS = 0.40, 0.45
+
+
+def accuracy_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """The accuracy targets, each with the numbers it was judged on (`met` None: a run is
+    missing). `runs`: variant -> its record (`perception.benchmarks.accuracy.read_run`)."""
+    checks: list[dict[str, Any]] = []
+
+    def add(name: str, met: bool | None, evidence: str) -> None:
+        checks.append({"target": name, "met": met, "evidence": evidence})
+
+    for v, r in runs.items():
+        add(
+            f"{v}: trained within {TRAIN_BUDGET_MIN:.0f} minutes",
+            r["train_minutes"] <= TRAIN_BUDGET_MIN,
+            f"{r['train_minutes']} min",
+        )
+    fused = runs.get("fused")
+    add(
+        f"fused mAP >= {TARGET_MAP} and NDS >= {TARGET_NDS}",
+        None if fused is None else fused["mAP"] >= TARGET_MAP and fused["NDS"] >= TARGET_NDS,
+        "" if fused is None else f"mAP {fused['mAP']:.3f}, NDS {fused['NDS']:.3f}",
+    )
+    # "trained the same way": only runs at the fused run's thread count are compared; losing to
+    # any of them is a "no", beating all is a "yes" only when both are there.
+    name = "fusion beats LiDAR only and camera only (NDS and mAP)"
+    if fused is None:
+        add(name, None, "no fused run")
+    else:
+        same = {v: runs[v] for v in ("lidar", "camera") if v in runs}
+        same = {v: r for v, r in same.items() if r.get("threads") == fused.get("threads")}
+        loses = [v for v, r in same.items() if fused["NDS"] <= r["NDS"] or fused["mAP"] <= r["mAP"]]
+        evidence = ", ".join(
+            f"{v} mAP {runs[v]['mAP']:.3f} NDS {runs[v]['NDS']:.3f} ({runs[v].get('threads')} thr)"
+            for v in ("fused", "lidar", "camera")
+            if v in runs
+        )
+        missing = [v for v in ("lidar", "camera") if v not in same]
+        if missing and not loses:
+            evidence += f"; no {' or '.join(missing)} run at the fused run's thread count"
+        add(name, False if loses else (None if missing else True), evidence)
+    t2, t1 = runs.get("camera"), runs.get("camera_t1")
+    add(
+        "camera only: TSM (T=2) lowers mAVE against T=1",
+        None
+        if t2 is None or t1 is None
+        else t2["tp_errors"]["vel_err"] < t1["tp_errors"]["vel_err"],
+        ""
+        if t2 is None or t1 is None
+        else f"mAVE {t2['tp_errors']['vel_err']:.3f} (T=2) vs {t1['tp_errors']['vel_err']:.3f} (T=1)",
+    )
+    return checks
+
+
+def _command(args: argparse.Namespace) -> str:
+    """This run's command line, as saved in its result."""
+    return "python tools/benchmark.py " + " ".join(sys.argv[1:] if args.argv is None else args.argv)
 
 
 def run_ops(args: argparse.Namespace) -> list[BenchRow]:
@@ -123,12 +189,19 @@ def run_node(args: argparse.Namespace) -> int:
         sequential_rate=args.sequential_rate,
         threads=args.threads,
     )
+    from perception.benchmarks.report import config_hash, provenance, with_provenance
+
+    header = provenance(_command(args), config_hash=config_hash(load_config(args.config)))
+    result = with_provenance(result, header)
     table = node.markdown(result)
     print(table)
-    out = Path(args.out or "benchmarks/node_cpu.json")
+    out = Path(args.out or "benchmarks/results/node_cpu.json")
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
-    out.with_suffix(".md").write_text(f"{result['machine']}\n\n{table}\n")
+    out.write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(
+        f"{result['date']}, {result['machine']}, commit {result['commit']}, config sha256 "
+        f"{result['config_hash']}\n\n`{result['command']}`\n\n{table}\n"
+    )
     print(f"wrote {out}")
     return 0
 
@@ -138,39 +211,40 @@ def run_accuracy(args: argparse.Namespace) -> int:
     from perception.benchmarks import accuracy
 
     try:
-        result = accuracy.collect(args.runs, conditions=args.conditions)
+        result = accuracy.collect(args.runs, conditions=args.conditions, command=_command(args))
     except ValueError as exc:
         print(f"benchmark accuracy: {exc}", file=sys.stderr)
         return 2
+    result["targets"] = accuracy_targets({r["variant"]: r for r in result["runs"]})
     print(accuracy.markdown(result))
-    print(f"wrote {accuracy.write(result, args.out or 'benchmarks/accuracy_cpu.json')}")
+    out = args.out or "benchmarks/results/accuracy_cpu.json"
+    print(f"wrote {accuracy.write(result, out)}")
     return 0
 
 
 def run_paste(args: argparse.Namespace) -> int:
     """Collects finished rare-class paste runs (`perception.benchmarks.paste`)."""
     from perception.benchmarks import paste
+    from perception.benchmarks.report import provenance, with_provenance
 
-    command = "python tools/benchmark.py " + " ".join(
-        sys.argv[1:] if args.argv is None else args.argv
-    )
+    command = _command(args)
     try:
         result = paste.collect(args.runs, command=command)
     except ValueError as exc:
         print(f"benchmark paste: {exc}", file=sys.stderr)
         return 2
+    result = with_provenance(result, provenance(command))  # config_hash: per run
     print(paste.markdown(result))
-    print(f"wrote {paste.write(result, args.out or 'benchmarks/paste_cpu.json')}")
+    print(f"wrote {paste.write(result, args.out or 'benchmarks/results/paste_cpu.json')}")
     return 0
 
 
 def run_generators(args: argparse.Namespace) -> int:
     """Collects finished generator or GAN benchmark runs (`perception.benchmarks.generator`)."""
     from perception.benchmarks import generator
+    from perception.benchmarks.report import provenance, with_provenance
 
-    command = "python tools/benchmark.py " + " ".join(
-        sys.argv[1:] if args.argv is None else args.argv
-    )
+    command = _command(args)
     if args.command == "generator":
         collect, markdown = generator.collect_generator, generator.generator_markdown
     else:
@@ -180,8 +254,9 @@ def run_generators(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"benchmark {args.command}: {exc}", file=sys.stderr)
         return 2
+    result = with_provenance(result, provenance(command))
     print(markdown(result))
-    out = args.out or f"benchmarks/{args.command}_cpu.json"
+    out = args.out or f"benchmarks/results/{args.command}_cpu.json"
     print(f"wrote {generator.write(result, out, markdown)}")
     return 0
 
@@ -296,8 +371,23 @@ def main(argv: list[str] | None = None) -> int:
         return usage_error(exc)
     print(markdown_table(rows))
     if args.out:
-        print(f"wrote {write_report(rows, args.out, device)}")
+        hashes, extra = _config_hashes(args), {}
+        if len(hashes) > 1:  # several configs in one result: the hash of each, by path
+            extra["config_hashes"] = hashes
+        one = next(iter(hashes.values())) if len(hashes) == 1 else None
+        written = write_report(
+            rows, args.out, device, command=_command(args), config_hash=one, extra=extra
+        )
+        print(f"wrote {written}")
     return 0
+
+
+def _config_hashes(args: argparse.Namespace) -> dict[str, str]:
+    """sha256 of each resolved config the run measured (`model --config`), by path."""
+    from perception.benchmarks.report import config_hash
+    from perception.config import load_config
+
+    return {c: config_hash(load_config(c)) for c in getattr(args, "config", None) or []}
 
 
 if __name__ == "__main__":

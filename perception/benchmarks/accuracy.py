@@ -2,13 +2,14 @@
 
 The script leaves, per variant, `OUT/<variant>/train_time.json` (wall seconds, steps, the train
 command) and `OUT/<variant>/test/metrics.json` (`tools/test.py`: official devkit summary). This
-module reads them back, checks the issue's targets on the numbers read, and writes
-`benchmarks/accuracy_cpu.json` plus a Markdown table beside it: nothing is copied by hand.
+module reads them back and writes `benchmarks/results/accuracy_cpu*.json` plus a Markdown table
+beside it: nothing is copied by hand. It returns figures only: the targets they are judged
+against live with the benchmark script (`tools/benchmark.py`), which adds its verdicts as the
+result's ``targets`` before writing.
 """
 
 from __future__ import annotations
 
-import datetime
 import json
 import re
 from pathlib import Path
@@ -16,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from .report import machine_description
+from .report import file_hash, provenance, with_provenance
 
 VARIANTS: dict[str, str] = {
     "fused": "fused (`bevfusion_tiny`, cameras T=1)",
@@ -25,8 +26,6 @@ VARIANTS: dict[str, str] = {
     "camera_t1": "camera only, T=1, TSM off",
 }
 TP_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
-TRAIN_BUDGET_MIN = 30.0
-TARGET_MAP, TARGET_NDS = 0.40, 0.45
 # the world tools/accuracy_benchmark.sh trains on by default (30 scenes, seed 1)
 DEFAULT_TRAIN_WORLD = "synth-train"
 
@@ -64,6 +63,8 @@ def read_run(work: Path) -> dict[str, Any]:
     return {
         "variant": timing["variant"],
         "train_command": command,
+        # sha256 of the run's saved resolved config (None: runs from before the trainer saved it)
+        "config_hash": file_hash(work / "config.yaml"),
         # training threads (the accuracy script's modes: 1 = two runs side by side, 2 = alone)
         "threads": int(threads.group(1)) if threads else None,
         "steps": timing["steps"],
@@ -94,56 +95,6 @@ def read_run(work: Path) -> dict[str, Any]:
         },
         "test_world": metrics["evaluated"]["root"],
     }
-
-
-def check_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's targets, each with the numbers it was judged on (None: a run is missing)."""
-    checks: list[dict[str, Any]] = []
-
-    def add(name: str, met: bool | None, evidence: str) -> None:
-        checks.append({"target": name, "met": met, "evidence": evidence})
-
-    for v, r in runs.items():
-        add(
-            f"{v}: trained within {TRAIN_BUDGET_MIN:.0f} minutes",
-            r["train_minutes"] <= TRAIN_BUDGET_MIN,
-            f"{r['train_minutes']} min",
-        )
-    fused = runs.get("fused")
-    add(
-        f"fused mAP >= {TARGET_MAP} and NDS >= {TARGET_NDS}",
-        None if fused is None else fused["mAP"] >= TARGET_MAP and fused["NDS"] >= TARGET_NDS,
-        "" if fused is None else f"mAP {fused['mAP']:.3f}, NDS {fused['NDS']:.3f}",
-    )
-    # "trained the same way": only runs at the fused run's thread count are compared; losing to
-    # any of them is a "no", beating all is a "yes" only when both are there.
-    name = "fusion beats LiDAR only and camera only (NDS and mAP)"
-    if fused is None:
-        add(name, None, "no fused run")
-    else:
-        same = {v: runs[v] for v in ("lidar", "camera") if v in runs}
-        same = {v: r for v, r in same.items() if r.get("threads") == fused.get("threads")}
-        loses = [v for v, r in same.items() if fused["NDS"] <= r["NDS"] or fused["mAP"] <= r["mAP"]]
-        evidence = ", ".join(
-            f"{v} mAP {runs[v]['mAP']:.3f} NDS {runs[v]['NDS']:.3f} ({runs[v].get('threads')} thr)"
-            for v in ("fused", "lidar", "camera")
-            if v in runs
-        )
-        missing = [v for v in ("lidar", "camera") if v not in same]
-        if missing and not loses:
-            evidence += f"; no {' or '.join(missing)} run at the fused run's thread count"
-        add(name, False if loses else (None if missing else True), evidence)
-    t2, t1 = runs.get("camera"), runs.get("camera_t1")
-    add(
-        "camera only: TSM (T=2) lowers mAVE against T=1",
-        None
-        if t2 is None or t1 is None
-        else t2["tp_errors"]["vel_err"] < t1["tp_errors"]["vel_err"],
-        ""
-        if t2 is None or t1 is None
-        else f"mAVE {t2['tp_errors']['vel_err']:.3f} (T=2) vs {t1['tp_errors']['vel_err']:.3f} (T=1)",
-    )
-    return checks
 
 
 def _label(run: dict[str, Any]) -> str:
@@ -197,15 +148,20 @@ def markdown(result: dict[str, Any]) -> str:
             + " | ".join(f"{r['per_class_ap'][c]:.3f}" for c in classes)
             + " |"
         )
-    lines += ["", "| target | met | on |", "|---|---|---|"]
-    for c in result["targets"]:
-        met = {True: "yes", False: "**no**", None: "not run"}[c["met"]]
-        lines.append(f"| {c['target']} | {met} | {c['evidence']} |")
+    if result.get("targets"):  # the verdicts tools/benchmark.py added
+        lines += ["", "| target | met | on |", "|---|---|---|"]
+        for c in result["targets"]:
+            met = {True: "yes", False: "**no**", None: "not run"}[c["met"]]
+            lines.append(f"| {c['target']} | {met} | {c['evidence']} |")
     return "\n".join(lines)
 
 
-def collect(runs_dir: str | Path, *, conditions: str = "") -> dict[str, Any]:
-    """Every variant found under `runs_dir`, in `VARIANTS` order, with the target checks."""
+def collect(
+    runs_dir: str | Path, *, conditions: str = "", command: str | None = None
+) -> dict[str, Any]:
+    """Every variant found under `runs_dir`, in `VARIANTS` order: the one result layout
+    (`report.provenance`'s keys; ``config_hash`` per run, as each run saved its own config),
+    then ``conditions`` and ``runs``. No verdicts: `tools/benchmark.py` judges."""
     runs_dir = Path(runs_dir)
     runs = {
         v: read_run(runs_dir / v)
@@ -215,21 +171,18 @@ def collect(runs_dir: str | Path, *, conditions: str = "") -> dict[str, Any]:
     }
     if not runs:
         raise ValueError(f"{runs_dir}: no finished variant (train_time.json + test/metrics.json)")
-    return {
-        "date": datetime.date.today().isoformat(),
-        "machine": machine_description(),
-        "conditions": conditions,
-        "runs": list(runs.values()),
-        "targets": check_targets(runs),
-    }
+    return with_provenance(
+        {"conditions": conditions, "runs": list(runs.values())}, provenance(command)
+    )
 
 
 def write(result: dict[str, Any], out: str | Path) -> Path:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1))
+    out.write_text(json.dumps(result, indent=1) + "\n")
     out.with_suffix(".md").write_text(
-        f"{result['date']}, {result['machine']}\n\n{result['conditions']}\n\n{markdown(result)}\n"
+        f"{result['date']}, {result['machine']}, commit {result.get('commit')}\n\n"
+        f"`{result.get('command')}`\n\n{result['conditions']}\n\n{markdown(result)}\n"
     )
     return out
 

@@ -58,6 +58,9 @@ def test_paste_collects_runs_with_the_spread_over_seeds(tmp_path, capsys):
     assert none["mAP"]["mean"] == pytest.approx(0.51)
     assert result["summary"][1]["bicycle"]["std"] is None  # one seed: no spread claimed
     assert result["machine"] and result["command"].startswith("python tools/benchmark.py paste")
+    # the one result layout (benchmarks/results/README.md); configs are per run
+    assert list(result)[:5] == ["date", "machine", "commit", "config_hash", "command"]
+    assert result["config_hash"] is None and first["config_hash"] is None  # no config.yaml
     assert result["runs"][0]["commit"] == "abc1234"
     table = out.with_suffix(".md").read_text()
     assert (
