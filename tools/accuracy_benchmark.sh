@@ -32,7 +32,7 @@
 # ImageNet- or nuImages-pretrained backbone's are not). FREEZE_ENCODER=1 (with PRETRAINED) also
 # keeps that encoder frozen (train.freeze_prefixes): no backward through it, a cheaper step.
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
-# benchmarks/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
+# benchmarks/results/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
@@ -120,4 +120,4 @@ for variant in "${VARIANTS[@]}"; do
         --out "$work/test" --no-progress \
         "${TEST_WORLD[@]}" "${extra[@]}" "${EXTRA_SET[@]}"
 done
-echo "collect: $PY tools/benchmark.py accuracy --runs $OUT --out benchmarks/accuracy_cpu.json"
+echo "collect: $PY tools/benchmark.py accuracy --runs $OUT --out benchmarks/results/accuracy_cpu.json"

@@ -17,7 +17,7 @@
 #
 # Runs go to OUT/n<N>/<mode>/seed<S>/ (the work dir, train_time.json, eval.json,
 # eval_best.json); a run whose eval.json exists is skipped, a started run resumes. Then
-#   python tools/benchmark.py gan --runs OUT --out benchmarks/gan_cpu.json
+#   python tools/benchmark.py gan --runs OUT --out benchmarks/results/gan_cpu.json
 # Environment:
 #   SEEDS="0 1"  N100_SEEDS="0 1 2"  N_VALUES="100 500 2000 all"  MODES="none both reals_only"
 #   STEPS (train.steps, default the config's 5000), KID_EVERY (default the config's 500),
@@ -126,4 +126,4 @@ for n in $N_VALUES; do
         done
     done
 done
-echo "collect: $PY tools/benchmark.py gan --runs $OUT --out benchmarks/gan_cpu.json"
+echo "collect: $PY tools/benchmark.py gan --runs $OUT --out benchmarks/results/gan_cpu.json"

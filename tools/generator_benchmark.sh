@@ -27,7 +27,7 @@
 # whose eval.json exists is skipped, a run with a work dir but no train_time.json resumes
 # (tools/train_generator.py --resume), so an interrupted benchmark continues where it stopped.
 # Then
-#   python tools/benchmark.py generator --runs OUT --out benchmarks/generator_cpu.json
+#   python tools/benchmark.py generator --runs OUT --out benchmarks/results/generator_cpu.json
 # writes the tables and the target checks. Environment:
 #   SEEDS="0 1 2"      HART seeds (the residual-head target asks three)
 #   TRAIN_BANK         training bank (default DATA/synth-train-rare-bank-train, built as
@@ -225,4 +225,4 @@ for k, v in yaml.safe_load(open(sys.argv[1]))["data"].items():
         evaluate "$work" --no-residual
     done
 done
-echo "collect: $PY tools/benchmark.py generator --runs $OUT --out benchmarks/generator_cpu.json"
+echo "collect: $PY tools/benchmark.py generator --runs $OUT --out benchmarks/results/generator_cpu.json"

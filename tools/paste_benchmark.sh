@@ -11,7 +11,7 @@
 # Runs go to OUT/<model>/<paste>/seed<S>/ (train_time.json, log.jsonl with the paste's counts,
 # test/metrics.json); a run whose test/metrics.json exists is skipped, so an interrupted
 # benchmark continues where it stopped. Then
-#   python tools/benchmark.py paste --runs OUT --out benchmarks/paste_cpu.json
+#   python tools/benchmark.py paste --runs OUT --out benchmarks/results/paste_cpu.json
 # collects them (rare-class AP, mAP, spread over seeds). Environment:
 #   SEEDS="0 1"     seeds (weights and data order) per model x variant
 #   VARIANTS="none lidar multimodal"
@@ -142,4 +142,4 @@ for model in "${MODELS[@]}"; do
         done
     done
 done
-echo "collect: $PY tools/benchmark.py paste --runs $OUT --out benchmarks/paste_cpu.json"
+echo "collect: $PY tools/benchmark.py paste --runs $OUT --out benchmarks/results/paste_cpu.json"

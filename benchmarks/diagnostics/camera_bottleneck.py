@@ -1,7 +1,7 @@
 """Where the camera-only model's learning is slow: short runs with oracle inputs.
 
 The camera-only tiny model's summed heatmap loss stays near 11-14 for thousands of steps where
-the LiDAR-only model's falls to ~5 in a few hundred (BENCHMARKS.md, "Camera only"). This trains
+the LiDAR-only model's falls to ~5 in a few hundred (benchmarks/HISTORY.md, "Camera only"). This trains
 the camera-only model for a few hundred steps with the view transform's depth net given more and
 more of the answer, beside the LiDAR-only model, and prints the heatmap loss along the way:
 

@@ -1,6 +1,6 @@
 """How many of devoxelization's 8 neighbour entries per point fall on the padding row (missing
-voxels) in the point<->voxel benchmark's scene: the figure BENCHMARKS.md's GPU section quotes for
-the triton scatter's slow backward.
+voxels) in the point<->voxel benchmark's scene: the figure benchmarks/HISTORY.md's GPU section
+quotes for the triton scatter's slow backward.
 
     PYTHONPATH=. .venv/bin/python benchmarks/diagnostics/devox_padding.py
 """
