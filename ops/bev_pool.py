@@ -45,7 +45,7 @@ import torch
 from . import _triton
 from ._autocast import float32_under_autocast
 from ._geometry import as_grid, check_float_tensor, check_int_tensor
-from ._numba_threads import size_numba_pool
+from ._impl import Impl, ImplTrace, check_impl, record, unavailable
 
 __all__ = [
     "BEVPoolPlan",
@@ -318,7 +318,6 @@ def _bev_to_cells(grad: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def _numba_kernels() -> ModuleType | None:
     """:mod:`._bev_pool_numba`, or None where numba is not importable (imported on first use)."""
-    size_numba_pool()
     try:
         from . import _bev_pool_numba
     except ImportError:
@@ -333,35 +332,37 @@ def _numba_importable() -> bool:
     return _numba_kernels() is not None
 
 
-POOL_IMPLS = ("numba", "csr", "triton")
+IMPLS = ("auto", "torch", "numba", "triton", "reference")
+"""The values ``impl=`` of :func:`bev_pool` accepts; :func:`bev_pool_depth` takes all but
+"reference" (its plan does not keep the coordinates the reference needs)."""
 
 
-def _choose_pool_impl(feats: torch.Tensor, impl: str | None) -> str:
-    """``"numba"`` for float32/float64 CPU features where numba is importable, ``"triton"`` for
-    CUDA features where triton is importable, else ``"csr"`` (device-generic); a forced
-    ``impl`` is checked against what the features allow (``"triton"`` runs on CPU tensors only
-    under ``TRITON_INTERPRET=1``, for the tests)."""
+def _choose_pool_impl(op: str, feats: torch.Tensor, impl: str, allowed: tuple[str, ...]) -> str:
+    """The path ``impl`` resolves to for ``feats``: ``"auto"`` takes numba for float32/float64
+    CPU features where numba is importable, triton for CUDA features where it is importable,
+    else torch (torch's CSR product, device-generic); an explicit ``impl`` that cannot run
+    raises :class:`._impl.ImplUnavailable` (``"triton"`` runs on CPU tensors only under
+    ``TRITON_INTERPRET=1``, for the tests)."""
+    check_impl(op, impl, allowed)
     numba_ok = (
         feats.device.type == "cpu"
         and feats.dtype in (torch.float32, torch.float64)
         and _numba_importable()
     )
-    if impl is None:
+    if impl == "auto":
         if numba_ok:
             return "numba"
-        return "triton" if feats.device.type == "cuda" and _triton.available(feats) else "csr"
-    if impl not in POOL_IMPLS:
-        raise ValueError(f"impl must be one of {POOL_IMPLS} or None, got {impl!r}")
+        return "triton" if feats.device.type == "cuda" and _triton.available(feats) else "torch"
     if impl == "numba" and not numba_ok:
-        raise ValueError(
-            f"impl='numba' needs float32/float64 CPU features and numba, got {feats.dtype} "
+        raise unavailable(
+            op, impl, f"it needs float32/float64 CPU features and numba, got {feats.dtype} "
             f"on {feats.device}"
-        )
+        )  # fmt: skip
     if impl == "triton" and not _triton.available(feats):
-        raise ValueError(
-            f"impl='triton' needs triton and CUDA features (or TRITON_INTERPRET=1), got "
+        raise unavailable(
+            op, impl, f"it needs triton and CUDA features (or TRITON_INTERPRET=1), got "
             f"{feats.device}"
-        )
+        )  # fmt: skip
     return impl
 
 
@@ -377,7 +378,7 @@ def _bev_pool_csr(
     impl: str,
 ) -> torch.Tensor:
     """``feats [N, C]`` -> ``[B, C, Z, X, Y]``: CSR (cells x points, ones) @ feats (``impl``
-    "csr": torch's sparse product; ``"triton"``: :func:`._triton.csr_spmm`), or the same sums by
+    "torch": torch's sparse product; ``"triton"``: :func:`._triton.csr_spmm`), or the same sums by
     a point-order scatter partitioned by cell (``"numba"``, :mod:`._bev_pool_numba`)."""
     n, c = feats.shape
     num_cells = cell_offsets.shape[0] - 1
@@ -602,7 +603,9 @@ def bev_pool(
     batch_size: int,
     grid: Sequence[int],
     plan: BEVPoolPlan | None = None,
-    impl: str | None = None,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> torch.Tensor:
     """Sums point features into a dense BEV grid.
 
@@ -616,14 +619,17 @@ def bev_pool(
         plan: a plan from :func:`build_bev_pool_plan` (or a :class:`BEVPoolPlanCache`) for
             these coords; built here when None.
         impl: ``"numba"`` (CPU, float32/float64, numba importable: a point-order scatter
-            partitioned by cell), ``"csr"`` (torch's CSR sparse product, any device),
-            ``"triton"`` (:func:`._triton.csr_spmm`, CUDA) or None (numba on CPU, triton on
-            CUDA where importable, else csr). numba and triton sum each cell's points in input
-            order.
+            partitioned by cell), ``"torch"`` (torch's CSR sparse product, any device),
+            ``"triton"`` (:func:`._triton.csr_spmm`, CUDA), ``"reference"``
+            (:func:`.bev_pool_reference.bev_pool_index_add`; needs ``coords``) or ``"auto"``
+            (numba on CPU, triton on CUDA where importable, else torch). numba and triton sum
+            each cell's points in input order.
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
-        ``[B, C, Z, X, Y]`` (dtype of ``feats``, channels-last-3d memory format), each cell the
-        sum of its points' features, zeros where no point falls. Differentiable in ``feats``.
+        ``[B, C, Z, X, Y]`` (dtype of ``feats``, channels-last-3d memory format but for the
+        reference), each cell the sum of its points' features, zeros where no point falls.
+        Differentiable in ``feats``.
     """
     check_float_tensor(feats, "feats")
     if feats.dim() != 2:
@@ -643,14 +649,26 @@ def bev_pool(
         )
     if feats.device != plan.device:
         raise ValueError(f"feats is on {feats.device}, the plan on {plan.device}")
+    path = record(trace, "bev_pool", _choose_pool_impl("bev_pool", feats, impl, IMPLS))
+    if path == "reference":
+        if coords is None:
+            raise unavailable("bev_pool", path, "the reference needs coords, not only a plan")
+        from .bev_pool_reference import bev_pool_index_add
+
+        return bev_pool_index_add(feats, coords, batch_size, grid)
     return _bev_pool_csr(
         feats, plan.cell_offsets, plan.point_index, plan.point_rows, plan.point_cell,
-        plan.batch_size, list(plan.grid), _choose_pool_impl(feats, impl),
+        plan.batch_size, list(plan.grid), path,
     )  # fmt: skip
 
 
 def bev_pool_depth(
-    depth: torch.Tensor, context: torch.Tensor, plan: BEVPoolPlan, impl: str | None = None
+    depth: torch.Tensor,
+    context: torch.Tensor,
+    plan: BEVPoolPlan,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> torch.Tensor:
     """Fused lift-and-pool (BEVPoolv2): ``bev_pool(depth[:, :, None] * context[:, None])``
     without building the ``[Ncam * D * H * W, C]`` frustum features.
@@ -661,9 +679,12 @@ def bev_pool_depth(
         context: ``[Ncam, C, H, W]`` float, per-pixel context features (same dtype).
         plan: built from the frustum cell coordinates ``[Ncam, D, H, W, 4]``
             ``(batch, z, x, y)`` (:func:`build_bev_pool_plan`).
-        impl: ``"numba"`` (CPU, float32/float64: :mod:`._bev_pool_numba`), ``"csr"`` (torch's
-            sparse products, any device), ``"triton"`` (the kernels of :mod:`._triton`: CUDA)
-            or None (numba on CPU, triton on CUDA where importable, else csr).
+        impl: ``"numba"`` (CPU, float32/float64: :mod:`._bev_pool_numba`), ``"torch"``
+            (torch's sparse products, any device), ``"triton"`` (the kernels of
+            :mod:`._triton`: CUDA) or ``"auto"`` (numba on CPU, triton on CUDA where
+            importable, else torch). The reference is
+            :func:`.bev_pool_reference.bev_pool_depth_reference` (it takes the coordinates).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         ``[B, C, Z, X, Y]`` (channels-last-3d memory format); differentiable in both
@@ -688,10 +709,11 @@ def bev_pool_depth(
         )
     if depth.device != plan.device or context.device != plan.device:
         raise ValueError(f"depth/context must be on the plan's device {plan.device}")
+    path = _choose_pool_impl("bev_pool_depth", context, impl, IMPLS[:-1])
+    record(trace, "bev_pool_depth", path)
     return _bev_pool_depth_csr(
-        depth, context, *plan.fused_indices(), plan.batch_size, list(plan.grid),
-        _choose_pool_impl(context, impl),
-    )  # fmt: skip
+        depth, context, *plan.fused_indices(), plan.batch_size, list(plan.grid), path
+    )
 
 
 def _check_plan(plan: BEVPoolPlan, batch_size: int, grid: Sequence[int]) -> None:

@@ -18,6 +18,11 @@ The greedy pass runs on the host over the boolean overlap matrix, as torchvision
 does with its bit mask. ``bev_iou`` is the
 ``perception::bev_iou`` custom op (a device kernel can be registered on it). The shapely
 reference is :mod:`perception.ops.nms_reference`.
+
+``impl=`` (the vocabulary of :mod:`perception.ops._impl`): the rotated ops take ``"torch"`` (the
+clipping above), ``"triton"`` (the intersection kernel), ``"reference"`` (shapely) or
+``"auto"`` (triton for CUDA boxes where it is importable, else torch); circle NMS, one
+vectorized path, takes ``"torch"``, ``"reference"`` or ``"auto"`` (torch).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import torch
 from . import _triton
 from ._autocast import float32_under_autocast
 from ._geometry import check_float_tensor, check_int_tensor
+from ._impl import Impl, ImplTrace, check_impl, record, unavailable
 
 __all__ = [
     "batched_circle_nms",
@@ -121,23 +127,32 @@ def _intersection_area(poly: torch.Tensor, clip: torch.Tensor) -> torch.Tensor:
     return area.clamp(min=0)
 
 
-IOU_IMPLS = ("torch", "triton")
+IMPLS = ("auto", "torch", "triton", "reference")
+"""The values ``impl=`` of the rotated-box ops accepts."""
+CIRCLE_IMPLS = ("auto", "torch", "reference")
+"""The values ``impl=`` of the circle NMS ops accepts."""
 
 
-def _pair_iou(a: torch.Tensor, b: torch.Tensor, *, impl: str | None = None) -> torch.Tensor:
+def _choose_impl(op: str, boxes: torch.Tensor, impl: str) -> str:
+    """The path ``impl`` resolves to for ``boxes`` (see the module docstring); an explicit
+    ``"triton"`` that cannot run raises :class:`._impl.ImplUnavailable`."""
+    check_impl(op, impl, IMPLS)
+    if impl == "auto":
+        return "triton" if boxes.device.type == "cuda" and _triton.available(boxes) else "torch"
+    if impl == "triton" and not _triton.available(boxes):
+        raise unavailable(
+            op, impl, f"it needs CUDA boxes and triton (or TRITON_INTERPRET=1), got {boxes.device}"
+        )
+    return impl
+
+
+def _pair_iou(a: torch.Tensor, b: torch.Tensor, impl: str) -> torch.Tensor:
     """Elementwise BEV IoU of ``a [P, 5]`` and ``b [P, 5]`` -> ``[P]``.
 
-    ``impl``: "torch" (the vectorized clipping above, any device), "triton"
-    (:func:`._triton.intersection_area`: CUDA, or CPU under triton's interpreter) or None:
-    triton for CUDA boxes where it is importable, else torch.
+    ``impl``: "torch" (the vectorized clipping above, any device) or "triton"
+    (:func:`._triton.intersection_area`: CUDA, or CPU under triton's interpreter).
     """
-    if impl is None:
-        impl = "triton" if a.device.type == "cuda" and _triton.available(a) else "torch"
-    elif impl not in IOU_IMPLS or (impl == "triton" and not _triton.available(a)):
-        raise ValueError(
-            f"impl must be one of {IOU_IMPLS} (triton: CUDA boxes with triton importable, or "
-            f"TRITON_INTERPRET=1), got {impl!r} for {a.device.type} boxes"
-        )
+    check_impl("_pair_iou", impl, ("torch", "triton"))
     area = _triton.intersection_area if impl == "triton" else _intersection_area
     if a.shape[0] == 0:
         return a.new_zeros(0)
@@ -155,9 +170,9 @@ def _pair_iou(a: torch.Tensor, b: torch.Tensor, *, impl: str | None = None) -> t
 
 
 @torch.library.custom_op("perception::bev_iou", mutates_args=())
-def _bev_iou_op(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+def _bev_iou_op(boxes_a: torch.Tensor, boxes_b: torch.Tensor, impl: str) -> torch.Tensor:
     """``[N, 5]``, ``[M, 5]`` -> ``[N, M]``; only pairs whose circumscribed circles meet are
-    clipped, the rest are exactly 0."""
+    clipped (by ``impl``, "torch" or "triton"), the rest are exactly 0."""
     n, m = boxes_a.shape[0], boxes_b.shape[0]
     out = boxes_a.new_zeros(n, m)
     if n == 0 or m == 0:
@@ -169,20 +184,28 @@ def _bev_iou_op(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
         <= radius_a[:, None] + radius_b[None]
     )
     i, j = torch.nonzero(near, as_tuple=True)
-    out[i, j] = _pair_iou(boxes_a.index_select(0, i), boxes_b.index_select(0, j))
+    out[i, j] = _pair_iou(boxes_a.index_select(0, i), boxes_b.index_select(0, j), impl)
     return out
 
 
 @_bev_iou_op.register_fake
-def _(boxes_a, boxes_b):
+def _(boxes_a, boxes_b, impl):
     return boxes_a.new_empty(boxes_a.shape[0], boxes_b.shape[0])
 
 
-def bev_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
+def bev_iou(
+    boxes_a: torch.Tensor,
+    boxes_b: torch.Tensor,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
+) -> torch.Tensor:
     """Pairwise BEV (rotated rectangle) IoU.
 
     Args:
         boxes_a: ``[N, 5]`` float ``(x, y, w, l, yaw)``; boxes_b: ``[M, 5]``, same dtype.
+        impl: one of :data:`IMPLS` (see the module docstring).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         ``[N, M]`` IoU in ``[0, 1]`` (dtype of the boxes). Zero-area boxes give IoU 0.
@@ -193,7 +216,12 @@ def bev_iou(boxes_a: torch.Tensor, boxes_b: torch.Tensor) -> torch.Tensor:
         raise ValueError(
             f"boxes_a and boxes_b must share a dtype, got {boxes_a.dtype}, {boxes_b.dtype}"
         )
-    return _bev_iou_op(boxes_a, boxes_b)
+    path = record(trace, "bev_iou", _choose_impl("bev_iou", boxes_a, impl))
+    if path == "reference":
+        from .nms_reference import bev_iou_reference
+
+        return bev_iou_reference(boxes_a, boxes_b).to(boxes_a.device)
+    return _bev_iou_op(boxes_a, boxes_b, path)
 
 
 def _greedy(order: torch.Tensor, overlap: torch.Tensor) -> torch.Tensor:
@@ -216,8 +244,17 @@ def _sorted(scores: torch.Tensor) -> torch.Tensor:
 
 
 def _nms_bev(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, iou_threshold: float
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor | None,
+    iou_threshold: float,
+    impl: str,
 ) -> torch.Tensor:
+    """Greedy rotated NMS by the path ``impl`` ("torch", "triton" or "reference")."""
+    if impl == "reference":
+        from .nms_reference import nms_bev_reference
+
+        return nms_bev_reference(boxes, scores, iou_threshold, idxs).to(boxes.device)
     n = boxes.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.int64, device=boxes.device)
@@ -232,44 +269,70 @@ def _nms_bev(
         g = idxs.index_select(0, order)
         cand &= g[:, None] == g[None]
     i, j = torch.nonzero(cand, as_tuple=True)
-    iou = _pair_iou(b.index_select(0, i), b.index_select(0, j))
+    iou = _pair_iou(b.index_select(0, i), b.index_select(0, j), impl)
     overlap = torch.zeros(n, n, dtype=torch.bool, device=boxes.device)
     overlap[i, j] = iou > iou_threshold
     return _greedy(order, overlap)
 
 
-def nms_bev(boxes: torch.Tensor, scores: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+def nms_bev(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    iou_threshold: float,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
+) -> torch.Tensor:
     """Rotated-box NMS in BEV.
 
     Args:
         boxes: ``[N, 5]`` float ``(x, y, w, l, yaw)`` (metres, radians).
         scores: ``[N]`` float.
         iou_threshold: suppress boxes whose IoU with a kept, higher-scored box is above this.
+        impl: one of :data:`IMPLS` (see the module docstring).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         ``[K]`` int64 indices of the kept boxes, by descending score.
     """
     _check_boxes(boxes, "boxes")
     _check_scores(scores, boxes.shape[0])
-    return _nms_bev(boxes, scores, None, float(iou_threshold))
+    path = record(trace, "nms_bev", _choose_impl("nms_bev", boxes, impl))
+    return _nms_bev(boxes, scores, None, float(iou_threshold), path)
 
 
 def batched_nms_bev(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, iou_threshold: float
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    iou_threshold: float,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> torch.Tensor:
     """:func:`nms_bev` per group: boxes with different ``idxs [N]`` int (sample or class)
-    never suppress each other. Returns ``[K]`` int64 kept indices by descending score."""
+    never suppress each other. Returns ``[K]`` int64 kept indices by descending score.
+    ``impl``, ``trace``: as :func:`nms_bev`."""
     _check_boxes(boxes, "boxes")
     _check_scores(scores, boxes.shape[0])
     _check_idxs(idxs, boxes.shape[0])
-    return _nms_bev(boxes, scores, idxs, float(iou_threshold))
+    path = record(trace, "batched_nms_bev", _choose_impl("batched_nms_bev", boxes, impl))
+    return _nms_bev(boxes, scores, idxs, float(iou_threshold), path)
 
 
 def _circle_nms(
-    centers: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor | None, radius: float
+    centers: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor | None,
+    radius: float,
+    impl: str,
 ) -> torch.Tensor:
     if not radius >= 0:
         raise ValueError(f"radius must be >= 0, got {radius!r}")
+    if impl == "reference":
+        from .nms_reference import circle_nms_reference
+
+        return circle_nms_reference(centers, scores, radius, idxs).to(centers.device)
     n = centers.shape[0]
     if n == 0:
         return torch.zeros(0, dtype=torch.int64, device=centers.device)
@@ -289,7 +352,19 @@ def _check_centers(centers: torch.Tensor) -> None:
         raise ValueError(f"centers must be [N, 2] (x, y), got {tuple(centers.shape)}")
 
 
-def circle_nms(centers: torch.Tensor, scores: torch.Tensor, radius: float) -> torch.Tensor:
+def _choose_circle_impl(op: str, impl: str) -> str:
+    check_impl(op, impl, CIRCLE_IMPLS)
+    return "torch" if impl == "auto" else impl
+
+
+def circle_nms(
+    centers: torch.Tensor,
+    scores: torch.Tensor,
+    radius: float,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
+) -> torch.Tensor:
     """CenterPoint's circle NMS: suppress centres within ``radius`` of a kept, higher one.
 
     Args:
@@ -298,23 +373,34 @@ def circle_nms(centers: torch.Tensor, scores: torch.Tensor, radius: float) -> to
         radius: metres; a centre at distance ``<= radius`` is suppressed. CenterPoint's
             ``min_radius`` settings are compared with the *squared* distance: pass
             ``sqrt(min_radius)`` to reproduce them.
+        impl: one of :data:`CIRCLE_IMPLS` (see the module docstring).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         ``[K]`` int64 kept indices by descending score.
     """
     _check_centers(centers)
     _check_scores(scores, centers.shape[0])
-    return _circle_nms(centers, scores, None, float(radius))
+    path = record(trace, "circle_nms", _choose_circle_impl("circle_nms", impl))
+    return _circle_nms(centers, scores, None, float(radius), path)
 
 
 def batched_circle_nms(
-    centers: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, radius: float
+    centers: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    radius: float,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> torch.Tensor:
-    """:func:`circle_nms` per group of ``idxs [N]`` int; returns ``[K]`` int64 indices."""
+    """:func:`circle_nms` per group of ``idxs [N]`` int; returns ``[K]`` int64 indices.
+    ``impl``, ``trace``: as :func:`circle_nms`."""
     _check_centers(centers)
     _check_scores(scores, centers.shape[0])
     _check_idxs(idxs, centers.shape[0])
-    return _circle_nms(centers, scores, idxs, float(radius))
+    path = record(trace, "batched_circle_nms", _choose_circle_impl("batched_circle_nms", impl))
+    return _circle_nms(centers, scores, idxs, float(radius), path)
 
 
 float32_under_autocast(_bev_iou_op)

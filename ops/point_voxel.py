@@ -7,6 +7,15 @@ voxel ``floor(p / s) * s``. Interpolation weights are trilinear in the distance 
 of the 8 surrounding voxels; neighbours that are not active drop out and the remaining weights
 are renormalized to sum to 1 (all 8 missing: zeros). Both transforms are differentiable in the
 features (coordinates are not differentiated).
+
+Paths (``impl=``, the vocabulary of :mod:`perception.ops._impl`) differ in the weighted
+scatter-add that both transforms need (the mean's sums; the interpolation's gradient):
+``"numba"`` (CPU, float32/float64: one parallel pass, :func:`.sparse._numba.weighted_scatter_add`),
+``"triton"`` (CUDA: a CSR product after a stable sort of the targets,
+:func:`._triton.scatter_add_rows`), ``"torch"`` (one ``index_add_`` per column, any device),
+``"reference"`` (the brute-force loops at the end of this module) and ``"auto"``: numba where it
+can run, else triton on CUDA, else torch. All but ``index_add_`` on CUDA (atomics) are
+deterministic.
 """
 
 from __future__ import annotations
@@ -15,47 +24,51 @@ import torch
 import torch.nn.functional as F
 
 from . import _triton
+from ._impl import Impl, ImplTrace, check_impl, record, unavailable
 from .sparse.kernel_map import Triple, as_triple, numba_kernels
 from .sparse.tensor import SparseCache, SparseTensor
 
-SCATTER_IMPLS = ("numba", "triton", "index_add")
-SCATTER_IMPL: str | None = None
-"""A forced scatter variant (tests): one of :data:`SCATTER_IMPLS`, or None to choose. A forced
-variant that cannot run on the tensors at hand falls back to the choice."""
+IMPLS = ("auto", "torch", "numba", "triton", "reference")
+"""The values ``impl=`` accepts (see the module docstring)."""
 
 
-def _scatter_impl(out: torch.Tensor, src: torch.Tensor) -> str:
-    """numba on CPU (float32 / float64, numba importable), triton on CUDA (importable), else
-    ``index_add_``; :data:`SCATTER_IMPL` first where it can run."""
+def _choose_impl(op: str, feats: torch.Tensor, impl: str) -> str:
+    """The path ``impl`` resolves to for features like ``feats`` (see the module docstring);
+    an explicit ``impl`` that cannot run raises :class:`._impl.ImplUnavailable`."""
+    check_impl(op, impl, IMPLS)
     numba_ok = (
-        numba_kernels(out.device) is not None
-        and src.shape[0] > 0
-        and src.dtype in (torch.float32, torch.float64)
+        feats.dtype in (torch.float32, torch.float64) and numba_kernels(feats.device) is not None
     )
-    triton_ok = _triton.available(out)
-    if (SCATTER_IMPL == "numba" and numba_ok) or (SCATTER_IMPL == "triton" and triton_ok):
-        return SCATTER_IMPL
-    if SCATTER_IMPL == "index_add":
-        return "index_add"
+    triton_ok = _triton.available(feats)
+    if impl == "numba" and not numba_ok:
+        raise unavailable(
+            op, impl, f"it needs float32/float64 CPU features and numba, got {feats.dtype} "
+            f"on {feats.device}"
+        )  # fmt: skip
+    if impl == "triton" and not triton_ok:
+        raise unavailable(op, impl, "it needs CUDA features and triton (or TRITON_INTERPRET=1)")
+    if impl != "auto":
+        return impl
     if numba_ok:
         return "numba"
-    return "triton" if out.device.type == "cuda" and triton_ok else "index_add"
+    return "triton" if feats.device.type == "cuda" and triton_ok else "torch"
 
 
 def _scatter_add(
-    out: torch.Tensor, rows: torch.Tensor, src: torch.Tensor, weights: torch.Tensor | None
+    out: torch.Tensor,
+    rows: torch.Tensor,
+    src: torch.Tensor,
+    weights: torch.Tensor | None,
+    impl: str,
 ) -> torch.Tensor:
-    """``out[rows[i, k]] += weights[i, k] * src[i]`` (weights 1 when None), in place.
-
-    CPU with numba: one parallel pass (:func:`.sparse._numba.weighted_scatter_add`); CUDA with
-    triton: a CSR product after a stable sort of the targets
-    (:func:`._triton.scatter_add_rows`); elsewhere one ``index_add_`` per column of ``rows``.
-    All but ``index_add_`` on CUDA (atomics) are deterministic.
+    """``out[rows[i, k]] += weights[i, k] * src[i]`` (weights 1 when None), in place, by the
+    path ``impl`` ("numba", "triton" or "torch"; see the module docstring).
 
     Args:
         out: ``[M, C]``; rows: ``[N, K]`` int64; src: ``[N, C]``; weights: ``[N, K]`` or None.
     """
-    impl = _scatter_impl(out, src)
+    if src.shape[0] == 0:
+        return out
     if impl == "numba":
         if weights is None:
             weights = src.new_ones(rows.shape)
@@ -128,6 +141,9 @@ def point_to_voxel(
     point_feats: torch.Tensor,
     point_coords: torch.Tensor,
     target: int | tuple[int, int, int] | SparseTensor,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> SparseTensor:
     """Average point features per voxel.
 
@@ -138,11 +154,14 @@ def point_to_voxel(
             (coords sorted by (batch, x, y, z), a fresh cache); or a :class:`SparseTensor`: the
             output has exactly its coordinates, stride and cache (voxels without points get
             zeros; points outside its voxels are ignored).
+        impl: one of :data:`IMPLS` (see the module docstring).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         SparseTensor with ``feats [M, C]`` (dtype of ``point_feats``), the mean per voxel.
     """
     _check_points(point_feats, point_coords)
+    path = record(trace, "point_to_voxel", _choose_impl("point_to_voxel", point_feats, impl))
     if isinstance(target, SparseTensor):
         stride = target.stride
         voxels = _voxel_of(point_coords, stride)
@@ -155,7 +174,11 @@ def point_to_voxel(
         voxels = _voxel_of(point_coords, stride)
         unique, rows = _unique_rows(voxels)
         num_voxels = unique.shape[0]
-    mean = _ScatterMean.apply(point_feats, rows, num_voxels)
+    if path == "reference":
+        voxel_coords = target.coords if isinstance(target, SparseTensor) else unique
+        mean = point_to_voxel_reference(point_feats, point_coords, voxel_coords, stride)
+    else:
+        mean = _ScatterMean.apply(point_feats, rows, num_voxels, path)
     if isinstance(target, SparseTensor):
         return target.replace_feats(mean)
     # Coordinates made here are valid by construction (unique rows of non-negative multiples of
@@ -186,11 +209,13 @@ class _ScatterMean(torch.autograd.Function):
     divided by the count."""
 
     @staticmethod
-    def forward(ctx, point_feats: torch.Tensor, rows: torch.Tensor, num_voxels: int):
+    def forward(
+        ctx, point_feats: torch.Tensor, rows: torch.Tensor, num_voxels: int, impl: str
+    ) -> torch.Tensor:
         counts = torch.bincount(rows, minlength=num_voxels + 1)[:num_voxels]
         inv = 1.0 / counts.clamp(min=1).to(point_feats.dtype)  # [M]
         sums = point_feats.new_zeros(num_voxels + 1, point_feats.shape[1])
-        _scatter_add(sums, rows.unsqueeze(1), point_feats, None)
+        _scatter_add(sums, rows.unsqueeze(1), point_feats, None, impl)
         ctx.save_for_backward(rows, inv)
         return sums[:num_voxels].mul_(inv.unsqueeze(1))  # in place: no second [M, C] array
 
@@ -198,41 +223,56 @@ class _ScatterMean(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         rows, inv = ctx.saved_tensors
         scaled = torch.cat([grad * inv.unsqueeze(1), grad.new_zeros(1, grad.shape[1])])
-        return scaled.index_select(0, rows), None, None
+        return scaled.index_select(0, rows), None, None, None
 
 
 class _WeightedGather(torch.autograd.Function):
     """``out[n] = sum_k weights[n, k] * src[rows[n, k]]`` without an ``[N, K, C]``
     intermediate: forward is one fused `embedding_bag`; backward is one weighted scatter-add
-    (:func:`_scatter_add`; `embedding_bag`'s own dense backward sorts all N*K rows and is ~20x
-    slower on CPU).
+    (:func:`_scatter_add` by the path ``impl``; `embedding_bag`'s own dense backward sorts all
+    N*K rows and is ~20x slower on CPU).
     `weights` take no gradient (they come from coordinates)."""
 
     @staticmethod
-    def forward(ctx, src: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor):
+    def forward(
+        ctx, src: torch.Tensor, rows: torch.Tensor, weights: torch.Tensor, impl: str
+    ) -> torch.Tensor:
         ctx.save_for_backward(rows, weights)
         ctx.num_rows = src.shape[0]
+        ctx.impl = impl
         return F.embedding_bag(rows, src, per_sample_weights=weights, mode="sum")
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):
         rows, weights = ctx.saved_tensors
         grad_src = grad.new_zeros(ctx.num_rows, grad.shape[1])
-        return _scatter_add(grad_src, rows, grad, weights), None, None
+        return _scatter_add(grad_src, rows, grad, weights, ctx.impl), None, None, None
 
 
-def voxel_to_point(x: SparseTensor, point_coords: torch.Tensor) -> torch.Tensor:
+def voxel_to_point(
+    x: SparseTensor,
+    point_coords: torch.Tensor,
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
+) -> torch.Tensor:
     """Trilinear interpolation of voxel features at points.
 
     Args:
         x: sparse tensor with ``feats [M, C]`` at stride ``s``.
         point_coords: ``[N, 4]`` float ``(batch, x, y, z)``, stride-1 voxel units.
+        impl: one of :data:`IMPLS` (see the module docstring; the forward is one
+            ``embedding_bag`` on every path but the reference, the paths differ in the backward).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         ``[N, C]`` (dtype of ``x.feats``): weighted sum over the active voxels among the 8 whose
         centres surround the point, weights renormalized over those present; zeros where none is.
     """
     _check_points(None, point_coords)  # type: ignore[arg-type]
+    path = record(trace, "voxel_to_point", _choose_impl("voxel_to_point", x.feats, impl))
+    if path == "reference":
+        return voxel_to_point_reference(x.feats, x.coords, x.stride, point_coords)
     n = point_coords.shape[0]
     c = x.feats.shape[1]
     if n == 0:
@@ -244,19 +284,23 @@ def voxel_to_point(x: SparseTensor, point_coords: torch.Tensor) -> torch.Tensor:
     total = weights.sum(1, keepdim=True)
     weights = weights / torch.where(total > 0, total, 1.0)
     src = torch.cat([x.feats, x.feats.new_zeros(1, c)])
-    return _WeightedGather.apply(src, rows, weights)
+    return _WeightedGather.apply(src, rows, weights, path)
 
 
 def point_to_voxel_reference(
-    point_feats: torch.Tensor, point_coords: torch.Tensor, voxel_coords: torch.Tensor, stride: int
+    point_feats: torch.Tensor,
+    point_coords: torch.Tensor,
+    voxel_coords: torch.Tensor,
+    stride: int | tuple[int, int, int],
 ) -> torch.Tensor:
     """Brute-force scatter-mean onto given voxels: ``[M, C]`` for ``voxel_coords [M, 4]``."""
+    s = (0, *as_triple(stride, "stride"))  # per column of the coordinates
     rows = []
     for v in voxel_coords.tolist():
         members = [
             i
             for i, p in enumerate(point_coords.tolist())
-            if int(p[0]) == v[0] and all(int(p[a] // stride) * stride == v[a] for a in (1, 2, 3))
+            if int(p[0]) == v[0] and all(int(p[a] // s[a]) * s[a] == v[a] for a in (1, 2, 3))
         ]
         if members:
             rows.append(point_feats[members].mean(0))
@@ -266,13 +310,17 @@ def point_to_voxel_reference(
 
 
 def voxel_to_point_reference(
-    voxel_feats: torch.Tensor, voxel_coords: torch.Tensor, stride: int, point_coords: torch.Tensor
+    voxel_feats: torch.Tensor,
+    voxel_coords: torch.Tensor,
+    stride: int | tuple[int, int, int],
+    point_coords: torch.Tensor,
 ) -> torch.Tensor:
     """Brute-force trilinear interpolation (the docstring convention of this module)."""
+    s = as_triple(stride, "stride")
     lookup = {tuple(v): i for i, v in enumerate(voxel_coords.tolist())}
     out = []
     for p in point_coords.tolist():
-        u = [p[a] / stride - 0.5 for a in (1, 2, 3)]
+        u = [p[a + 1] / s[a] - 0.5 for a in range(3)]
         base = [int(torch.floor(torch.tensor(v)).item()) for v in u]
         terms, total = [], 0.0
         for dx in (0, 1):
@@ -280,9 +328,9 @@ def voxel_to_point_reference(
                 for dz in (0, 1):
                     key = (
                         int(p[0]),
-                        (base[0] + dx) * stride,
-                        (base[1] + dy) * stride,
-                        (base[2] + dz) * stride,
+                        (base[0] + dx) * s[0],
+                        (base[1] + dy) * s[1],
+                        (base[2] + dz) * s[2],
                     )
                     w = 1.0
                     for a, d in enumerate((dx, dy, dz)):

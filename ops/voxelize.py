@@ -11,14 +11,18 @@ voxels are numbered in the order in which their first point appears in the input
 first ``max_voxels`` voxels are kept, and in each voxel only its first ``max_points_per_voxel``
 points, in input order. The output rows are in that voxel order.
 
-Two fast paths, chosen per call by :func:`_choose_impl` (or forced with ``impl=``):
+Paths, chosen per call with ``impl=`` (the vocabulary of :mod:`perception.ops._impl`):
 
 * ``"numba"`` (float32/float64 CPU tensors without autograd, when numba is importable): a key
   bitmap kept between calls, parallel where the first-come rule allows
   (:mod:`perception.ops._voxelize_numba`).
-* ``"torch"`` (everything else: CUDA, other dtypes, autograd): sorts the points' linear voxel
-  keys once (stable), so no Python loop runs over points; it runs unchanged on CUDA tensors,
-  where one triton kernel computes the keys (where triton is importable).
+* ``"torch"``: sorts the points' linear voxel keys once (stable), so no Python loop runs over
+  points; any device, dtype, autograd.
+* ``"triton"`` (float32/float64 CUDA tensors where triton is importable): the torch path with
+  the keys computed by one triton kernel (:func:`perception.ops._triton.voxel_keys`).
+* ``"reference"``: the Python loop of :mod:`perception.ops.voxelize_reference`.
+* ``"auto"``: numba where it can run (hard voxelization: for grids of at most
+  :data:`MAX_BITMAP_KEYS` voxels), else triton on CUDA, else torch.
 
 Both give identical outputs. The plain reference is :mod:`perception.ops.voxelize_reference`.
 """
@@ -26,6 +30,7 @@ Both give identical outputs. The plain reference is :mod:`perception.ops.voxeliz
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import ModuleType
@@ -40,7 +45,7 @@ from ._geometry import (
     check_float_tensor,
     voxel_grid_size,
 )
-from ._numba_threads import size_numba_pool
+from ._impl import Impl, ImplTrace, check_impl, record, unavailable
 
 __all__ = [
     "IMPLS",
@@ -52,11 +57,11 @@ __all__ = [
 ]
 
 
-IMPLS = ("numba", "torch")
+IMPLS = ("auto", "torch", "numba", "triton", "reference")
+"""The values ``impl=`` accepts (see the module docstring)."""
 # Grids with more voxels than this take the torch path even on CPU: the numba path keeps a
 # bitmap of nk / 8 bytes and a word table of nk / 16 bytes (0.4 GB at this size).
 MAX_BITMAP_KEYS = 1 << 31
-"""The implementations ``impl=`` accepts (None chooses, see :func:`_choose_impl`)."""
 
 
 @dataclass(frozen=True)
@@ -129,7 +134,6 @@ def _check_budget(max_points_per_voxel: int, max_voxels: int) -> None:
 def _numba_kernels() -> ModuleType | None:
     """:mod:`._voxelize_numba`, or None where numba is not importable (imported on first use:
     numba takes a while to import and most users of :mod:`perception.ops` never voxelize)."""
-    size_numba_pool()
     try:
         from . import _voxelize_numba
     except ImportError:
@@ -137,25 +141,43 @@ def _numba_kernels() -> ModuleType | None:
     return _voxelize_numba
 
 
-def _choose_impl(points: torch.Tensor, impl: str | None) -> str:
-    """``"numba"`` for float32/float64 CPU points without autograd where numba is importable,
-    else ``"torch"``; a forced ``impl`` is checked against what the points allow."""
-    numba_ok = (
-        points.device.type == "cpu"
-        and points.dtype in (torch.float32, torch.float64)
-        and not (points.requires_grad and torch.is_grad_enabled())
-    )
-    if impl is None:
-        return "numba" if numba_ok and _numba_kernels() is not None else "torch"
-    if impl not in IMPLS:
-        raise ValueError(f"impl must be one of {IMPLS} or None, got {impl!r}")
-    if impl == "numba" and not numba_ok:
-        raise ValueError(
-            "impl='numba' needs float32/float64 CPU points without autograd, got "
-            f"{points.dtype} on {points.device} (requires_grad={points.requires_grad})"
+def _choose_impl(
+    op: str,
+    points: torch.Tensor,
+    impl: str,
+    voxel_size: tuple[float, float, float],
+    pc_range: tuple[float, ...],
+    bitmap: bool,
+) -> str:
+    """The path ``impl`` resolves to for ``points`` (see the module docstring); an explicit
+    ``impl`` that cannot run raises :class:`._impl.ImplUnavailable`. ``bitmap``: the numba
+    path keeps a bitmap over the grid (hard voxelization), so it needs a grid of at most
+    :data:`MAX_BITMAP_KEYS` voxels."""
+    check_impl(op, impl, IMPLS)
+    cpu_float = points.device.type == "cpu" and points.dtype in (torch.float32, torch.float64)
+    autograd = points.requires_grad and torch.is_grad_enabled()
+    if impl in ("auto", "numba"):
+        why = None
+        if not cpu_float or autograd:
+            why = (
+                "it needs float32/float64 CPU points without autograd, got "
+                f"{points.dtype} on {points.device} (requires_grad={points.requires_grad})"
+            )
+        elif _numba_kernels() is None:
+            why = "numba is not importable"
+        elif bitmap and math.prod(voxel_grid_size(voxel_size, pc_range)) > MAX_BITMAP_KEYS:
+            why = f"its bitmap takes grids of at most {MAX_BITMAP_KEYS} voxels"
+        if why is None:
+            return "numba"
+        if impl == "numba":
+            raise unavailable(op, impl, why)
+    triton_ok = _triton.available(points) and points.dtype in (torch.float32, torch.float64)
+    if impl == "triton" and not triton_ok:
+        raise unavailable(
+            op, impl, "it needs float32/float64 CUDA points and triton (or TRITON_INTERPRET=1)"
         )
-    if impl == "numba" and _numba_kernels() is None:
-        raise ValueError("impl='numba' needs numba, which is not importable")
+    if impl == "auto":
+        return "triton" if triton_ok and points.is_cuda else "torch"
     return impl
 
 
@@ -186,8 +208,6 @@ def _voxelize_numba(
     kernels = _numba_kernels()
     pts = _as_numpy(points)  # [N, D]
     lo, size, upper, gy, gz, num_keys = _numba_geometry(pts, voxel_size, pc_range)
-    if num_keys > MAX_BITMAP_KEYS:
-        return _voxelize_torch(points, voxel_size, pc_range, max_points_per_voxel, max_voxels)
     out, coords, counts, mean, _, num_dropped, num_overflow = kernels.hard_voxelize(
         pts, lo, size, upper, gy, gz, num_keys, max_points_per_voxel, max_voxels
     )
@@ -217,16 +237,14 @@ def _dynamic_voxelize_numba(
     return torch.from_numpy(point_to_voxel), torch.from_numpy(coords[:m]), int(num_dropped)
 
 
-KEYS_IMPL: str | None = None
-"""A forced variant of the torch path's voxel keys (tests): "triton" or "torch"; None chooses
-(triton for CUDA points where it is importable). Forced triton falls back where it cannot run."""
-
-
 def _voxel_keys(
-    points: torch.Tensor, voxel_size: tuple[float, float, float], pc_range: tuple[float, ...]
+    points: torch.Tensor,
+    voxel_size: tuple[float, float, float],
+    pc_range: tuple[float, ...],
+    use_triton: bool,
 ) -> tuple[torch.Tensor, int, tuple[int, int, int]]:
     """Linear voxel key of every point, ``(x * Y + y) * Z + z``; dropped points get ``X*Y*Z``.
-    On CUDA (triton importable) one kernel computes them (:func:`._triton.voxel_keys`).
+    With ``use_triton`` one kernel computes them (:func:`._triton.voxel_keys`).
 
     Returns ``key [N]`` (int32 when the grid allows, else int64), the sentinel ``X*Y*Z`` and
     the grid ``(X, Y, Z)``. The voxel index is :func:`point_voxel_coords`' (same arithmetic).
@@ -237,8 +255,7 @@ def _voxel_keys(
     dtype = torch.int32 if sentinel < 2**31 - 1 else torch.int64
     lo = torch.tensor(pc_range[:3], dtype=points.dtype, device=points.device)
     size = torch.tensor(voxel_size, dtype=points.dtype, device=points.device)
-    triton_ok = _triton.available(points) and points.dtype in (torch.float32, torch.float64)
-    if triton_ok and (KEYS_IMPL == "triton" or KEYS_IMPL is None and points.is_cuda):
+    if use_triton:
         upper = torch.tensor(grid, dtype=points.dtype, device=points.device) - 1
         params = torch.cat([lo, size, upper])
         return _triton.voxel_keys(points, params, grid, dtype), sentinel, grid
@@ -309,7 +326,8 @@ def voxelize(
     max_points_per_voxel: int,
     max_voxels: int,
     *,
-    impl: str | None = None,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> Voxels:
     """Hard voxelization (SECOND/PointPillars style).
 
@@ -319,7 +337,8 @@ def voxelize(
         pc_range: ``(x_min, y_min, z_min, x_max, y_max, z_max)`` in metres.
         max_points_per_voxel: points stored per voxel (the first ones in input order).
         max_voxels: voxels kept (the first ones to receive a point, in input order).
-        impl: ``"numba"`` or ``"torch"`` to force a path (tests, benchmarks); None chooses.
+        impl: one of :data:`IMPLS` (see the module docstring).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the path taken.
 
     Returns:
         :class:`Voxels` (``M <= max_voxels`` rows, first-come voxel order; see the module
@@ -327,11 +346,19 @@ def voxelize(
     """
     voxel_size, pc_range = _check_args(points, voxel_size, pc_range)
     _check_budget(max_points_per_voxel, max_voxels)
-    if _choose_impl(points, impl) == "numba":
+    path = _choose_impl("voxelize", points, impl, voxel_size, pc_range, bitmap=True)
+    record(trace, "voxelize", path)
+    if path == "numba":
         return _voxelize_numba(
             points, voxel_size, pc_range, int(max_points_per_voxel), int(max_voxels)
         )
-    return _voxelize_torch(points, voxel_size, pc_range, max_points_per_voxel, max_voxels)
+    if path == "reference":
+        from .voxelize_reference import voxelize_reference
+
+        return voxelize_reference(points, voxel_size, pc_range, max_points_per_voxel, max_voxels)
+    return _voxelize_torch(
+        points, voxel_size, pc_range, max_points_per_voxel, max_voxels, path == "triton"
+    )
 
 
 def _voxelize_torch(
@@ -340,9 +367,10 @@ def _voxelize_torch(
     pc_range: tuple[float, ...],
     max_points_per_voxel: int,
     max_voxels: int,
+    use_triton: bool,
 ) -> Voxels:
     n, d = points.shape
-    key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range)
+    key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range, use_triton)
     point_index, voxel_of, rank, voxel_coords, counts = _group_first_come(key, sentinel, grid)
     num_valid = point_index.shape[0]
     m = min(voxel_coords.shape[0], max_voxels)
@@ -368,13 +396,15 @@ def dynamic_voxelize(
     voxel_size: float | Sequence[float],
     pc_range: Sequence[float],
     *,
-    impl: str | None = None,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, int]:
     """Dynamic voxelization: every in-range point is kept (no budgets).
 
     Args:
         points: ``[N, D]`` float, ``D >= 3``; x, y, z in metres.
-        voxel_size, pc_range, impl: as :func:`voxelize`.
+        voxel_size, pc_range, impl, trace: as :func:`voxelize` (the numba path has no grid
+            limit here: it hashes the keys).
 
     Returns:
         ``point_to_voxel [N]`` int64, the row of each point's voxel in ``coords``, -1 for a
@@ -382,9 +412,15 @@ def dynamic_voxelize(
         rows :func:`voxelize` gives with unlimited budgets); ``num_dropped`` (int).
     """
     voxel_size, pc_range = _check_args(points, voxel_size, pc_range)
-    if _choose_impl(points, impl) == "numba":
+    path = _choose_impl("dynamic_voxelize", points, impl, voxel_size, pc_range, bitmap=False)
+    record(trace, "dynamic_voxelize", path)
+    if path == "numba":
         return _dynamic_voxelize_numba(points, voxel_size, pc_range)
-    key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range)
+    if path == "reference":
+        from .voxelize_reference import dynamic_voxelize_reference
+
+        return dynamic_voxelize_reference(points, voxel_size, pc_range)
+    key, sentinel, grid = _voxel_keys(points, voxel_size, pc_range, path == "triton")
     point_index, voxel_of, _, voxel_coords, _ = _group_first_come(key, sentinel, grid)
     point_to_voxel = torch.full((points.shape[0],), -1, dtype=torch.int64, device=points.device)
     point_to_voxel[point_index] = voxel_of
@@ -399,13 +435,15 @@ def voxelize_batch(
     max_points_per_voxel: int,
     max_voxels: int,
     *,
-    impl: str | None = None,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> BatchVoxels:
     """Hard-voxelizes each cloud (budgets per cloud) and concatenates with a batch column.
 
     Args:
         clouds: B tensors ``[N_b, D]`` float (same D and dtype).
         voxel_size, pc_range, max_points_per_voxel, max_voxels, impl: as :func:`voxelize`.
+        trace: records the path taken for each cloud.
 
     Returns:
         :class:`BatchVoxels` with ``coords [M, 4]`` int32 ``(batch, x, y, z)``.
@@ -418,7 +456,9 @@ def voxelize_batch(
             f"clouds must all be [N_b, D] with one D, got shapes {[tuple(c.shape) for c in clouds]}"
         )
     results = [
-        voxelize(cloud, voxel_size, pc_range, max_points_per_voxel, max_voxels, impl=impl)
+        voxelize(
+            cloud, voxel_size, pc_range, max_points_per_voxel, max_voxels, impl=impl, trace=trace
+        )
         for cloud in clouds
     ]
     coords = [

@@ -9,16 +9,19 @@ from pathlib import Path
 import pytest
 import torch
 
+from perception.runtime import set_cpu_threads
+
 # Without a GPU, triton's interpreter runs the ops' triton kernels on CPU tensors, so their
 # parity tests run in CI too (ops/_triton.py; set before anything imports triton). With a GPU
 # (tools/gpu_check.sh) they compile and run on it.
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-# Under pytest-xdist every worker is a process; more torch threads than cores per worker
-# oversubscribes the CPU (tests then run many times slower), so each worker uses one.
-if os.environ.get("PYTEST_XDIST_WORKER"):
-    torch.set_num_threads(1)
+# The session is the program here, so it sets the thread counts (the library never does):
+# numba's pool follows torch's threads. Under pytest-xdist every worker is a process; more
+# threads than cores per worker oversubscribes the CPU (tests then run many times slower), so
+# each worker uses one.
+set_cpu_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else None)
 
 
 @pytest.fixture

@@ -336,6 +336,10 @@ def main(argv: list[str] | None = None) -> int:
     runs.add_argument("--labels", nargs="+", help="one per file (default A, B, ...)")
     args = parser.parse_args(argv)
     args.argv = argv
+    from perception.runtime import set_cpu_threads
+
+    set_cpu_threads()  # numba's worker pool follows torch's threads (OMP_NUM_THREADS)
+
     from perception.benchmarks.report import (
         machine_description,
         markdown_table,

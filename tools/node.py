@@ -76,8 +76,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bag not found: {args.bag}", file=sys.stderr)
         return 2
 
-    import torch
-
     from perception.config import ConfigError, load_config
     from perception.deploy.bag import replay_bag
     from perception.deploy.node import (
@@ -88,9 +86,9 @@ def main(argv: list[str] | None = None) -> int:
         summary_json,
     )
     from perception.engine.checkpoint import CheckpointError
+    from perception.runtime import set_cpu_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    set_cpu_threads(args.threads or None)  # torch's and numba's threads
     try:
         config = load_config(args.config)
     except (ConfigError, FileNotFoundError) as exc:

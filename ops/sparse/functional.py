@@ -15,10 +15,12 @@ accumulator: only active pairs are multiplied, at BLAS speed, and everything sta
 Without scipy, ``"rows"`` (:func:`._numba.conv_rows`: output stationary over the active
 neighbours only, one output row per iteration of a parallel loop, numba's own arithmetic);
 without numba a per-offset gather - GEMM - ``index_add_``. On CUDA, the triton implicit GEMM
-of :mod:`.._triton` where triton is importable. ``_select_impl`` is the one place that chooses
-(by device, availability and estimated cost). Every CPU variant and the triton one are
-deterministic; on CUDA without triton, ``index_add_`` uses atomics, so ``deterministic=True``
-forces the gather variant there.
+of :mod:`.._triton` where triton is importable. ``_select_variant`` is the one place that
+chooses (by ``impl``, device, availability and estimated cost): ``impl=`` (the vocabulary of
+:mod:`.._impl`) picks the backend, "torch" (gather or scatter), "numba" (tiles or rows),
+"triton" or "reference" (:func:`.reference.conv3d_reference`), and the variant within a backend
+goes by cost. Every CPU variant and the triton one are deterministic; on CUDA without triton,
+``index_add_`` uses atomics, so ``deterministic=True`` forces the gather variant there.
 """
 
 from __future__ import annotations
@@ -31,7 +33,9 @@ import torch
 
 from .. import _triton
 from .._autocast import float32_under_autocast
+from .._impl import Impl, ImplTrace, check_impl, record, unavailable
 from .kernel_map import Triple, as_triple, numba_kernels
+from .reference import conv3d_reference
 from .tensor import SparseTensor
 
 # Elements of one im2col chunk: 1M floats (4 MB) keeps the chunk cache resident on a CPU. On a
@@ -195,9 +199,12 @@ def _one_blas_thread():
     return _blas_controller().limit(limits=1, user_api="blas")
 
 
-# A forced variant for tests ("gather", "scatter", "rows", "tiles", "triton"; None: the choice
-# below). A forced numba or triton variant where it cannot run falls back to the choice.
-_FORCED_IMPL: str | None = None
+IMPLS = ("auto", "torch", "numba", "triton", "reference")
+"""The values ``impl=`` accepts (see the module docstring)."""
+# The compute variants and the backend (``impl``) each belongs to.
+VARIANTS = {"gather": "torch", "scatter": "torch", "rows": "numba", "tiles": "numba"}
+VARIANTS["triton"] = "triton"
+OP = "sparse_conv3d"
 
 
 @functools.cache
@@ -211,7 +218,8 @@ def _tiles_importable() -> bool:
     return True
 
 
-def _select_impl(
+def _select_variant(
+    impl: str,
     device: torch.device,
     deterministic: bool,
     fill: float | Callable[[], float],
@@ -219,9 +227,11 @@ def _select_impl(
     c_out: int,
     dtype: torch.dtype = torch.float32,
 ) -> str:
-    """The compute variant: "triton" (implicit GEMM, :func:`.._triton.sparse_conv`: CUDA),
-    "tiles" or "rows" (numba, CPU), "gather" (im2col GEMM) or "scatter" (per-offset
-    ``index_add_``).
+    """The compute variant for ``impl`` ("auto", "torch", "numba", "triton", or a variant of
+    :data:`VARIANTS` itself, which :func:`_conv3d` takes for tests): "triton" (implicit GEMM,
+    :func:`.._triton.sparse_conv`: CUDA), "tiles" or "rows" (numba, CPU), "gather" (im2col
+    GEMM) or "scatter" (per-offset ``index_add_``). An explicit backend or variant that cannot
+    run raises :class:`.._impl.ImplUnavailable`.
 
     ``fill`` is the fraction of active entries of the neighbour table (or a function giving it,
     called only where the choice needs it). On CPU with numba and
@@ -232,9 +242,9 @@ def _select_impl(
     stack): im2col pays a row gather for every entry and multiplies zeros at BLAS speed; "rows"
     pays only for active pairs but multiplies at numba's (slower) speed. Without numba the
     per-offset variant extracts the pairs (every entry) and pays a latency-bound gather and
-    ``index_add_`` per active pair. Every CPU variant is deterministic. On CUDA, "triton" where
-    triton is importable (float32/16, bfloat16; deterministic: no atomics), else the torch
-    variants, ``deterministic`` forcing "gather" (``index_add_`` uses atomics there).
+    ``index_add_`` per active pair. Every CPU variant is deterministic. On CUDA, "auto" takes
+    "triton" where triton is importable (float32/16, bfloat16; deterministic: no atomics), else
+    the torch variants, ``deterministic`` forcing "gather" (``index_add_`` uses atomics there).
     """
     triton_ok = (
         _triton.importable()
@@ -243,21 +253,34 @@ def _select_impl(
     )
     rows_ok = dtype in (torch.float32, torch.float64) and numba_kernels(device) is not None
     tiles_ok = rows_ok and _tiles_importable()
-    if _FORCED_IMPL is not None:
-        ok = {"tiles": tiles_ok, "rows": rows_ok, "triton": triton_ok}.get(_FORCED_IMPL, True)
-        if ok:
-            return _FORCED_IMPL
-    if device.type == "cuda":
-        # the triton implicit GEMM has no atomics: deterministic as it is
-        if triton_ok:
-            return "triton"
-        if deterministic:
-            return "gather"
-    if tiles_ok:
-        return "tiles"
+    needs = {
+        "triton": (triton_ok, "it needs triton, CUDA (or TRITON_INTERPRET=1) and float32/16 or "
+                   f"bfloat16 features, got {dtype} on {device}"),
+        "numba": (rows_ok, f"it needs numba and float32/float64 CPU features, got {dtype} on "
+                  f"{device}"),
+        "rows": (rows_ok, "it needs numba and float32/float64 CPU features"),
+        "tiles": (tiles_ok, "it needs numba, scipy, threadpoolctl and float32/float64 CPU "
+                  "features"),
+        "scatter": (not (deterministic and device.type == "cuda"),
+                    "index_add_ uses atomics on CUDA, and deterministic=True was asked"),
+    }  # fmt: skip
+    ok, why = needs.get(impl, (True, ""))
+    if not ok:
+        raise unavailable(OP, impl, why)
+    if impl in VARIANTS:
+        return impl
+    if impl == "numba":
+        return "tiles" if tiles_ok else "rows"
+    if impl == "auto":
+        if device.type == "cuda" and triton_ok:
+            return "triton"  # the triton implicit GEMM has no atomics: deterministic as it is
+        if tiles_ok:
+            return "tiles"
+    if device.type == "cuda" and deterministic:
+        return "gather"
     if callable(fill):
         fill = fill()
-    if rows_ok:
+    if impl == "auto" and rows_ok:
         # Two threads, per table entry: im2col 3 + 0.011 * MACs, rows 8 + 0.05 * MACs per pair.
         macs = c_in * c_out
         return "rows" if fill * (8.0 + 0.05 * macs) < 3.0 + 0.011 * macs else "gather"
@@ -279,7 +302,7 @@ def sparse_conv_op(
     weight: torch.Tensor,
     nbr: torch.Tensor,
     nbr_t: torch.Tensor,
-    deterministic: bool,
+    variant: str,
 ) -> torch.Tensor:
     """Sparse convolution through a neighbour table.
 
@@ -288,15 +311,13 @@ def sparse_conv_op(
         weight: ``[K, C_in, C_out]`` float (same dtype as ``feats``).
         nbr: ``[N_out, K]`` int64, input row per (output, offset), ``N_in`` where missing.
         nbr_t: ``[N_in, K]`` int64, the transposed table (used by the backward).
-        deterministic: force the bitwise-reproducible variant on every device.
+        variant: the compute variant, one of :data:`VARIANTS` (:func:`_select_variant`).
 
     Returns:
         ``[N_out, C_out]`` float.
     """
     k, c_in, c_out = weight.shape
-    impl = _select_impl(
-        feats.device, deterministic, lambda: _fill(nbr, feats.shape[0]), c_in, c_out, feats.dtype
-    )
+    impl = variant
     if impl in ("rows", "tiles"):
         return _numba_conv(feats, weight, nbr, impl)
     if impl == "triton":
@@ -307,7 +328,7 @@ def sparse_conv_op(
 
 
 @sparse_conv_op.register_fake
-def _(feats, weight, nbr, nbr_t, deterministic):
+def _(feats, weight, nbr, nbr_t, variant):
     return feats.new_empty(nbr.shape[0], weight.shape[2])
 
 
@@ -318,17 +339,15 @@ def sparse_conv_backward_op(
     weight: torch.Tensor,
     nbr: torch.Tensor,
     nbr_t: torch.Tensor,
-    deterministic: bool,
+    variant: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of :func:`sparse_conv_op`: ``(grad_feats [N_in, C_in], grad_weight [K, C_in,
-    C_out])`` for ``grad_out [N_out, C_out]``."""
+    C_out])`` for ``grad_out [N_out, C_out]``, by the forward's ``variant``."""
     k, c_in, c_out = weight.shape
     grad_out = grad_out.contiguous()
     # grad_in[i] = sum_k grad_out[nbr_t[i, k]] @ W[k]^T
     w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
-    impl = _select_impl(
-        feats.device, deterministic, lambda: _fill(nbr, feats.shape[0]), c_in, c_out, feats.dtype
-    )
+    impl = variant
     if impl in ("rows", "tiles"):
         grad_feats = _numba_conv(grad_out, weight.transpose(1, 2), nbr_t, impl)
         grad_weight = _numba_grad_weight(feats, nbr, grad_out, impl)
@@ -345,20 +364,20 @@ def sparse_conv_backward_op(
 
 
 @sparse_conv_backward_op.register_fake
-def _(grad_out, feats, weight, nbr, nbr_t, deterministic):
+def _(grad_out, feats, weight, nbr, nbr_t, variant):
     return feats.new_empty(feats.shape), weight.new_empty(weight.shape)
 
 
 def _setup_context(ctx, inputs, output):
-    feats, weight, nbr, nbr_t, deterministic = inputs
+    feats, weight, nbr, nbr_t, variant = inputs
     ctx.save_for_backward(feats, weight, nbr, nbr_t)
-    ctx.deterministic = deterministic
+    ctx.variant = variant
 
 
 def _backward(ctx, grad_out):
     feats, weight, nbr, nbr_t = ctx.saved_tensors
     grad_feats, grad_weight = sparse_conv_backward_op(
-        grad_out, feats, weight, nbr, nbr_t, ctx.deterministic
+        grad_out, feats, weight, nbr, nbr_t, ctx.variant
     )
     return grad_feats, grad_weight, None, None, None
 
@@ -376,6 +395,8 @@ def conv3d(
     dilation: int | Triple = 1,
     transposed: bool = False,
     deterministic: bool = False,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
 ) -> SparseTensor:
     """Sparse 3-D convolution (torchsparse semantics).
 
@@ -391,11 +412,35 @@ def conv3d(
         transposed: upsample onto the coordinates of the strided conv (same kernel, stride,
             dilation) that produced ``x``; with stride 1 the transposed submanifold conv.
         deterministic: bitwise reproducible results on every device.
+        impl: one of :data:`IMPLS` (see the module docstring).
+        trace: an :class:`~perception.ops._impl.ImplTrace` that records the backend taken.
 
     Returns:
         Output with ``feats [N_out, C_out]``: stride 1 keeps ``x``'s coordinates; stride ``s``
         gives every site (multiple of the new stride) whose window holds an active input.
     """
+    check_impl(OP, impl, IMPLS)
+    return _conv3d(
+        x, weight, bias, kernel_size=kernel_size, stride=stride, dilation=dilation,
+        transposed=transposed, deterministic=deterministic, impl=impl, trace=trace,
+    )  # fmt: skip
+
+
+def _conv3d(
+    x: SparseTensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None = None,
+    *,
+    kernel_size: int | Triple = 3,
+    stride: int | Triple = 1,
+    dilation: int | Triple = 1,
+    transposed: bool = False,
+    deterministic: bool = False,
+    impl: str = "auto",
+    trace: ImplTrace | None = None,
+) -> SparseTensor:
+    """:func:`conv3d`, whose ``impl`` may also name a compute variant of :data:`VARIANTS`
+    (tests run each one)."""
     kernel_size = as_triple(kernel_size, "kernel_size")
     stride = as_triple(stride, "stride")
     dilation = as_triple(dilation, "dilation")
@@ -418,11 +463,28 @@ def conv3d(
     kmap, out_id = x.cache.kernel_map(
         x.coord_id, kernel_size, stride, dilation, transposed, transpose_table=needs_grad
     )
-    nbr_t = kmap.nbr_t if needs_grad else kmap.nbr[:0]
-    feats = sparse_conv_op(x.feats, weight.to(x.feats.dtype), kmap.nbr, nbr_t, deterministic)
+    out_coords = x.cache.coords(out_id)
+    if impl == "reference":
+        record(trace, OP, "reference")
+        feats, ref_coords = conv3d_reference(
+            x.feats, x.coords, weight.to(x.feats.dtype), in_stride=x.stride,
+            kernel_size=kernel_size, stride=stride, dilation=dilation, transposed=transposed,
+            out_coords=out_coords,
+        )  # fmt: skip
+        if not torch.equal(ref_coords.cpu(), out_coords.to(torch.int32).cpu()):
+            raise RuntimeError("the reference conv's output sites differ from the kernel map's")
+    else:
+        c_in, c_out = weight.shape[1], weight.shape[2]
+        variant = _select_variant(
+            impl, x.feats.device, deterministic, lambda: _fill(kmap.nbr, len(x)), c_in, c_out,
+            x.feats.dtype,
+        )  # fmt: skip
+        record(trace, OP, VARIANTS[variant])
+        nbr_t = kmap.nbr_t if needs_grad else kmap.nbr[:0]
+        feats = sparse_conv_op(x.feats, weight.to(x.feats.dtype), kmap.nbr, nbr_t, variant)
     if bias is not None:
         feats = feats + bias
-    return SparseTensor(feats, x.cache.coords(out_id), out_stride, cache=x.cache, _coord_id=out_id)
+    return SparseTensor(feats, out_coords, out_stride, cache=x.cache, _coord_id=out_id)
 
 
 float32_under_autocast(sparse_conv_op)

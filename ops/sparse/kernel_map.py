@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from .. import _triton
-from .._numba_threads import size_numba_pool
+from .._impl import check_impl, unavailable
 
 Triple = tuple[int, int, int]
 
@@ -50,7 +50,6 @@ def as_triple(value: int | tuple[int, ...] | list[int], name: str) -> Triple:
 @functools.cache
 def _numba_module() -> ModuleType | None:
     """:mod:`._numba`, or None where numba is not importable (imported on first use)."""
-    size_numba_pool()
     try:
         from . import _numba
     except ImportError:
@@ -59,16 +58,12 @@ def _numba_module() -> ModuleType | None:
 
 
 def numba_kernels(device: torch.device) -> ModuleType | None:
-    """The numba kernels for tensors on ``device`` (CPU only), their thread count set to
-    torch's, or None (CUDA tensors, numba not importable)."""
+    """The numba kernels for tensors on ``device`` (CPU only), or None (CUDA tensors, numba not
+    importable). Their thread count is numba's, the caller's to set
+    (:func:`perception.runtime.set_cpu_threads`)."""
     if device.type != "cpu":
         return None
-    module = _numba_module()
-    if module is not None:
-        import numba
-
-        numba.set_num_threads(max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS)))
-    return module
+    return _numba_module()
 
 
 def kernel_offsets(kernel_size: Triple, dilation: Triple) -> torch.Tensor:
@@ -283,6 +278,7 @@ class CoordIndex:
             ``[M, kx * ky * kz]`` int64 row ids, offsets row-major (x slowest), ``num_rows``
             where the site is not in the set.
         """
+        check_impl("CoordIndex.lookup", impl, ("auto", "torch", "triton"))
         m = base.shape[0]
         kx, ky, kz = x_offs.numel(), y_offs.numel(), z_offs.numel()
         if self.num_rows == 0 or m == 0:
@@ -303,14 +299,14 @@ class CoordIndex:
                 out.numpy(),
             )
             return out
-        if impl not in ("auto", "torch", "triton"):
-            raise ValueError(f"unknown lookup impl {impl!r}")
         if self.layout == "dense" and impl != "torch":
             use_triton = _triton.available(base) and (
                 impl == "triton" or base.device.type == "cuda"
             )
             if impl == "triton" and not use_triton:
-                raise ValueError("the triton lookup needs CUDA (or TRITON_INTERPRET=1) and triton")
+                raise unavailable(
+                    "CoordIndex.lookup", impl, "it needs CUDA (or TRITON_INTERPRET=1) and triton"
+                )
             if use_triton:
                 return _triton.dense_lookup(
                     base,
@@ -564,11 +560,10 @@ def build_strided_kernel_map(
         ``out_coords [M, 4]`` int32 (as :func:`downsample_coords`) and the :class:`KernelMap`
         from ``coords [N, 4]`` to them.
     """
-    if impl not in ("auto", "numba", "torch"):
-        raise ValueError(f"unknown strided kernel map impl {impl!r}")
+    check_impl("build_strided_kernel_map", impl, ("auto", "torch", "numba"))
     kernels = numba_kernels(coords.device) if impl != "torch" else None
     if impl == "numba" and kernels is None:
-        raise ValueError("impl='numba' needs CPU coordinates and numba")
+        raise unavailable("build_strided_kernel_map", impl, "it needs CPU coordinates and numba")
     device = coords.device
     k = kernel_size[0] * kernel_size[1] * kernel_size[2]
     num_in = coords.shape[0]

@@ -7,7 +7,8 @@ import math
 import torch
 from torch import nn
 
-from .functional import conv3d
+from .._impl import Impl, check_impl
+from .functional import IMPLS, OP, conv3d
 from .kernel_map import Triple, as_triple
 from .tensor import SparseTensor
 
@@ -22,6 +23,7 @@ class Conv3d(nn.Module):
         transposed: upsample onto the coordinates of the matching strided conv.
         bias: add a learned ``[out_channels]`` bias.
         deterministic: bitwise reproducible results on every device.
+        impl: how the layer computes, one of :data:`.functional.IMPLS` (default "auto").
 
     Attributes:
         weight: ``[K, in_channels, out_channels]``, ``K = kx * ky * kz`` offsets row-major.
@@ -38,8 +40,10 @@ class Conv3d(nn.Module):
         bias: bool = False,
         *,
         deterministic: bool = False,
+        impl: Impl = "auto",
     ) -> None:
         super().__init__()
+        check_impl(OP, impl, IMPLS)
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = as_triple(kernel_size, "kernel_size")
@@ -47,6 +51,7 @@ class Conv3d(nn.Module):
         self.dilation = as_triple(dilation, "dilation")
         self.transposed = transposed
         self.deterministic = deterministic
+        self.impl = impl
         k = math.prod(self.kernel_size)
         self.weight = nn.Parameter(torch.empty(k, in_channels, out_channels))
         self.bias = nn.Parameter(torch.empty(out_channels)) if bias else None
@@ -69,6 +74,7 @@ class Conv3d(nn.Module):
             dilation=self.dilation,
             transposed=self.transposed,
             deterministic=self.deterministic,
+            impl=self.impl,
         )
 
     def extra_repr(self) -> str:

@@ -10,6 +10,11 @@ Usage in a test (one pytest case per parameter point)::
 
 `DEVICES` holds "cpu" and a "cuda" case marked `cuda`, which conftest.py skips with a reason
 where there is no GPU.
+
+Which path ran: with ``impl=`` the harness calls ``fast(..., impl=impl, trace=trace)`` (an
+:class:`~perception.ops._impl.ImplTrace`) and asserts that every op call it made took the path
+``ran`` (``impl`` itself unless it is "auto"). Ops never fall back from an explicit ``impl``
+(they raise), so a parity test of ``impl="triton"`` is a test of the triton path.
 """
 
 from __future__ import annotations
@@ -19,6 +24,8 @@ from typing import Any
 
 import pytest
 import torch
+
+from perception.ops._impl import ImplTrace
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
@@ -31,6 +38,13 @@ def needs_triton(device: str) -> None:
         pytest.skip("triton is not importable (pip install triton)")
     if not _triton.available(torch.empty(0, device=device)):
         pytest.skip("triton kernels run on CUDA, or on CPU under TRITON_INTERPRET=1")
+
+
+def assert_ran(trace: ImplTrace, ran: str, op: str | None = None) -> None:
+    """Asserts that ``trace`` holds op calls (of ``op``, when given) and that each took the path
+    ``ran``."""
+    taken = trace.impls(op)
+    assert taken == {ran}, f"expected {op or 'every op call'} to run {ran!r}; ran {trace.calls}"
 
 
 def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
@@ -58,6 +72,8 @@ def assert_parity(
     inputs: Mapping[str, Any],
     *,
     grad_inputs: list[str] | tuple[str, ...] = (),
+    impl: str | None = None,
+    ran: str | None = None,
     atol: float = 1e-5,
     rtol: float = 1e-4,
     seed: int = 0,
@@ -66,14 +82,22 @@ def assert_parity(
 
     Outputs may be a tensor, a tuple/list or a mapping of tensors (non-tensors are ignored).
     Gradients of the named `grad_inputs` are compared for the same random upstream gradient
-    on every floating-point output.
+    on every floating-point output. With `impl`, `fast` also gets `impl=impl, trace=...` and
+    every op call it makes must have run `ran` (default: `impl`; required for "auto").
     """
     grad_inputs = list(grad_inputs)
     fast_in = _clone_inputs(inputs, grad_inputs)
     ref_in = _clone_inputs(inputs, grad_inputs)
+    trace = ImplTrace()
+    if impl is not None:
+        if ran is None and impl == "auto":
+            raise TypeError('assert_parity(impl="auto") needs ran=, the path auto must take')
+        fast_in.update(impl=impl, trace=trace)
     fast_out = _as_tuple(fast(**fast_in))
     ref_out = _as_tuple(reference(**ref_in))
     assert len(fast_out) == len(ref_out), f"{len(fast_out)} outputs vs {len(ref_out)}"
+    if impl is not None:
+        assert_ran(trace, ran or impl)
     for i, (a, b) in enumerate(zip(fast_out, ref_out)):
         assert a.shape == b.shape, f"output {i}: shape {tuple(a.shape)} vs {tuple(b.shape)}"
         assert a.dtype == b.dtype, f"output {i}: dtype {a.dtype} vs {b.dtype}"

@@ -1,23 +1,22 @@
-"""BEV pooling: the numba and CSR fast paths vs the cumsum trick and index_add_, plans, the
+"""BEV pooling: the numba, torch (CSR) and triton paths vs the cumsum trick and index_add_, plans, the
 fused op."""
 
 from __future__ import annotations
 
-import functools
 import importlib
 
 import pytest
 import torch
 
 from perception.ops import BEVPoolPlanCache, bev_pool, bev_pool_depth, build_bev_pool_plan
+from perception.ops._impl import ImplTrace, ImplUnavailable
 from perception.ops.bev_pool_reference import (
     bev_pool_cumsum,
     bev_pool_depth_reference,
     bev_pool_index_add,
 )
-from tests.ops.harness import DEVICES, assert_parity, needs_triton
+from tests.ops.harness import DEVICES, assert_parity, assert_ran, needs_triton
 
-bev_pool_module = importlib.import_module("perception.ops.bev_pool")
 triton_kernels = importlib.import_module("perception.ops._triton")
 
 
@@ -45,17 +44,15 @@ def pool_inputs(n, channels, batch_size, grid, device, dtype=torch.float32, seed
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["numba", "csr"])
+@pytest.mark.parametrize("impl", ["numba", "torch"])
 @pytest.mark.parametrize("n", [0, 1, 40, 2000])
 @pytest.mark.parametrize("channels", [1, 7, 64])
 @pytest.mark.parametrize("batch_size,grid", [(1, (1, 8, 9)), (3, (2, 5, 4)), (2, (1, 30, 30))])
 def test_bev_pool_matches_index_add(device, impl, n, channels, batch_size, grid):
     if impl == "numba" and device == "cuda":
-        pytest.skip("the numba kernel is CPU only (CUDA tensors take the csr path)")
+        pytest.skip("the numba kernel is CPU only (CUDA tensors take the triton or torch path)")
     inputs = pool_inputs(n, channels, batch_size, grid, device)
-    assert_parity(
-        functools.partial(bev_pool, impl=impl), bev_pool_index_add, inputs, grad_inputs=["feats"]
-    )
+    assert_parity(bev_pool, bev_pool_index_add, inputs, grad_inputs=["feats"], impl=impl)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -70,10 +67,11 @@ def test_numba_pool_sums_in_input_order_for_any_thread_count(dtype, threads):
     before = numba.get_num_threads()
     numba.set_num_threads(min(threads, numba.config.NUMBA_NUM_THREADS))
     try:
-        out = bev_pool(**inputs, impl="numba")
+        out = bev_pool(**inputs, impl="numba", trace=(trace := ImplTrace()))
     finally:
         numba.set_num_threads(before)
     assert torch.equal(out, expected)
+    assert_ran(trace, "numba")
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -89,24 +87,35 @@ def test_bev_pool_triton_matches_index_add(device, n, channels, batch_size, grid
     monkeypatch.setattr(
         triton_kernels, "csr_spmm", lambda *a: calls.append(1) or csr_spmm(*a), raising=True
     )
-    assert_parity(
-        functools.partial(bev_pool, impl="triton"),
-        bev_pool_index_add,
-        inputs,
-        grad_inputs=["feats"],
-    )
+    assert_parity(bev_pool, bev_pool_index_add, inputs, grad_inputs=["feats"], impl="triton")
     kept = build_bev_pool_plan(inputs["coords"], batch_size, grid).num_kept
     assert bool(calls) == (kept > 0)  # the kernel ran wherever there was something to pool
 
 
-def test_bev_pool_impl_choice_and_errors():
+def test_bev_pool_impl_choice_and_errors(monkeypatch):
     inputs = pool_inputs(50, 4, 1, (1, 5, 5), "cpu")
-    assert bev_pool_module._choose_pool_impl(inputs["feats"], None) == "numba"
-    assert bev_pool_module._choose_pool_impl(inputs["feats"].half(), None) == "csr"
-    with pytest.raises(ValueError, match="impl must be one of"):
-        bev_pool(**inputs, impl="cuda")
-    with pytest.raises(ValueError, match="impl='numba' needs float32/float64 CPU features"):
+    trace = ImplTrace()
+    bev_pool(**inputs, trace=trace)
+    assert_ran(trace, "numba")
+    choose = importlib.import_module("perception.ops.bev_pool")._choose_pool_impl
+    assert choose("bev_pool", inputs["feats"].half(), "auto", ("auto", "torch")) == "torch"
+    with pytest.raises(ValueError, match=r"bev_pool: impl must be one of \('auto', 'torch', "):
+        bev_pool(**inputs, impl="csr")
+    with pytest.raises(ImplUnavailable, match="impl='numba' cannot run here: it needs float32"):
         bev_pool(**{**inputs, "feats": inputs["feats"].bfloat16()}, impl="numba")
+    plan = build_bev_pool_plan(inputs["coords"], 1, (1, 5, 5))
+    with pytest.raises(ImplUnavailable, match="the reference needs coords"):
+        bev_pool(inputs["feats"], None, 1, (1, 5, 5), plan=plan, impl="reference")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no interpreter: no triton on CPU tensors
+    with pytest.raises(ImplUnavailable, match="impl='triton' cannot run here"):
+        bev_pool(**inputs, impl="triton")
+
+
+def test_bev_pool_reference_is_index_add():
+    inputs = pool_inputs(300, 5, 2, (2, 5, 4), "cpu")
+    assert_parity(
+        bev_pool, bev_pool_index_add, inputs, grad_inputs=["feats"], impl="reference", atol=0
+    )
 
 
 @pytest.mark.parametrize("n", [0, 1, 40, 2000])
@@ -185,8 +194,9 @@ def fused_inputs(ncam, d, h, w, channels, batch_size, grid, device, dtype=torch.
     )
 
 
-def fused(depth, context, coords, batch_size, grid, impl=None):
-    return bev_pool_depth(depth, context, build_bev_pool_plan(coords, batch_size, grid), impl)
+def fused(depth, context, coords, batch_size, grid, impl="auto", trace=None):
+    plan = build_bev_pool_plan(coords, batch_size, grid)
+    return bev_pool_depth(depth, context, plan, impl=impl, trace=trace)
 
 
 def materialized(depth, context, coords, batch_size, grid):
@@ -195,17 +205,17 @@ def materialized(depth, context, coords, batch_size, grid):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["numba", "csr"])
+@pytest.mark.parametrize("impl", ["numba", "torch"])
 @pytest.mark.parametrize("ncam,d,h,w", [(1, 1, 1, 1), (2, 5, 3, 4), (6, 12, 4, 6)])
 @pytest.mark.parametrize("channels", [1, 16])
 @pytest.mark.parametrize("batch_size,grid", [(1, (1, 12, 12)), (2, (2, 6, 5))])
 def test_fused_matches_materialized(device, impl, ncam, d, h, w, channels, batch_size, grid):
     if impl == "numba" and device == "cuda":
-        pytest.skip("the numba kernels are CPU only (CUDA tensors take triton or csr)")
+        pytest.skip("the numba kernels are CPU only (CUDA tensors take triton or torch)")
     inputs = fused_inputs(ncam, d, h, w, channels, batch_size, grid, device)
-    fast = functools.partial(fused, impl=impl)
-    assert_parity(fast, materialized, inputs, grad_inputs=["depth", "context"])
-    assert_parity(fast, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
+    grads = ["depth", "context"]
+    assert_parity(fused, materialized, inputs, grad_inputs=grads, impl=impl)
+    assert_parity(fused, bev_pool_depth_reference, inputs, grad_inputs=grads, impl=impl)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -224,11 +234,9 @@ def test_fused_triton_matches_reference(device, ncam, d, h, w, channels, dtype, 
             triton_kernels, name, lambda *a, k=kernel, n=name: calls.append(n) or k(*a)
         )
 
-    def fused_triton(depth, context, coords, batch_size, grid):
-        plan = build_bev_pool_plan(coords, batch_size, grid)
-        return bev_pool_depth(depth, context, plan, impl="triton")
-
-    assert_parity(fused_triton, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"])
+    assert_parity(
+        fused, bev_pool_depth_reference, inputs, grad_inputs=["depth", "context"], impl="triton"
+    )
     if build_bev_pool_plan(inputs["coords"], 2, (2, 4, 3)).num_kept:
         assert {"csr_spmm", "sampled_dot"} <= set(calls)  # forward and both gradients ran
 
@@ -269,7 +277,7 @@ def test_custom_ops_opcheck():
     inputs = fused_inputs(2, 4, 2, 3, 3, 2, (1, 5, 5), "cpu")
     plan = build_bev_pool_plan(inputs["coords"], 2, (1, 5, 5))
     feats = torch.randn(plan.num_points, 3, requires_grad=True)
-    for impl in ("numba", "csr"):
+    for impl in ("numba", "torch"):
         torch.library.opcheck(
             torch.ops.perception.bev_pool_csr.default,
             (
@@ -287,7 +295,7 @@ def test_custom_ops_opcheck():
     context = inputs["context"].requires_grad_(True)
     torch.library.opcheck(
         torch.ops.perception.bev_pool_depth_csr.default,
-        (depth, context, *plan.fused_indices(), 2, [1, 5, 5], "csr"),
+        (depth, context, *plan.fused_indices(), 2, [1, 5, 5], "torch"),
     )
     torch.library.opcheck(
         torch.ops.perception.bev_pool_depth_csr.default,

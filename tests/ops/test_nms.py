@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from perception.ops import batched_circle_nms, batched_nms_bev, bev_iou, circle_nms, nms_bev
+from perception.ops._impl import ImplTrace, ImplUnavailable
 from perception.ops.nms_reference import (
     bev_iou_reference,
     circle_nms_reference,
     nms_bev_reference,
 )
-from tests.ops.harness import DEVICES, needs_triton
+from tests.ops.harness import DEVICES, assert_parity, assert_ran, needs_triton
 
 nms_module = importlib.import_module("perception.ops.nms")
 triton_kernels = importlib.import_module("perception.ops._triton")
@@ -110,6 +111,57 @@ def test_pair_iou_bad_impl():
         nms_module._pair_iou(a, a, impl="cupy")
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["auto", "torch", "triton", "reference"])
+def test_rotated_ops_take_each_impl(device, impl):
+    """bev_iou, nms_bev and batched_nms_bev by each path against the shapely references;
+    "auto" takes triton for CUDA boxes (where importable), torch elsewhere."""
+    if impl == "triton":
+        needs_triton(device)
+    boxes = random_boxes(60, spread=5.0, seed=7)
+    g = torch.Generator().manual_seed(7)
+    scores, idxs = torch.rand(60, generator=g), torch.randint(0, 3, (60,), generator=g)
+    cuda_auto = "triton" if triton_kernels.available(torch.empty(0, device=device)) else "torch"
+    ran = {"auto": "torch" if device == "cpu" else cuda_auto}.get(impl, impl)
+
+    def reference(boxes_a, boxes_b):
+        return bev_iou_reference(boxes_a.cpu(), boxes_b.cpu()).to(device)
+
+    pairs = {"boxes_a": boxes.to(device), "boxes_b": boxes[::2].to(device)}
+    assert_parity(bev_iou, reference, pairs, impl=impl, ran=ran)
+    trace = ImplTrace()
+    kept = nms_bev(boxes.to(device), scores.to(device), 0.2, impl=impl, trace=trace)
+    assert kept.tolist() == nms_bev_reference(boxes, scores, 0.2).tolist()
+    kept = batched_nms_bev(*(t.to(device) for t in (boxes, scores, idxs)), 0.2, impl=impl,
+                           trace=trace)  # fmt: skip
+    assert kept.tolist() == nms_bev_reference(boxes, scores, 0.2, idxs=idxs).tolist()
+    assert_ran(trace, ran)
+
+
+@pytest.mark.parametrize("impl", ["auto", "torch", "reference"])
+def test_circle_nms_takes_each_impl(impl):
+    g = torch.Generator().manual_seed(3)
+    centers, scores = torch.rand(80, 2, generator=g) * 10, torch.rand(80, generator=g)
+    idxs = torch.randint(0, 2, (80,), generator=g)
+    trace = ImplTrace()
+    kept = circle_nms(centers, scores, 1.0, impl=impl, trace=trace)
+    assert kept.tolist() == circle_nms_reference(centers, scores, 1.0).tolist()
+    kept = batched_circle_nms(centers, scores, idxs, 1.0, impl=impl, trace=trace)
+    assert kept.tolist() == circle_nms_reference(centers, scores, 1.0, idxs=idxs).tolist()
+    assert_ran(trace, "torch" if impl == "auto" else impl)
+
+
+def test_bad_or_unavailable_impl_raises(monkeypatch):
+    boxes, scores = random_boxes(4), torch.rand(4)
+    with pytest.raises(ValueError, match=r"circle_nms: impl must be one of \('auto', 'torch', 're"):
+        circle_nms(boxes[:, :2], scores, 1.0, impl="triton")
+    with pytest.raises(ValueError, match=r"nms_bev: impl must be one of \('auto', 'torch', 'tri"):
+        nms_bev(boxes, scores, 0.5, impl="numba")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no interpreter: no triton on CPU tensors
+    with pytest.raises(ImplUnavailable, match="bev_iou: impl='triton' cannot run here"):
+        bev_iou(boxes, boxes, impl="triton")
+
+
 def test_box_convention_width_across_heading():
     # yaw 0: l along +x. Two boxes side by side in y overlap only if w (across) is large.
     a = torch.tensor([[0.0, 0.0, 1.0, 4.0, 0.0]])
@@ -201,7 +253,7 @@ def test_bad_input(call, match):
 
 def test_bev_iou_opcheck():
     a, b = random_boxes(6, seed=1), random_boxes(5, seed=2)
-    torch.library.opcheck(torch.ops.perception.bev_iou.default, (a, b))
+    torch.library.opcheck(torch.ops.perception.bev_iou.default, (a, b, "torch"))
 
 
 def test_bev_iou_exports_as_one_op():

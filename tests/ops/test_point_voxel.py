@@ -7,6 +7,7 @@ import importlib
 import pytest
 import torch
 
+from perception.ops._impl import ImplTrace, ImplUnavailable
 from perception.ops.point_voxel import (
     point_to_voxel,
     point_to_voxel_reference,
@@ -14,7 +15,7 @@ from perception.ops.point_voxel import (
     voxel_to_point_reference,
 )
 from perception.ops.sparse import SparseTensor, conv3d
-from tests.ops.harness import DEVICES, assert_parity, needs_triton
+from tests.ops.harness import DEVICES, assert_parity, assert_ran, needs_triton
 
 point_voxel_module = importlib.import_module("perception.ops.point_voxel")
 triton_kernels = importlib.import_module("perception.ops._triton")
@@ -91,25 +92,26 @@ def test_voxel_to_point_matches_loops(device, stride, density):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("impl", ["numba", "triton", "index_add"])
+@pytest.mark.parametrize("impl", ["numba", "triton", "torch", "reference"])
 def test_scatter_variants_match_loops(device, impl, monkeypatch):
-    """Each scatter variant (point -> voxel means, the devoxelization's gradient) against the
-    loops: numba (CPU), triton (CUDA; CPU under triton's interpreter), index_add_ (any)."""
+    """Each path (the scatter of the point -> voxel means and of the devoxelization's
+    gradient) against the loops: numba (CPU), triton (CUDA; CPU under triton's interpreter),
+    torch's index_add_ (any), the reference (the loops themselves, any)."""
     if impl == "triton":
         needs_triton(device)
     if impl == "numba" and (
         device != "cpu" or point_voxel_module.numba_kernels(torch.device("cpu")) is None
     ):
         pytest.skip("the numba scatter runs on CPU where numba is importable")
-    monkeypatch.setattr(point_voxel_module, "SCATTER_IMPL", impl)
     calls = []
     kernel = triton_kernels.scatter_add_rows
     monkeypatch.setattr(
         triton_kernels, "scatter_add_rows", lambda *a: calls.append(1) or kernel(*a)
     )
+    trace = ImplTrace()
     points = random_points(60, 2, seed=5).to(device)
     feats = torch.randn(60, 9, dtype=torch.float64, device=device, requires_grad=True)
-    vox = point_to_voxel(feats, points, 2)
+    vox = point_to_voxel(feats, points, 2, impl=impl, trace=trace)
     ref = point_to_voxel_reference(feats, points, vox.coords.to(torch.int64), 2)
     torch.testing.assert_close(vox.feats, ref)
     up = torch.randn_like(ref)
@@ -118,7 +120,7 @@ def test_scatter_variants_match_loops(device, impl, monkeypatch):
         torch.autograd.grad((ref * up).sum(), feats)[0],
     )
     voxel_feats = vox.feats.detach().requires_grad_(True)
-    at_points = voxel_to_point(vox.replace_feats(voxel_feats), points)
+    at_points = voxel_to_point(vox.replace_feats(voxel_feats), points, impl=impl, trace=trace)
     want = voxel_to_point_reference(voxel_feats, vox.coords.to(torch.int64), 2, points)
     torch.testing.assert_close(at_points, want)
     up = torch.randn_like(want)
@@ -126,8 +128,48 @@ def test_scatter_variants_match_loops(device, impl, monkeypatch):
         torch.autograd.grad((at_points * up).sum(), voxel_feats)[0],
         torch.autograd.grad((want * up).sum(), voxel_feats)[0],
     )
+    assert_ran(trace, impl)
+    assert [op for op, _ in trace.calls] == ["point_to_voxel", "voxel_to_point"]
     # the mean's forward and the devoxelization's backward scatter
     assert len(calls) == (2 if impl == "triton" else 0)
+
+
+def test_auto_takes_numba_on_cpu_where_importable():
+    trace = ImplTrace()
+    points = random_points(30, 1, seed=2)
+    vox = point_to_voxel(torch.randn(30, 3, dtype=torch.float64), points, 1, trace=trace)
+    voxel_to_point(vox, points, trace=trace)
+    point_to_voxel(torch.randn(30, 3, dtype=torch.float16), points, 1, trace=trace)
+    have_numba = point_voxel_module.numba_kernels(torch.device("cpu")) is not None
+    first = "numba" if have_numba else "torch"
+    assert [impl for _, impl in trace.calls] == [first, first, "torch"]  # float16: torch
+
+
+def test_unavailable_impl_raises(monkeypatch):
+    points = random_points(10, 1, seed=2)
+    half = torch.randn(10, 3, dtype=torch.float16)
+    with pytest.raises(ImplUnavailable, match="point_to_voxel: impl='numba' cannot run here"):
+        point_to_voxel(half, points, 1, impl="numba")
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no interpreter: no triton on CPU tensors
+    vox = point_to_voxel(torch.randn(10, 3), points, 1)
+    with pytest.raises(ImplUnavailable, match="voxel_to_point: impl='triton' cannot run here"):
+        voxel_to_point(vox, points, impl="triton")
+    with pytest.raises(ValueError, match=r"impl must be one of \('auto', 'torch', 'numba'"):
+        point_to_voxel(torch.randn(10, 3), points, 1, impl="index_add")
+
+
+@pytest.mark.parametrize("stride", [(1, 2, 1), (2, 1, 4)])
+def test_reference_takes_a_stride_per_axis(stride):
+    points = random_points(40, 2, seed=8)
+    feats = torch.randn(40, 2, dtype=torch.float64)
+    trace = ImplTrace()
+    fast = point_to_voxel(feats, points, stride)
+    ref = point_to_voxel(feats, points, stride, impl="reference", trace=trace)
+    torch.testing.assert_close(ref.feats, fast.feats)
+    torch.testing.assert_close(
+        voxel_to_point(fast, points, impl="reference", trace=trace), voxel_to_point(fast, points)
+    )
+    assert_ran(trace, "reference")
 
 
 def test_voxel_to_point_at_voxel_centre_returns_that_voxel():

@@ -6,7 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from perception.ops.sparse import SparseCache, SparseTensor, conv3d, conv3d_reference, functional
+from perception.ops._impl import ImplTrace, ImplUnavailable
+from perception.ops.sparse import (
+    Conv3d,
+    SparseCache,
+    SparseTensor,
+    conv3d,
+    conv3d_reference,
+    functional,
+)
 from perception.ops.sparse.kernel_map import (
     build_kernel_map,
     build_kernel_map_reference,
@@ -17,9 +25,10 @@ from perception.ops.sparse.kernel_map import (
     make_coord_index,
     numba_kernels,
 )
-from tests.ops.harness import DEVICES, assert_parity, needs_triton
+from tests.ops.harness import DEVICES, assert_parity, assert_ran, needs_triton
 
-IMPLS = ["gather", "scatter", "rows", "tiles", "triton"]
+# the compute variants (functional.VARIANTS); each test runs each through functional._conv3d
+VARIANTS = ["gather", "scatter", "rows", "tiles", "triton"]
 HAVE_NUMBA = numba_kernels(torch.device("cpu")) is not None
 HAVE_TILES = HAVE_NUMBA and functional._tiles_importable()
 # the triton kernel runs on CPU tensors under triton's interpreter (tests/conftest.py sets it)
@@ -29,18 +38,30 @@ HAVE_TRITON = functional._triton.importable() and (
 
 
 @pytest.fixture
-def force_impl(request, monkeypatch):
-    """Forces one compute variant of the fast path (the default picks by estimated cost). A
-    numba or triton variant that cannot run on a test's dtype (float64 for triton) falls
-    back to the choice; test_triton_kernel_runs_forward_and_backward checks triton really runs."""
+def variant(request):
+    """One compute variant of the fast path (by default the op picks by estimated cost),
+    skipped where it cannot run here; tests pass it as ``impl`` to ``functional._conv3d``,
+    which raises rather than falls back where the variant cannot run."""
     if request.param == "rows" and not HAVE_NUMBA:
         pytest.skip("the 'rows' variant needs numba, which is not importable")
     if request.param == "tiles" and not HAVE_TILES:
         pytest.skip("the 'tiles' variant needs numba and scipy, which are not importable")
     if request.param == "triton" and not HAVE_TRITON:
         pytest.skip("the 'triton' variant needs triton (and CUDA, or TRITON_INTERPRET=1)")
-    monkeypatch.setattr(functional, "_FORCED_IMPL", request.param)
     return request.param
+
+
+def skip_float64_triton(variant: str) -> None:
+    if variant == "triton":
+        pytest.skip("the triton kernel takes float32/float16/bfloat16 (this test is float64)")
+
+
+def conv(x, weight, variant, **kwargs):
+    """``functional._conv3d`` of ``variant``, asserting that variant's backend ran."""
+    trace = ImplTrace()
+    y = functional._conv3d(x, weight, kwargs.pop("bias", None), impl=variant, trace=trace, **kwargs)
+    assert_ran(trace, functional.VARIANTS[variant])
+    return y
 
 
 GRID = 10  # dense grid side; inputs stay GRID - MARGIN away from the far border
@@ -78,8 +99,9 @@ def read_dense(dense, coords, stride):
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("channels", [(1, 3), (4, 8)])
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
-def test_conv_matches_dense(kernel, stride, dilation, channels, batch, force_impl):
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_conv_matches_dense(kernel, stride, dilation, channels, batch, variant):
+    skip_float64_triton(variant)
     c_in, c_out = channels
     coords = random_coords(60, batch, seed=kernel * 100 + stride * 10 + dilation)
     feats = torch.randn(coords.shape[0], c_in, dtype=torch.float64, requires_grad=True)
@@ -88,7 +110,7 @@ def test_conv_matches_dense(kernel, stride, dilation, channels, batch, force_imp
     weight = dense_weight_to_sparse(w_dense)
 
     x = SparseTensor(feats, coords)
-    y = conv3d(x, weight, kernel_size=kernel, stride=stride, dilation=dilation)
+    y = conv(x, weight, variant, kernel_size=kernel, stride=stride, dilation=dilation)
     pad = (kernel - 1) // 2 * dilation
     dense_out = F.conv3d(
         scatter_dense(feats, coords, batch), w_dense, stride=stride, padding=pad, dilation=dilation
@@ -123,14 +145,16 @@ def test_conv_matches_dense(kernel, stride, dilation, channels, batch, force_imp
 @pytest.mark.parametrize("kernel", [2, 3])
 @pytest.mark.parametrize("dilation", [1, 2])
 @pytest.mark.parametrize("batch", [1, 2])
-@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
-def test_transposed_matches_dense(kernel, dilation, batch, force_impl):
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_transposed_matches_dense(kernel, dilation, batch, variant):
     """Down (stride 2) then up (transposed) lands on the input sites = dense ConvTranspose3d."""
+    skip_float64_triton(variant)
     coords = random_coords(60, batch, seed=7 * kernel + dilation)
     x = SparseTensor(torch.randn(coords.shape[0], 2, dtype=torch.float64), coords)
-    down = conv3d(
+    down = conv(
         x,
         torch.randn(kernel**3, 2, 3, dtype=torch.float64),
+        variant,
         kernel_size=kernel,
         stride=2,
         dilation=dilation,
@@ -139,7 +163,9 @@ def test_transposed_matches_dense(kernel, dilation, batch, force_impl):
     down_leaf = down.replace_feats(feats)
     w_t = torch.randn(3, 4, kernel, kernel, kernel, dtype=torch.float64, requires_grad=True)
     weight = w_t.permute(2, 3, 4, 0, 1).reshape(-1, 3, 4)
-    up = conv3d(down_leaf, weight, kernel_size=kernel, stride=2, dilation=dilation, transposed=True)
+    up = conv(
+        down_leaf, weight, variant, kernel_size=kernel, stride=2, dilation=dilation, transposed=True
+    )
     assert torch.equal(up.coords, coords) and up.stride == (1, 1, 1)
     pad = (kernel - 1) // 2 * dilation
     dense_in = scatter_dense(feats, down.coords, batch, stride=2)
@@ -155,13 +181,16 @@ def test_transposed_matches_dense(kernel, dilation, batch, force_impl):
         torch.testing.assert_close(a, b)
 
 
-def _fast_conv(feats, coords, weight, kernel_size, stride, dilation):
-    y = conv3d(
+def _fast_conv(feats, coords, weight, kernel_size, stride, dilation, impl="auto", trace=None):
+    y = functional._conv3d(
         SparseTensor(feats, coords),
         weight,
+        None,
         kernel_size=kernel_size,
         stride=stride,
         dilation=dilation,
+        impl=impl,
+        trace=trace,
     )
     return y.feats, y.coords
 
@@ -176,8 +205,10 @@ def _ref_conv(feats, coords, weight, kernel_size, stride, dilation):
 @pytest.mark.parametrize("n", [0, 1, 80])
 @pytest.mark.parametrize("kernel_size", [3, (3, 1, 2)])
 @pytest.mark.parametrize("stride", [1, 2, (2, 2, 1)])
-@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
-def test_fast_path_matches_reference(device, n, kernel_size, stride, force_impl):
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_fast_path_matches_reference(device, n, kernel_size, stride, variant):
+    if device == "cuda" and variant in ("rows", "tiles"):
+        pytest.skip("the numba variants run on CPU tensors")
     coords = random_coords(n, 2, seed=n + 1, grid=14).to(device)
     k = 27 if kernel_size == 3 else 6
     inputs = {
@@ -191,17 +222,68 @@ def test_fast_path_matches_reference(device, n, kernel_size, stride, force_impl)
     # A single voxel may have no output site (odd y under a 1-wide window with stride 2).
     nonempty = _ref_conv(**inputs)[0].shape[0] > 0
     grads = ["feats", "weight"] if nonempty else []
-    assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=grads)
+    assert_parity(
+        _fast_conv, _ref_conv, inputs, grad_inputs=grads, impl=variant,
+        ran=functional.VARIANTS[variant],
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("impl", ["auto", "torch", "numba", "triton", "reference"])
+def test_public_impls_match_reference(device, impl):
+    """``conv3d(impl=...)``, the public vocabulary, against the reference; "auto" takes numba
+    on CPU (where importable) and triton on CUDA (where importable)."""
+    if impl == "triton":
+        needs_triton(device)
+    if impl == "numba" and (device != "cpu" or not HAVE_NUMBA):
+        pytest.skip("the numba kernels run on CPU tensors, where numba is importable")
+    coords = random_coords(60, 2, seed=6, grid=14).to(device)
+    inputs = {
+        "feats": torch.randn(coords.shape[0], 4, device=device),
+        "coords": coords,
+        "weight": torch.randn(27, 4, 5, device=device),
+        "kernel_size": 3,
+        "stride": 2,
+        "dilation": 1,
+    }
+    if device == "cpu":
+        auto = "numba" if HAVE_NUMBA else "torch"
+    else:
+        auto = "triton" if HAVE_TRITON else "torch"
+
+    def public(feats, coords, weight, kernel_size, stride, dilation, impl, trace):
+        y = conv3d(
+            SparseTensor(feats, coords), weight, kernel_size=kernel_size, stride=stride,
+            dilation=dilation, impl=impl, trace=trace,
+        )  # fmt: skip
+        return y.feats, y.coords
+
+    ran = auto if impl == "auto" else impl
+    assert_parity(public, _ref_conv, inputs, grad_inputs=["feats", "weight"], impl=impl, ran=ran)
+
+
+def test_unavailable_impl_raises_instead_of_falling_back(monkeypatch):
+    coords = random_coords(30, 1, seed=2)
+    x = SparseTensor(torch.randn(coords.shape[0], 2, dtype=torch.float64), coords)
+    with pytest.raises(ValueError, match=r"sparse_conv3d: impl must be one of \('auto', "):
+        conv3d(x, torch.randn(27, 2, 2, dtype=torch.float64), impl="tiles")
+    with pytest.raises(ImplUnavailable, match="impl='triton' cannot run here"):
+        conv3d(x, torch.randn(27, 2, 2, dtype=torch.float64), impl="triton")  # float64
+    monkeypatch.setenv("TRITON_INTERPRET", "0")  # no interpreter: no triton on CPU tensors
+    with pytest.raises(ImplUnavailable, match="impl='triton' cannot run here"):
+        conv3d(x.replace_feats(x.feats.float()), torch.randn(27, 2, 2), impl="triton")
+    with pytest.raises(ImplUnavailable, match="impl='numba' cannot run here"):
+        conv3d(x.replace_feats(x.feats.bfloat16()), torch.randn(27, 2, 2), impl="numba")
+    with pytest.raises(ValueError, match="impl must be one of"):
+        Conv3d(2, 2, impl="rows")
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stride", [1, 2])
 def test_triton_kernel_runs_forward_and_backward(device, stride, monkeypatch):
-    """The forced triton variant really runs its kernel (forward and input gradient) and
-    matches the reference; elsewhere a forced variant that cannot run falls back."""
-    if not HAVE_TRITON or (device == "cpu" and not functional._triton.interpreting()):
-        pytest.skip("the 'triton' variant needs triton (and CUDA, or TRITON_INTERPRET=1)")
-    monkeypatch.setattr(functional, "_FORCED_IMPL", "triton")
+    """impl="triton" really runs its kernel (forward and input gradient) and matches the
+    reference."""
+    needs_triton(device)
     calls = []
     kernel = functional._triton.sparse_conv
     monkeypatch.setattr(functional._triton, "sparse_conv", lambda *a: calls.append(1) or kernel(*a))
@@ -214,7 +296,7 @@ def test_triton_kernel_runs_forward_and_backward(device, stride, monkeypatch):
         "stride": stride,
         "dilation": 1,
     }
-    assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=["feats", "weight"])
+    assert_parity(_fast_conv, _ref_conv, inputs, grad_inputs=["feats", "weight"], impl="triton")
     assert len(calls) >= 2  # forward, and the input gradient of the backward
 
 
@@ -347,7 +429,7 @@ def test_pairs_match_table(fill, channels):
     for o, (in_idx, out_idx) in enumerate(pairs):
         expected_out = torch.nonzero(nbr[:, o] < num_in).squeeze(1)
         assert torch.equal(out_idx, expected_out) and torch.equal(in_idx, nbr[expected_out, o])
-    impl = functional._select_impl(torch.device("cpu"), False, fill, *channels)
+    impl = functional._select_variant("auto", torch.device("cpu"), False, fill, *channels)
     if HAVE_TILES:  # fastest at every fill of the benchmark stack
         assert impl == "tiles"
         return
@@ -358,17 +440,18 @@ def test_pairs_match_table(fill, channels):
 
 @pytest.mark.parametrize("stride", [1, 2])
 @pytest.mark.parametrize("transposed", [False, True])
-@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
-def test_gradcheck(stride, transposed, force_impl):
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_gradcheck(stride, transposed, variant):
+    skip_float64_triton(variant)
     coords = random_coords(12, 2, seed=3, grid=8)
     feats = torch.randn(coords.shape[0], 2, dtype=torch.float64, requires_grad=True)
     weight = torch.randn(27, 2, 3, dtype=torch.float64, requires_grad=True)
     x = SparseTensor(feats.detach(), coords)
     if transposed and stride == 2:
-        x = conv3d(x, torch.randn(27, 2, 2, dtype=torch.float64), stride=2)
+        x = conv(x, torch.randn(27, 2, 2, dtype=torch.float64), variant, stride=2)
 
     def fn(f, w):
-        return conv3d(x.replace_feats(f), w, stride=stride, transposed=transposed).feats
+        return conv(x.replace_feats(f), w, variant, stride=stride, transposed=transposed).feats
 
     f0 = torch.randn(len(x), 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(fn, (f0, weight))
@@ -405,8 +488,12 @@ def test_transposed_without_matching_downsample_raises():
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("stride", [1, 2])
-@pytest.mark.parametrize("force_impl", IMPLS, indirect=True)
-def test_deterministic_is_bitwise_reproducible(device, stride, force_impl):
+@pytest.mark.parametrize("variant", VARIANTS, indirect=True)
+def test_deterministic_is_bitwise_reproducible(device, stride, variant):
+    if device == "cuda" and variant in ("rows", "tiles"):
+        pytest.skip("the numba variants run on CPU tensors")
+    if device == "cuda" and variant == "scatter":
+        pytest.skip("index_add_ uses atomics on CUDA: deterministic=True refuses 'scatter'")
     coords = random_coords(300, 2, seed=9, grid=20).to(device)
     feats = torch.randn(coords.shape[0], 16, device=device)
     weight = torch.randn(27, 16, 16, device=device)
@@ -414,7 +501,7 @@ def test_deterministic_is_bitwise_reproducible(device, stride, force_impl):
     for _ in range(2):
         f = feats.clone().requires_grad_(True)
         w = weight.clone().requires_grad_(True)
-        y = conv3d(SparseTensor(f, coords), w, stride=stride, deterministic=True)
+        y = conv(SparseTensor(f, coords), w, variant, stride=stride, deterministic=True)
         y.feats.square().sum().backward()
         results.append((y.feats.detach(), f.grad, w.grad))
     for a, b in zip(*results):
@@ -475,13 +562,15 @@ def test_custom_op_is_registered_with_fake():
     weight = torch.randn(27, 2, 3)
     nbr = torch.full((4, 27), 5, dtype=torch.int64)
     nbr_t = torch.full((5, 27), 4, dtype=torch.int64)
-    torch.library.opcheck(op, (feats, weight, nbr, nbr_t, True))
+    for variant in ("gather", "scatter") + (("rows",) if HAVE_NUMBA else ()):
+        torch.library.opcheck(op, (feats, weight, nbr, nbr_t, variant))
 
 
 def test_low_precision_features_take_a_torch_variant():
     """The numba "rows" variant is float32/float64 only: bfloat16 features use a torch one."""
     coords = random_coords(80, 1, seed=4)
-    assert functional._select_impl(torch.device("cpu"), False, 0.0, 4, 4, torch.bfloat16) in (
+    cpu = torch.device("cpu")
+    assert functional._select_variant("auto", cpu, False, 0.0, 4, 4, torch.bfloat16) in (
         "gather",
         "scatter",
     )
@@ -509,8 +598,6 @@ def test_strided_map_without_transpose_builds_it_on_first_use(impl):
 def test_maps_built_without_autograd_serve_a_later_backward():
     """Maps first built under no_grad (no transposed tables) give the same gradients, through
     strided, submanifold and transposed layers, as maps built for training."""
-    from perception.ops.sparse import Conv3d
-
     torch.manual_seed(0)
     net = torch.nn.Sequential(
         Conv3d(3, 4, 3, stride=2), Conv3d(4, 4, 3), Conv3d(4, 3, 3, stride=2, transposed=True)

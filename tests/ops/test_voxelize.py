@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from perception.ops import dynamic_voxelize, voxelize, voxelize_batch
+from perception.ops._impl import ImplTrace, ImplUnavailable
 from perception.ops.voxelize_reference import dynamic_voxelize_reference, voxelize_reference
-from tests.ops.harness import DEVICES, needs_triton
+from tests.ops.harness import DEVICES, assert_ran, needs_triton
 
 # the module (perception.ops.voxelize the attribute is the function)
 voxelize_module = importlib.import_module("perception.ops.voxelize")
@@ -18,11 +19,14 @@ PC_RANGE = (-4.0, -4.0, -2.0, 4.0, 4.0, 2.0)
 
 HAS_NUMBA = voxelize_module._numba_kernels() is not None
 needs_numba = pytest.mark.skipif(not HAS_NUMBA, reason="numba not importable")
-# (device, impl): every path voxelize can take
+# (device, impl): every path voxelize can take ("triton" on CPU: under triton's interpreter)
 DEVICE_IMPLS = [
     pytest.param("cpu", "numba", marks=needs_numba, id="cpu-numba"),
     pytest.param("cpu", "torch", id="cpu-torch"),
+    pytest.param("cpu", "triton", id="cpu-triton"),
+    pytest.param("cpu", "reference", id="cpu-reference"),
     pytest.param("cuda", "torch", marks=pytest.mark.cuda, id="cuda-torch"),
+    pytest.param("cuda", "triton", marks=pytest.mark.cuda, id="cuda-triton"),
 ]
 CPU_IMPLS = [pytest.param("numba", marks=needs_numba), "torch"]
 
@@ -71,11 +75,17 @@ GRID = [(0.5, 5, 10_000), (0.25, 3, 40), ((0.4, 0.3, 0.5), 1, 100_000), (1.0, 64
 @pytest.mark.parametrize("n", [0, 1, 9, 300, 3000])
 @pytest.mark.parametrize("voxel_size,max_points,max_voxels", GRID)
 def test_voxelize_matches_reference(device, impl, n, voxel_size, max_points, max_voxels):
+    if impl == "triton":
+        needs_triton(device)
     pts = make_points(n, seed=n)
-    fast = voxelize(pts.to(device), voxel_size, PC_RANGE, max_points, max_voxels, impl=impl)
+    trace = ImplTrace()
+    fast = voxelize(
+        pts.to(device), voxel_size, PC_RANGE, max_points, max_voxels, impl=impl, trace=trace
+    )
     ref = voxelize_reference(pts, voxel_size, PC_RANGE, max_points, max_voxels)
     assert_same_voxels(fast, ref)
     assert fast.points.device.type == device
+    assert_ran(trace, impl)
 
 
 @needs_numba
@@ -133,7 +143,7 @@ def test_numba_bitmap_parts_do_not_change_the_output(parts, cloud):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_triton_voxel_keys_match_torch(device, dtype, monkeypatch):
-    """The torch path's keys from the triton kernel (CUDA; CPU under triton's interpreter):
+    """The triton path (the torch path with its keys from the triton kernel (CUDA; CPU under triton's interpreter):
     the same voxels and drops as torch's arithmetic, boundary and non-finite points included."""
     needs_triton(device)
     triton_ops = importlib.import_module("perception.ops._triton")
@@ -144,28 +154,36 @@ def test_triton_voxel_keys_match_torch(device, dtype, monkeypatch):
     # points exactly on voxel faces and on the range's min and max faces
     pts[10:20, :3] = torch.tensor([PC_RANGE[0], 0.0, PC_RANGE[5]], dtype=dtype)
     pts[20:30, :3] = torch.tensor([0.5, -0.25, PC_RANGE[2]], dtype=dtype)
-    pts, want = pts.to(device), {}
-    for keys_impl in ("torch", "triton"):
-        monkeypatch.setattr(voxelize_module, "KEYS_IMPL", keys_impl)
-        want[keys_impl] = (
-            voxelize(pts, 0.25, PC_RANGE, 4, 500, impl="torch"),
-            dynamic_voxelize(pts, 0.25, PC_RANGE, impl="torch"),
+    pts, want, trace = pts.to(device), {}, ImplTrace()
+    for impl in ("torch", "triton"):
+        want[impl] = (
+            voxelize(pts, 0.25, PC_RANGE, 4, 500, impl=impl, trace=trace),
+            dynamic_voxelize(pts, 0.25, PC_RANGE, impl=impl, trace=trace),
         )
+    assert [impl for _, impl in trace.calls] == ["torch", "torch", "triton", "triton"]
     assert len(calls) == 2
     assert_same_voxels(want["triton"][0], want["torch"][0])
     for a, b in zip(want["triton"][1], want["torch"][1], strict=True):
         assert a == b if isinstance(a, int) else torch.equal(a, b)
 
 
-@pytest.mark.parametrize("impl", CPU_IMPLS)
+@pytest.mark.parametrize("impl", CPU_IMPLS + ["auto"])
 def test_grid_beyond_int32_keys(impl):
-    # 1 mm voxels: 8000 x 8000 x 4000 keys need int64 (the numba table too)
+    # 1 mm voxels: 8000 x 8000 x 4000 keys need int64 (the numba table too); the numba hard
+    # voxelization's bitmap does not take such a grid: "auto" takes torch, "numba" refuses
     pts = make_points(400, seed=5)
-    fast = voxelize(pts, 0.001, PC_RANGE, 2, 300, impl=impl)
-    assert_same_voxels(fast, voxelize_reference(pts, 0.001, PC_RANGE, 2, 300))
-    p2v, coords, dropped = dynamic_voxelize(pts, 0.001, PC_RANGE, impl=impl)
+    trace = ImplTrace()
+    if impl == "numba":
+        with pytest.raises(ImplUnavailable, match="voxelize: impl='numba' cannot run.*bitmap"):
+            voxelize(pts, 0.001, PC_RANGE, 2, 300, impl=impl)
+    else:
+        fast = voxelize(pts, 0.001, PC_RANGE, 2, 300, impl=impl, trace=trace)
+        assert_same_voxels(fast, voxelize_reference(pts, 0.001, PC_RANGE, 2, 300))
+        assert_ran(trace, "torch", "voxelize")
+    p2v, coords, dropped = dynamic_voxelize(pts, 0.001, PC_RANGE, impl=impl, trace=trace)
     r_p2v, r_coords, r_dropped = dynamic_voxelize_reference(pts, 0.001, PC_RANGE)
     assert torch.equal(p2v, r_p2v) and torch.equal(coords, r_coords) and dropped == r_dropped
+    assert_ran(trace, "numba" if HAS_NUMBA and impl != "torch" else "torch", "dynamic_voxelize")
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
@@ -234,16 +252,22 @@ def test_deterministic(impl):
 @pytest.mark.parametrize("n", [0, 1, 200, 4000])
 @pytest.mark.parametrize("voxel_size", [0.3, (1.0, 0.5, 2.0)])
 def test_dynamic_voxelize_matches_reference(device, impl, n, voxel_size):
+    if impl == "triton":
+        needs_triton(device)
     pts = make_points(n, seed=n + 1)
-    p2v, coords, dropped = dynamic_voxelize(pts.to(device), voxel_size, PC_RANGE, impl=impl)
+    trace = ImplTrace()
+    p2v, coords, dropped = dynamic_voxelize(
+        pts.to(device), voxel_size, PC_RANGE, impl=impl, trace=trace
+    )
     r_p2v, r_coords, r_dropped = dynamic_voxelize_reference(pts, voxel_size, PC_RANGE)
     assert torch.equal(p2v.cpu(), r_p2v)
     assert torch.equal(coords.cpu(), r_coords)
     assert dropped == r_dropped
     assert p2v.dtype == torch.int64 and coords.dtype == torch.int32
     # unlimited hard voxelization gives the same voxel rows
-    hard = voxelize(pts, voxel_size, PC_RANGE, max(n, 1), max(n, 1), impl=impl)
+    hard = voxelize(pts.to(device), voxel_size, PC_RANGE, max(n, 1), max(n, 1), impl=impl)
     assert torch.equal(hard.coords.cpu(), r_coords)
+    assert_ran(trace, impl)
 
 
 @pytest.mark.parametrize("impl", CPU_IMPLS)
@@ -274,41 +298,39 @@ def test_voxelize_batch_adds_batch_column(impl):
     assert out.num_overflow == tuple(s.num_overflow for s in singles)
 
 
-def test_default_path_on_cpu_is_numba_where_importable(monkeypatch):
-    calls = []
-    numba_path = voxelize_module._voxelize_numba
-    dynamic_numba_path = voxelize_module._dynamic_voxelize_numba
-    monkeypatch.setattr(
-        voxelize_module, "_voxelize_numba", lambda *a: calls.append("hard") or numba_path(*a)
-    )
-    monkeypatch.setattr(
-        voxelize_module,
-        "_dynamic_voxelize_numba",
-        lambda *a: calls.append("dynamic") or dynamic_numba_path(*a),
-    )
+def test_default_path_on_cpu_is_numba_where_importable():
+    trace = ImplTrace()
     pts = make_points(300, seed=2)
-    voxelize(pts, 0.5, PC_RANGE, 4, 100)
-    dynamic_voxelize(pts, 0.5, PC_RANGE)
-    assert calls == (["hard", "dynamic"] if HAS_NUMBA else [])
+    voxelize(pts, 0.5, PC_RANGE, 4, 100, trace=trace)
+    dynamic_voxelize(pts, 0.5, PC_RANGE, trace=trace)
+    assert_ran(trace, "numba" if HAS_NUMBA else "torch")
     # paths numba cannot take: autograd, float16
-    calls.clear()
-    voxelize(pts.clone().requires_grad_(True), 0.5, PC_RANGE, 4, 100)
-    voxelize(pts.half(), 0.5, PC_RANGE, 4, 100)
-    voxelize(pts, 0.5, PC_RANGE, 4, 100, impl="torch")
-    assert calls == []
+    trace = ImplTrace()
+    voxelize(pts.clone().requires_grad_(True), 0.5, PC_RANGE, 4, 100, trace=trace)
+    voxelize(pts.half(), 0.5, PC_RANGE, 4, 100, trace=trace)
+    voxelize(pts, 0.5, PC_RANGE, 4, 100, impl="torch", trace=trace)
+    assert_ran(trace, "torch")
 
 
 @pytest.mark.parametrize(
     "points,impl,match",
     [
-        (torch.zeros(4, 3), "cuda", "impl must be one of"),
+        (torch.zeros(4, 3), "cuda", r"voxelize: impl must be one of \('auto', 'torch', "),
+        (torch.zeros(4, 3), None, "impl must be one of"),
         (torch.zeros(4, 3, dtype=torch.float16), "numba", "float32/float64 CPU"),
         (torch.zeros(4, 3, requires_grad=True), "numba", "without autograd"),
+        (torch.zeros(4, 3, dtype=torch.float16), "triton", "impl='triton' cannot run here"),
     ],
 )
 def test_bad_impl(points, impl, match):
     with pytest.raises(ValueError, match=match):
         voxelize(points, 0.1, PC_RANGE, 2, 10, impl=impl)
+
+
+def test_triton_without_cuda_or_interpreter_raises(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ImplUnavailable, match="dynamic_voxelize: impl='triton' cannot run here"):
+        dynamic_voxelize(torch.zeros(4, 3), 0.1, PC_RANGE, impl="triton")
 
 
 @pytest.mark.parametrize(
