@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from perception.runtime import set_cpu_threads
+
+    set_cpu_threads()  # numba's worker pool follows torch's threads (OMP_NUM_THREADS)
+
     from perception.config import ConfigError, load_config, save_config
     from perception.engine import find_latest
 
