@@ -18,7 +18,7 @@ PYTEST_ARGS ?=
 $(STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,ros,export,tensorboard]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,bench,ros,export,tensorboard,live]"
 	# timm only for the EfficientViT key-compatibility test; --no-deps because its torchvision
 	# dependency does not import beside every torch build (the test stands in for it).
 	$(PY) -m pip install --quiet --disable-pip-version-check --no-deps timm==1.0.31

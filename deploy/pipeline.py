@@ -25,61 +25,22 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import cv2
 import numpy as np
 import torch
 from torch import nn
 
-from perception.config.schema import ExperimentConfig
-from perception.datasets.transforms import ImageAug
+from perception.datasets.sensors import (  # noqa: F401  (the node)
+    TestTimeImageTransform,
+    points_in_range,
+)
 from perception.models.camera import TemporalShiftState
 from perception.structures import Batch, Boxes3D, Detections
 
 TEMPORAL_MODES: tuple[str, ...] = ("stream", "clip")
 
 
-@dataclass(frozen=True)
-class ImagePreprocess:
-    """The dataset's test-time image transform (`ImageAug(train=False)`): resize by
-    `test_resize`, bottom/centre crop to `final_size`, no flip. Returns the warped image and
-    the 4x4 pixel transform recorded in `Sample.image_aug`."""
-
-    aug: ImageAug
-
-    @classmethod
-    def from_config(cls, config: ExperimentConfig) -> ImagePreprocess:
-        return cls(
-            ImageAug(config.augment.image, train=False, test_resize=config.augment.test_resize)
-        )
-
-    @property
-    def size(self) -> tuple[int, int]:
-        """(W, H) of the model's input images."""
-        return tuple(self.aug.config.final_size)
-
-    def matrix(self, width: int, height: int) -> np.ndarray:
-        """`[4, 4]` float32 `image_aug` of a `width` x `height` camera image."""
-        # Test mode draws nothing from the generator: the affine is deterministic.
-        m = self.aug._affine(width, height, np.random.default_rng(0))
-        m4 = np.eye(4, dtype=np.float32)
-        m4[:2, :2] = m[:2, :2]
-        m4[:2, 3] = m[:2, 2]
-        return m4
-
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """`[H, W, 3]` uint8 RGB -> `[3, H', W']` uint8, `(W', H') = size`."""
-        h, w = rgb.shape[:2]
-        m = self.aug._affine(w, h, np.random.default_rng(0))
-        warped = cv2.warpAffine(rgb, m[:2], self.size, flags=cv2.INTER_LINEAR)
-        return np.ascontiguousarray(warped.transpose(2, 0, 1))
-
-
-def points_in_range(points: np.ndarray, point_range: Sequence[float]) -> np.ndarray:
-    """The dataset's `PointsRangeFilter`: points with x, y, z in `[lo, hi)`."""
-    lo = np.asarray(point_range[:3], np.float32)
-    hi = np.asarray(point_range[3:], np.float32)
-    xyz = points[:, :3]
-    return points[((xyz >= lo) & (xyz < hi)).all(axis=1)]
+# The node's sensor preprocessing is the dataset's (one implementation of each rule).
+ImagePreprocess = TestTimeImageTransform  # the name the node and its tests know
 
 
 def make_batch(

@@ -15,7 +15,9 @@ rules.
 `--transport inprocess` needs `--bag` (the bag is replayed inside the process); with `dds` a
 `--bag` is replayed on DDS by this process, else the node waits for publishers (e.g.
 `tools/replay.py` or a ROS 2 system on rmw_cyclonedds). `--record DIR` writes every input and
-output to a rosbag2 with MCAP storage (open `DIR/DIR.mcap` in Foxglove).
+output to a rosbag2 with MCAP storage (open `DIR/DIR.mcap` in Foxglove). `--foxglove PORT`
+serves them live instead (or too): open Foxglove, "Open connection", `ws://127.0.0.1:PORT`
+(loopback unless `--foxglove-host` says otherwise); no ROS install needed.
 """
 
 from __future__ import annotations
@@ -64,6 +66,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--domain-id", type=int, default=None)
     parser.add_argument("--dds-config", choices=("loopback", "env"), default="loopback")
     parser.add_argument("--summary", help="write the final statistics as JSON here")
+    parser.add_argument(
+        "--foxglove",
+        type=int,
+        metavar="PORT",
+        help="serve the node's inputs and outputs live over Foxglove's WebSocket protocol "
+        "(open Foxglove, connect to ws://HOST:PORT; needs pip install -e '.[live]')",
+    )
+    parser.add_argument(
+        "--foxglove-host",
+        default="127.0.0.1",
+        help="interface the live view listens on (default loopback; 0.0.0.0 serves others)",
+    )
     return parser
 
 
@@ -78,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from perception.config import ConfigError, load_config
     from perception.deploy.bag import replay_bag
+    from perception.deploy.foxglove import Tee
     from perception.deploy.node import (
         NodeOptions,
         PerceptionNode,
@@ -128,7 +143,18 @@ def main(argv: list[str] | None = None) -> int:
         print_diagnostics=True,
     )
     recorder = Recorder(args.record) if args.record else None
-    node = PerceptionNode(model, config, transport, options, recorder=recorder)
+    view = None
+    if args.foxglove is not None:
+        from perception.deploy.foxglove import FoxgloveUnavailable, FoxgloveView
+
+        try:
+            view = FoxgloveView(host=args.foxglove_host, port=args.foxglove)
+        except (FoxgloveUnavailable, RuntimeError, OSError) as exc:
+            print(f"error: --foxglove {args.foxglove}: {exc}", file=sys.stderr)
+            return 2
+        print(f"live view: open Foxglove and connect to {view.url}", flush=True)
+    sinks = Tee(recorder, view) if view is not None else recorder
+    node = PerceptionNode(model, config, transport, options, recorder=sinks)
 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
@@ -170,6 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     if recorder is not None:
         recorder.close()
         print(f"recorded {recorder.count} messages to {args.record}")
+    if view is not None:
+        view.close()
+        print(f"live view: forwarded {view.count} messages ({view.bytes / 1e6:.1f} MB), "
+              f"{view.errors} not forwarded")  # fmt: skip
     text = summary_json(node.stats)
     if args.summary:
         Path(args.summary).write_text(text)

@@ -1,11 +1,12 @@
-"""tools/node.py: a micro checkpoint run in-process on a tiny-world bag publishes, records and
-summarizes; usage errors exit with 2."""
+"""tools/node.py: a micro checkpoint run in-process on a tiny-world bag publishes, records,
+serves the live view and summarizes; usage errors exit with 2."""
 
 from __future__ import annotations
 
 import contextlib
 import io
 import json
+import re
 
 import pytest
 
@@ -34,7 +35,7 @@ def test_inprocess_run_records_and_summarizes(tiny_world, tmp_path):
         code = run_cli(["--config", str(config), "--checkpoint", str(work), "--transport",
                         "inprocess", "--bag", str(bag), "--rate", "2", "--record",
                         str(tmp_path / "rec"), "--summary", str(tmp_path / "summary.json"),
-                        "--threads", "1"])  # fmt: skip
+                        "--threads", "1", "--foxglove", "0"])  # fmt: skip
     assert code == 0, out.getvalue()
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["processed"] > 0
@@ -46,6 +47,13 @@ def test_inprocess_run_records_and_summarizes(tiny_world, tmp_path):
     assert {"/lidar/top", "/perception/objects", "/perception/diagnostics"} <= topics
     assert list((tmp_path / "rec").glob("*.mcap"))
     assert "processed" in out.getvalue()
+    # the live view (a free port, loopback) got every message the recorder wrote
+    recorded = re.search(r"recorded (\d+) messages", out.getvalue())
+    forwarded = re.search(
+        r"live view: forwarded (\d+) messages .*, 0 not forwarded", out.getvalue()
+    )
+    assert recorded and forwarded and forwarded.group(1) == recorded.group(1), out.getvalue()
+    assert "connect to ws://127.0.0.1:" in out.getvalue()
 
 
 def test_a_dds_configuration_that_cannot_be_applied_is_one_line(
