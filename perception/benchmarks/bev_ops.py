@@ -11,8 +11,9 @@ Every group times its rows in one run on the same inputs:
   :func:`bev_pool_depth`.
 * ``voxelize``: 300k LiDAR-like points (10 sweeps), 0.075 x 0.075 x 0.2 m voxels, 10 points a
   voxel, 120k voxels: spconv's ``PointToVoxel`` on CPU (baseline, when importable) vs ours
-  (on CPU both paths: numba, the default, and the vectorized torch path), timed in turns
-  (five rounds of five calls each, :func:`~perception.benchmarks.common.time_interleaved`).
+  (the default path, numba on CPU and triton's voxel keys on CUDA, and the vectorized torch
+  path), timed in turns (five rounds of five calls each,
+  :func:`~perception.benchmarks.common.time_interleaved`).
 * ``nms``: ~1000 crowded boxes: shapely brute force (baseline) vs ours; circle NMS too.
 
 ``quick=True`` shrinks every input for a CI smoke run (a few seconds).
@@ -26,6 +27,7 @@ import time
 import torch
 
 from perception.benchmarks.common import BenchRow, compare, time_interleaved, time_ms
+from perception.ops._impl import ImplTrace
 from perception.ops.bev_pool import bev_pool, bev_pool_depth, build_bev_pool_plan
 from perception.ops.bev_pool_reference import bev_pool_cumsum, bev_pool_index_add
 from perception.ops.nms import circle_nms, nms_bev
@@ -212,9 +214,12 @@ def _voxelize_rows(quick: bool, device: str) -> list[BenchRow]:
             max_num_voxels=max_voxels, max_num_points_per_voxel=10,
         )  # fmt: skip
         fns["spconv PointToVoxel"] = lambda: generator(points)
-    # CPU: the numba path (the default there) and the vectorized torch path (the CUDA path and
-    # the fallback); timed in turns with spconv (a few ms a call: five rounds of five)
-    impls = ("numba", "torch") if device == "cpu" else ("torch",)
+    # The default path (CPU: numba; CUDA: the torch path with triton's voxel keys, where
+    # importable) and the vectorized torch path (the fallback); timed in turns with spconv (a
+    # few ms a call: five rounds of five)
+    trace = ImplTrace()
+    voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, trace=trace)
+    impls = tuple(dict.fromkeys([trace.calls[0][1], "torch"]))
     for impl in impls:
         ours = voxelize(points, VOXEL_SIZE, PC_RANGE, 10, max_voxels, impl=impl)
         name = f"ours ({impl})"
