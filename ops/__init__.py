@@ -1,9 +1,15 @@
 """Custom operators: voxelization, sparse 3-D convolution, point<->voxel transforms, BEV pooling, BEV NMS.
 
 Each op has a plain-PyTorch reference (the test oracle) and, where it pays, a faster path chosen
-at call time.
+at call time: every op takes ``impl=`` in one vocabulary (:data:`Impl`: "auto", "torch",
+"numba", "triton", "reference"; see :mod:`perception.ops._impl`) and records the path it took in
+an :class:`ImplTrace` passed as ``trace=``.
 """
 
+from ._impl import IMPLS as IMPLS
+from ._impl import Impl as Impl
+from ._impl import ImplTrace as ImplTrace
+from ._impl import ImplUnavailable as ImplUnavailable
 from .bev_pool import BEVPoolPlan as BEVPoolPlan
 from .bev_pool import BEVPoolPlanCache as BEVPoolPlanCache
 from .bev_pool import bev_pool as bev_pool

@@ -202,8 +202,9 @@ def _one_blas_thread():
 IMPLS = ("auto", "torch", "numba", "triton", "reference")
 """The values ``impl=`` accepts (see the module docstring)."""
 # The compute variants and the backend (``impl``) each belongs to.
-VARIANTS = {"gather": "torch", "scatter": "torch", "rows": "numba", "tiles": "numba"}
-VARIANTS["triton"] = "triton"
+VARIANTS = {
+    "gather": "torch", "scatter": "torch", "rows": "numba", "tiles": "numba", "triton": "triton"
+}  # fmt: skip
 OP = "sparse_conv3d"
 
 
@@ -317,12 +318,11 @@ def sparse_conv_op(
         ``[N_out, C_out]`` float.
     """
     k, c_in, c_out = weight.shape
-    impl = variant
-    if impl in ("rows", "tiles"):
-        return _numba_conv(feats, weight, nbr, impl)
-    if impl == "triton":
+    if variant in ("rows", "tiles"):
+        return _numba_conv(feats, weight, nbr, variant)
+    if variant == "triton":
         return _triton.sparse_conv(feats.detach(), weight.detach(), nbr)
-    if impl == "scatter":
+    if variant == "scatter":
         return _scatter_conv(feats, weight, nbr, c_out)
     return _gather_gemm(feats, weight.reshape(k * c_in, c_out), nbr)
 
@@ -347,14 +347,13 @@ def sparse_conv_backward_op(
     grad_out = grad_out.contiguous()
     # grad_in[i] = sum_k grad_out[nbr_t[i, k]] @ W[k]^T
     w_t = weight.transpose(1, 2).reshape(k * c_out, c_in)
-    impl = variant
-    if impl in ("rows", "tiles"):
-        grad_feats = _numba_conv(grad_out, weight.transpose(1, 2), nbr_t, impl)
-        grad_weight = _numba_grad_weight(feats, nbr, grad_out, impl)
-    elif impl == "triton":
+    if variant in ("rows", "tiles"):
+        grad_feats = _numba_conv(grad_out, weight.transpose(1, 2), nbr_t, variant)
+        grad_weight = _numba_grad_weight(feats, nbr, grad_out, variant)
+    elif variant == "triton":
         grad_feats = _triton.sparse_conv(grad_out, weight.detach().transpose(1, 2), nbr_t)
         grad_weight = _im2col_t_gemm(feats, nbr, grad_out).view(k, c_in, c_out)
-    elif impl == "scatter":
+    elif variant == "scatter":
         grad_feats = _scatter_conv(grad_out, weight.transpose(1, 2), nbr_t, c_in)
         grad_weight = _scatter_grad_weight(feats, nbr, grad_out)
     else:
@@ -475,9 +474,12 @@ def _conv3d(
             raise RuntimeError("the reference conv's output sites differ from the kernel map's")
     else:
         c_in, c_out = weight.shape[1], weight.shape[2]
+        # the op computes in float32 under autocast (float32_under_autocast below)
+        autocast = torch.is_autocast_enabled(x.feats.device.type)
+        dtype = torch.float32 if autocast else x.feats.dtype
         variant = _select_variant(
             impl, x.feats.device, deterministic, lambda: _fill(kmap.nbr, len(x)), c_in, c_out,
-            x.feats.dtype,
+            dtype,
         )  # fmt: skip
         record(trace, OP, VARIANTS[variant])
         nbr_t = kmap.nbr_t if needs_grad else kmap.nbr[:0]
