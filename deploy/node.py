@@ -29,7 +29,7 @@ Streaming state (`deploy/state.py`): the TF buffer, `data.sweeps - 1` earlier cl
 `data.sweep_stride`-th) merged into each new one with ego motion from TF, each camera's recent
 frames (decoded and pre-processed at arrival), and the camera encoder's TSM caches
 (`deploy/pipeline.py`). Sweeps and clips follow the dataset's rules
-(`perception.datasets.sweeps`): earlier sweeps older than `data.max_sweep_age` are not merged
+(`perception.datasets.sensors`): earlier sweeps older than `data.max_sweep_age` are not merged
 and a clip stops at a frame older than `data.max_clip_frame_age` before the cloud (padded),
 both counted (`stale_sweeps`, `stale_clip_frames`); each camera's CameraInfo and mount are
 checked once against the image crop as the dataset checks them (`crop_below_horizon`, a
@@ -76,7 +76,7 @@ from torch import nn
 
 from perception.config.schema import ExperimentConfig
 from perception.datasets.pipeline import camera_crop_problems
-from perception.datasets.sweeps import sweep_reach_problem
+from perception.datasets.sensors import sweep_reach_problem
 from perception.structures import Detections
 
 from .bag import (

@@ -30,7 +30,7 @@ from pathlib import Path
 
 # Only light imports before the arguments are parsed: --help and usage errors answer at once.
 from perception.cli import dataroot_problem, usage_error
-from perception.datasets.sweeps import DEFAULT_MAX_SWEEP_AGE_S
+from perception.datasets.sensors import DEFAULT_MAX_SWEEP_AGE_S
 
 
 def _seconds_or_none(text: str) -> float | None:

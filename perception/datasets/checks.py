@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .io import DataError, read_image, read_points
+from .sensors import read_table
 
 TABLES = (
     "category",
@@ -110,7 +111,7 @@ def read_tables(table_dir: Path) -> tuple[dict[str, list[dict]], list[Problem]]:
     for name in TABLES:
         path = table_dir / f"{name}.json"
         try:
-            data = json.loads(path.read_text())
+            data = read_table(table_dir.parent, table_dir.name, name)
         except FileNotFoundError:
             problems.append(Problem(str(path), "table is missing"))
             continue

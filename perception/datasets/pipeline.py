@@ -35,7 +35,7 @@ from ..config.schema import ExperimentConfig
 from ..structures import CAMERA_NAMES, Sample
 from .collate import collate_samples
 from .nuscenes import NuScenesDataset, Transform
-from .sweeps import sweep_reach_problem
+from .sensors import sweep_reach_problem
 from .transforms import (
     BoxesRangeFilter,
     DropSensors,

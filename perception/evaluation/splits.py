@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..datasets.sensors import read_table
+
 # Which database version each predefined split belongs to: the rule the devkit asserts in
 # `nuscenes.eval.common.loaders.load_gt` (a version name ends with this suffix).
 _SPLIT_VERSION_SUFFIX: dict[str, str] = {
@@ -54,13 +56,13 @@ def check_version_split(version: str, split: str) -> None:
 
 
 def _read_table(root: Path, version: str, name: str) -> list[dict]:
-    path = root / version / f"{name}.json"
-    if not path.is_file():
+    try:
+        return read_table(root, version, name)
+    except FileNotFoundError:
+        path = root / version / f"{name}.json"
         raise SplitError(
             f"{path} not found: is {str(root)!r} a nuScenes dataroot holding version {version!r}?"
-        )
-    with open(path) as f:
-        return json.load(f)
+        ) from None
 
 
 def split_scene_names(root: str | Path, version: str, split: str) -> list[str]:

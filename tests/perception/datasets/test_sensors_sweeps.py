@@ -9,7 +9,7 @@ import pytest
 
 from perception.datasets.index import build_index
 from perception.datasets.nuscenes import NuScenesDataset
-from perception.datasets.sweeps import (
+from perception.datasets.sensors import (
     fresh_clip_length,
     merge_sweeps,
     sweep_reach_problem,
