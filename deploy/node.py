@@ -57,6 +57,7 @@ for the cloud (counted in `camera_errors`) and the cloud goes on.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -143,6 +144,42 @@ DETECTIONS_TOPIC = "/perception/detections"
 MARKERS_TOPIC = "/perception/markers"
 STATUS_TOPIC = "/perception/status"
 DIAGNOSTICS_TOPIC = "/perception/diagnostics"
+
+
+@dataclass(frozen=True)
+class TopicKind:
+    """How the node subscribes to one kind of input topic and where its messages go.
+
+    `order` sorts messages of equal stamps within a received batch (TF first, the cloud last:
+    a cloud finds the transforms and images of its own instant). `depth` is the keep-last
+    queue: deep enough to absorb a burst (1 s of clouds); stale clouds are dropped, and
+    counted, at the model's entry instead. `handler` is the `PerceptionNode` method that
+    applies a message of this kind (`TOPIC_KINDS`, after the class).
+    """
+
+    msgtype: str
+    depth: int
+    order: int
+    handler: Callable[..., None]
+    reliable: bool = False
+    transient_local: bool = False
+    per_camera: bool = False
+
+
+@dataclass(frozen=True)
+class InputTopic:
+    """One subscribed topic: its kind, its camera (camera kinds) and the bound handler."""
+
+    topic: str
+    kind: str
+    camera: str | None
+    handler: Callable[[Any, Any, str | None, float], None]
+
+    @property
+    def spec(self) -> TopicKind:
+        return TOPIC_KINDS[self.kind]
+
+
 EMPTY = "std_msgs/msg/Empty"
 DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -431,32 +468,26 @@ class PerceptionNode:
 
         # topics
         self.lidar_topic = lidar_topic(LIDAR_CHANNEL)
-        self._kinds: dict[str, tuple[str, str | None]] = {
-            TF_STATIC_TOPIC: ("tf_static", None),
-            TF_TOPIC: ("tf", None),
-            RESET_TOPIC: ("reset", None),
-            self.lidar_topic: ("cloud", None),
-        }
-        for c in self.cameras:
-            self._kinds[camera_info_topic(c)] = ("camera_info", c)
-            self._kinds[image_topic(c)] = ("image", c)
-        types = {"tf_static": TF_MESSAGE, "tf": TF_MESSAGE, "reset": EMPTY, "cloud": POINTCLOUD2,
-                 "camera_info": CAMERA_INFO, "image": COMPRESSED_IMAGE}  # fmt: skip
-        # Deep enough to absorb a burst (1 s of clouds); stale clouds are dropped, and counted,
-        # at the model's entry instead.
-        depth = {"tf_static": 1, "tf": 200, "reset": 5, "cloud": 20, "camera_info": 24,
-                 "image": 24}  # fmt: skip
-        self._order = {"tf_static": 0, "reset": 1, "tf": 2, "camera_info": 3, "image": 4,
-                       "cloud": 5}  # fmt: skip
+        names = {"tf_static": TF_STATIC_TOPIC, "tf": TF_TOPIC, "reset": RESET_TOPIC,
+                 "cloud": self.lidar_topic}  # fmt: skip
+        self.inputs: dict[str, InputTopic] = {}
+        for kind, spec in TOPIC_KINDS.items():
+            handler = functools.partial(spec.handler, self)
+            if spec.per_camera:
+                topic_of = camera_info_topic if kind == "camera_info" else image_topic
+                for c in self.cameras:
+                    self.inputs[topic_of(c)] = InputTopic(topic_of(c), kind, c, handler)
+            else:
+                self.inputs[names[kind]] = InputTopic(names[kind], kind, None, handler)
         self._subscriptions = [
             transport.subscribe(
-                topic,
-                types[kind],
-                depth=depth[kind],
-                reliable=kind in ("tf_static", "reset"),
-                transient_local=kind == "tf_static",
+                t.topic,
+                t.spec.msgtype,
+                depth=t.spec.depth,
+                reliable=t.spec.reliable,
+                transient_local=t.spec.transient_local,
             )
-            for topic, (kind, _) in self._kinds.items()
+            for t in self.inputs.values()
         ]
         self._publishers = {
             OBJECTS_TOPIC: transport.publisher(OBJECTS_TOPIC, DETECTED_OBJECTS),
@@ -554,7 +585,7 @@ class PerceptionNode:
             samples = [r for s in ready for r in s.take()]
             # publish order (a bag loop's old and new messages must not swap: a stray old
             # stamp after the jump would reset the state again), TF first among equals
-            samples.sort(key=lambda r: (r.source_time_ns, self._order[self._kinds[r.topic][0]]))
+            samples.sort(key=lambda r: (r.source_time_ns, self.inputs[r.topic].spec.order))
             self.handle_batch(samples)
             with self._state_lock:
                 if self.pending is not None and self.options.wall_timeout:
@@ -575,7 +606,7 @@ class PerceptionNode:
                     self.options.decode_workers, thread_name_prefix="node-decode"
                 )
             for received in samples:
-                if self._kinds[received.topic][0] == "image":
+                if self.inputs[received.topic].kind == "image":
                     self._decoding[id(received)] = self._decoder.submit(
                         self._decode_received, received
                     )
@@ -599,7 +630,7 @@ class PerceptionNode:
     def handle(self, received: Any) -> None:
         """Decodes, validates and applies one received message (the decode stage). Bad input
         is rejected: logged, counted by reason, otherwise ignored."""
-        kind, camera = self._kinds[received.topic]
+        source = self.inputs[received.topic]
         start = time.perf_counter()
         with self._state_lock:
             try:
@@ -610,7 +641,7 @@ class PerceptionNode:
                         received.topic, received.msgtype, received.cdr, received.receive_time_ns
                     )
                 message = received.message()
-                getattr(self, f"_on_{kind}")(received, message, camera, start)
+                source.handler(received, message, source.camera, start)
             except InvalidMessage as exc:
                 self._reject(exc.reason, str(exc))
             except DecodeError as exc:
@@ -1137,6 +1168,19 @@ class PerceptionNode:
         return summary
 
 
+# The node's input topics, one row per kind (the camera kinds have one topic per camera).
+TOPIC_KINDS: dict[str, TopicKind] = {
+    "tf_static": TopicKind(
+        TF_MESSAGE, 1, 0, PerceptionNode._on_tf_static, reliable=True, transient_local=True
+    ),
+    "reset": TopicKind(EMPTY, 5, 1, PerceptionNode._on_reset, reliable=True),
+    "tf": TopicKind(TF_MESSAGE, 200, 2, PerceptionNode._on_tf),
+    "camera_info": TopicKind(CAMERA_INFO, 24, 3, PerceptionNode._on_camera_info, per_camera=True),
+    "image": TopicKind(COMPRESSED_IMAGE, 24, 4, PerceptionNode._on_image, per_camera=True),
+    "cloud": TopicKind(POINTCLOUD2, 20, 5, PerceptionNode._on_cloud),
+}  # fmt: skip  (msgtype, queue depth, order among equal stamps, handler)
+
+
 def encoded_image_size(raw: bytes) -> tuple[int, int] | None:
     """(width, height) from a JPEG's SOF or a PNG's IHDR header, None if not found."""
     if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
@@ -1222,7 +1266,7 @@ def replay_into_node(
     from .bag import bag_topics, read_bag
 
     available = bag_topics(bag)
-    chosen = [t for t in (topics or sorted(available)) if t in node._kinds]
+    chosen = [t for t in (topics or sorted(available)) if t in node.inputs]
     publishers = {
         t: transport.publisher(t, available[t][0], transient_local=t == TF_STATIC_TOPIC)
         for t in chosen
