@@ -20,12 +20,15 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from perception.datasets.io import read_points
 from perception.datasets.sensors import pose_matrix, read_table
+
+if TYPE_CHECKING:  # the transport module imports DDS lazily; only its protocol here
+    from .transport import Transport
 
 from .convert import (
     StampedTransform,
@@ -263,7 +266,7 @@ class ReplayStats:
 
 def replay_bag(
     path: str | Path,
-    transport: Any,
+    transport: Transport,
     *,
     rate: float = 1.0,
     loop: bool = False,

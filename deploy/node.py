@@ -133,7 +133,7 @@ from .state import (
     TfBuffer,
     merge_earlier,
 )
-from .transport import LOSS_COUNTERS
+from .transport import LOSS_COUNTERS, Transport
 from .validation import InvalidMessage, StampTracker, check_frame
 
 log = logging.getLogger(__name__)
@@ -427,7 +427,7 @@ class PerceptionNode:
         self,
         model: nn.Module,
         config: ExperimentConfig,
-        transport: Any,
+        transport: Transport,
         options: NodeOptions | None = None,
         *,
         recorder: Recorder | None = None,
@@ -1254,7 +1254,7 @@ def diagnostic_values(message: Any) -> dict[str, str]:
 def replay_into_node(
     bag: str | Path,
     node: PerceptionNode,
-    transport: Any,
+    transport: Transport,
     *,
     topics: Sequence[str] | None = None,
     timeout_s: float = 60.0,

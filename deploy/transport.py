@@ -59,7 +59,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 from .messages import dds_topic_name, deserialize, serialize, typestore
 
@@ -252,6 +252,64 @@ def _loss_stats(subscriptions: Sequence[Any], corrupt: dict[str, int] | None) ->
 
 
 # -- in-process ---------------------------------------------------------------------------
+
+
+class Publisher(Protocol):
+    """One topic's writer (`Transport.publisher`)."""
+
+    def publish(self, message: Any, stamp_ns: int | None = None) -> None: ...
+
+    def publish_cdr(self, cdr: bytes, stamp_ns: int | None = None) -> None: ...
+
+    def matched(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Subscription(Protocol):
+    """One topic's keep-last reader (`Transport.subscribe`)."""
+
+    topic: str
+
+    def take(self, max_samples: int | None = None) -> list[Received]: ...
+
+    def matched(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Transport(Protocol):
+    """What the node, the replay and the tools need of a transport: typed topics of ROS 2
+    messages as CDR bytes, keep-last subscriptions, a wait over several of them, loss
+    counters. `InProcessTransport` and `DdsTransport` are the two (a test checks both satisfy
+    it, signatures included)."""
+
+    def publisher(
+        self,
+        topic: str,
+        msgtype: str,
+        *,
+        reliable: bool = True,
+        transient_local: bool = False,
+        depth: int = 10,
+    ) -> Publisher: ...
+
+    def subscribe(
+        self,
+        topic: str,
+        msgtype: str,
+        *,
+        depth: int = 10,
+        reliable: bool = False,
+        transient_local: bool = False,
+    ) -> Subscription: ...
+
+    def wait(self, subscriptions: Sequence[Any], timeout_s: float) -> list[Any]: ...
+
+    def stats(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
 
 
 class InProcessTransport:
