@@ -154,7 +154,11 @@ class GeneratorTrainConfig(StrictModel):
     warmup: float = Field(0.05, ge=0, lt=1, description="share of each stage's steps warming up")
     log_every: PositiveInt = 50
     checkpoint_every: PositiveInt = 500
-    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch and numba threads, set by tools/train_generator.py at start-up (default: torch's)",
+    )
     device: TrainDevice = Field("cpu", description=DEVICE_DESCRIPTION)
     amp: bool = Field(False, description=AMP_DESCRIPTION)
 

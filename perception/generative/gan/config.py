@@ -120,7 +120,11 @@ class GANTrainConfig(StrictModel):
         "None: train one on the training signals (classifier_steps)",
     )
     classifier_steps: int = Field(500, ge=0, description="0 and no classifier: no KID")
-    threads: int | None = Field(None, ge=1, description="torch threads (default: torch's)")
+    threads: int | None = Field(
+        None,
+        ge=1,
+        description="torch and numba threads, set by tools/train_generator.py at start-up (default: torch's)",
+    )
     device: TrainDevice = Field("cpu", description=DEVICE_DESCRIPTION)
     amp: bool = Field(False, description=AMP_DESCRIPTION)
 

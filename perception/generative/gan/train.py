@@ -407,8 +407,6 @@ def train_gan(
         amp = train.amp and device.type == "cuda"
         if train.amp and not amp:
             log(f"note: train.amp is ignored on {device.type} (bfloat16 autocast is CUDA only)")
-    if train.threads:
-        torch.set_num_threads(train.threads)
     save_config(config, work_dir / "config.yaml")
     seed_everything(train.seed)
     bank_data = load_training_signals(config.data, progress=progress)

@@ -511,8 +511,6 @@ def train_latent_diffusion(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     train = config.train
-    if train.threads:
-        torch.set_num_threads(train.threads)
     source_path = resolve_hart_checkpoint(config.tokenizer_from)
     source, source_config, _ = load_generator(source_path)
     _check_same_signal(config, source_config.data)

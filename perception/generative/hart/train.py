@@ -296,8 +296,6 @@ def train_hart(
     work_dir = Path(work_dir)
     work_dir.mkdir(parents=True, exist_ok=True)
     train = config.train
-    if train.threads:
-        torch.set_num_threads(train.threads)
     device, _ = training_device(train, log)  # a bad train.device fails before any work
     save_config(config, work_dir / "config.yaml")
     seed_everything(train.seed)
