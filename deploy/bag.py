@@ -268,24 +268,29 @@ def replay_bag(
     path: str | Path,
     transport: Transport,
     *,
-    rate: float = 1.0,
+    rate: float | None = 1.0,
     loop: bool = False,
     max_loops: int | None = None,
     topics: Sequence[str] | None = None,
     wait_for_subscribers_s: float = 0.0,
     should_stop: Callable[[], bool] = lambda: False,
     on_loop: Callable[[int, ReplayStats], None] | None = None,
+    after_publish: Callable[[str], None] | None = None,
 ) -> ReplayStats:
     """Publishes a bag's messages on `transport` at `rate` x real time, as recorded (CDR bytes
     and header stamps untouched). With `loop`, starts over after the last message (stamps jump
     back to the bag's start: a node sees a time jump) until `max_loops` passes or
-    `should_stop()`. `/tf_static` is published transient-local (late joiners get it).
+    `should_stop()` (asked before each message). `/tf_static` is published transient-local
+    (late joiners get it). The one replay loop: the CLI (`tools/replay.py`, `tools/node.py
+    --bag`), the node benchmark and the deterministic `replay_into_node` all publish through it.
 
+    `rate` None: no pacing, each message right after the previous one's `after_publish(topic)`
+    returned (e.g. a wait until the node handled it: deterministic replay).
     `wait_for_subscribers_s`: before starting, wait up to this long for each publisher to
     match a subscriber (DDS discovery takes a moment; unmatched volatile samples are lost).
     """
-    if rate <= 0:
-        raise ValueError(f"rate must be > 0, got {rate}")
+    if rate is not None and rate <= 0:
+        raise ValueError(f"rate must be > 0 (or None: unpaced), got {rate}")
     available = bag_topics(path)
     chosen = sorted(available) if topics is None else list(topics)
     missing = [t for t in chosen if t not in available]
@@ -320,14 +325,17 @@ def replay_bag(
                 return stats
             if bag_start is None:
                 bag_start = log_ns
-            due = wall_start + (log_ns - bag_start) / 1e9 / rate
-            delay = due - time.monotonic()
-            if delay > 0:
-                time.sleep(delay)
-            else:
-                stats.max_lag_ms = max(stats.max_lag_ms, -delay * 1e3)
+            if rate is not None:
+                due = wall_start + (log_ns - bag_start) / 1e9 / rate
+                delay = due - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)  # pacing to the recorded clock, not synchronisation
+                else:
+                    stats.max_lag_ms = max(stats.max_lag_ms, -delay * 1e3)
             publishers[topic].publish_cdr(cdr)
             stats.counts[topic] += 1
+            if after_publish is not None:
+                after_publish(topic)
         stats.loops += 1
         if on_loop is not None:
             on_loop(stats.loops, stats)

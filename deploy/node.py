@@ -1263,25 +1263,30 @@ def replay_into_node(
     """Feeds a bag's messages to a running node in bag order, waiting after each until the node
     has handled it and finished every cloud it sent to the model: deterministic (no drops, no
     wall-clock effects if the node's `wall_timeout` is off). Returns the messages fed."""
-    from .bag import bag_topics, read_bag
+    from .bag import bag_topics, replay_bag
 
-    available = bag_topics(bag)
-    chosen = [t for t in (topics or sorted(available)) if t in node.inputs]
-    publishers = {
-        t: transport.publisher(t, available[t][0], transient_local=t == TF_STATIC_TOPIC)
-        for t in chosen
-    }
-    fed = node.handled
-    for i, (topic, _, _, cdr) in enumerate(read_bag(bag, chosen)):
-        if limit is not None and i >= limit:
-            break
-        publishers[topic].publish_cdr(cdr)
-        fed += 1
-        if not node.wait_idle(fed, timeout_s):
-            raise TimeoutError(f"the node did not finish message {i} ({topic}) in {timeout_s} s")
+    chosen = [t for t in (topics or sorted(bag_topics(bag))) if t in node.inputs]
+    fed = [node.handled, 0]  # handled count to wait for, messages published
+
+    def wait(topic: str) -> None:
+        fed[0] += 1
+        fed[1] += 1
+        if not node.wait_idle(fed[0], timeout_s):
+            raise TimeoutError(
+                f"the node did not finish message {fed[1] - 1} ({topic}) in {timeout_s} s"
+            )
+
+    replay_bag(
+        bag,
+        transport,
+        rate=None,
+        topics=chosen,
+        should_stop=lambda: limit is not None and fed[1] >= limit,
+        after_publish=wait,
+    )
     if not node.flush(timeout_s):
         raise TimeoutError(f"the node did not finish its last cloud in {timeout_s} s")
-    return fed
+    return fed[0]
 
 
 def load_node_model(config: ExperimentConfig, checkpoint: str | Path | None) -> nn.Module:
