@@ -46,7 +46,7 @@ from .messages import (
     msg_class,
     stamp_to_ns,
 )
-from .validation import InvalidMessage, check_frame
+from .validation import InvalidMessage, check_frame, check_image_markers
 
 # -- geometry helpers ---------------------------------------------------------------------
 
@@ -285,22 +285,6 @@ def _check_size(topic: str, field: str, width: int, height: int, expected_size) 
             field,
             "image_size",
             f"image is {width}x{height}, CameraInfo says {expected_size[0]}x{expected_size[1]}",
-        )
-
-
-def check_image_markers(topic: str, raw: bytes, image_format: str = "") -> None:
-    """A JPEG must start with SOI and end with EOI (a truncated JPEG decodes to a grey-filled
-    image, not an error, in libjpeg); otherwise it must carry the PNG signature. Raises
-    `InvalidMessage` (`corrupt_image`)."""
-    if raw[:3] == b"\xff\xd8\xff":
-        if not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            raise InvalidMessage(
-                topic, "data", "corrupt_image", f"JPEG of {len(raw)} bytes has no end marker"
-            )
-    elif raw[:8] != b"\x89PNG\r\n\x1a\n":
-        shown = f" (format {image_format!r})" if image_format else ""
-        raise InvalidMessage(
-            topic, "data", "corrupt_image", f"{len(raw)} bytes are neither JPEG nor PNG{shown}"
         )
 
 

@@ -95,7 +95,6 @@ from .convert import (
     DEFAULT_MAX_POINTS,
     CameraCalibration,
     camera_info_to_calibration,
-    check_image_markers,
     compressed_image_to_rgb,
     detections_to_detected_objects,
     detections_to_detection3d_array,
@@ -134,7 +133,7 @@ from .state import (
     merge_earlier,
 )
 from .transport import LOSS_COUNTERS, Transport
-from .validation import InvalidMessage, StampTracker, check_frame
+from .validation import InvalidMessage, StampTracker, check_encoded_image, check_frame
 
 log = logging.getLogger(__name__)
 
@@ -1179,50 +1178,6 @@ TOPIC_KINDS: dict[str, TopicKind] = {
     "image": TopicKind(COMPRESSED_IMAGE, 24, 4, PerceptionNode._on_image, per_camera=True),
     "cloud": TopicKind(POINTCLOUD2, 20, 5, PerceptionNode._on_cloud),
 }  # fmt: skip  (msgtype, queue depth, order among equal stamps, handler)
-
-
-def encoded_image_size(raw: bytes) -> tuple[int, int] | None:
-    """(width, height) from a JPEG's SOF or a PNG's IHDR header, None if not found."""
-    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
-        return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
-    i = 2
-    while i + 4 <= len(raw):
-        if raw[i] != 0xFF:
-            return None
-        marker = raw[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-            continue
-        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
-            i += 2
-            continue
-        length = int.from_bytes(raw[i + 2 : i + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if i + 9 > len(raw):
-                return None
-            return int.from_bytes(raw[i + 7 : i + 9], "big"), int.from_bytes(
-                raw[i + 5 : i + 7], "big"
-            )
-        i += 2 + length
-    return None
-
-
-def check_encoded_image(message: Any, *, topic: str, expected_size: tuple[int, int] | None) -> None:
-    """The cheap checks of a CompressedImage at arrival, without decoding it: a JPEG with both
-    end markers or a PNG signature, and a header size equal to `expected_size` (width, height).
-    Raises `InvalidMessage` (`corrupt_image`, `image_size`)."""
-    raw = np.asarray(message.data, np.uint8).tobytes()
-    check_image_markers(topic, raw)
-    size = encoded_image_size(raw)
-    if size is None:
-        raise InvalidMessage(topic, "data", "corrupt_image", "no image size in the header")
-    if expected_size is not None and size != tuple(expected_size):
-        raise InvalidMessage(
-            topic,
-            "data",
-            "image_size",
-            f"image is {size[0]}x{size[1]}, CameraInfo says {expected_size[0]}x{expected_size[1]}",
-        )
 
 
 def diagnostic_array(

@@ -5,6 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
 
 
 class InvalidMessage(ValueError):
@@ -128,3 +131,66 @@ class StampTracker:
         for table in (self.last_ns, self.behind_ns):
             for key in [k for k in table if k == topic or k.startswith(f"{topic}:")]:
                 del table[key]
+
+
+# -- compressed images: cheap header checks at arrival (decoding is perception.datasets.io) --
+
+
+def check_image_markers(topic: str, raw: bytes, image_format: str = "") -> None:
+    """A JPEG must start with SOI and end with EOI (a truncated JPEG decodes to a grey-filled
+    image, not an error, in libjpeg); otherwise it must carry the PNG signature. Raises
+    `InvalidMessage` (`corrupt_image`)."""
+    if raw[:3] == b"\xff\xd8\xff":
+        if not raw.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            raise InvalidMessage(
+                topic, "data", "corrupt_image", f"JPEG of {len(raw)} bytes has no end marker"
+            )
+    elif raw[:8] != b"\x89PNG\r\n\x1a\n":
+        shown = f" (format {image_format!r})" if image_format else ""
+        raise InvalidMessage(
+            topic, "data", "corrupt_image", f"{len(raw)} bytes are neither JPEG nor PNG{shown}"
+        )
+
+
+def encoded_image_size(raw: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF or a PNG's IHDR header, None if not found."""
+    if raw[:8] == b"\x89PNG\r\n\x1a\n" and len(raw) >= 24:
+        return int.from_bytes(raw[16:20], "big"), int.from_bytes(raw[20:24], "big")
+    i = 2
+    while i + 4 <= len(raw):
+        if raw[i] != 0xFF:
+            return None
+        marker = raw[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in (0x01, 0xD8) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        length = int.from_bytes(raw[i + 2 : i + 4], "big")
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
+            if i + 9 > len(raw):
+                return None
+            return int.from_bytes(raw[i + 7 : i + 9], "big"), int.from_bytes(
+                raw[i + 5 : i + 7], "big"
+            )
+        i += 2 + length
+    return None
+
+
+def check_encoded_image(message: Any, *, topic: str, expected_size: tuple[int, int] | None) -> None:
+    """The cheap checks of a CompressedImage at arrival, without decoding it: a JPEG with both
+    end markers or a PNG signature, and a header size equal to `expected_size` (width, height).
+    Raises `InvalidMessage` (`corrupt_image`, `image_size`)."""
+    raw = np.asarray(message.data, np.uint8).tobytes()
+    check_image_markers(topic, raw)
+    size = encoded_image_size(raw)
+    if size is None:
+        raise InvalidMessage(topic, "data", "corrupt_image", "no image size in the header")
+    if expected_size is not None and size != tuple(expected_size):
+        raise InvalidMessage(
+            topic,
+            "data",
+            "image_size",
+            f"image is {size[0]}x{size[1]}, CameraInfo says {expected_size[0]}x{expected_size[1]}",
+        )
