@@ -13,7 +13,7 @@ python tools/benchmark.py paste --runs outputs/paste [--out benchmarks/results/p
     x seed, mean and spread over the seeds)
 python tools/benchmark.py generator --runs outputs/generator [--out benchmarks/results/generator_cpu.json]
     (collects tools/generator_benchmark.sh's runs: HART vs its ablations and the diffusion
-    baseline, issue #25's target checks)
+    baseline; judges issue #25's targets below)
 python tools/benchmark.py gan --runs outputs/gan [--out benchmarks/results/gan_cpu.json]
     (collects tools/gan_benchmark.sh's runs: KID per N real crops x augment mode, spread)
 python tools/benchmark.py runs A.json B.json ... [--labels A B ...]
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import tempfile
 import time
@@ -97,6 +98,89 @@ def accuracy_targets(runs: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
         else f"mAVE {t2['tp_errors']['vel_err']:.3f} (T=2) vs {t1['tp_errors']['vel_err']:.3f} (T=1)",
     )
     return checks
+
+
+# The generator benchmark's targets (issue #25), judged on one modality's figures
+# (`perception.benchmarks.generator.generator_figures`).
+TOKENIZER_MSE_RATIO = 0.5  # hybrid MSE <= 0.5x the discrete-only tokenizer's
+TOKENIZER_KID_REDUCTION = 0.3  # hybrid reconstruction KID >= 30% lower
+RESIDUAL_KID_REDUCTION = 0.05  # generation KID >= 5% lower with the residual head (3 seeds)
+RESIDUAL_SEEDS = 3
+CLASS_FIDELITY, YAW_FIDELITY = 0.8, 0.6
+PRECISION, RECALL = 0.6, 0.3
+SPEEDUP = 3.0  # >= 3x the baseline's images/s at matched KID
+RESIDUAL_SHARE = 0.15  # the residual head <= 15% of sampling time
+MET, NOT_MET, NOT_MEASURED, NO_MATCH = "met", "not met", "not measured", "no matched point"
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def verdict(value: float | None, op: str, threshold: float) -> str:
+    """ "met" when `value op threshold` holds ("<=" or ">="), "not met" when it does not,
+    "not measured" when `value` is None or not finite."""
+    if op not in ("<=", ">="):
+        raise ValueError(f"op: expected '<=' or '>=', got {op!r}")
+    if not _finite(value):
+        return NOT_MEASURED
+    ok = value <= threshold if op == "<=" else value >= threshold
+    return MET if ok else NOT_MET
+
+
+def _target(text: str, value: float | None, op: str, threshold: float, **extra) -> dict:
+    return {
+        "target": text,
+        "value": value if _finite(value) else None,
+        "op": op,
+        "threshold": threshold,
+        "status": verdict(value, op, threshold),
+        **extra,
+    }
+
+
+def generator_targets(figures: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #25's targets on one modality's figures, each `{target, value, op, threshold,
+    status}` (status "met", "not met", "not measured", or "no matched point" where no baseline
+    arm came within the matched KID)."""
+    from perception.benchmarks.generator import MATCHED_KID
+
+    def mean(key: str) -> float | None:
+        return (figures["quality"].get(key) or {}).get("mean")
+
+    tokenizer = figures["tokenizer"] or {}
+    residual = figures["residual"]
+    n_seeds = residual["kid_on"]["n"]  # seeds with the head both on and off
+    matched = (
+        f"throughput >= {SPEEDUP:g}x the diffusion baseline at matched KID "
+        f"(within {MATCHED_KID:.0%})"
+    )
+    targets = [
+        _target("hybrid tokenizer reconstruction MSE <= 0.5x the discrete-only tokenizer's",
+                tokenizer.get("mse_ratio"), "<=", TOKENIZER_MSE_RATIO),
+        _target("hybrid tokenizer reconstruction KID >= 30% lower than the discrete-only one's",
+                tokenizer.get("kid_reduction"), ">=", TOKENIZER_KID_REDUCTION),
+        _target(f"residual head: generation KID >= 5% lower than without ({RESIDUAL_SEEDS} "
+                f"seeds; measured {n_seeds})",
+                residual["kid_reduction"], ">=", RESIDUAL_KID_REDUCTION, seeds=n_seeds),
+        _target("condition fidelity, class >= 0.8 of real", mean("class_fidelity"), ">=",
+                CLASS_FIDELITY),
+        _target("condition fidelity, yaw bin >= 0.6 of real", mean("yaw_fidelity"), ">=",
+                YAW_FIDELITY),
+        _target("precision >= 0.6", mean("precision"), ">=", PRECISION),
+        _target("recall >= 0.3", mean("recall"), ">=", RECALL),
+    ]  # fmt: skip
+    for b, check in figures["throughput"]["matched"].items():
+        target = _target(f"{matched}, batch {b}", check["speedup"], ">=", SPEEDUP,
+                         matched_arm=check["matched_arm"])  # fmt: skip
+        if "kid_limit" in check and check["matched_arm"] is None:
+            target["status"] = NO_MATCH  # measured, but no baseline arm as good as HART
+        targets.append(target)
+    if not figures["throughput"]["matched"]:
+        targets.append(_target(matched, None, ">=", SPEEDUP))
+    share = (figures["residual_head_share"] or {}).get("share")
+    targets.append(_target("residual head <= 15% of sampling time", share, "<=", RESIDUAL_SHARE))
+    return targets
 
 
 def _command(args: argparse.Namespace) -> str:
@@ -255,6 +339,9 @@ def run_generators(args: argparse.Namespace) -> int:
         print(f"benchmark {args.command}: {exc}", file=sys.stderr)
         return 2
     result = with_provenance(result, provenance(command))
+    if args.command == "generator":  # the GAN grid (issue #26) has figures, no targets
+        for figures in result["figures"].values():
+            figures["targets"] = generator_targets(figures)
     print(markdown(result))
     out = args.out or f"benchmarks/results/{args.command}_cpu.json"
     print(f"wrote {generator.write(result, out, markdown)}")

@@ -1,9 +1,9 @@
 """tools/generator_benchmark.sh, tools/gan_benchmark.sh and their collectors
 (`tools/benchmark.py generator | gan`, `perception.benchmarks.generator`): the scripts parse and
 answer --help and bad knobs; the collectors, on eval reports written by the same writer as
-tools/eval_generator.py (`evaluate.write_generator_report`) with made-up figures, tabulate them
-and compute every target's status; one slow test runs the generator benchmark end to end in
-TINY mode on a bank of the tiny world."""
+tools/eval_generator.py (`evaluate.write_generator_report`) with made-up figures, tabulate them;
+the tool (`tools.benchmark.generator_targets`) computes every target's status from those figures;
+one slow test runs the generator benchmark end to end in TINY mode on a bank of the tiny world."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import pytest
 
 from perception.benchmarks import generator as bench
 from perception.generative.evaluate import write_generator_report
+from tools import benchmark as tool
 from tools.benchmark import main as benchmark_main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -171,56 +172,65 @@ def _generator_runs(root: Path, *, ldm_kids=(0.03, 0.0105), sha_ldm: str = SHA) 
     return root
 
 
-def _status(figures: dict, prefix: str) -> tuple[float | None, str]:
-    rows = [t for t in figures["targets"] if t["target"].startswith(prefix)]
-    assert len(rows) == 1, (prefix, [t["target"] for t in figures["targets"]])
+def _status(targets: list[dict], prefix: str) -> tuple[float | None, str]:
+    rows = [t for t in targets if t["target"].startswith(prefix)]
+    assert len(rows) == 1, (prefix, [t["target"] for t in targets])
     return rows[0]["value"], rows[0]["status"]
 
 
-def test_generator_collector_checks_every_target(tmp_path):
+def _judged(result: dict) -> dict:
+    """`result` with each modality's targets judged, as `tools/benchmark.py generator` does."""
+    for figures in result["figures"].values():
+        figures["targets"] = tool.generator_targets(figures)
+    return result
+
+
+def test_the_tool_checks_every_target_on_the_collected_figures(tmp_path):
     result = bench.collect_generator(_generator_runs(tmp_path / "runs"), command="c")
     cam = result["figures"]["camera"]
     assert cam["same_classifier"] and cam["seeds"] == [0, 1, 2]
-    ratio, status = _status(cam, "hybrid tokenizer reconstruction MSE")
+    targets = tool.generator_targets(cam)
+    ratio, status = _status(targets, "hybrid tokenizer reconstruction MSE")
     assert ratio == pytest.approx(0.4) and status == "met"
-    reduction, status = _status(cam, "hybrid tokenizer reconstruction KID")
+    reduction, status = _status(targets, "hybrid tokenizer reconstruction KID")
     assert reduction == pytest.approx(0.2) and status == "not met"
-    reduction, status = _status(cam, "residual head: generation KID")
+    reduction, status = _status(targets, "residual head: generation KID")
     assert reduction == pytest.approx(1 - 0.011 / (0.037 / 3)) and status == "met"
     res = cam["residual"]
     assert res["kid_on"]["mean"] == pytest.approx(0.011)
     assert res["kid_on"]["spread"] == pytest.approx(0.002) and res["kid_on"]["n"] == 3
     assert res["noise_floor_kid"]["mean"] == pytest.approx(0.002)
-    assert _status(cam, "condition fidelity, class") == (pytest.approx(0.9), "met")
-    assert _status(cam, "condition fidelity, yaw") == (pytest.approx(0.5), "not met")
-    assert _status(cam, "precision") == (pytest.approx(0.7), "met")
-    assert _status(cam, "recall") == (pytest.approx(0.2), "not met")
+    assert _status(targets, "condition fidelity, class") == (pytest.approx(0.9), "met")
+    assert _status(targets, "condition fidelity, yaw") == (pytest.approx(0.5), "not met")
+    assert _status(targets, "precision") == (pytest.approx(0.7), "met")
+    assert _status(targets, "recall") == (pytest.approx(0.2), "not met")
     # matched: DDIM 50 (KID 0.0105 <= 0.010 * 1.1); HART 10 / 100 img/s vs 2 / 40
-    assert _status(cam, "throughput >= 3x the diffusion baseline at matched KID (within 10%), "
+    assert _status(targets, "throughput >= 3x the diffusion baseline at matched KID (within 10%), "
                         "batch 1") == (pytest.approx(5.0), "met")  # fmt: skip
-    assert _status(cam, "throughput >= 3x the diffusion baseline at matched KID (within 10%), "
+    assert _status(targets, "throughput >= 3x the diffusion baseline at matched KID (within 10%), "
                         "batch 64") == (pytest.approx(2.5), "not met")  # fmt: skip
     check = cam["throughput"]["matched"]["1"]
     assert (
         check["matched_arm"] == "ddim_steps=50" and check["fastest_baseline_arm"] == "ddim_steps=8"
     )
     assert check["speedup_vs_fastest_baseline"] == pytest.approx(0.5)
-    assert _status(cam, "residual head <= 15%") == (pytest.approx(0.10), "met")
+    assert _status(targets, "residual head <= 15%") == (pytest.approx(0.10), "met")
     assert cam["cas"]["rare"]["bicycle"]["real_few_plus_generated"] == 0.3
     # LiDAR: one HART seed, no ablation, no baseline: measured only what was run
-    lidar = result["figures"]["lidar"]
+    lidar = tool.generator_targets(result["figures"]["lidar"])
     assert _status(lidar, "hybrid tokenizer reconstruction MSE") == (None, "not measured")
     assert _status(lidar, "residual head: generation KID") == (pytest.approx(-1.0), "not met")
     assert _status(lidar, "throughput") == (None, "not measured")
     assert _status(lidar, "residual head <= 15%") == (None, "not measured")
-    assert [r["target"] for r in lidar["targets"]][2].endswith("(3 seeds; measured 1)")
+    assert [r["target"] for r in lidar][2].endswith("(3 seeds; measured 1)")
     assert result["run_commits"] == ["abc1234"] and result["command"] == "c"
     assert len(result["commands"]) == 12  # 6 runs x (train + eval)
 
 
 def test_generator_markdown_states_the_checks(tmp_path):
     result = bench.collect_generator(_generator_runs(tmp_path / "runs"))
-    text = bench.generator_markdown(result)
+    assert "| target |" not in bench.generator_markdown(result)  # figures only, no verdicts
+    text = bench.generator_markdown(_judged(result))
     assert "### camera" in text and "### lidar" in text
     assert "| residual head <= 15% of sampling time | 0.100 | **met** |" in text
     assert "| recall >= 0.3 | 0.200 | **not met** |" in text
@@ -235,25 +245,48 @@ def test_generator_markdown_states_the_checks(tmp_path):
 
 def test_no_matched_point_and_another_classifier_are_said(tmp_path):
     runs = _generator_runs(tmp_path / "runs", ldm_kids=(0.05, 0.02), sha_ldm="b" * 64)
-    result = bench.collect_generator(runs)
+    result = _judged(bench.collect_generator(runs))
     cam = result["figures"]["camera"]
     assert not cam["same_classifier"] and len(cam["classifier_sha256"]) == 2
-    value, status = _status(cam, "throughput >= 3x the diffusion baseline at matched KID "
-                                 "(within 10%), batch 64")  # fmt: skip
+    assert cam["throughput"]["matched"]["64"]["kid_limit"] == pytest.approx(0.011)
+    value, status = _status(cam["targets"], "throughput >= 3x the diffusion baseline at "
+                                            "matched KID (within 10%), batch 64")  # fmt: skip
     assert (value, status) == (None, "no matched point")
     text = bench.generator_markdown(result)
     assert "no baseline arm with KID <= 0.0110" in text
     assert "**Warning: the runs were scored by 2 different classifiers" in text
 
 
+def test_targets_are_judged_by_the_tool_not_the_library(tmp_path):
+    """The library collects figures; issue #25's targets and verdicts live in tools/benchmark.py."""
+    for name in ("TOKENIZER_MSE_RATIO", "TOKENIZER_KID_REDUCTION", "RESIDUAL_KID_REDUCTION",
+                 "RESIDUAL_SEEDS", "CLASS_FIDELITY", "YAW_FIDELITY", "PRECISION", "RECALL",
+                 "SPEEDUP", "RESIDUAL_SHARE", "verdict", "_target"):  # fmt: skip
+        assert not hasattr(bench, name), name
+        assert hasattr(tool, name), name
+    assert (tool.TOKENIZER_MSE_RATIO, tool.SPEEDUP, tool.RESIDUAL_SHARE) == (0.5, 3.0, 0.15)
+    result = bench.collect_generator(_generator_runs(tmp_path / "runs"))
+    figures_json = json.dumps(result)
+    assert '"targets"' not in figures_json and '"status"' not in figures_json
+    # the speed-up at matched KID stays a figure, with its numbers; the tool judges it
+    check = result["figures"]["camera"]["throughput"]["matched"]["1"]
+    assert check["speedup"] == pytest.approx(5.0) and check["matched_kid"] == 0.0105
+    assert check["kid_limit"] == pytest.approx(0.011)
+    assert tool.generator_targets(result["figures"]["camera"])[7] == {
+        "target": "throughput >= 3x the diffusion baseline at matched KID (within 10%), batch 1",
+        "value": pytest.approx(5.0), "op": ">=", "threshold": 3.0, "status": "met",
+        "matched_arm": "ddim_steps=50",
+    }  # fmt: skip
+
+
 def test_verdict_and_spread():
-    assert bench.verdict(0.5, "<=", 0.5) == "met" and bench.verdict(0.51, "<=", 0.5) == "not met"
-    assert bench.verdict(0.3, ">=", 0.3) == "met" and bench.verdict(None, ">=", 0.3) == (
+    assert tool.verdict(0.5, "<=", 0.5) == "met" and tool.verdict(0.51, "<=", 0.5) == "not met"
+    assert tool.verdict(0.3, ">=", 0.3) == "met" and tool.verdict(None, ">=", 0.3) == (
         "not measured"
     )
-    assert bench.verdict(float("nan"), ">=", 0.3) == "not measured"
+    assert tool.verdict(float("nan"), ">=", 0.3) == "not measured"
     with pytest.raises(ValueError, match="op: expected"):
-        bench.verdict(1.0, "<", 2.0)
+        tool.verdict(1.0, "<", 2.0)
     s = bench.spread([1.0, 3.0, None])
     assert s == {"mean": 2.0, "spread": 2.0, "std": pytest.approx(2**0.5), "n": 2}
     assert bench.spread([]) == {"mean": None, "spread": None, "std": None, "n": 0}
@@ -324,6 +357,13 @@ def test_benchmark_cli_writes_json_and_markdown(tmp_path, capsys):
         result
     )
     assert result["command"].startswith("python tools/benchmark.py generator --runs")
+    # the tool's verdicts sit inside each modality's figures, as before the split
+    targets = result["figures"]["camera"]["targets"]
+    assert targets == json.loads(json.dumps(tool.generator_targets(result["figures"]["camera"])))
+    assert {t["status"] for t in result["figures"]["lidar"]["targets"]} >= {"not measured"}
+    assert "| residual head <= 15% of sampling time | 0.100 | **met** |" in (
+        out.with_suffix(".md").read_text()
+    )
     assert "### camera" in out.with_suffix(".md").read_text()
     assert "wrote" in capsys.readouterr().out
     gan_out = tmp_path / "bench" / "gan_cpu.json"
@@ -366,5 +406,5 @@ def test_generator_benchmark_runs_end_to_end_tiny(tiny_train_bank, tiny_val_bank
     cam = result["figures"]["camera"]
     assert cam["same_classifier"] and len(cam["classifier_sha256"]) == 1
     assert cam["tokenizer"] is not None and cam["throughput"]["rows"]
-    assert {t["status"] for t in cam["targets"]} <= {"met", "not met", "not measured",
-                                                     "no matched point"}  # fmt: skip
+    assert {t["status"] for t in tool.generator_targets(cam)} <= {
+        "met", "not met", "not measured", "no matched point"}  # fmt: skip
