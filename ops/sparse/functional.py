@@ -41,7 +41,7 @@ from .tensor import SparseTensor
 # Elements of one im2col chunk: 1M floats (4 MB) keeps the chunk cache resident on a CPU. On a
 # GPU, where each chunk costs a gather and a GEMM launch, 32M (128 MB): the 6-layer benchmark
 # stack's weight gradients took ~520 launches of each with 1M-element chunks (profile on an
-# H200, BENCHMARKS.md).
+# H200, benchmarks/HISTORY.md).
 _CHUNK_ELEMS = 1 << 20
 _CHUNK_ELEMS_GPU = 1 << 25
 
@@ -238,7 +238,7 @@ def _select_variant(
     called only where the choice needs it). On CPU with numba and
     scipy, "tiles" (per tile of output rows and offset, a BLAS GEMM over the active pairs
     only, everything cache resident) was the fastest on every layer of the SECOND-like
-    benchmark stack, 5 to 64 channels, fill 9% to 64% (BENCHMARKS.md). Without scipy, the
+    benchmark stack, 5 to 64 channels, fill 9% to 64% (benchmarks/HISTORY.md). Without scipy, the
     choice between "rows" and im2col is by estimated cost per table entry (ns, fitted on that
     stack): im2col pays a row gather for every entry and multiplies zeros at BLAS speed; "rows"
     pays only for active pairs but multiplies at numba's (slower) speed. Without numba the

@@ -4,7 +4,7 @@ The script leaves, per run, `OUT/<model>/<paste>/seed<S>/` with `train_time.json
 paste variant, seed, wall seconds, steps, the train command, the commit), `test/metrics.json`
 (`tools/test.py` on the held-out world: official devkit summary) and the trainer's
 `log.jsonl` (its last `paste_total`: what the paste added and skipped). This module reads them
-back (`accuracy.read_run` for the metrics) and writes `benchmarks/paste_cpu.json` plus a
+back (`accuracy.read_run` for the metrics) and writes `benchmarks/results/paste_cpu.json` plus a
 Markdown table beside it: per model x paste variant x seed the AP of the rare classes and the
 mAP, then per model x variant the mean and spread (max - min) over the seeds.
 """

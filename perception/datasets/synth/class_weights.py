@@ -24,7 +24,7 @@ from perception.datasets.synth.layout import SceneLayout, describe
 
 # The `--rare` preset's weight. A 27-scene training split holds ~90 bicycles and ~60
 # construction vehicles, so 0.15 leaves ~13 and ~9 (fewer than 20 for almost every seed); the
-# 30-scene trainval world of seed 1 keeps 10 and 4 (BENCHMARKS.md, "Rare classes").
+# 30-scene trainval world of seed 1 keeps 10 and 4 (benchmarks/HISTORY.md, "Rare classes").
 RARE_WEIGHT = 0.15
 
 
