@@ -132,6 +132,7 @@ from .state import (
     TfBuffer,
     merge_earlier,
 )
+from .sync import cloud_ready
 from .transport import LOSS_COUNTERS, Transport
 from .validation import InvalidMessage, StampTracker, check_encoded_image, check_frame
 
@@ -767,20 +768,20 @@ class PerceptionNode:
 
     def _finalize(self, force: bool = False) -> None:
         """Sends the pending cloud to the model once every live camera has an image at or
-        after its stamp, the camera wait is over, or `force`."""
+        after its stamp, the camera wait is over (`deploy.sync.cloud_ready`), or `force`."""
         p = self.pending
         if p is None:
             return
-        max_delay = int(self.options.max_camera_delay_s * 1e9)
         if not force:
-            waiting = False
-            for c in self.cameras:
-                latest = self.histories[c].latest
-                live = latest is not None and p.stamp_ns - latest.stamp_ns <= max_delay
-                if live and latest.stamp_ns < p.stamp_ns:
-                    waiting = True
-            wait_ns = int(self.options.camera_wait_s * 1e9)
-            if waiting and self.sensor_clock_ns <= p.stamp_ns + wait_ns:
+            latest = [self.histories[c].latest for c in self.cameras]
+            ready = cloud_ready(
+                p.stamp_ns,
+                [None if f is None else f.stamp_ns for f in latest],
+                self.sensor_clock_ns,
+                max_camera_delay_ns=int(self.options.max_camera_delay_s * 1e9),
+                camera_wait_ns=int(self.options.camera_wait_s * 1e9),
+            )
+            if not ready:
                 return
         self.pending = None
         sync_ms = 1e3 * (time.monotonic() - p.arrival)
