@@ -58,13 +58,11 @@ for the cloud (counted in `camera_errors`) and the cloud goes on.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import math
 import queue
 import threading
 import time
-from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -102,6 +100,13 @@ from .convert import (
     pointcloud2_to_points,
     tf_message_to_transforms,
 )
+from .diagnostics import (  # noqa: F401  (the node's public names, re-exported)
+    DIAGNOSTIC_ARRAY,
+    NodeStats,
+    diagnostic_array,
+    diagnostic_values,
+    summary_json,
+)
 from .messages import (
     CAMERA_INFO,
     COMPRESSED_IMAGE,
@@ -111,8 +116,6 @@ from .messages import (
     POINTCLOUD2,
     TF_MESSAGE,
     DecodeError,
-    header,
-    msg_class,
     serialize,
     stamp_to_ns,
 )
@@ -124,6 +127,8 @@ from .pipeline import (
     make_batch,
     points_in_range,
 )
+from .recorder import Recorder  # noqa: F401
+from .scheduler import LatestSlot
 from .state import (
     CameraHistory,
     MissingTransform,
@@ -181,7 +186,6 @@ class InputTopic:
 
 
 EMPTY = "std_msgs/msg/Empty"
-DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 
 # Stages whose latency the node reports (ms); `voxelize` is part of `lidar`.
 STAGES: tuple[str, ...] = ("receive", "image_decode", "sync_wait", "preprocess", "camera", "lidar",
@@ -239,71 +243,6 @@ class NodeOptions:
 
 
 @dataclass
-class NodeStats:
-    """Counts and latencies, updated by the node's threads under `lock`."""
-
-    window: int = 2000
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
-    received: Counter = field(default_factory=Counter)  # per topic
-    rejected: Counter = field(default_factory=Counter)  # per reason
-    dropped: Counter = field(default_factory=Counter)  # clouds not processed, per reason
-    processed: int = 0
-    degraded: int = 0
-    masked: Counter = field(default_factory=Counter)  # per camera
-    nonfinite_points: int = 0
-    resets: Counter = field(default_factory=Counter)  # per cause
-    camera_errors: Counter = field(default_factory=Counter)  # per camera: masked by a failure
-    tsm_gaps: int = 0
-    backbone_passes: int = 0
-    stale_sweeps: int = 0  # earlier sweeps not merged: older than data.max_sweep_age
-    stale_clip_frames: int = 0  # clip frames older than data.max_clip_frame_age (padded)
-    crop_below_horizon: Counter = field(default_factory=Counter)  # per camera, once each
-    latency_ms: dict[str, deque] = field(default_factory=dict)
-    # the transport's loss counters (`DdsTransport.stats`), read at each summary
-    transport: Callable[[], dict[str, int]] | None = field(default=None, repr=False)
-
-    def add_latency(self, stage: str, ms: float) -> None:
-        with self.lock:
-            self.latency_ms.setdefault(stage, deque(maxlen=self.window)).append(ms)
-
-    def percentiles(self) -> dict[str, dict[str, float]]:
-        with self.lock:
-            items = {k: np.asarray(v, np.float64) for k, v in self.latency_ms.items() if v}
-        return {
-            k: {
-                "p50": float(np.percentile(v, 50)),
-                "p99": float(np.percentile(v, 99)),
-                "mean": float(v.mean()),
-                "n": int(len(v)),
-            }
-            for k, v in items.items()
-        }
-
-    def summary(self) -> dict[str, Any]:
-        with self.lock:
-            out = {
-                "received": dict(self.received),
-                "processed": self.processed,
-                "degraded": self.degraded,
-                "dropped": dict(self.dropped),
-                "rejected": dict(self.rejected),
-                "masked_cameras": dict(self.masked),
-                "nonfinite_points": self.nonfinite_points,
-                "resets": dict(self.resets),
-                "camera_errors": dict(self.camera_errors),
-                "tsm_gaps": self.tsm_gaps,
-                "backbone_passes": self.backbone_passes,
-                "stale_sweeps": self.stale_sweeps,
-                "stale_clip_frames": self.stale_clip_frames,
-                "crop_below_horizon": dict(self.crop_below_horizon),
-            }
-        out["latency_ms"] = self.percentiles()
-        if self.transport is not None:
-            out["transport"] = self.transport()
-        return out
-
-
-@dataclass
 class _Pending:
     """A cloud waiting for live cameras' next images."""
 
@@ -348,67 +287,6 @@ class Job:
     @property
     def degraded(self) -> bool:
         return bool(self.masked)
-
-
-class LatestSlot:
-    """A one-element entry queue: `put` replaces a waiting item (returned, to be counted as
-    dropped) instead of queueing behind it."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._item: Any = None
-
-    def put(self, item: Any) -> Any:
-        with self._cond:
-            old, self._item = self._item, item
-            self._cond.notify_all()
-            return old
-
-    def take_waiting(self) -> Any:
-        with self._cond:
-            old, self._item = self._item, None
-            return old
-
-    def get(self, timeout: float) -> Any:
-        with self._cond:
-            if self._item is None:
-                self._cond.wait(timeout)
-            item, self._item = self._item, None
-            return item
-
-
-class Recorder:
-    """Writes received and published messages (CDR as on the wire) to a rosbag2 with MCAP
-    storage, thread-safe; log time is the wall clock when received / published."""
-
-    def __init__(self, path: str | Path):
-        from rosbags.rosbag2 import StoragePlugin, Writer
-
-        from .messages import typestore
-
-        self._typestore = typestore()
-        self._writer = Writer(Path(path), version=8, storage_plugin=StoragePlugin.MCAP)
-        self._writer.open()
-        self._connections: dict[str, Any] = {}
-        self._lock = threading.Lock()
-        self.count = 0
-
-    def write(self, topic: str, msgtype: str, cdr: bytes, time_ns: int) -> None:
-        with self._lock:
-            if self._writer is None:
-                return
-            conn = self._connections.get(topic)
-            if conn is None:
-                conn = self._writer.add_connection(topic, msgtype, typestore=self._typestore)
-                self._connections[topic] = conn
-            self._writer.write(conn, time_ns, cdr)
-            self.count += 1
-
-    def close(self) -> None:
-        with self._lock:
-            if self._writer is not None:
-                self._writer.close()
-                self._writer = None
 
 
 class PerceptionNode:
@@ -1181,32 +1059,6 @@ TOPIC_KINDS: dict[str, TopicKind] = {
 }  # fmt: skip  (msgtype, queue depth, order among equal stamps, handler)
 
 
-def diagnostic_array(
-    stamp_ns: int, statuses: Sequence[tuple[str, int, str, dict[str, Any]]], frame_id: str = ""
-) -> Any:
-    """diagnostic_msgs/DiagnosticArray of `(name, level, message, values)` statuses."""
-    status = msg_class("diagnostic_msgs/msg/DiagnosticStatus")
-    key_value = msg_class("diagnostic_msgs/msg/KeyValue")
-    return msg_class(DIAGNOSTIC_ARRAY)(
-        header=header(frame_id, stamp_ns),
-        status=[
-            status(
-                level=level,
-                name=name,
-                message=message,
-                hardware_id="perception_node",
-                values=[key_value(key=str(k), value=str(v)) for k, v in values.items()],
-            )
-            for name, level, message, values in statuses
-        ],
-    )
-
-
-def diagnostic_values(message: Any) -> dict[str, str]:
-    """The key/values of the first status of a DiagnosticArray."""
-    return {kv.key: kv.value for kv in message.status[0].values}
-
-
 def replay_into_node(
     bag: str | Path,
     node: PerceptionNode,
@@ -1256,7 +1108,3 @@ def load_node_model(config: ExperimentConfig, checkpoint: str | Path | None) -> 
 
     model, _ = load_model(checkpoint, config)
     return model
-
-
-def summary_json(stats: NodeStats) -> str:
-    return json.dumps(stats.summary(), indent=1, sort_keys=True)
