@@ -11,7 +11,7 @@ import torch
 
 from perception.datasets.random_batch import random_batch
 from perception.models.builder import build_model
-from tests.perception.models.test_detector import micro_config
+from tests.perception.models.helpers import micro_config
 
 torch.manual_seed(0)
 config = micro_config()

@@ -22,7 +22,7 @@ from perception.deploy.export import (
     head_outputs_from_arrays,
 )
 from perception.models.builder import build_model
-from tests.perception.models.test_detector import micro_config
+from tests.perception.models.helpers import micro_config
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

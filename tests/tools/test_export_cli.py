@@ -14,7 +14,7 @@ from perception.config import save_config
 from perception.deploy.export import CLIP_FILE, DECODER_HEAD_FILE, REPORT_FILE, STREAM_FILE
 from perception.engine.checkpoint import save_checkpoint
 from perception.models.builder import build_model
-from tests.perception.models.test_detector import micro_config
+from tests.perception.models.helpers import micro_config
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")

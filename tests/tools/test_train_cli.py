@@ -19,7 +19,7 @@ import torch
 import yaml
 
 from perception.engine import find_latest
-from tests.perception.models.test_detector import MICRO
+from tests.perception.models.helpers import MICRO
 from tools.train import main as train
 
 

@@ -24,7 +24,7 @@ from perception.engine import (
     seed_step,
 )
 from perception.models.builder import build_model
-from tests.perception.models.test_detector import MICRO
+from tests.perception.models.helpers import MICRO
 
 trainer_module = importlib.import_module("perception.engine.trainer")
 VERSION = "v1.0-mini"

@@ -16,7 +16,7 @@ from perception.engine import Trainer, seed_everything
 from perception.generative.bank import write_bank
 from perception.models.builder import build_model
 from tests.perception.engine.test_trainer import TRAIN, VERSION
-from tests.perception.models.test_detector import MICRO
+from tests.perception.models.helpers import MICRO
 
 PASTE = ["data.paste.enabled=true", "data.paste.cameras=false",
          "data.paste.classes.car.count=2", "data.paste.classes.pedestrian.count=1",

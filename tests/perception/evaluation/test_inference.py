@@ -26,7 +26,7 @@ from perception.evaluation.inference import (
 )
 from perception.models.builder import build_model
 from perception.structures import CAMERA_NAMES
-from tests.perception.models.test_detector import MICRO
+from tests.perception.models.helpers import MICRO
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

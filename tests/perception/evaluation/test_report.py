@@ -314,7 +314,7 @@ def test_report_of_a_trained_checkpoint_shows_how_it_was_trained(indexed_world_c
     from perception.config import parse_config
     from perception.evaluation.runner import evaluate_checkpoint
     from tests.perception.engine.test_trainer import make_trainer
-    from tests.perception.models.test_detector import MICRO
+    from tests.perception.models.helpers import MICRO
 
     root = indexed_world_copy("report_trained", max_sweeps=1, max_clip_frames=2)
     make_trainer(root, tmp_path / "work", "train.max_steps=2").train()

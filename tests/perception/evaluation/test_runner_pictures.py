@@ -9,7 +9,7 @@ import pytest
 
 from perception.config import parse_config
 from perception.evaluation import runner
-from tests.perception.models.test_detector import MICRO
+from tests.perception.models.helpers import MICRO
 
 
 def test_pictures_merge_sweeps_with_the_configs_age_limit(indexed_world_copy, monkeypatch):

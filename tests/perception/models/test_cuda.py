@@ -15,7 +15,7 @@ from perception.datasets.random_batch import random_batch
 from perception.engine import Trainer
 from perception.models.builder import build_model
 from perception.structures import Batch
-from tests.perception.models.test_detector import micro_config
+from tests.perception.models.helpers import micro_config
 
 pytestmark = pytest.mark.cuda
 

@@ -11,7 +11,7 @@ import torch
 
 from perception.models.builder import build_model
 from perception.models.painting import PAINT_CHANNELS, image_from_lidar, paint_points
-from tests.perception.models.test_detector import micro_config, synthetic_batch
+from tests.perception.models.helpers import micro_config, synthetic_batch
 
 
 def coloured_batch(config, seed: int = 0):

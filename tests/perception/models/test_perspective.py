@@ -15,7 +15,7 @@ from perception.models.perspective import (
 )
 from perception.structures import Batch, Boxes3D
 
-from .test_detector import micro_config, synthetic_batch
+from .helpers import micro_config, synthetic_batch
 
 STRIDE = 8
 

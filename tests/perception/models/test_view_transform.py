@@ -9,7 +9,7 @@ from perception.models.bev_grid import BEVGrid
 from perception.models.view_transform import LSSViewTransform
 from perception.structures import Batch
 
-from .test_detector import micro_config, synthetic_batch
+from .helpers import micro_config, synthetic_batch
 
 
 def make_transform(**kwargs) -> LSSViewTransform:
