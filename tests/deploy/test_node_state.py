@@ -76,7 +76,7 @@ def test_the_node_merges_with_the_datasets_function_and_age_limit():
     default 0.55 s), sweeps beyond it are skipped and counted, and the merge is the dataset's
     `merge_sweeps` on the sweeps moved into the new cloud's frame."""
     from perception.config.schema import DataConfig
-    from perception.datasets.sweeps import merge_sweeps
+    from perception.datasets.sensors import merge_sweeps
 
     assert SweepAccumulator(sweeps=3).max_age_s == DataConfig().max_sweep_age
     acc = SweepAccumulator(sweeps=4, max_age_s=0.12)
@@ -188,8 +188,7 @@ def test_encoded_image_size_reads_the_header_without_decoding(ext):
     import cv2
 
     from perception.deploy.convert import jpeg_to_compressed_image
-    from perception.deploy.node import check_encoded_image, encoded_image_size
-    from perception.deploy.validation import InvalidMessage
+    from perception.deploy.validation import InvalidMessage, check_encoded_image, encoded_image_size
 
     ok, data = cv2.imencode(ext, np.zeros((45, 80, 3), np.uint8))
     assert ok and encoded_image_size(data.tobytes()) == (80, 45)
