@@ -38,6 +38,9 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -300,6 +303,23 @@ def test_the_node_and_inference_do_not_load_the_training_loop():
         if _in(e.importer, "perception.deploy") or _in(e.importer, "perception.evaluation")
     }
     assert not {m for m in reached if _in(m, "perception.engine")}
+
+
+def test_inference_modules_leave_the_training_loop_unloaded():
+    """At run time too: importing the model loader, the node, ONNX export and the test
+    runner loads no module of `perception.engine` (whose package imports the trainer)."""
+    code = (
+        "import sys\n"
+        "import perception.models.loading, perception.deploy.node, perception.deploy.export\n"
+        "import perception.evaluation.runner\n"
+        "print(sorted(m for m in sys.modules if m.startswith('perception.engine')))\n"
+    )
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]"
 
 
 # --------------------------------------------------------------------------------------

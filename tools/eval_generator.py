@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perception.engine.checkpoint import CheckpointError
+    from perception.checkpoint import CheckpointError
     from perception.generative import evaluate
     from perception.generative.bank import BankFileError
     from perception.generative.conditions import SENSOR_NAMES

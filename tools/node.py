@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: bag not found: {args.bag}", file=sys.stderr)
         return 2
 
+    from perception.checkpoint import CheckpointError
     from perception.config import ConfigError, load_config
     from perception.deploy.bag import replay_bag
     from perception.deploy.foxglove import Tee
@@ -100,7 +101,6 @@ def main(argv: list[str] | None = None) -> int:
         load_node_model,
         summary_json,
     )
-    from perception.engine.checkpoint import CheckpointError
     from perception.runtime import set_cpu_threads
 
     set_cpu_threads(args.threads or None)  # torch's and numba's threads

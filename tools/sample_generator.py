@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from perception.engine.checkpoint import CheckpointError
+    from perception.checkpoint import CheckpointError
     from perception.generative.hart.train import resolve_device
     from perception.generative.registry import load_any_generator
     from perception.generative.sampling import describe_condition, grid_conditions
