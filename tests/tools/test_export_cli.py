@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from perception.checkpoint import save_checkpoint
 from perception.config import save_config
 from perception.deploy.export import CLIP_FILE, DECODER_HEAD_FILE, REPORT_FILE, STREAM_FILE
-from perception.engine.checkpoint import save_checkpoint
 from perception.models.builder import build_model
 from tests.perception.models.helpers import micro_config
 
