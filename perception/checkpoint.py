@@ -6,8 +6,8 @@ export) reads weights with it (through `perception.models.loading.load_model`) w
 importing the training loop. It imports only the config layer.
 
 `resolve_checkpoint` is the one rule for what a path names (a checkpoint directory, or a work
-dir's latest checkpoint); `read_training_state` and `read_weights` read one file of a
-checkpoint each, verified against its manifest when it has one.
+dir's latest checkpoint); `read_training_state` and `read_config` read one file of a
+checkpoint directory each, verified against its manifest when it has one.
 
 Layout of one checkpoint, ``<work_dir>/checkpoints/step_<N>/``:
 
