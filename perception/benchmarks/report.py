@@ -12,16 +12,13 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
-import os
-import platform
-import subprocess
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 
+from ..provenance import git_commit, machine_description
 from .common import BenchRow
 
 if TYPE_CHECKING:
@@ -38,43 +35,6 @@ __all__ = [
     "with_provenance",
     "write_report",
 ]
-
-
-def machine_description(device: str = "cpu") -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    text = (
-        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}"
-    )
-    if device.startswith("cuda") and torch.cuda.is_available():
-        text += f", GPU {torch.cuda.get_device_name()}"
-    return text
-
-
-def git_commit() -> str | None:
-    """The checkout's commit (short hash), with `+dirty` when tracked files differ from it;
-    None outside a git checkout."""
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return (head + ("+dirty" if dirty else "")) or None
-
 
 RESULT_KEYS = ("date", "machine", "commit", "config_hash", "command")
 
