@@ -98,11 +98,7 @@ ALLOWED: dict[tuple[str, str], str] = {}
 TORCH_DISTRIBUTED_USERS = ("perception.distributed", "perception.engine")
 
 # Module -> why it still names torch.distributed (each to move to `perception.distributed`).
-TORCH_DISTRIBUTED_ALLOWED: dict[str, str] = {
-    # EpochSampler checks for a process group itself; the datasets are being reworked by
-    # another change of issue #29, which is to call perception.distributed.is_distributed().
-    "perception.datasets.pipeline": "in rework (issue #29 part 2)",
-}
+TORCH_DISTRIBUTED_ALLOWED: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -70,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
     from perception.runtime import set_cpu_threads
 
     set_cpu_threads(config.train.threads)  # the script's choice (None: torch's), numba's too
-    from perception.engine.checkpoint import CheckpointError
+    from perception.checkpoint import CheckpointError
     from perception.generative.bank import BankFileError
     from perception.generative.registry import train_generator
 

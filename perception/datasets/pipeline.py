@@ -32,6 +32,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from ..config.schema import ExperimentConfig
+from ..distributed import is_distributed, world_size
+from ..distributed import rank as process_rank
 from ..structures import CAMERA_NAMES, Sample
 from .collate import collate_samples
 from .nuscenes import NuScenesDataset, Transform
@@ -265,7 +267,7 @@ class EpochSampler(Sampler[tuple[int, int, bool]]):
     time it is iterated (in the main process, where the caller's `dataset.set_epoch` took
     effect).
 
-    `num_replicas`/`rank` default to 1/0, or to torch.distributed's world size and rank when
+    `num_replicas`/`rank` default to 1/0, or to the process group's world size and rank when
     `distributed` and a process group is initialized. Shards are padded by repetition to equal
     length, as `DistributedSampler` does.
     """
@@ -283,14 +285,15 @@ class EpochSampler(Sampler[tuple[int, int, bool]]):
         self.dataset = dataset
         if not distributed:
             num_replicas, rank = num_replicas or 1, rank or 0
-        elif not torch.distributed.is_available() or not torch.distributed.is_initialized():
+        elif not is_distributed():
             if num_replicas is None or rank is None:
                 raise RuntimeError(
                     "distributed=True needs an initialized process group or explicit "
                     "num_replicas and rank"
                 )
-        # DistributedSampler itself reads the world size and rank of the process group when
-        # num_replicas/rank are None.
+        else:  # the process group's, unless given
+            num_replicas = world_size() if num_replicas is None else num_replicas
+            rank = process_rank() if rank is None else rank
         self.indices = DistributedSampler(
             dataset, num_replicas=num_replicas, rank=rank, shuffle=shuffle, seed=seed
         )

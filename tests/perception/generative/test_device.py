@@ -15,7 +15,7 @@ import pytest
 import safetensors.torch
 import torch
 
-from perception.engine.checkpoint import load_checkpoint
+from perception.checkpoint import load_checkpoint
 from perception.generative.conditions import ObjectConditions
 from perception.generative.config import HARTConfig
 from perception.generative.gan import train as gan_train

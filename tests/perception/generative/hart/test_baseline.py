@@ -11,8 +11,8 @@ import json
 import pytest
 import torch
 
+from perception.checkpoint import load_checkpoint, save_checkpoint
 from perception.config import load_config
-from perception.engine.checkpoint import load_checkpoint, save_checkpoint
 from perception.generative.conditions import ObjectConditions
 from perception.generative.config import HARTConfig
 from perception.generative.hart.baseline import (
