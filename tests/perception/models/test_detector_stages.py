@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from perception.models.builder import build_model
-from tests.perception.models.test_detector import micro_config, synthetic_batch
+from tests.perception.models.helpers import micro_config, synthetic_batch
 
 OVERRIDES = {"fused": [], "camera": ["model.lidar=null"], "lidar": ["model.camera=null"]}
 
