@@ -106,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     from perception.engine import (
         NonFiniteLossError,
         Trainer,
+        build_hooks,
         cleanup_distributed,
         seed_everything,
         setup_distributed,
@@ -133,6 +134,10 @@ def main(argv: list[str] | None = None) -> int:
             distributed=dist.world_size > 1,
         )
         try:
+            # the hooks get what they switch: the model and the dataset (LiDAR first)
+            hooks = build_hooks(
+                config, model=model, datasets=[dataset], progress=not args.no_progress
+            )
             trainer = Trainer(
                 config=config,
                 model=model,
@@ -140,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
                 work_dir=work_dir,
                 device=dist.device,
                 resume=bool(args.resume),
-                progress=not args.no_progress,
+                hooks=hooks,
             )
         except ConfigError as exc:  # a setting that does not fit the model built
             return usage_error(exc)

@@ -1,5 +1,6 @@
-"""The training engine: checkpoints, the training loop and what makes `torchrun` training
-follow one process on the global batch (`distributed.py`).
+"""The training engine: checkpoints, the training loop with its hooks (`hooks.py`: time
+budget, LiDAR first, freezing, logging, evaluation, checkpointing) and what makes `torchrun`
+training follow one process on the global batch (`distributed.py`).
 
 Checkpoints are safetensors + JSON + YAML (never pickle), written atomically, with a
 manifest that carries a format version and the sha256 of every file.
@@ -22,6 +23,18 @@ from .distributed import (
     global_batch,
     global_mean_normaliser,
 )
+from .hooks import (
+    Freeze,
+    Hook,
+    JsonLog,
+    LidarFirst,
+    PeriodicCheckpoint,
+    PeriodicEval,
+    PeriodicLog,
+    ProgressBar,
+    TimeBudget,
+    build_hooks,
+)
 from .trainer import (
     DistributedInfo,
     NonFiniteLossError,
@@ -37,14 +50,24 @@ __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
     "DistributedInfo",
+    "Freeze",
+    "Hook",
+    "JsonLog",
+    "LidarFirst",
     "NonFiniteLossError",
+    "PeriodicCheckpoint",
+    "PeriodicEval",
+    "PeriodicLog",
+    "ProgressBar",
     "SyncBatchNorm",
     "SyncSparseBatchNorm",
+    "TimeBudget",
     "Trainer",
     "TrainingState",
     "cleanup_distributed",
     "convert_sync_batchnorm",
     "find_latest",
+    "build_hooks",
     "global_batch",
     "global_mean_normaliser",
     "load_checkpoint",

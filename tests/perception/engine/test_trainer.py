@@ -1,12 +1,14 @@
 """The training loop on the tiny world with a micro model: finite losses, checkpoints, logs,
-exact resume inside an epoch (also after a kill inside a checkpoint write), per-step seeding,
-a NaN stop that keeps the last good checkpoint, and the time budget's plans."""
+exact resume inside an epoch (also after a kill inside a checkpoint write) without duplicate
+log lines, per-step seeding, a NaN stop that keeps the last good checkpoint, and the hooks
+built from the config at work (time budget, LiDAR first, freezing). Each hook on its own:
+test_hooks.py."""
 
 from __future__ import annotations
 
-import importlib
 import json
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -15,18 +17,21 @@ import torch
 from perception.config import ConfigError, parse_config
 from perception.datasets.pipeline import build_dataloader, build_dataset
 from perception.engine import (
+    Hook,
     NonFiniteLossError,
+    TimeBudget,
     Trainer,
+    build_hooks,
     find_latest,
     load_checkpoint,
     lr_factor,
     seed_everything,
     seed_step,
 )
+from perception.engine import hooks as hooks_module
 from perception.models.builder import build_model
 from tests.perception.models.helpers import MICRO
 
-trainer_module = importlib.import_module("perception.engine.trainer")
 VERSION = "v1.0-mini"
 # the whole tiny world (12 samples): batch 4 -> 3 steps an epoch, so 4 steps cross an epoch
 TRAIN = ["data.train_split=all", "train.batch_size=4", "train.workers=0", "train.log_every=1",
@@ -39,6 +44,7 @@ def indexed_world(indexed_world_copy):
 
 
 def make_trainer(root, work_dir, *overrides, resume=False):
+    """A trainer with the hooks of the config (as tools/train.py builds them)."""
     config = parse_config(MICRO, [*TRAIN, f"data.root={root}", *overrides])
     seed_everything(config.seed)
     model = build_model(config)
@@ -46,10 +52,26 @@ def make_trainer(root, work_dir, *overrides, resume=False):
     loader = build_dataloader(
         dataset, batch_size=config.train.batch_size, train=True, workers=0, seed=config.seed
     )
+    hooks = build_hooks(config, model=model, datasets=[dataset], progress=False)
     return Trainer(
         config=config, model=model, loader=loader, work_dir=work_dir, device="cpu",
-        resume=resume, progress=False,
+        resume=resume, hooks=hooks,
     )  # fmt: skip
+
+
+class Each(Hook):
+    """Calls `before(trainer)` before and `after(trainer)` after every step."""
+
+    def __init__(self, before=None, after=None):
+        self.before, self.after = before, after
+
+    def before_step(self):
+        if self.before is not None:
+            self.before(self.trainer)
+
+    def after_step(self):
+        if self.after is not None:
+            self.after(self.trainer)
 
 
 def test_a_few_steps_write_logs_and_a_checkpoint(indexed_world, tmp_path):
@@ -84,6 +106,30 @@ def test_resume_gives_the_same_weights(indexed_world, tmp_path):
     log_a = [json.loads(x)["loss"] for x in (tmp_path / "a" / "log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x)["loss"] for x in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
     assert log_a == log_b
+
+
+def test_a_resume_drops_the_log_lines_written_after_its_checkpoint(indexed_world, tmp_path):
+    """Killed after step 3 (logged) with step 2 the last checkpoint: the resumed run logs
+    step 3 again, and the log holds it once, as an uninterrupted run's does."""
+    steps = ("train.max_steps=4", "train.checkpoint_every=2")
+    make_trainer(indexed_world, tmp_path / "a", *steps).train()
+    make_trainer(indexed_world, tmp_path / "b", *steps).train(until_step=3)
+    shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_3")  # as if killed before it
+    assert saved_extra(find_latest(tmp_path / "b"))["log_lines"] == 2
+    assert [x["step"] for x in log_lines(tmp_path / "b")] == [1, 2, 3]
+    make_trainer(indexed_world, tmp_path / "b", *steps, resume=True).train()
+    a, b = log_lines(tmp_path / "a"), log_lines(tmp_path / "b")
+    assert [x["step"] for x in b] == [1, 2, 3, 4]
+    assert [x["loss"] for x in a] == [x["loss"] for x in b]
+    # a checkpoint written before `log_lines` existed: the lines past its step are dropped
+    old = make_trainer(indexed_world, tmp_path / "c", *steps)
+    state = old.training_state
+    old.training_state = lambda: {k: v for k, v in state().items() if k != "log_lines"}
+    old.train(until_step=3)
+    shutil.rmtree(tmp_path / "c" / "checkpoints" / "step_3")
+    assert "log_lines" not in saved_extra(find_latest(tmp_path / "c"))
+    make_trainer(indexed_world, tmp_path / "c", *steps, resume=True).train()
+    assert [x["step"] for x in log_lines(tmp_path / "c")] == [1, 2, 3, 4]
 
 
 class _Killed(BaseException):
@@ -144,7 +190,8 @@ def test_steps_draw_randomness_from_seed_rank_and_step():
 
 
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(indexed_world, tmp_path):
-    trainer = make_trainer(indexed_world, tmp_path, "train.max_steps=4")
+    # checkpoint after every step, so step 1's is the last good one
+    trainer = make_trainer(indexed_world, tmp_path, "train.max_steps=4", "train.checkpoint_every=1")
     forward, calls = trainer.model.forward, []
 
     def nan_at_step_2(batch):
@@ -157,8 +204,6 @@ def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(indexed_world, tmp_pa
         return losses
 
     trainer.model.forward = nan_at_step_2
-    # checkpoint after every step, so step 1's is the last good one
-    trainer.train_config = trainer.train_config.model_copy(update={"checkpoint_every": 1})
     name = sorted(forward(next(iter(trainer.loader))))[0]
     calls.clear()
     with pytest.raises(NonFiniteLossError, match=rf"step 2: .*{name}=nan") as info:
@@ -182,13 +227,8 @@ def test_schedules_warm_up_and_decay():
 
 def record_images(trainer):
     """Records whether each training batch holds decoded images (not decoded: all zeros)."""
-    decoded, real_step = [], trainer._train_step
-
-    def step(batch):
-        decoded.append(bool(batch.images.any()))
-        return real_step(batch)
-
-    trainer._train_step = step
+    decoded = []
+    trainer.register_hooks([Each(before=lambda t: decoded.append(bool(t.batch.images.any())))])
     return decoded
 
 
@@ -201,9 +241,8 @@ def test_lidar_first_adds_the_camera_at_an_epoch_and_resumes_there(indexed_world
     camera_before = {k: v.clone() for k, v in straight.model.camera.state_dict().items()}
     decoded = record_images(straight)
     states = []
-    real_step = straight._train_step
-    straight._train_step = lambda batch: (real_step(batch), states.append(
-        {k: v.clone() for k, v in straight.model.camera.state_dict().items()}))[0]  # fmt: skip
+    straight.register_hooks([Each(after=lambda t: states.append(
+        {k: v.clone() for k, v in t.model.camera.state_dict().items()}))])  # fmt: skip
     straight.train()
     assert decoded == [False] * 3 + [True] * 3
     joins = [x for x in log_lines(tmp_path / "a") if x.get("camera") == "joins"]
@@ -231,9 +270,7 @@ def test_lidar_first_keeps_decoding_images_for_a_painting_model(indexed_world, t
     trainer = make_trainer(indexed_world, tmp_path, *steps)
     decoded = record_images(trainer)
     enabled = []
-    real_step = trainer._train_step
-    trainer._train_step = lambda batch: (enabled.append(trainer.model.camera_enabled),
-                                         real_step(batch))[1]  # fmt: skip
+    trainer.register_hooks([Each(before=lambda t: enabled.append(t.model.camera_enabled))])
     trainer.train()
     assert decoded == [True] * 6  # the points are painted from the first step
     assert enabled == [False] * 3 + [True] * 3  # the camera branch still joins later
@@ -250,23 +287,22 @@ def test_lidar_first_needs_both_branches(indexed_world, tmp_path):
 @pytest.fixture
 def small_budget_steps(monkeypatch):
     """Plans from the first steps so a run of ~10 steps exercises them."""
-    monkeypatch.setattr(trainer_module, "BUDGET_PACE_FROM", 1)
-    monkeypatch.setattr(trainer_module, "BUDGET_FIRST_PLAN", 3)
-    monkeypatch.setattr(trainer_module, "BUDGET_REPLAN_EVERY", 4)
-    monkeypatch.setattr(trainer_module, "BUDGET_TARGET", 1.0)
+    monkeypatch.setattr(hooks_module, "BUDGET_PACE_FROM", 1)
+    monkeypatch.setattr(hooks_module, "BUDGET_FIRST_PLAN", 3)
+    monkeypatch.setattr(hooks_module, "BUDGET_REPLAN_EVERY", 4)
+    monkeypatch.setattr(hooks_module, "BUDGET_TARGET", 1.0)
 
 
 def fake_clock(trainer, seconds_of_step):
     """Makes `trainer`'s budget clock advance `seconds_of_step(step)` per optimizer step."""
     now = {"t": 1000.0}
-    trainer.clock = lambda: now["t"]
-    real_step = trainer._train_step
+    (budget,) = [h for h in trainer.hooks if isinstance(h, TimeBudget)]
+    budget.clock = lambda: now["t"]
 
-    def step(batch):
-        now["t"] += seconds_of_step(trainer.step + 1)
-        return real_step(batch)
+    def tick(t):
+        now["t"] += seconds_of_step(t.step + 1)
 
-    trainer._train_step = step
+    trainer.register_hooks([Each(before=tick)])
 
 
 def log_lines(work_dir):

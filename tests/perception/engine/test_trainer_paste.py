@@ -12,7 +12,7 @@ import pytest
 
 from perception.config import parse_config
 from perception.datasets.pipeline import build_dataloader, build_dataset
-from perception.engine import Trainer, seed_everything
+from perception.engine import PeriodicLog, Trainer, seed_everything
 from perception.generative.bank import write_bank
 from perception.models.builder import build_model
 from tests.perception.engine.test_trainer import TRAIN, VERSION
@@ -102,11 +102,12 @@ def test_paste_totals_survive_a_resume_and_are_absent_without_paste(world_and_ba
     straight.train()
     steps = ("train.max_steps=4", "train.log_every=3", "train.checkpoint_every=1")
     _trainer(world, bank, tmp_path / "b", *steps, workers=0).train(until_step=2)
-    # as if killed before step 2's checkpoint: step 1's holds batch 1's counters, not yet logged
+    # as if killed before step 2's checkpoint: step 1's holds batch 1's counters, not yet
+    # logged; step 2's record (logged as the run's last step) is dropped by the resume
     shutil.rmtree(tmp_path / "b" / "checkpoints" / "step_2")
     _trainer(world, bank, tmp_path / "b", *steps, workers=0, resume=True).train()
     a, b = _records(tmp_path / "a"), _records(tmp_path / "b")
-    assert [r["step"] for r in b] == [2, 3, 4]
+    assert [r["step"] for r in b] == [3, 4]
     assert a[-1]["paste_total"] == b[-1]["paste_total"] and a[-1]["paste_total"]["samples"] == 16
     # without paste, no paste keys in the log
     config = parse_config(MICRO, [*TRAIN, f"data.root={world}", "train.max_steps=1"])
@@ -119,7 +120,7 @@ def test_paste_totals_survive_a_resume_and_are_absent_without_paste(world_and_ba
 
 
 def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
-    """`Trainer._paste_counts` on a stand-in trainer in process `rank` of 2 (gloo)."""
+    """`PeriodicLog.paste_counts` with a stand-in trainer in process `rank` of 2 (gloo)."""
     import os
     from types import SimpleNamespace
 
@@ -130,13 +131,14 @@ def _gather_worker(rank: int, init_file: str, out_dir: str) -> None:
                                   world_size=2)  # fmt: skip
     try:
         counts = [{"samples": 2, "pasted": 3, "pasted/car": 3}, {"samples": 2, "no_free_pose": 1}]
-        trainer = SimpleNamespace(
-            distributed=True, world_size=2, _paste_sum=Trainer._paste_sum,
-            config=SimpleNamespace(data=SimpleNamespace(paste=SimpleNamespace(enabled=True))),
-            paste_interval=Counter(counts[rank]), paste_total=Counter({"samples": 4}),
+        hook = PeriodicLog(every=1, paste=True)
+        hook.trainer = SimpleNamespace(
+            distributed=True, world_size=2,
+            all_gather_object=lambda obj: Trainer.all_gather_object(hook.trainer, obj),
         )  # fmt: skip
-        result = Trainer._paste_counts(trainer)
-        torch.save({"result": result, "interval": dict(trainer.paste_interval)},
+        hook.paste_interval, hook.paste_total = Counter(counts[rank]), Counter({"samples": 4})
+        result = hook.paste_counts()
+        torch.save({"result": result, "interval": dict(hook.paste_interval)},
                    os.path.join(out_dir, f"rank{rank}.pt"))  # fmt: skip
     finally:
         torch_dist.destroy_process_group()
