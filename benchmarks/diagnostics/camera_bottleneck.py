@@ -32,7 +32,7 @@ from torch import nn
 
 from perception.config import load_config
 from perception.datasets.pipeline import build_dataloader, build_dataset
-from perception.engine import Trainer, seed_everything
+from perception.engine import Trainer, build_hooks, seed_everything
 from perception.models.bev_grid import BEVGrid
 from perception.models.builder import build_model
 from perception.structures import Batch
@@ -325,7 +325,8 @@ def main() -> None:
         distributed=False,
     )
     work = Path(args.out) / (args.name or args.variant.replace("+", "_"))
-    Trainer(config=config, model=model, loader=loader, work_dir=work, progress=False).train()
+    hooks = build_hooks(config, model=model, datasets=[dataset], progress=False)
+    Trainer(config=config, model=model, loader=loader, work_dir=work, hooks=hooks).train()
     curve = []
     for line in open(work / "log.jsonl"):
         record = json.loads(line)

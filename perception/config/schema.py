@@ -428,7 +428,7 @@ class TrainConfig(StrictModel):
 
     `batch_size` is per process: under `torchrun` the global batch is `batch_size` times the
     world size. The run lasts `max_steps` optimizer steps if set, else `epochs` epochs, or
-    fewer with `time_budget_min` (see `perception.engine.trainer`).
+    fewer with `time_budget_min` (see `perception.engine.hooks.TimeBudget`).
     """
 
     batch_size: PositiveInt = 4
