@@ -157,10 +157,14 @@ def test_merge_sweeps_matches_the_rule():
 
 
 def test_dataset_and_node_call_the_same_functions():
-    from perception.datasets import nuscenes, sweeps, transforms
+    from perception.datasets import nuscenes, pipeline, transforms
     from perception.deploy import bag, convert, state
+    from perception.deploy import pipeline as node_pipeline
 
-    assert nuscenes.merge_sweeps is sweeps.merge_sweeps is state.merge_sweeps is merge_sweeps
+    assert nuscenes.merge_sweeps is state.merge_sweeps is merge_sweeps
+    assert pipeline.sweep_reach_problem is sensors.sweep_reach_problem
+    assert node_pipeline.points_in_range is sensors.points_in_range
+    assert node_pipeline.ImagePreprocess is sensors.TestTimeImageTransform
     assert state.interpolate_pose is interpolate_pose
     assert bag.pose_matrix is pose_matrix and bag.read_table is read_table
     assert convert.matrix_to_quaternion is matrix_to_quaternion
