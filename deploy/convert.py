@@ -294,6 +294,7 @@ def compressed_image_to_rgb(
     topic: str,
     expected_size: tuple[int, int] | None = None,
     known_frames: Collection[str] | None = None,
+    min_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decodes a sensor_msgs/CompressedImage (JPEG or PNG) strictly to `[H, W, 3]` uint8 RGB
     (`perception.datasets.io.decode_image`, the dataset's decoder: damaged scan data that
@@ -301,7 +302,10 @@ def compressed_image_to_rgb(
 
     `format` names the codec (`"jpeg"`, `"png"`, or image_transport's `"bgr8; jpeg compressed
     bgr8"`) and must match the content; an empty `format` is not checked. `expected_size` is
-    (width, height), from the camera's CameraInfo. Raises `InvalidMessage` (`corrupt_image` on
+    (width, height), from the camera's CameraInfo. `min_size` (W, H): decode a JPEG at a reduced
+    DCT scale of at least this size (`perception.datasets.io.decode_image`; the full size is
+    then not checked here: `validation.check_encoded_image` checks the header's). Raises
+    `InvalidMessage` (`corrupt_image` on
     field `data`, or `format` when the declared format is not the content's, `image_size`,
     `unknown_frame`).
     """
@@ -320,10 +324,13 @@ def compressed_image_to_rgb(
             )
     check_image_markers(topic, data, declared)
     try:
-        image = decode_image(data, source=f"topic {topic}", declared_format=declared or None)
+        image = decode_image(
+            data, source=f"topic {topic}", declared_format=declared or None, min_size=min_size
+        )
     except DataError as exc:
         raise InvalidMessage(topic, "data", "corrupt_image", exc.problem) from None
-    _check_size(topic, "data", image.shape[1], image.shape[0], expected_size)
+    if min_size is None:  # a reduced decode is smaller: its header size is checked instead
+        _check_size(topic, "data", image.shape[1], image.shape[0], expected_size)
     return image
 
 
@@ -350,6 +357,7 @@ def image_to_rgb(
     topic: str,
     expected_size: tuple[int, int] | None = None,
     known_frames: Collection[str] | None = None,
+    min_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """sensor_msgs/Image (`rgb8`, `bgr8`, `rgba8`, `bgra8` or `mono8`) -> `[H, W, 3]` uint8
     RGB. Raises `InvalidMessage` (`image_layout`) for other encodings or a step/data

@@ -139,7 +139,13 @@ from .state import (
 )
 from .sync import cloud_ready
 from .transport import LOSS_COUNTERS, Transport
-from .validation import InvalidMessage, StampTracker, check_encoded_image, check_frame
+from .validation import (
+    InvalidMessage,
+    StampTracker,
+    check_encoded_image,
+    check_frame,
+    encoded_image_size,
+)
 
 log = logging.getLogger(__name__)
 
@@ -224,6 +230,10 @@ class NodeOptions:
     time_jump_s: float = 2.0
     time_jump_series: int = 3
     decode_workers: int = 2  # threads decoding a received batch's images (<= 1: in turn)
+    # JPEGs decoded at the smallest DCT scale that keeps the model's input resolution
+    # (libjpeg scale-on-decode, then the same test-time transform): faster, not bit-equal to
+    # the dataset's full decode (tests/deploy/test_reduced_decode.py bounds the difference)
+    reduced_decode: bool = False
     diagnostics_period_s: float = 5.0
     print_diagnostics: bool = False
     latency_window: int = 2000  # latest samples kept per stage for p50/p99
@@ -499,9 +509,17 @@ class PerceptionNode:
 
     def _decode(self, message: Any, topic: str) -> np.ndarray:
         """A CompressedImage decoded strictly and pre-processed: `[3, H, W]` uint8. The size
-        is checked against the CameraInfo on the header, before (`check_encoded_image`)."""
+        is checked against the CameraInfo on the header, before (`check_encoded_image`).
+        With `reduced_decode`, a JPEG is decoded at the smallest DCT scale of at least the
+        model's resolution (`TestTimeImageTransform.decode_size`)."""
         start = time.perf_counter()
-        image = self.preprocess(compressed_image_to_rgb(message, topic=topic))
+        if self.options.reduced_decode:
+            size = encoded_image_size(np.asarray(message.data, np.uint8).tobytes())
+            min_size = None if size is None else self.preprocess.decode_size(*size)
+            rgb = compressed_image_to_rgb(message, topic=topic, min_size=min_size)
+            image = self.preprocess(rgb, full_size=size)
+        else:
+            image = self.preprocess(compressed_image_to_rgb(message, topic=topic))
         self.stats.add_latency("image_decode", 1e3 * (time.perf_counter() - start))
         return image
 

@@ -3,7 +3,8 @@
 Rows (same run, same bytes): OpenCV's `imdecode` (the baseline: what `read_image` used before
 it decoded strictly), our `decode_image` (simplejpeg in strict mode, to RGB), and reduced-size
 decoding with each library (OpenCV's `IMREAD_REDUCED_COLOR_2`, simplejpeg's `min_factor=2`),
-for a camera-like image at nuScenes' 1600x900 and at the generated world's 800x450.
+for a camera-like image at nuScenes' 1600x900 and at the generated world's 800x450; and the
+node's image input (decode + test-time transform) with and without scale-on-decode.
 """
 
 from __future__ import annotations
@@ -55,6 +56,35 @@ def _size_rows(width: int, height: int, *, quick: bool) -> list[BenchRow]:
     return compare("jpeg_decode", shape, "opencv imdecode", timings, notes)
 
 
+def _node_input_rows(width: int, height: int, *, quick: bool) -> list[BenchRow]:
+    """The node's decode stage for one camera: decode + the test-time transform to the model's
+    input, the full decode (baseline: what the dataset does) against scale-on-decode
+    (`NodeOptions.reduced_decode`), for the tiny model's 256x96 and the paper-scale 704x256."""
+    from perception.config import parse_config
+    from perception.datasets.sensors import TestTimeImageTransform
+
+    raw = camera_like_jpeg(width, height)
+    rows = []
+    for final in ((256, 96), (704, 256)):
+        t = TestTimeImageTransform.from_config(
+            parse_config({"augment": {"image": {"final_size": list(final)}}})
+        )
+        min_size = t.decode_size(width, height)
+        fns = {
+            "full decode + transform": lambda t=t: t(decode_image(raw, source="bench")),
+            "reduced decode + transform": lambda t=t, m=min_size: t(
+                decode_image(raw, source="bench", min_size=m), full_size=(width, height)
+            ),
+        }
+        timings = time_interleaved(fns, rounds=3 if quick else 5, repeat=5 if quick else 10)
+        decoded = decode_image(raw, source="bench", min_size=min_size).shape
+        shape = f"{width}x{height} JPEG -> {final[0]}x{final[1]}"
+        notes = {"reduced decode + transform": f"decoded at {decoded[1]}x{decoded[0]}"}
+        rows += compare("node image input", shape, "full decode + transform", timings, notes)
+    return rows
+
+
 def run(*, quick: bool = False) -> list[BenchRow]:
     sizes = [(800, 450)] if quick else [(1600, 900), (800, 450)]
-    return [row for width, height in sizes for row in _size_rows(width, height, quick=quick)]
+    rows = [row for width, height in sizes for row in _size_rows(width, height, quick=quick)]
+    return rows + _node_input_rows(*sizes[0], quick=quick)

@@ -75,7 +75,11 @@ def declared_kind(declared_format: str) -> str | None:
 
 
 def decode_image(
-    data: bytes | np.ndarray, *, source: str | Path, declared_format: str | None = None
+    data: bytes | np.ndarray,
+    *,
+    source: str | Path,
+    declared_format: str | None = None,
+    min_size: tuple[int, int] | None = None,
 ) -> np.ndarray:
     """Decodes a JPEG or PNG strictly to `[H, W, 3]` uint8 RGB.
 
@@ -84,6 +88,11 @@ def decode_image(
     grey or noise) is an error here. PNG goes through OpenCV (zlib's CRC checks are strict).
     `declared_format` (a file suffix or a ROS `CompressedImage.format`), when given, must name
     the codec the content holds. Raises `DataError` naming `source`.
+
+    `min_size` (W, H): a JPEG is decoded at the smallest of libjpeg's DCT scales (8/8, 7/8, ...,
+    1/8) that still gives at least this size (scale-on-decode: far less work than decoding the
+    full image and resizing it); a PNG is decoded whole. The caller maps the smaller image back
+    to the full one's pixels (`sensors.TestTimeImageTransform` does).
     """
     raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
     if not raw:
@@ -105,7 +114,11 @@ def decode_image(
             )
     if kind == "jpeg":
         try:
-            return simplejpeg.decode_jpeg(raw, colorspace="RGB", strict=True)
+            if min_size is None:
+                return simplejpeg.decode_jpeg(raw, colorspace="RGB", strict=True)
+            return simplejpeg.decode_jpeg(
+                raw, colorspace="RGB", strict=True, min_width=min_size[0], min_height=min_size[1]
+            )
         except ValueError as exc:
             raise DataError(
                 source, f"camera image cannot be decoded: corrupt JPEG ({exc})"

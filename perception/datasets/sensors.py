@@ -340,9 +340,27 @@ class TestTimeImageTransform:
         """`[4, 4]` float32 `image_aug` of a `width` x `height` camera image."""
         return image_aug_matrix(self.affine(width, height)).astype(np.float32)
 
-    def __call__(self, rgb: np.ndarray) -> np.ndarray:
-        """`[H, W, 3]` uint8 RGB -> `[3, H', W']` uint8, `(W', H') = size`."""
+    def decode_size(self, width: int, height: int) -> tuple[int, int]:
+        """(W, H) a `width` x `height` camera image must at least be decoded at for this
+        transform: its size after the test-time resize (rounded up). A JPEG decoded at a
+        reduced DCT scale of at least this size (`io.decode_image(min_size=...)`) loses no
+        resolution the model would see."""
+        resize = self.affine(width, height)[0, 0]  # test mode: a pure scale and a crop
+        return min(width, math.ceil(width * resize)), min(height, math.ceil(height * resize))
+
+    def __call__(self, rgb: np.ndarray, full_size: tuple[int, int] | None = None) -> np.ndarray:
+        """`[h, w, 3]` uint8 RGB -> `[3, H', W']` uint8, `(W', H') = size`.
+
+        `full_size` (W, H): the size of the camera image `rgb` was decoded from when it was
+        decoded smaller (scale-on-decode); the transform is the full image's (`matrix(W, H)`,
+        what the calibration and `image_aug` describe), composed with the map from the small
+        image's pixel centres to the full one's. None: `rgb` is the full image.
+        """
         h, w = rgb.shape[:2]
-        m = self.affine(w, h)
+        W, H = (w, h) if full_size is None else full_size
+        m = self.affine(W, H)
+        if (w, h) != (W, H):
+            sx, sy = W / w, H / h  # small pixel centre u + 0.5 covers full (u + 0.5) * sx
+            m = m @ np.array([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0, 0, 1]])
         warped = cv2.warpAffine(rgb, m[:2], self.size, flags=cv2.INTER_LINEAR)
         return np.ascontiguousarray(warped.transpose(2, 0, 1))

@@ -57,6 +57,9 @@ def test_jpeg_benchmark_quick(tmp_path):
     assert {"opencv imdecode", "ours decode_image (strict)"} <= names
     ours = next(row for row in rows if row["name"] == "ours decode_image (strict)")
     assert ours["baseline"] == "opencv imdecode" and ours["ratio"] > 0
+    reduced = [row for row in rows if row["name"] == "reduced decode + transform"]
+    assert len(reduced) == 2 and all(r["baseline"] == "full decode + transform" for r in reduced)
+    assert "decoded at 300x169" in reduced[0]["note"]  # 800x450 -> 256x96: decoded at 3/8
 
 
 def _fake_run(root, variant, *, mAP, NDS, vel_err=1.0, seconds=600, threads=1, sets=""):
