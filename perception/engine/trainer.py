@@ -63,6 +63,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler
 
 from ..config.schema import ExperimentConfig, TrainConfig
+from ..distributed import is_distributed, world_size
+from ..distributed import rank as process_rank
 from .checkpoint import find_latest, load_checkpoint, load_partial_weights, save_checkpoint
 from .distributed import convert_sync_batchnorm, global_batch
 from .hooks import Hook, JsonLog, build_hooks
@@ -138,7 +140,7 @@ def seed_step(seed: int, *, rank: int, step: int) -> None:
 
 
 def cleanup_distributed() -> None:
-    if torch_dist.is_available() and torch_dist.is_initialized():
+    if is_distributed():
         torch_dist.destroy_process_group()
 
 
@@ -254,9 +256,9 @@ class Trainer:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         self.device = torch.device(device)
-        self.distributed = torch_dist.is_available() and torch_dist.is_initialized()
-        self.rank = torch_dist.get_rank() if self.distributed else 0
-        self.world_size = torch_dist.get_world_size() if self.distributed else 1
+        self.distributed = is_distributed()
+        self.rank = process_rank()
+        self.world_size = world_size()
         self.is_main = self.rank == 0
         self.log = JsonLog(self.work_dir / LOG_NAME, enabled=self.is_main)
 
