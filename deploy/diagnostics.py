@@ -5,6 +5,7 @@ and the JSON summary `tools/node.py --summary` writes."""
 from __future__ import annotations
 
 import json
+import math
 import threading
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from .messages import header, msg_class
+from .transport import LOSS_COUNTERS
 
 DIAGNOSTIC_ARRAY = "diagnostic_msgs/msg/DiagnosticArray"
 
@@ -111,3 +113,64 @@ def diagnostic_values(message: Any) -> dict[str, str]:
 
 def summary_json(stats: NodeStats) -> str:
     return json.dumps(stats.summary(), indent=1, sort_keys=True)
+
+
+def frame_status(job: Any) -> Any:
+    """The per-cloud status DiagnosticArray (`/perception/status`) of a finished node job:
+    WARN ("degraded: cameras masked ...") when cameras were masked, else OK; the job's counts
+    and stage times as values."""
+    values = {
+        "stamp_ns": job.stamp_ns,
+        "objects": len(job.detections),
+        "points": int(len(job.batch.points)),
+        "masked_cameras": ",".join(job.masked),
+        "tsm_gaps": job.tsm_gaps,
+        "stale_sweeps": job.stale_sweeps,
+        "stale_clip_frames": job.stale_clip_frames,
+        **{f"{k}_ms": round(v, 3) for k, v in job.times_ms.items()},
+    }
+    text = "degraded: cameras masked " + ",".join(job.masked) if job.degraded else "ok"
+    status = ("bevfusion/frame", 1 if job.degraded else 0, text, values)
+    return diagnostic_array(job.stamp_ns, [status], job.frame_id)
+
+
+def node_status(summary: dict[str, Any], lidar_topic: str, stamp_ns: int) -> Any:
+    """The aggregate DiagnosticArray (`/perception/diagnostics`) of a `NodeStats.summary()`:
+    counts, drops, rejections, resets, latency p50/p99 per stage and the transport's losses;
+    WARN ("degraded") when anything was dropped, rejected, degraded or lost."""
+    values: dict[str, Any] = {
+        "processed": summary["processed"],
+        "degraded": summary["degraded"],
+        "clouds_received": summary["received"].get(lidar_topic, 0),
+        "nonfinite_points": summary["nonfinite_points"],
+        "tsm_gaps": summary["tsm_gaps"],
+        "stale_sweeps": summary["stale_sweeps"],
+        "stale_clip_frames": summary["stale_clip_frames"],
+    }
+    for group in ("dropped", "rejected", "resets", "camera_errors", "crop_below_horizon"):
+        values.update({f"{group}/{k}": v for k, v in summary[group].items()})
+    for stage, p in summary["latency_ms"].items():
+        values[f"latency/{stage}/p50_ms"] = round(p["p50"], 2)
+        values[f"latency/{stage}/p99_ms"] = round(p["p99"], 2)
+    bad = bool(
+        summary["dropped"]
+        or summary["rejected"]
+        or summary["degraded"]
+        or summary["camera_errors"]
+        or summary["crop_below_horizon"]
+    )
+    transport = summary.get("transport", {})
+    values.update({f"transport/{k}": v for k, v in transport.items()})
+    bad = bad or any(transport.get(k) for k in LOSS_COUNTERS)
+    status = ("bevfusion/node", 1 if bad else 0, "degraded" if bad else "ok", values)
+    return diagnostic_array(stamp_ns, [status])
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    """The one line `print_diagnostics` prints."""
+    e2e = summary["latency_ms"].get("receive_to_publish", {})
+    return (
+        f"[node] processed {summary['processed']} degraded {summary['degraded']} "
+        f"dropped {summary['dropped']} rejected {summary['rejected']} "
+        f"latency p50 {e2e.get('p50', math.nan):.1f} ms p99 {e2e.get('p99', math.nan):.1f} ms"
+    )

@@ -59,7 +59,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import math
 import queue
 import threading
 import time
@@ -105,7 +104,10 @@ from .diagnostics import (  # noqa: F401  (the node's public names, re-exported)
     NodeStats,
     diagnostic_array,
     diagnostic_values,
+    frame_status,
+    node_status,
     summary_json,
+    summary_line,
 )
 from .messages import (
     CAMERA_INFO,
@@ -138,7 +140,7 @@ from .state import (
     merge_earlier,
 )
 from .sync import cloud_ready
-from .transport import LOSS_COUNTERS, Transport
+from .transport import Transport
 from .validation import (
     InvalidMessage,
     StampTracker,
@@ -995,72 +997,16 @@ class PerceptionNode:
             DETECTIONS_TOPIC, detections_to_detection3d_array(dets, frame_id=frame, stamp_ns=stamp)
         )
         self._send(MARKERS_TOPIC, detections_to_marker_array(dets, frame_id=frame, stamp_ns=stamp))
-        values = {
-            "stamp_ns": stamp,
-            "objects": len(dets),
-            "points": int(len(job.batch.points)),
-            "masked_cameras": ",".join(job.masked),
-            "tsm_gaps": job.tsm_gaps,
-            "stale_sweeps": job.stale_sweeps,
-            "stale_clip_frames": job.stale_clip_frames,
-            **{f"{k}_ms": round(v, 3) for k, v in job.times_ms.items()},
-        }
-        text = "degraded: cameras masked " + ",".join(job.masked) if job.degraded else "ok"
-        self._send(
-            STATUS_TOPIC,
-            diagnostic_array(
-                stamp, [("bevfusion/frame", 1 if job.degraded else 0, text, values)], frame
-            ),
-        )
+        self._send(STATUS_TOPIC, frame_status(job))
 
     def publish_diagnostics(self) -> dict[str, Any]:
         """Publishes (and returns) the aggregate diagnostics; prints them if asked."""
         summary = self.stats.summary()
-        values: dict[str, Any] = {
-            "processed": summary["processed"],
-            "degraded": summary["degraded"],
-            "clouds_received": summary["received"].get(self.lidar_topic, 0),
-            "nonfinite_points": summary["nonfinite_points"],
-            "tsm_gaps": summary["tsm_gaps"],
-            "stale_sweeps": summary["stale_sweeps"],
-            "stale_clip_frames": summary["stale_clip_frames"],
-        }
-        values.update({f"dropped/{k}": v for k, v in summary["dropped"].items()})
-        values.update({f"rejected/{k}": v for k, v in summary["rejected"].items()})
-        values.update({f"resets/{k}": v for k, v in summary["resets"].items()})
-        values.update({f"camera_errors/{k}": v for k, v in summary["camera_errors"].items()})
-        values.update(
-            {f"crop_below_horizon/{k}": v for k, v in summary["crop_below_horizon"].items()}
-        )
-        for stage, p in summary["latency_ms"].items():
-            values[f"latency/{stage}/p50_ms"] = round(p["p50"], 2)
-            values[f"latency/{stage}/p99_ms"] = round(p["p99"], 2)
-        bad = (
-            summary["dropped"]
-            or summary["rejected"]
-            or summary["degraded"]
-            or summary["camera_errors"]
-            or summary["crop_below_horizon"]
-        )
-        transport = summary.get("transport", {})
-        values.update({f"transport/{k}": v for k, v in transport.items()})
-        bad = bad or any(transport.get(k) for k in LOSS_COUNTERS)
-        stamp = self.sensor_clock_ns or 0
         self._send(
-            DIAGNOSTICS_TOPIC,
-            diagnostic_array(
-                stamp, [("bevfusion/node", 1 if bad else 0, "degraded" if bad else "ok", values)]
-            ),
+            DIAGNOSTICS_TOPIC, node_status(summary, self.lidar_topic, self.sensor_clock_ns or 0)
         )
         if self.options.print_diagnostics:
-            e2e = summary["latency_ms"].get("receive_to_publish", {})
-            print(
-                f"[node] processed {summary['processed']} degraded {summary['degraded']} "
-                f"dropped {summary['dropped']} rejected {summary['rejected']} "
-                f"latency p50 {e2e.get('p50', math.nan):.1f} ms p99 {e2e.get('p99', math.nan):.1f}"
-                " ms",
-                flush=True,
-            )
+            print(summary_line(summary), flush=True)
         return summary
 
 
