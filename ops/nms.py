@@ -338,8 +338,12 @@ def _circle_nms(
         return torch.zeros(0, dtype=torch.int64, device=centers.device)
     order = _sorted(scores)
     c = centers.index_select(0, order)
-    sq = ((c[:, None] - c[None]) ** 2).sum(dim=2)  # exact squared distances, [N, N]
-    overlap = torch.triu(sq <= radius * radius, diagonal=1)
+    dx = c[:, 0, None] - c[None, :, 0]  # [N, N]
+    dy = c[:, 1, None] - c[None, :, 1]
+    # exact squared distances, the same float operations as summing the squared [N, N, 2]
+    # differences, without that tensor; no triu: the greedy pass only reads row i's
+    # entries j > i for boxes still undecided (j <= i are decided already)
+    overlap = dx * dx + dy * dy <= radius * radius
     if idxs is not None:
         g = idxs.index_select(0, order)
         overlap &= g[:, None] == g[None]
