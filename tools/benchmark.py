@@ -253,7 +253,9 @@ def run_node(args: argparse.Namespace) -> int:
     """The node under bag replay (its own JSON layout: runs, not ratio rows)."""
     from perception.benchmarks import node
     from perception.config import ConfigError, load_config
+    from perception.runtime import set_cpu_threads
 
+    set_cpu_threads(args.threads)
     # Checked before any run: a missing bag would replay nothing and overwrite the saved
     # results with zeros.
     if not Path(args.bag).exists():
@@ -271,7 +273,8 @@ def run_node(args: argparse.Namespace) -> int:
         rates=args.rates,
         duration_s=args.duration,
         sequential_rate=args.sequential_rate,
-        threads=args.threads,
+        reduced_decode=args.reduced_decode,
+        foxglove_rate=args.foxglove_rate,
     )
     from perception.benchmarks.report import config_hash, provenance, with_provenance
 
@@ -402,6 +405,15 @@ def main(argv: list[str] | None = None) -> int:
     node.add_argument("--duration", type=float, default=60.0, help="seconds per run")
     node.add_argument("--sequential-rate", type=float, default=5.0)
     node.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
+    node.add_argument(
+        "--reduced-decode", action="store_true", help="the node's scale-on-decode (every run)"
+    )
+    node.add_argument(
+        "--foxglove-rate",
+        type=float,
+        default=None,
+        help="one more pipelined run at this rate serving the Foxglove live view (its cost)",
+    )
     acc = sub.add_parser("accuracy", help="collect tools/accuracy_benchmark.sh's runs")
     acc.add_argument("--runs", default="outputs/accuracy", help="its OUT_DIR")
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")

@@ -44,6 +44,8 @@ def replay_run(
     temporal: str = "stream",
     warmup_s: float = 5.0,
     max_warmup_s: float = 60.0,
+    reduced_decode: bool = False,
+    foxglove: bool = False,
 ) -> dict[str, Any]:
     """One run: the bag looped at `rate`; a warm-up, then figures over `duration_s` (the
     statistics restart after the warm-up)."""
@@ -52,8 +54,18 @@ def replay_run(
     from perception.deploy.transport import InProcessTransport
 
     transport = InProcessTransport()
-    options = NodeOptions(pipelined=pipelined, temporal=temporal, diagnostics_period_s=1e9)
-    node = PerceptionNode(model, config, transport, options)
+    options = NodeOptions(
+        pipelined=pipelined,
+        temporal=temporal,
+        diagnostics_period_s=1e9,
+        reduced_decode=reduced_decode,
+    )
+    view = None
+    if foxglove:  # the live view serving every message (no client: the server's own cost)
+        from perception.deploy.foxglove import FoxgloveView
+
+        view = FoxgloveView(port=0)
+    node = PerceptionNode(model, config, transport, options, recorder=view)
     stop = threading.Event()
     replay = threading.Thread(
         target=replay_bag,
@@ -79,13 +91,18 @@ def replay_run(
         stop.set()
         replay.join(timeout=10)
     transport.close()
+    if view is not None:
+        view.close()
     received = stats["received"].get(LIDAR_TOPIC, 0)
     dropped = sum(stats["dropped"].values())
     latency = stats["latency_ms"]
     e2e = latency.get("receive_to_publish", {})
+    mode = "pipelined" if pipelined else "sequential"
+    mode += " + foxglove view" if foxglove else ""
+    mode += ", reduced decode" if reduced_decode else ""
     return {
         "rate": rate,
-        "mode": "pipelined" if pipelined else "sequential",
+        "mode": mode,
         "temporal": temporal,
         "seconds": round(elapsed, 2),
         "clouds_received_hz": round(received / elapsed, 2),
@@ -114,16 +131,20 @@ def run(
     duration_s: float = 60.0,
     sequential_rate: float | None = 5.0,
     warmup_s: float = 5.0,
-    threads: int = 2,
+    reduced_decode: bool = False,
+    foxglove_rate: float | None = None,
 ) -> dict[str, Any]:
     """Pipelined runs at each of `rates`, then a sequential run at `sequential_rate` (a
-    saturated input, so processed/s is the throughput) for the speedup."""
+    saturated input, so processed/s is the throughput) for the speedup, and with
+    `foxglove_rate` a pipelined run at that rate serving the live view (its cost: compare
+    with the same rate's run without it). Torch's threads are the caller's
+    (`perception.runtime.set_cpu_threads`)."""
     from perception.config import load_config
     from perception.deploy.node import load_node_model
 
     from .report import machine_description
 
-    torch.set_num_threads(threads)
+    threads = torch.get_num_threads()
     config = load_config(config_path)
     model = load_node_model(config, checkpoint)
     runs = []
@@ -137,6 +158,22 @@ def run(
                 duration_s=duration_s,
                 pipelined=True,
                 warmup_s=warmup_s,
+                reduced_decode=reduced_decode,
+            )  # fmt: skip
+        )
+        print(runs[-1], flush=True)
+    if foxglove_rate is not None:
+        runs.append(
+            replay_run(
+                bag,
+                model,
+                config,
+                rate=foxglove_rate,
+                duration_s=duration_s,
+                pipelined=True,
+                warmup_s=warmup_s,
+                reduced_decode=reduced_decode,
+                foxglove=True,
             )  # fmt: skip
         )
         print(runs[-1], flush=True)
@@ -155,11 +192,12 @@ def run(
     if sequential_rate is not None:
         sequential = replay_run(
             bag, model, config, rate=sequential_rate, duration_s=duration_s, pipelined=False,
-            warmup_s=warmup_s,
+            warmup_s=warmup_s, reduced_decode=reduced_decode,
         )  # fmt: skip
         print(sequential, flush=True)
         runs.append(sequential)
-        pipelined = next((r for r in runs if r["mode"] == "pipelined" and
+        pipelined = next((r for r in runs if r["mode"].startswith("pipelined") and
+                          "foxglove" not in r["mode"] and
                           r["rate"] == sequential_rate), None)  # fmt: skip
         if pipelined and sequential["processed_hz"]:
             result["pipelined_speedup"] = round(

@@ -28,3 +28,19 @@ def test_replay_run_reports_rates_drops_latency_and_memory(tiny_world, tmp_path)
     assert 0 <= run["drop_rate"] <= 1
     table = markdown({"runs": [run]})
     assert "| 2.0x | pipelined |" in table
+
+
+@pytest.mark.slow
+def test_replay_run_with_the_live_view_and_reduced_decode(tiny_world, tmp_path):
+    torch.set_num_threads(1)
+    config = parse_config(node_raw(tiny_world))
+    torch.manual_seed(0)
+    model = build_model(config).eval()
+    bag = tmp_path / "bag"
+    write_nuscenes_bag(tiny_world, SCENE, bag)
+    run = replay_run(
+        bag, model, config, rate=2.0, duration_s=1.5, pipelined=True, warmup_s=0.5,
+        reduced_decode=True, foxglove=True,
+    )  # fmt: skip
+    assert run["mode"] == "pipelined + foxglove view, reduced decode"
+    assert run["clouds_received_hz"] > 0 and "image_decode" in run["stage_p50_ms"]
