@@ -371,6 +371,56 @@ class HeadConfig(StrictModel):
     neighbour_weight: float = Field(0.0, ge=0, le=1)
 
 
+class DistillConfig(StrictModel):
+    """Cross-modal BEV distillation from a frozen LiDAR-only teacher (`train.teacher`):
+    the losses a camera student adds in training, each off at weight 0 (docs/distillation.md).
+
+    Foreground weighting (DistillBEV): a cell's weight is `background + foreground * f`, with
+    `f` in [0, 1] the larger of "inside or within `margin` m of a GT box" and the teacher's
+    heatmap score (its largest class probability).
+    """
+
+    feature_points: tuple[Literal["camera_bev", "fused", "decoder"], ...] = Field(
+        ("camera_bev",),
+        description=(
+            "where the student's BEV features imitate the teacher's (a 1x1 adapter on the "
+            "student side each): `camera_bev` the camera BEV after the view transform against "
+            "the teacher's LiDAR BEV, `fused` the fuser's output against the teacher's, "
+            "`decoder` the BEV decoder's output against the teacher's"
+        ),
+    )
+    teacher_channels: dict[Literal["camera_bev", "fused", "decoder"], PositiveInt] = Field(
+        default_factory=dict,
+        description=(
+            "per feature point, the teacher's channels there where they differ from the "
+            "student's (the adapter maps the student's to these)"
+        ),
+    )
+    feature_weight: float = Field(1.0, ge=0, description="dense feature imitation (MSE)")
+    response_weight: float = Field(
+        1.0, ge=0, description="heatmap soft targets (binary KL to the teacher's probabilities)"
+    )
+    instance_weight: float = Field(
+        0.0, ge=0, description="box regressions at the teacher's top-k heatmap peaks (L1)"
+    )
+    instance_topk: PositiveInt = Field(32, description="peaks per sample for `instance_weight`")
+    foreground: float = Field(10.0, ge=0, description="extra weight of a foreground cell")
+    background: float = Field(1.0, ge=0, description="weight of every cell")
+    margin: float = Field(
+        0.0, ge=0, description="m around a GT box whose cells count as foreground"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> DistillConfig:
+        if self.feature_weight > 0 and not self.feature_points:
+            raise ValueError("feature_weight > 0 needs at least one of feature_points")
+        if len(set(self.feature_points)) != len(self.feature_points):
+            raise ValueError(f"feature_points repeats a point: {list(self.feature_points)}")
+        if self.foreground + self.background <= 0:
+            raise ValueError("foreground and background weights are both 0: no cell counts")
+        return self
+
+
 class ModelConfig(StrictModel):
     """A BEVFusion-style detector; `camera: null` or `lidar: null` for a single-sensor model."""
 
@@ -389,6 +439,13 @@ class ModelConfig(StrictModel):
         description=(
             "fused only: the LiDAR branch also reads the colour of the keyframe pixel each "
             "point projects to (PointPainting with raw pixels), beside the camera BEV branch"
+        ),
+    )
+    distill: DistillConfig | None = Field(
+        None,
+        description=(
+            "a camera student's distillation losses and their adapters (used in training "
+            "when `train.teacher` names a LiDAR-only teacher); needs model.camera"
         ),
     )
 
@@ -412,6 +469,8 @@ class ModelConfig(StrictModel):
                 "model.paint_points colours LiDAR points from the cameras: it needs both "
                 "model.camera and model.lidar"
             )
+        if self.distill is not None and self.camera is None:
+            raise ValueError("model.distill trains a camera student: it needs model.camera")
         for name in self.fuser_zero_init:
             if not present[name]:
                 raise ValueError(f"fuser_zero_init names {name!r}, but model.{name} is null")
@@ -490,6 +549,14 @@ class TrainConfig(StrictModel):
             "(e.g. `camera.encoder.`), each of which must match at least one; empty: all"
         ),
     )
+    teacher: str | None = Field(
+        None,
+        description=(
+            "a trained LiDAR-only checkpoint (its directory, or a work dir: the latest one) on "
+            "the student's BEV grid, run frozen in eval mode on each batch as the teacher of "
+            "`model.distill`'s losses (its time is logged, not counted in the time budget)"
+        ),
+    )
 
     freeze_prefixes: list[str] = Field(
         default_factory=list,
@@ -526,6 +593,14 @@ class ExperimentConfig(StrictModel):
             raise ValueError(
                 "train.camera_start > 0 trains LiDAR first, then adds the camera: it needs both "
                 "model.camera and model.lidar (set train.camera_start=0 for a one-sensor model)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _check_teacher(self) -> ExperimentConfig:
+        if self.train.teacher is not None and self.model.distill is None:
+            raise ValueError(
+                "train.teacher needs model.distill (the distillation losses and their weights)"
             )
         return self
 

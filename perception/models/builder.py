@@ -21,6 +21,7 @@ from .camera import (
 )
 from .camera_branch import CameraBEVBranch
 from .detector import BEVFusion
+from .distill import BEVDistiller
 from .fuser import ConvFuser, ModalityDropout
 from .heads.centerpoint import CenterPointHead, DecodeConfig, LossWeights
 from .heads.targets import TargetConfig
@@ -162,6 +163,18 @@ def build_model(config: ExperimentConfig | str | Path, overrides: Sequence[str] 
     dropout = None
     if camera is not None and lidar is not None and any(p > 0 for p in m.modality_dropout):
         dropout = ModalityDropout(drop_probs=m.modality_dropout)
+    distiller = None
+    if m.distill is not None:
+        assert camera is not None  # the schema requires it
+        distiller = BEVDistiller(
+            config=m.distill,
+            student_channels={
+                "camera_bev": camera.out_channels,
+                "fused": fuser.out_channels,
+                "decoder": decoder.out_channels,
+            },
+            grids={"branch": base, "head": head_grid},
+        )
     return BEVFusion(
         camera=camera,
         lidar=lidar,
@@ -170,4 +183,5 @@ def build_model(config: ExperimentConfig | str | Path, overrides: Sequence[str] 
         head=head,
         modality_dropout=dropout,
         paint_points=m.paint_points,
+        distiller=distiller,
     )

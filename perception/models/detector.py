@@ -27,6 +27,7 @@ from torch import nn
 
 from ..structures import Batch, Detections
 from .bev_decoder import BEVDecoder
+from .distill import BEVDistiller, BEVFeatures
 from .fuser import ConvFuser, ModalityDropout
 from .heads.centerpoint import CenterPointHead, TaskOutput
 from .painting import paint_points as painted
@@ -59,6 +60,8 @@ class BEVFusion(nn.Module):
         paint_points: a fused model's LiDAR branch reads each point's keyframe pixel colour
             (`perception.models.painting`; the branch then takes 4 more point columns). A
             sample's missing or dropped cameras paint nothing.
+        distiller: a camera student's distillation (`perception.models.distill`): in training,
+            with a teacher attached, `forward` adds its `distill/...` losses.
 
     `camera_enabled` (default True) False skips a fused model's camera branch: the fuser sees
     the camera as missing from every sample, and a fuser that starts with zero camera weights
@@ -78,6 +81,7 @@ class BEVFusion(nn.Module):
         head: CenterPointHead,
         modality_dropout: ModalityDropout | None = None,
         paint_points: bool = False,
+        distiller: BEVDistiller | None = None,
     ):
         super().__init__()
         if camera is None and lidar is None:
@@ -97,6 +101,9 @@ class BEVFusion(nn.Module):
         if paint_points and (camera is None or lidar is None):
             raise ValueError("paint_points needs both a camera and a LiDAR branch")
         self.paint_points = paint_points
+        if distiller is not None and camera is None:
+            raise ValueError("a distiller trains a camera branch: the model has none")
+        self.distiller = distiller
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -187,6 +194,13 @@ class BEVFusion(nn.Module):
     def fused_features(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Stages 1-2 as `forward` runs them: the fused map `[B, C_fused, X, Y]` (after the
         LiDAR-first skip and, in training, modality dropout) and the auxiliary losses."""
+        _, _, fused, aux = self._encode(batch)
+        return fused, aux
+
+    def _encode(
+        self, batch: Batch
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor, dict[str, torch.Tensor]]:
+        """`fused_features` with the branches' maps: camera BEV, LiDAR BEV, fused, aux."""
         present = self.presence(batch)
         skip_camera = self.camera is not None and self.lidar is not None and not self.camera_enabled
         if skip_camera:
@@ -202,7 +216,21 @@ class BEVFusion(nn.Module):
         if not skip_camera:
             camera_bev, aux = self.encode_camera(batch, present[-1])
         lidar_bev = self.encode_lidar(batch, painters)
-        return self.fuse(batch, camera_bev, lidar_bev, present), aux
+        return camera_bev, lidar_bev, self.fuse(batch, camera_bev, lidar_bev, present), aux
+
+    def stage_features(self, batch: Batch) -> BEVFeatures:
+        """Every stage's map on `batch` as `forward` computes them (the distillation's view
+        of a student and of a teacher)."""
+        camera_bev, lidar_bev, fused, aux = self._encode(batch)
+        decoded = self.decoder(fused)
+        return BEVFeatures(
+            camera_bev=camera_bev,
+            lidar_bev=lidar_bev,
+            fused=fused,
+            decoded=decoded,
+            outputs=self.head(decoded),
+            aux=aux,
+        )
 
     def bev_features(self, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The fused and decoded BEV map `[B, C, X, Y]` (the head's input) and the branches'
@@ -211,6 +239,10 @@ class BEVFusion(nn.Module):
         return self.decoder(fused), aux
 
     def forward(self, batch: Batch) -> dict[str, torch.Tensor] | list[Detections]:
+        if self.training and self.distiller is not None and self.distiller.teacher is not None:
+            student = self.stage_features(batch)
+            losses = {**self.losses(student.outputs, batch), **student.aux}
+            return {**losses, **self.distiller(student, batch)}
         fused, aux = self.fused_features(batch)
         outputs = self.decode(fused)
         if self.training:
