@@ -206,6 +206,54 @@ class Freeze(Hook):
 
 
 # --------------------------------------------------------------------------------------
+# Distillation
+
+
+class Distill(Hook):
+    """`train.teacher`: loads the LiDAR-only checkpoint `teacher` at construction and attaches
+    it, frozen, to `model.distiller` (`perception.models.distill.load_teacher`; a `ConfigError`
+    naming `train.teacher` and the file when it cannot), so that `model` adds its
+    `distill/...` losses in training. Every `every` steps (`train.log_every`) and at a `train`
+    call's last step it logs ``{"step", "teacher_seconds"}`` (the teacher's forward time so
+    far, resumes included; the `TimeBudget` hook leaves it out of the budget: `seconds`).
+
+    State: `teacher` (the checkpoint the run distils from; a resume with another one is a
+    `ConfigError`) and `teacher_seconds`. The teacher itself is never saved: the config names
+    it, so a resumed run loads it again."""
+
+    state_keys = ("teacher", "teacher_seconds")
+
+    def __init__(self, model: nn.Module, teacher: str | Path, *, every: int = 1):
+        from ..models.distill import load_teacher
+
+        load_teacher(model, teacher)
+        self.distiller = model.distiller
+        self.source = str(self.distiller.teacher_source)
+        self.every = every
+
+    def seconds(self) -> float:
+        """The teacher's forward time so far (s)."""
+        return self.distiller.teacher_seconds
+
+    def after_step(self) -> None:
+        t = self.trainer
+        if t.is_main and (t.step % self.every == 0 or t.step == t.stop_step):
+            t.log.write({"step": t.step, "teacher_seconds": round(self.seconds(), 3)})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"teacher": self.source, "teacher_seconds": self.seconds()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("teacher")
+        if saved is not None and saved != self.source:
+            raise ConfigError(
+                f"train.teacher: this run's teacher ({self.source}) is not the one its "
+                f"checkpoint was trained with ({saved}); resume with the same train.teacher"
+            )
+        self.distiller.teacher_seconds = float(state.get("teacher_seconds", 0.0))
+
+
+# --------------------------------------------------------------------------------------
 # LiDAR first
 
 
@@ -313,6 +361,8 @@ class TimeBudget(Hook):
 
     State: `planned_steps` and `train_seconds`; a resume under a budget continues the same
     plan and budget (without one, the configured steps run and the seconds restart).
+    `excluded` (seconds, growing; e.g. a distillation teacher's forward time, `Distill`) is
+    left out of the measured time.
     `clock` (seconds, monotonic) is injectable for tests. The `pace_from` ... `target`
     defaults are the module's `BUDGET_*` values, read when the hook is built.
     """
@@ -329,8 +379,11 @@ class TimeBudget(Hook):
         first_plan: int | None = None,
         replan_every: int | None = None,
         target: float | None = None,
+        excluded: Callable[[], float] | None = None,
     ):
         self.budget_s = budget_s
+        self.excluded = excluded
+        self.excluded_start = 0.0  # `excluded()` when the loop started
         self.check_every = check_every
         self.clock = clock
         self.pace_from = BUDGET_PACE_FROM if pace_from is None else pace_from
@@ -344,11 +397,16 @@ class TimeBudget(Hook):
     def spent(self) -> float:
         """Seconds of training loop so far, this run and before a resume."""
         start = self.loop_start
-        return self.spent_before + (0.0 if start is None else self.clock() - start)
+        if start is None:
+            return self.spent_before
+        left_out = 0.0 if self.excluded is None else self.excluded() - self.excluded_start
+        return self.spent_before + self.clock() - start - left_out
 
     def before_train(self) -> None:
         self.pace_mark = None
         self.loop_start = self.clock()
+        if self.excluded is not None:
+            self.excluded_start = self.excluded()
 
     def after_step(self) -> None:
         if self.budget_s is None:
@@ -626,21 +684,28 @@ def build_hooks(
 ) -> list[Hook]:
     """The hooks `config.train` asks for, in the order they run: `Freeze` (with
     `freeze_prefixes`; it freezes `model` now, so build the hooks before the `Trainer`),
+    `Distill` (with `teacher`; it loads the teacher now and attaches it to `model`),
     `LidarFirst` (with `camera_start` > 0; it switches `model` and the training `datasets`),
     `TimeBudget` (always: it measures `train_seconds`; it plans and stops with
     `time_budget_min`), `ProgressBar` (with `progress`), `PeriodicLog`, `PeriodicEval` (with
     `evaluate`, every `eval_every` steps, default `checkpoint_every`) and `PeriodicCheckpoint`.
 
-    Raises `ConfigError` for a freeze prefix that matches nothing or tensorboard without its
+    Raises `ConfigError` for a freeze prefix that matches nothing, a teacher that cannot
+    be used (missing, corrupt, not LiDAR-only, another grid) or tensorboard without its
     package, ValueError for LiDAR first without a fused model or without `datasets`."""
     tc = config.train
     hooks: list[Hook] = []
     if tc.freeze_prefixes:
         hooks.append(Freeze(model, tc.freeze_prefixes))
+    distill = None
+    if tc.teacher is not None:
+        distill = Distill(model, tc.teacher, every=tc.log_every)
+        hooks.append(distill)
     if tc.camera_start > 0:
         hooks.append(LidarFirst(model=model, datasets=datasets, camera_start=tc.camera_start))
     budget_s = None if tc.time_budget_min is None else 60.0 * tc.time_budget_min
-    hooks.append(TimeBudget(budget_s, check_every=tc.log_every))
+    excluded = None if distill is None else distill.seconds
+    hooks.append(TimeBudget(budget_s, check_every=tc.log_every, excluded=excluded))
     hooks.append(ProgressBar(enabled=progress))
     hooks.append(
         PeriodicLog(every=tc.log_every, tensorboard=tc.tensorboard, paste=config.data.paste.enabled)
