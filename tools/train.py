@@ -9,7 +9,9 @@ per `train.log_every` steps), WORK_DIR/checkpoints/step_<N>/ and, with
 `--set train.tensorboard=true` (the `tensorboard` extra), WORK_DIR/tensorboard/. `--resume`
 continues from the latest checkpoint at the same step, learning rate and data position; where
 the work dir has none (a typo?) it says so and starts from scratch, `--resume=must` stops
-with an error instead.
+with an error instead. A distilled run (`train.teacher`, docs/distillation.md) resumes with the
+teacher its checkpoint's config names unless `--set train.teacher=` names one (another teacher
+than the checkpoint's is refused).
 
 A wall-time budget instead of a fixed length: `--set train.time_budget_min=28` (with
 `train.max_steps` or `train.epochs` as the most steps it may run) measures the pace over the
@@ -101,6 +103,21 @@ def main(argv: list[str] | None = None) -> int:
             resume_note = f"--resume: work dir {work_dir} {where}; training from scratch"
         else:
             resume_note = f"--resume: continuing from {latest}"
+            # a distilled run's teacher: the checkpoint's config names it, the resume reloads it
+            from perception.checkpoint import CheckpointError, read_config
+
+            try:
+                saved_teacher = read_config(latest).train.teacher
+            except CheckpointError:  # the restore names what is wrong with the checkpoint
+                saved_teacher = None
+            if config.train.teacher is None and saved_teacher is not None:
+                try:
+                    config = load_config(
+                        args.config, [*args.overrides, f"train.teacher={saved_teacher}"]
+                    )
+                except ConfigError as exc:
+                    return usage_error(exc)
+                resume_note += f", distilling from its teacher (train.teacher={saved_teacher})"
 
     from perception.datasets.pipeline import build_dataloader, build_dataset
     from perception.engine import (

@@ -133,3 +133,61 @@ def test_the_time_budget_leaves_the_teachers_time_out():
     assert budget.spent() == pytest.approx(6.0)
     budget.after_train()
     assert budget.spent() == pytest.approx(6.0)
+
+
+# -- tools/train.py ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def student_yaml(indexed_world_copy, tmp_path_factory):
+    import yaml
+
+    from tests.perception.models.helpers import MICRO
+
+    root = indexed_world_copy("train_distill", max_sweeps=1, max_clip_frames=2)
+    model = {**MICRO["model"], "lidar": None, "distill": {"feature_points": ["camera_bev"]}}
+    raw = {**MICRO, "data": {**MICRO["data"], "root": str(root), "train_split": "all"},
+           "model": model}  # fmt: skip
+    path = tmp_path_factory.mktemp("train_distill") / "student.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+CLI = ("--no-progress", "--set", "train.batch_size=2", "--set", "train.workers=0")
+
+
+@pytest.mark.parametrize("kind", ["missing", "camera"])
+def test_the_cli_refuses_a_bad_teacher_naming_the_field(student_yaml, tmp_path, capsys, kind):
+    from tools.train import main as train
+
+    if kind == "missing":
+        path = tmp_path / "nowhere"
+    else:
+        config = micro_config("model.lidar=null")
+        path = save_checkpoint(tmp_path / "cam", step=1, model=build_model(config), config=config)
+    code = train([str(student_yaml), "--work-dir", str(tmp_path / "w"), *CLI,
+                  "--set", f"train.teacher={path}", "--set", "train.max_steps=1"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "train.teacher: " in err and str(path.name) in err
+    assert not (tmp_path / "w" / "checkpoints").exists()
+
+
+def test_the_cli_resumes_with_the_checkpoints_teacher(student_yaml, teacher, tmp_path, capsys):
+    from tools.train import main as train
+
+    work = tmp_path / "w"
+    code = train([str(student_yaml), "--work-dir", str(work), *CLI,
+                  "--set", f"train.teacher={teacher}", "--set", "train.max_steps=1"])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    code = train([str(student_yaml), "--work-dir", str(work), *CLI, "--resume",
+                  "--set", "train.max_steps=2"])  # fmt: skip
+    assert code == 0
+    assert f"distilling from its teacher (train.teacher={teacher})" in capsys.readouterr().out
+    records = [json.loads(line) for line in (work / "log.jsonl").open()]
+    assert [r["step"] for r in records if "teacher_seconds" in r] == [1, 2]
+    assert (
+        "distill/response"
+        in [r for r in records if r.get("step") == 2 and "losses" in r][0]["losses"]
+    )
