@@ -243,14 +243,15 @@ class BEVDistiller(nn.Module):
         is 0 where the student's maps (through the adapters) equal the teacher's."""
         c = self.config
         out: dict[str, torch.Tensor] = {}
-        weights = {
-            name: self.cell_weights(batch, teacher, grid) for name, grid in self.grids.items()
-        }
         maps = {
             "camera_bev": (student.camera_bev, teacher.lidar_bev, "branch"),
             "fused": (student.fused, teacher.fused, "branch"),
             "decoder": (student.decoded, teacher.decoded, "head"),
         }
+        needed = {maps[point][2] for point in self.adapters}
+        if c.response_weight > 0:
+            needed.add("head")
+        weights = {name: self.cell_weights(batch, teacher, self.grids[name]) for name in needed}
         for point, adapter in self.adapters.items():
             s, t, grid = maps[point]
             if s is None:  # the camera branch was skipped (LiDAR-first phase)
