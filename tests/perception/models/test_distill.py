@@ -231,3 +231,26 @@ def test_without_a_teacher_the_student_trains_as_without_model_distill():
     with torch.no_grad():
         da, db = student(batch), plain(batch)
     assert all(torch.equal(x.boxes.tensor, y.boxes.tensor) for x, y in zip(da, db, strict=True))
+
+
+def test_the_distillation_losses_alone_reach_the_camera_branch():
+    config, student, teacher = student_and_teacher()
+    student.distiller.attach_teacher(teacher)
+    losses = student.train()(synthetic_batch(config))
+    sum(v for k, v in losses.items() if k.startswith("distill/")).backward()
+    grads = [p.grad for p in student.camera.parameters() if p.requires_grad]
+    assert any(g is not None and g.abs().sum() > 0 for g in grads)
+
+
+def test_a_distilled_student_loads_for_serving_without_its_teacher(tmp_path):
+    from perception.models.loading import load_model
+
+    config, student, teacher = student_and_teacher()
+    student.distiller.attach_teacher(teacher)
+    path = save_checkpoint(tmp_path / "student", step=1, model=student, config=config)
+    loaded, _ = load_model(path)
+    assert loaded.distiller is not None and loaded.distiller.teacher is None
+    for (name, a), b in zip(
+        student.state_dict().items(), loaded.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
