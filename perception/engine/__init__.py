@@ -24,6 +24,7 @@ from .distributed import (
     global_mean_normaliser,
 )
 from .hooks import (
+    Distill,
     Freeze,
     Hook,
     JsonLog,
@@ -49,6 +50,7 @@ from .trainer import (
 __all__ = [
     "CHECKPOINT_FORMAT_VERSION",
     "CheckpointError",
+    "Distill",
     "DistributedInfo",
     "Freeze",
     "Hook",
