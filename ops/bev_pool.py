@@ -53,6 +53,7 @@ __all__ = [
     "bev_pool",
     "bev_pool_depth",
     "build_bev_pool_plan",
+    "PLAN_IMPLS",
 ]
 
 
@@ -165,7 +166,18 @@ def check_bev_coords(
     return int(batch_size), as_grid(grid)
 
 
-def build_bev_pool_plan(coords: torch.Tensor, batch_size: int, grid: Sequence[int]) -> BEVPoolPlan:
+PLAN_IMPLS = ("auto", "torch", "numba")
+"""The values ``impl=`` of :func:`build_bev_pool_plan` accepts."""
+
+
+def build_bev_pool_plan(
+    coords: torch.Tensor,
+    batch_size: int,
+    grid: Sequence[int],
+    *,
+    impl: Impl = "auto",
+    trace: ImplTrace | None = None,
+) -> BEVPoolPlan:
     """Sorts the points by cell once; the result serves :func:`bev_pool` and, for frustums,
     :func:`bev_pool_depth`.
 
@@ -175,11 +187,26 @@ def build_bev_pool_plan(coords: torch.Tensor, batch_size: int, grid: Sequence[in
             batch x cameras). Points outside the grid are dropped.
         batch_size: ``B``; every batch index must lie in ``[0, B)``.
         grid: ``(Z, X, Y)`` cells.
+        impl: ``"auto"`` (numba's counting sorts for CPU coords where numba is importable,
+            else torch), ``"torch"`` (torch's sorts, any device) or ``"numba"``
+            (:mod:`._bev_plan_numba`); both build the same plan, element for element.
+        trace: records the path taken.
 
     Returns:
         A :class:`BEVPoolPlan` on ``coords``' device.
     """
     batch_size, grid = check_bev_coords(coords, batch_size, grid)
+    check_impl("build_bev_pool_plan", impl, PLAN_IMPLS)
+    numba_ok = coords.device.type == "cpu" and _plan_kernels() is not None
+    if impl == "numba" and not numba_ok:
+        raise unavailable(
+            "build_bev_pool_plan", impl, f"it needs CPU coords and numba, got {coords.device}"
+        )
+    if impl == "auto":  # (under torch.compile: torch's sorts, which it can trace)
+        impl = "numba" if numba_ok and not torch.compiler.is_compiling() else "torch"
+    record(trace, "build_bev_pool_plan", impl)
+    if impl == "numba":
+        return _build_plan_numba(coords, batch_size, grid)
     frustum_shape = tuple(coords.shape[:-1]) if coords.dim() == 5 else None
     flat = coords.reshape(-1, 4)
     n = flat.shape[0]
@@ -215,6 +242,59 @@ def build_bev_pool_plan(coords: torch.Tensor, batch_size: int, grid: Sequence[in
             "pixel_pair_offsets": _offsets(torch.bincount(pair_pixel, minlength=num_pixels), itype),
             "pixel_pair_cell": pair_cell.index_select(0, pair_by_pixel).to(itype),
         }
+    return BEVPoolPlan(
+        batch_size=batch_size,
+        grid=grid,
+        num_points=n,
+        frustum_shape=frustum_shape,  # type: ignore[arg-type]
+        cell_offsets=cell_offsets,
+        point_index=point_index,
+        point_rows=point_rows,
+        point_cell=point_cell,
+        **extra,
+    )
+
+
+def _plan_kernels() -> ModuleType | None:
+    """:mod:`._bev_plan_numba`, or None where numba is not importable (imported on first use)."""
+    try:
+        from . import _bev_plan_numba
+    except ImportError:
+        return None
+    return _bev_plan_numba
+
+
+def _build_plan_numba(
+    coords: torch.Tensor, batch_size: int, grid: tuple[int, int, int]
+) -> BEVPoolPlan:
+    """:func:`build_bev_pool_plan` by counting sorts (:mod:`._bev_plan_numba`)."""
+    kernels = _plan_kernels()
+    frustum_shape = tuple(coords.shape[:-1]) if coords.dim() == 5 else None
+    flat = coords.reshape(-1, 4).contiguous()
+    n = flat.shape[0]
+    num_cells = batch_size * math.prod(grid)
+    itype = _index_dtype(n + 1, num_cells + 1)
+    cell = torch.empty(n, dtype=torch.int64)
+    num_kept, lo, hi = kernels.cells_of(flat.numpy(), batch_size, *grid, cell.numpy())
+    if n and (lo < 0 or hi >= batch_size):
+        raise ValueError(
+            f"coords batch index must lie in [0, batch_size={batch_size}), got [{lo}, {hi}]"
+        )
+    cell_offsets = torch.empty(num_cells + 1, dtype=itype)
+    point_index = torch.empty(num_kept, dtype=itype)
+    point_rows = torch.empty(n + 1, dtype=itype)
+    point_cell = torch.empty(num_kept, dtype=itype)
+    kernels.sort_by_cell(
+        cell.numpy(), num_cells, cell_offsets.numpy(), point_index.numpy(),
+        point_rows.numpy(), point_cell.numpy(),
+    )  # fmt: skip
+    extra: dict[str, torch.Tensor] = {}
+    if frustum_shape is not None:
+        ncam, d, h, w = frustum_shape
+        names = ("point_pair", "pair_offsets", "pair_pixel", "pair_by_pixel",
+                 "pixel_pair_offsets", "pixel_pair_cell")  # fmt: skip
+        arrays = kernels.frustum_pairs(cell.numpy(), point_index.numpy(), num_cells, ncam, d, h, w)
+        extra = {k: torch.from_numpy(a).to(itype) for k, a in zip(names, arrays)}
     return BEVPoolPlan(
         batch_size=batch_size,
         grid=grid,

@@ -6,6 +6,10 @@ Every group times its rows in one run on the same inputs:
   feature pixels (~2M frustum points), 80 channels, a 1 x 360 x 360 grid of 0.3 m over
   +-54 m, from synthetic camera poses. Rows: the LSS cumsum trick (baseline), ``index_add_``,
   ours with a cached plan, and the memory floor (one read of the ``[N, 80]`` features).
+* ``bev_pool_plan_build_frustum`` / ``..._scattered``: the pool without a cached plan (in
+  training each sample's augmentation moves the frustum): plan build (numba's counting sorts,
+  torch's sorts) + pool against ``index_add_``, on the frustum geometry and on as many points
+  in uniformly scattered cells; the plan build alone beside it.
 * ``bev_pool_fused_fwd`` / ``bev_pool_fused_fwd_bwd``: from ``depth`` and ``context``: the
   cumsum trick on materialized ``depth x context`` features (baseline) vs
   :func:`bev_pool_depth`.
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import math
 import time
+from functools import partial
 
 import torch
 
@@ -168,6 +173,7 @@ def _bev_pool_rows(quick: bool, device: str) -> list[BenchRow]:
         )
     }
     rows = compare("bev_pool", shape, "cumsum trick (LSS)", timings, notes)
+    rows += _plan_build_rows(feats, coords, grid, shape, slow, fast)
 
     def cumsum_from_depth() -> torch.Tensor:
         lifted = (depth_g[:, :, None] * context_g[:, None]).permute(0, 1, 3, 4, 2)
@@ -195,6 +201,46 @@ def _bev_pool_rows(quick: bool, device: str) -> list[BenchRow]:
     }
     rows += compare("bev_pool_fused_fwd_bwd", shape, "cumsum trick on depth x context", fwd_bwd_ms)
     return rows
+
+
+def _plan_build_rows(
+    feats: torch.Tensor, coords: torch.Tensor, grid, shape: str, slow: dict, fast: dict
+) -> list[BenchRow]:
+    """The pool without a cached plan (training: every sample's augmentation moves the
+    frustum): plan build + pool against ``index_add_``, on the frustum geometry (the full
+    frustum plan, as the view transform builds it) and on as many points in uniformly
+    scattered cells; the plan by numba's counting sorts and by torch's sorts."""
+    n = feats.shape[0]
+    flat = coords.reshape(-1, 4)
+    g = torch.Generator().manual_seed(1)
+    _, x_, y_ = grid
+    scattered = torch.stack(
+        [torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
+         torch.randint(0, x_, (n,), generator=g), torch.randint(0, y_, (n,), generator=g)], 1
+    ).to(coords.device)  # fmt: skip
+    rows: list[BenchRow] = []
+    for group, geometry, flat_geometry in (
+        ("bev_pool_plan_build_frustum", coords, flat),
+        ("bev_pool_plan_build_scattered", scattered, scattered),
+    ):
+        impls = ["numba", "torch"] if geometry.device.type == "cpu" else ["torch"]
+        timings = {
+            "index_add_": time_ms(
+                partial(bev_pool_index_add, feats, flat_geometry, 1, grid), **slow
+            )
+        }
+        for impl in impls:
+            build = partial(build_bev_pool_plan, geometry, 1, grid, impl=impl)
+            timings[f"ours, plan build ({impl}) + pool"] = time_ms(
+                partial(_pool_with_new_plan, feats, build, grid), **fast
+            )
+            timings[f"plan build alone ({impl})"] = time_ms(build, **fast)
+        rows += compare(group, shape, "index_add_", timings)
+    return rows
+
+
+def _pool_with_new_plan(feats: torch.Tensor, build, grid) -> torch.Tensor:
+    return bev_pool(feats, None, 1, grid, plan=build())
 
 
 def _voxelize_rows(quick: bool, device: str) -> list[BenchRow]:

@@ -350,3 +350,49 @@ def test_torch_compile_sees_one_op():
     out.sum().backward()
     torch.testing.assert_close(out, bev_pool_depth(depth.detach(), context.detach(), plan))
     assert depth.grad is not None and context.grad is not None
+
+
+def _plan_fields(plan) -> dict:
+    return {
+        k: v
+        for k, v in vars(plan).items()
+        if k not in ("batch_size", "grid", "num_points", "frustum_shape")
+    }
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32])
+@pytest.mark.parametrize(
+    "shape,batch_size,grid",
+    [((0,), 1, (1, 4, 4)), ((1,), 1, (1, 4, 4)), ((500,), 3, (2, 5, 4)),
+     ((2, 7, 3, 5), 1, (1, 6, 6)), ((4, 9, 2, 3), 2, (2, 5, 7)), ((3, 0, 2, 2), 1, (1, 3, 3))],
+)  # fmt: skip
+def test_numba_plan_is_the_torch_plan(dtype, shape, batch_size, grid):
+    """The counting-sort plan equals the torch sorts' plan element for element (dtypes too),
+    for flat points and frustums, with dropped points and several samples."""
+    coords = make_coords(shape, batch_size, grid, seed=len(shape)).to(dtype)  # [*shape, 4]
+    expected = build_bev_pool_plan(coords, batch_size, grid, impl="torch")
+    got = build_bev_pool_plan(coords, batch_size, grid, impl="numba", trace=(trace := ImplTrace()))
+    assert got.frustum_shape == expected.frustum_shape and got.num_points == expected.num_points
+    a, b = _plan_fields(expected), _plan_fields(got)
+    assert a.keys() == b.keys()
+    for name in a:
+        if a[name] is None:
+            assert b[name] is None, name
+            continue
+        assert a[name].dtype == b[name].dtype and torch.equal(a[name], b[name]), name
+    assert trace.impls("build_bev_pool_plan") == {"numba"}
+    trace = ImplTrace()
+    build_bev_pool_plan(coords, batch_size, grid, trace=trace)
+    assert trace.impls() == {"numba"}  # auto on CPU
+
+
+@pytest.mark.parametrize("impl", ["torch", "numba"])
+def test_plan_refuses_a_batch_index_outside_the_batch(impl):
+    coords = make_coords((50,), 2, (1, 4, 4))
+    coords[7, 0] = 2
+    with pytest.raises(
+        ValueError, match=r"batch index must lie in \[0, batch_size=2\), got \[0, 2\]"
+    ):
+        build_bev_pool_plan(coords, 2, (1, 4, 4), impl=impl)
+    with pytest.raises(ValueError, match="impl must be one of"):
+        build_bev_pool_plan(coords, 3, (1, 4, 4), impl="triton")
