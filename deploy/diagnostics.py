@@ -37,6 +37,7 @@ class NodeStats:
     camera_errors: Counter = field(default_factory=Counter)  # per camera: masked by a failure
     tsm_gaps: int = 0
     backbone_passes: int = 0
+    precision: str = "float32"  # what runs the decoder + head (`BEVFusion.precision`)
     stale_sweeps: int = 0  # earlier sweeps not merged: older than data.max_sweep_age
     stale_clip_frames: int = 0  # clip frames older than data.max_clip_frame_age (padded)
     crop_below_horizon: Counter = field(default_factory=Counter)  # per camera, once each
@@ -66,6 +67,7 @@ class NodeStats:
             out = {
                 "received": dict(self.received),
                 "processed": self.processed,
+                "precision": self.precision,
                 "degraded": self.degraded,
                 "dropped": dict(self.dropped),
                 "rejected": dict(self.rejected),
@@ -140,6 +142,7 @@ def node_status(summary: dict[str, Any], lidar_topic: str, stamp_ns: int) -> Any
     WARN ("degraded") when anything was dropped, rejected, degraded or lost."""
     values: dict[str, Any] = {
         "processed": summary["processed"],
+        "precision": summary.get("precision", "float32"),
         "degraded": summary["degraded"],
         "clouds_received": summary["received"].get(lidar_topic, 0),
         "nonfinite_points": summary["nonfinite_points"],

@@ -48,6 +48,9 @@ deep enough to absorb a burst. With `pipelined` the model runs as five threads (
 sweep merge, image gathering -> camera branch -> LiDAR branch -> fuser/decoder/head -> publish)
 joined by one-deep queues, with at most `max_in_flight` clouds inside, so consecutive clouds
 overlap without piling up between stages; otherwise one thread runs the stages in turn.
+`process_every` N > 1 runs the model on one received cloud in N (a 20 Hz LiDAR at 10 Hz with
+N = 2, the deployment target's policy); the others are still merged into the next processed
+cloud as its earlier sweeps and are counted as dropped (`policy`), never silently lost.
 
 Bad input never stops the node: `InvalidMessage` (and undecodable CDR, missing transforms) is
 logged, counted by reason in `stats.rejected`, and the message is ignored; state is unchanged.
@@ -210,6 +213,7 @@ INTERNAL_ERROR = "internal_error"  # a message that made the node's own code fai
 # Why a cloud ready for the model was not processed.
 DROP_STALE = "stale"  # a newer cloud replaced it in the latest-frame entry
 DROP_RESET = "reset"  # state reset (time jump or reset topic) while it waited
+DROP_POLICY = "policy"  # not run by choice (`NodeOptions.process_every`): a sweep of the next
 
 
 @dataclass(frozen=True)
@@ -240,6 +244,7 @@ class NodeOptions:
     print_diagnostics: bool = False
     latency_window: int = 2000  # latest samples kept per stage for p50/p99
     process: Callable[[int], bool] | None = None  # which cloud stamps to run the model on
+    process_every: int = 1  # run the model on one received cloud in this many (DROP_POLICY)
 
     def __post_init__(self) -> None:
         if self.temporal not in TEMPORAL_MODES:
@@ -252,6 +257,8 @@ class NodeOptions:
             raise ValueError(f"time_jump_series must be >= 1, got {self.time_jump_series}")
         if self.max_in_flight < 1:
             raise ValueError(f"max_in_flight must be >= 1, got {self.max_in_flight}")
+        if self.process_every < 1:
+            raise ValueError(f"process_every must be >= 1, got {self.process_every}")
 
 
 @dataclass
@@ -337,6 +344,7 @@ class PerceptionNode:
         self.preprocess = ImagePreprocess.from_config(config)
         self.stats = NodeStats(window=options.latency_window)
         self.stats.transport = getattr(transport, "stats", None)
+        self.stats.precision = getattr(model, "precision", "float32")
 
         # streaming state (receive thread)
         self.tf = TfBuffer(map_frame=MAP_FRAME, base_frame=BASE_FRAME)
@@ -347,6 +355,7 @@ class PerceptionNode:
         self.calibrations: dict[str, CameraCalibration] = {}
         self._crop_checked: dict[str, bytes] = {}  # per camera: the calibration last checked
         self._stale_sweep_clouds = 0  # clouds that merged fewer sweeps for their age
+        self._clouds_seen = 0  # clouds received since the last reset (`process_every`)
         self.stamps = StampTracker(
             time_jump_ns=int(options.time_jump_s * 1e9), jump_series=options.time_jump_series
         )
@@ -583,6 +592,7 @@ class PerceptionNode:
         self.tf.reset()
         self.stamps.reset()
         self.sensor_clock_ns = None
+        self._clouds_seen = 0  # the first cloud after a reset is processed
         self.generation += 1
         with self.stats.lock:
             self.stats.resets[cause] += 1
@@ -651,6 +661,11 @@ class PerceptionNode:
         self._finalize(force=True)  # a newer cloud ends the previous one's wait
         process = self.options.process
         if process is not None and not process(cloud.stamp_ns):
+            return
+        self._clouds_seen += 1
+        if (self._clouds_seen - 1) % self.options.process_every:
+            with self.stats.lock:
+                self.stats.dropped[DROP_POLICY] += 1
             return
         self.pending = _Pending(
             sweep,

@@ -15,10 +15,16 @@ x86 inductor path needs `torch.compile` at run time; measured against this one: 
 Every error names the graph, the input and what was expected: a calibration set that is empty
 or made for another config (other input names or shapes) is refused, never quantized into a
 model that is INT8 in name only.
+
+The node and the test tool run a quantized graph in place of the model's decoder and head
+(`--precision int8|mixed`): `load_decoder_head_graph` checks that the graph was quantized from
+the very weights the model holds (``quantize.json``'s ``model_sha256``) and fits the model's
+fused map, and `BEVFusion.decode_backend` then calls it (`DecoderHeadGraph`).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import tempfile
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -32,6 +38,10 @@ import torch
 from perception.structures import Batch
 
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # what static quantization turns into INT8 kernels
+
+GRAPH_FILES = {"int8": "bev_decoder_head_int8.onnx", "mixed": "bev_decoder_head_mixed.onnx"}
+PRECISIONS = ("float32", *GRAPH_FILES)  # the decoder + head: the model itself, or a graph
+REPORT_FILE = "quantize.json"  # tools/quantize.py's report beside the graphs
 
 Feeds = Mapping[str, np.ndarray]
 
@@ -225,3 +235,143 @@ def most_sensitive(ranking: Sequence[tuple[str, float]], keep_float: int) -> lis
     if keep_float < 0:
         raise ValueError(f"keep_float must be >= 0, got {keep_float}")
     return [name for name, _ in ranking[:keep_float]]
+
+
+class DecoderHeadGraph:
+    """A decoder-head graph (`deploy/export.py`'s `DecoderHead`, float or quantized) as
+    `BEVFusion.decode`: `fused [B, C, X, Y] -> list[TaskOutput]`, on onnxruntime's CPU
+    provider with `threads` intra-op threads. `precision` names it ("int8", "mixed")."""
+
+    def __init__(self, path: str | Path, num_tasks: int, precision: str, threads: int = 1):
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        self.num_tasks = num_tasks
+        self.precision = precision
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = max(1, threads)
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(
+            str(self.path), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_name = self.session.get_inputs()[0].name
+        self.output_names = [o.name for o in self.session.get_outputs()]
+
+    def __call__(self, fused: torch.Tensor) -> list:
+        from perception.deploy.export import head_outputs_from_arrays
+
+        array = fused.detach().to("cpu", torch.float32).numpy()
+        outputs = self.session.run(self.output_names, {self.input_name: array})
+        named = {name: torch.from_numpy(out) for name, out in zip(self.output_names, outputs)}
+        return head_outputs_from_arrays(named, self.num_tasks)
+
+
+def load_decoder_head_graph(
+    onnx_dir: str | Path,
+    precision: str,
+    *,
+    checkpoint: str | Path,
+    model: torch.nn.Module,
+    config: Any,
+    threads: int = 1,
+) -> DecoderHeadGraph:
+    """The `precision` ("int8" or "mixed") decoder-head graph in `onnx_dir` (`tools/export.py`
+    then `tools/quantize.py` wrote it) for `model` (of `config`), loaded from `checkpoint`.
+
+    Refused with `QuantizationError`, naming the file and the field: an unknown precision; no
+    onnxruntime; a missing graph or ``quantize.json``; a graph quantized from other weights
+    (``model_sha256`` against the checkpoint's); a graph whose input is not the model's fused
+    map (channels, BEV grid) or whose outputs are not the model's head maps. Never a float
+    model labelled INT8."""
+    from perception.checkpoint import weights_sha256
+    from perception.deploy.export import ExportShapes, head_output_names
+
+    if precision not in GRAPH_FILES:
+        raise QuantizationError(
+            f"precision {precision!r}: a decoder-head graph exists for {sorted(GRAPH_FILES)}"
+        )
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        raise QuantizationError(
+            f"--precision {precision} runs the graph on onnxruntime, which is not installed: "
+            "pip install -e '.[export]'"
+        ) from exc
+    onnx_dir = Path(onnx_dir)
+    path = onnx_dir / GRAPH_FILES[precision]
+    make = (
+        f"python tools/export.py --checkpoint {checkpoint} --out {onnx_dir} && python "
+        f"tools/quantize.py {onnx_dir} --checkpoint {checkpoint}"
+        + (" --keep-float 3" if precision == "mixed" else "")
+    )
+    if not path.is_file():
+        raise QuantizationError(f"{path}: not found (make it: {make})")
+    report_path = onnx_dir / REPORT_FILE
+    try:
+        report = json.loads(report_path.read_text())
+    except FileNotFoundError:
+        raise QuantizationError(f"{report_path}: not found (make it: {make})") from None
+    except (OSError, ValueError) as exc:
+        raise QuantizationError(f"{report_path}: unreadable: {exc}") from None
+    recorded = report.get("model_sha256") if isinstance(report, dict) else None
+    if not isinstance(recorded, str):
+        raise QuantizationError(
+            f"{report_path}: no 'model_sha256' (written before it was recorded?): re-run {make}"
+        )
+    expected = weights_sha256(checkpoint)
+    if recorded != expected:
+        raise QuantizationError(
+            f"{path}: quantized from other weights ({report_path.name} model_sha256 "
+            f"{recorded[:12]}..., the checkpoint {checkpoint} holds {expected[:12]}...): "
+            f"re-run {make}"
+        )
+    shapes = ExportShapes.from_config(config, model)
+    fused = [shapes.fused_channels, *shapes.bev_shape]
+    (name, shape), *rest = graph_inputs(path).items()
+    if rest or len(shape) != 4 or list(shape[1:]) != fused:
+        raise QuantizationError(
+            f"{path}: input {name!r} is {shape}, the model's fused map is [B, "
+            f"{', '.join(map(str, fused))}] (a graph of another config?)"
+        )
+    graph = DecoderHeadGraph(path, len(model.head.task_heads), precision, threads)
+    expected_names = head_output_names(model)
+    if graph.output_names != expected_names:
+        raise QuantizationError(
+            f"{path}: outputs {graph.output_names}, the model's head gives {expected_names}"
+        )
+    return graph
+
+
+def use_precision(
+    model: torch.nn.Module,
+    config: Any,
+    precision: str,
+    *,
+    checkpoint: str | Path | None,
+    onnx_dir: str | Path | None = None,
+    threads: int = 1,
+) -> DecoderHeadGraph | None:
+    """Sets `model.decode_backend` to its `precision` decoder-head graph (`--precision` of the
+    node, the test tool and the node benchmark: one rule); float32 leaves the model as it is
+    (None). `onnx_dir` defaults to CHECKPOINT/onnx. A quantized precision without a checkpoint
+    (a randomly initialized model) is refused: a graph belongs to one set of weights."""
+    if precision == "float32":
+        model.decode_backend = None
+        return None
+    if checkpoint is None:
+        raise QuantizationError(
+            f"--precision {precision} needs the checkpoint its graph was made from"
+        )
+    from perception.checkpoint import resolve_checkpoint
+
+    resolved = resolve_checkpoint(checkpoint)
+    graph = load_decoder_head_graph(
+        Path(onnx_dir) if onnx_dir is not None else Path(checkpoint) / "onnx",
+        precision,
+        checkpoint=resolved,
+        model=model,
+        config=config,
+        threads=threads,
+    )
+    model.decode_backend = graph
+    return graph

@@ -653,6 +653,25 @@ def read_training_state(checkpoint: str | Path) -> dict[str, Any]:
     return {"step": step, "epoch": epoch, "extra": extra}
 
 
+def weights_sha256(checkpoint: str | Path) -> str:
+    """The sha256 (hex) of a checkpoint directory's ``model.safetensors``: the manifest's entry
+    (verified against the file), or the file's own hash for a directory without a manifest.
+    What an artifact made from these weights (an exported or quantized graph) records, so a
+    reader can refuse it beside other weights."""
+    directory = Path(checkpoint)
+    if (directory / MANIFEST_NAME).is_file():
+        ckpt = _Checkpoint(directory)
+        ckpt.read(MODEL_FILE)  # verifies the file against the manifest
+        return str(ckpt.files[MODEL_FILE]["sha256"])
+    path = directory / MODEL_FILE
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: missing") from None
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read: {exc.strerror}") from None
+
+
 def read_config(checkpoint: str | Path, *, schema: type[BaseModel] = ExperimentConfig) -> BaseModel:
     """The config a checkpoint directory was saved with (``config.yaml``, validated into
     `schema`), verified against the manifest when there is one."""

@@ -47,3 +47,23 @@ def dataroot_problem(root: str | Path, version: str) -> str | None:
         holds = f"it holds {held}" if held else "it holds no version folder with a scene.json"
         return f"{root / version} not found: {root} has no nuScenes version {version!r} ({holds})"
     return None
+
+
+PRECISION_CHOICES = ("float32", "int8", "mixed")  # = perception.deploy.quantize.PRECISIONS
+
+
+def add_precision_options(parser: argparse.ArgumentParser) -> None:
+    """`--precision` (what runs the decoder and head: the model in float32, or its INT8 /
+    mixed-precision graph from tools/quantize.py) and `--onnx-dir` (where those graphs are;
+    default: CHECKPOINT/onnx)."""
+    parser.add_argument(
+        "--precision",
+        choices=PRECISION_CHOICES,
+        default="float32",
+        help="decoder + head: the model (float32) or its quantized ONNX graph on onnxruntime "
+        "(tools/export.py, then tools/quantize.py; mixed: --keep-float N)",
+    )
+    parser.add_argument(
+        "--onnx-dir",
+        help="folder of the quantized graphs and quantize.json (default: CHECKPOINT/onnx)",
+    )

@@ -10,8 +10,10 @@
 #
 #   tools/accuracy_benchmark.sh [OUT_DIR] [VARIANT ...]
 #
-# VARIANT: fused | lidar | camera | camera_t1 (camera-only with one frame, no TSM history).
-# Default: all four. Worlds go to data/synth-train (seed 1, 30 scenes) and data/synth-heldout
+# VARIANT: fused | lidar | camera | camera_t1 (camera-only with one frame, no TSM history) |
+# camera_distill | camera_t1_distill (the camera-only pair as students of the LiDAR-only
+# checkpoint TEACHER=DIR, configs/bevfusion_tiny_camera_distill.yaml, docs/distillation.md; the
+# teacher's forward is left out of the time budget). Default: the first four. Worlds go to data/synth-train (seed 1, 30 scenes) and data/synth-heldout
 # (seed 2, 10 scenes, all in the val split); both are generated when absent. Paired: once the
 # worlds exist, `tools/accuracy_benchmark.sh OUT fused & tools/accuracy_benchmark.sh OUT lidar`;
 # alone: `OMP_NUM_THREADS=2 tools/accuracy_benchmark.sh OUT fused lidar`. STEPS overrides the
@@ -98,15 +100,24 @@ for variant in "${VARIANTS[@]}"; do
         camera_t1) config=configs/bevfusion_tiny_camera.yaml
                    if [ "$THREADS" -ge 2 ]; then steps=${STEPS:-1800}; else steps=${STEPS:-900}; fi
                    extra=(--set data.clip_frames=1 --set model.camera.tsm_mode=off) ;;
+        camera_distill|camera_t1_distill)
+            [ -n "${TEACHER:-}" ] || { echo "$variant needs TEACHER=DIR (a LiDAR-only run)" >&2; exit 2; }
+            config=configs/bevfusion_tiny_camera_distill.yaml
+            if [ "$THREADS" -ge 2 ]; then steps=${STEPS:-1800}; else steps=${STEPS:-900}; fi
+            extra=()
+            [ "$variant" = camera_t1_distill ] && extra=(--set data.clip_frames=1
+                                                         --set model.camera.tsm_mode=off) ;;
         *) echo "unknown variant $variant" >&2; exit 2 ;;
     esac
     [ -n "${BUDGET_MIN:-}" ] && steps=${STEPS:-4000}
     init=()
     [ "$variant" != lidar ] && init=("${INIT_SET[@]}")
     work="$OUT/$variant"
+    teach=()
+    [[ "$variant" == *_distill ]] && teach=(--set train.teacher="$TEACHER")
     train=($PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}"
            "${extra[@]}" "${EXTRA_SET[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
-           "${SEED_SET[@]}" "${BUDGET_SET[@]}" "${init[@]}")
+           "${SEED_SET[@]}" "${BUDGET_SET[@]}" "${init[@]}" "${teach[@]}")
     start=$(date +%s)
     OMP_NUM_THREADS=$THREADS "${train[@]}"
     end=$(date +%s)

@@ -70,7 +70,12 @@ def main(argv: list[str] | None = None) -> int:
 
     set_cpu_threads()  # numba's worker pool follows torch's threads (OMP_NUM_THREADS)
 
-    from perception.checkpoint import CONFIG_FILE, CheckpointError, resolve_checkpoint
+    from perception.checkpoint import (
+        CONFIG_FILE,
+        CheckpointError,
+        resolve_checkpoint,
+        weights_sha256,
+    )
     from perception.config import ConfigError, load_config
     from perception.deploy.export import (
         DEFAULT_OPSET,
@@ -104,7 +109,11 @@ def main(argv: list[str] | None = None) -> int:
             tolerance=tolerance,
             stream=not args.no_stream,
             dynamic_batch=not args.static_batch,
-            meta={"checkpoint": str(checkpoint.resolve()), "config": str(config_path)},
+            meta={
+                "checkpoint": str(checkpoint.resolve()),
+                "model_sha256": weights_sha256(checkpoint),
+                "config": str(config_path),
+            },
         )
     except (CheckpointError, ConfigError, ExportError, FileNotFoundError, ValueError) as e:
         return usage_error(e)

@@ -18,6 +18,11 @@ rules.
 output to a rosbag2 with MCAP storage (open `DIR/DIR.mcap` in Foxglove). `--foxglove PORT`
 serves them live instead (or too): open Foxglove, "Open connection", `ws://127.0.0.1:PORT`
 (loopback unless `--foxglove-host` says otherwise); no ROS install needed.
+
+`--precision int8` (or `mixed`) runs the decoder and head as the checkpoint's quantized ONNX
+graph on onnxruntime (`tools/export.py --checkpoint W --out W/onnx`, then `tools/quantize.py
+W/onnx --checkpoint W`); the graph must come from the same weights (`quantize.json`), else the
+node refuses to start. The diagnostics name the precision.
 """
 
 from __future__ import annotations
@@ -29,6 +34,8 @@ import sys
 import threading
 import time
 from pathlib import Path
+
+from perception.cli import add_precision_options
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,7 +74,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-points", type=int, default=400_000, help="reject larger clouds (too_large)"
     )
     parser.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    parser.add_argument(
+        "--process-every",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the model on one received cloud in N (2: a 20 Hz LiDAR at 10 Hz); the others "
+        "are merged as sweeps and counted as dropped (policy)",
+    )
     parser.add_argument("--diagnostics-period", type=float, default=5.0)
+    add_precision_options(parser)
     parser.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
     parser.add_argument("--domain-id", type=int, default=None)
     parser.add_argument("--dds-config", choices=("loopback", "env"), default="loopback")
@@ -92,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.transport == "inprocess" and not args.bag:
         print("error: --transport inprocess needs --bag (nothing else publishes)", file=sys.stderr)
         return 2
+    if args.process_every < 1:
+        print(f"error: --process-every must be >= 1, got {args.process_every}", file=sys.stderr)
+        return 2
     if args.bag and not Path(args.bag).exists():
         print(f"error: bag not found: {args.bag}", file=sys.stderr)
         return 2
@@ -107,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
         load_node_model,
         summary_json,
     )
+    from perception.deploy.quantize import QuantizationError, use_precision
     from perception.runtime import set_cpu_threads
 
     set_cpu_threads(args.threads or None)  # torch's and numba's threads
@@ -119,7 +139,15 @@ def main(argv: list[str] | None = None) -> int:
         print("warning: no --checkpoint: the model is randomly initialized", file=sys.stderr)
     try:
         model = load_node_model(config, args.checkpoint)
-    except (CheckpointError, FileNotFoundError) as exc:
+        use_precision(
+            model,
+            config,
+            args.precision,
+            checkpoint=args.checkpoint,
+            onnx_dir=args.onnx_dir,
+            threads=args.threads or 1,
+        )
+    except (CheckpointError, FileNotFoundError, QuantizationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -144,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
         camera_motion=not args.static_camera_extrinsics,
         pipelined=not args.sequential,
         reduced_decode=args.reduced_decode,
+        process_every=args.process_every,
         nonfinite=args.nonfinite,
         max_points=args.max_points,
         diagnostics_period_s=args.diagnostics_period,
@@ -184,7 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     start = time.monotonic()
     print(
         f"node: {config.name}, {options.temporal} TSM, "
-        f"{'pipelined' if options.pipelined else 'sequential'}, transport {args.transport}",
+        f"{'pipelined' if options.pipelined else 'sequential'}, transport {args.transport}, "
+        f"decoder + head {model.precision}",
         flush=True,
     )
     with node:

@@ -24,8 +24,6 @@ from pathlib import Path
 
 from perception.cli import add_override_option, usage_error
 
-REPORT_FILE = "quantize.json"
-
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -57,6 +55,16 @@ def _batches(dataset, n: int):
         yield collate_samples([dataset[i]])
 
 
+def _exported_sha(path: Path) -> str | None:
+    """export.json's model_sha256 (None: no export.json, or one written before it was kept)."""
+    try:
+        report = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    value = report.get("model_sha256") if isinstance(report, dict) else None
+    return value if isinstance(value, str) else None
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.samples < 1 or args.held_out < 1:
@@ -64,11 +72,19 @@ def main(argv: list[str] | None = None) -> int:
     from perception.runtime import set_cpu_threads
 
     set_cpu_threads()
-    from perception.checkpoint import CONFIG_FILE, CheckpointError, resolve_checkpoint
+    from perception.checkpoint import (
+        CONFIG_FILE,
+        CheckpointError,
+        resolve_checkpoint,
+        weights_sha256,
+    )
     from perception.config import ConfigError, load_config
     from perception.datasets.pipeline import build_dataset
     from perception.deploy.export import DECODER_HEAD_FILE
+    from perception.deploy.export import REPORT_FILE as EXPORT_REPORT
     from perception.deploy.quantize import (
+        GRAPH_FILES,
+        REPORT_FILE,
         QuantizationError,
         decoder_head_calibration,
         most_sensitive,
@@ -84,6 +100,13 @@ def main(argv: list[str] | None = None) -> int:
         return usage_error(f"{fp32}: not found (python tools/export.py ... --out {export_dir})")
     try:
         checkpoint = resolve_checkpoint(args.checkpoint)
+        sha = weights_sha256(checkpoint)
+        exported = _exported_sha(export_dir / EXPORT_REPORT)
+        if exported is not None and exported != sha:
+            raise QuantizationError(
+                f"{export_dir / EXPORT_REPORT}: model_sha256 {exported[:12]}... is not the "
+                f"checkpoint's ({checkpoint}: {sha[:12]}...): export this checkpoint first"
+            )
         config = load_config(Path(args.config or checkpoint / CONFIG_FILE), args.overrides)
         model, _ = load_model(checkpoint, config)
         train = build_dataset(config, config.data.train_split, train=False)
@@ -91,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"calibration: {min(args.samples, len(train))} samples of {config.data.train_split}")
         calibration = decoder_head_calibration(model, _batches(train, args.samples))
         held_out = decoder_head_calibration(model, _batches(val, args.held_out))
-        int8 = quantize_graph(fp32, export_dir / "bev_decoder_head_int8.onnx", calibration)
+        int8 = quantize_graph(fp32, export_dir / GRAPH_FILES["int8"], calibration)
         report = {
             "command": " ".join(["python", "tools/quantize.py", *(argv or sys.argv[1:])]),
             "checkpoint": str(checkpoint),
+            "model_sha256": sha,
             "calibration_samples": len(calibration),
             "held_out_samples": len(held_out),
             "graphs": {
@@ -111,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             ranking = sensitivity(fp32, calibration, held_out)
             keep = most_sensitive(ranking, args.keep_float)
             mixed = quantize_graph(
-                fp32, export_dir / "bev_decoder_head_mixed.onnx", calibration, exclude=keep
+                fp32, export_dir / GRAPH_FILES["mixed"], calibration, exclude=keep
             )
             report["sensitivity"] = ranking
             report["graphs"]["mixed"] = {

@@ -18,6 +18,10 @@ stderr), and exits 0; usage errors exit 2, a checkpoint or data that fails mid-r
 (CAM_FRONT, ...). Several processes (each infers a shard; process 0 writes):
 
     torchrun --standalone --nproc-per-node 2 tools/test.py CONFIG CHECKPOINT --out DIR
+
+--precision int8 (or mixed) scores the model with its decoder and head run as the
+checkpoint's quantized ONNX graph (tools/export.py, then tools/quantize.py; --onnx-dir, default
+CHECKPOINT/onnx): the accuracy of the INT8 node. The report names the precision.
 """
 
 from __future__ import annotations
@@ -27,7 +31,12 @@ import shlex
 import sys
 
 # Only light imports before the arguments are parsed: --help and usage errors answer at once.
-from perception.cli import add_override_option, dataroot_problem, usage_error
+from perception.cli import (
+    add_override_option,
+    add_precision_options,
+    dataroot_problem,
+    usage_error,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -56,6 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workers", type=int, default=0, help="data-loading worker processes")
     parser.add_argument("--pictures", type=int, default=4, help="samples drawn in the report")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    add_precision_options(parser)
     return parser
 
 
@@ -68,9 +78,12 @@ def main(argv: list[str] | None = None) -> int:
 
     set_cpu_threads()  # numba's worker pool follows torch's threads (OMP_NUM_THREADS)
 
+    import torch
+
     from perception.checkpoint import CheckpointError, resolve_checkpoint
     from perception.config import ConfigError, load_config
     from perception.datasets.io import DataError
+    from perception.deploy.quantize import QuantizationError, use_precision
     from perception.engine import cleanup_distributed, setup_distributed
     from perception.evaluation import SplitError, SubmissionError, split_sample_tokens
     from perception.evaluation.inference import check_drop_sensors
@@ -105,11 +118,25 @@ def main(argv: list[str] | None = None) -> int:
                 batch_size=args.batch_size,
                 workers=args.workers,
                 num_pictures=args.pictures,
+                prepare=lambda model: use_precision(
+                    model,
+                    config,
+                    args.precision,
+                    checkpoint=args.checkpoint,
+                    onnx_dir=args.onnx_dir,
+                    threads=torch.get_num_threads(),
+                ),
                 command=shlex.join(
                     ["tools/test.py", *(argv if argv is not None else sys.argv[1:])]
                 ),
             )
-        except (CheckpointError, SubmissionError, DataError, SplitError) as exc:
+        except (
+            CheckpointError,
+            SubmissionError,
+            DataError,
+            SplitError,
+            QuantizationError,
+        ) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return 1
         if not dist.is_main:

@@ -24,6 +24,8 @@ VARIANTS: dict[str, str] = {
     "lidar": "LiDAR only (`bevfusion_tiny_lidar`)",
     "camera": "camera only, TSM T=2 (`bevfusion_tiny_camera`)",
     "camera_t1": "camera only, T=1, TSM off",
+    "camera_distill": "camera only, TSM T=2, distilled from a LiDAR-only teacher",
+    "camera_t1_distill": "camera only, T=1, TSM off, distilled from a LiDAR-only teacher",
 }
 TP_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 # the world tools/accuracy_benchmark.sh trains on by default (30 scenes, seed 1)
@@ -49,6 +51,21 @@ def _run_config(work: Path) -> dict[str, Any]:
         raise ValueError(f"{path}: cannot read the run's config ({exc})") from exc
 
 
+def _teacher_seconds(log: Path) -> float:
+    """The teacher's forward seconds a distilled run logged (its last `teacher_seconds`
+    record: the total so far); 0 without a teacher or a log."""
+    seconds = 0.0
+    if not log.is_file():
+        return seconds
+    for line in log.read_text().splitlines():
+        if '"teacher_seconds"' in line:
+            try:
+                seconds = float(json.loads(line)["teacher_seconds"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    return seconds
+
+
 def read_run(work: Path) -> dict[str, Any]:
     """One variant's record from its work directory."""
     timing = _read_json(work / "train_time.json")
@@ -60,6 +77,7 @@ def read_run(work: Path) -> dict[str, Any]:
     model = config.get("model") or {}
     camera = model.get("camera") or {}
     threads = re.search(r"OMP_NUM_THREADS=(\d+)", command)
+    teacher_seconds = _teacher_seconds(work / "log.jsonl")
     return {
         "variant": timing["variant"],
         "train_command": command,
@@ -85,7 +103,11 @@ def read_run(work: Path) -> dict[str, Any]:
         "frozen": list((config.get("train") or {}).get("freeze_prefixes") or []),
         # the world it trained on (None: runs from before the trainer saved its config)
         "train_world": data.get("root"),
-        "train_minutes": round(timing["train_seconds"] / 60.0, 1),
+        # a distilled student's wall time less its teacher's forward passes (reported beside,
+        # not counted, as a pretrained backbone's minutes are not; docs/distillation.md)
+        "train_minutes": round((timing["train_seconds"] - teacher_seconds) / 60.0, 1),
+        "teacher": (config.get("train") or {}).get("teacher"),
+        "teacher_minutes": round(teacher_seconds / 60.0, 1),
         "mAP": summary["mean_ap"],
         "NDS": summary["nd_score"],
         "tp_errors": {k: summary["tp_errors"][k] for k in TP_ERRORS},
@@ -253,8 +275,14 @@ def pairs(results: dict[str, dict[str, Any]]) -> str:
         "| mAVE T=2 | mAVE T=1 | TSM lowers mAVE |",
         "|---|---|---:|---|---|---:|---:|---:|---:|---|",
     ]
+    distill = [
+        "| file | CPU | threads | frames | teacher | steps (distilled / not) | mAP distilled "
+        "| mAP not | NDS distilled | NDS not | distilled ahead (mAP) |",
+        "|---|---|---:|---|---|---|---:|---:|---:|---:|---|",
+    ]
     fused_pairs: list[tuple[bool, bool]] = []  # (equal wall time, fusion ahead) a pair
     tsm_lower: list[bool] = []
+    distill_ahead: list[bool] = []
     for name, result in results.items():
         runs = {r["variant"]: r for r in result["runs"]}
         f, lidar = runs.get("fused"), runs.get("lidar")
@@ -279,6 +307,20 @@ def pairs(results: dict[str, dict[str, Any]]) -> str:
                 f"| {t2['steps']} / {t1['steps']} | {t2['mAP']:.3f} | {t1['mAP']:.3f} "
                 f"| {v2:.3f} | {v1:.3f} | {'yes' if v2 < v1 else 'no'} |"
             )
+        for student, plain, frames in (
+            ("camera_distill", "camera", "T=2"),
+            ("camera_t1_distill", "camera_t1", "T=1"),
+        ):
+            d, p = runs.get(student), runs.get(plain)
+            if d is None or p is None:
+                continue
+            distill_ahead.append(d["mAP"] > p["mAP"])
+            distill.append(
+                f"| {name} | {_cpu(result)} | {d.get('threads') or '?'} | {frames} "
+                f"| {d.get('teacher') or '?'} | {d['steps']} / {p['steps']} | {d['mAP']:.3f} "
+                f"| {p['mAP']:.3f} | {d['NDS']:.3f} | {p['NDS']:.3f} "
+                f"| {'yes' if d['mAP'] > p['mAP'] else 'no'} |"
+            )
     timed = [ahead for equal_time, ahead in fused_pairs if equal_time]
     lines = [
         f"Fused against LiDAR only: fusion ahead on both mAP and NDS in "
@@ -292,5 +334,10 @@ def pairs(results: dict[str, dict[str, Any]]) -> str:
         "on a handful of matches).",
         "",
         *(tsm if tsm_lower else ["(no file holds both camera-only runs)"]),
+        "",
+        f"Camera only, distilled from a LiDAR-only teacher against the same model without: "
+        f"mAP higher with distillation in {sum(distill_ahead)} of {len(distill_ahead)} pairs.",
+        "",
+        *(distill if distill_ahead else ["(no file holds a distilled and a plain camera run)"]),
     ]
     return "\n".join(lines)

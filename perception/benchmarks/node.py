@@ -46,6 +46,7 @@ def replay_run(
     max_warmup_s: float = 60.0,
     reduced_decode: bool = False,
     foxglove: bool = False,
+    process_every: int = 1,
 ) -> dict[str, Any]:
     """One run: the bag looped at `rate`; a warm-up, then figures over `duration_s` (the
     statistics restart after the warm-up)."""
@@ -59,6 +60,7 @@ def replay_run(
         temporal=temporal,
         diagnostics_period_s=1e9,
         reduced_decode=reduced_decode,
+        process_every=process_every,
     )
     view = None
     if foxglove:  # the live view serving every message (no client: the server's own cost)
@@ -110,6 +112,12 @@ def replay_run(
         "processed": stats["processed"],
         "dropped": stats["dropped"],
         "drop_rate": round(dropped / received, 4) if received else None,
+        # the clouds dropped other than by the `process_every` policy (the model fell behind)
+        "unplanned_drop_rate": (
+            round((dropped - stats["dropped"].get("policy", 0)) / received, 4) if received else None
+        ),
+        "process_every": process_every,
+        "precision": getattr(model, "precision", "float32"),
         "rejected": stats["rejected"],
         "degraded": stats["degraded"],
         "tsm_gaps": stats["tsm_gaps"],
@@ -133,20 +141,29 @@ def run(
     warmup_s: float = 5.0,
     reduced_decode: bool = False,
     foxglove_rate: float | None = None,
+    process_every: int = 1,
+    precision: str = "float32",
+    onnx_dir: str | Path | None = None,
 ) -> dict[str, Any]:
     """Pipelined runs at each of `rates`, then a sequential run at `sequential_rate` (a
     saturated input, so processed/s is the throughput) for the speedup, and with
     `foxglove_rate` a pipelined run at that rate serving the live view (its cost: compare
-    with the same rate's run without it). Torch's threads are the caller's
+    with the same rate's run without it). `process_every` N runs the model on one cloud in N
+    (the node's policy); `precision` runs the decoder + head as the checkpoint's quantized
+    graph (`perception.deploy.quantize.use_precision`). Torch's threads are the caller's
     (`perception.runtime.set_cpu_threads`)."""
     from perception.config import load_config
     from perception.deploy.node import load_node_model
+    from perception.deploy.quantize import use_precision
 
     from .report import machine_description
 
     threads = torch.get_num_threads()
     config = load_config(config_path)
     model = load_node_model(config, checkpoint)
+    use_precision(
+        model, config, precision, checkpoint=checkpoint, onnx_dir=onnx_dir, threads=threads
+    )
     runs = []
     for rate in rates:
         runs.append(
@@ -159,6 +176,7 @@ def run(
                 pipelined=True,
                 warmup_s=warmup_s,
                 reduced_decode=reduced_decode,
+                process_every=process_every,
             )  # fmt: skip
         )
         print(runs[-1], flush=True)
@@ -173,6 +191,7 @@ def run(
                 pipelined=True,
                 warmup_s=warmup_s,
                 reduced_decode=reduced_decode,
+                process_every=process_every,
                 foxglove=True,
             )  # fmt: skip
         )
@@ -186,13 +205,15 @@ def run(
         "bag": str(bag),
         "config": str(config_path),
         "checkpoint": str(checkpoint) if checkpoint else "random init",
+        "precision": model.precision,
+        "process_every": process_every,
         "duration_s": duration_s,
         "runs": runs,
     }
     if sequential_rate is not None:
         sequential = replay_run(
             bag, model, config, rate=sequential_rate, duration_s=duration_s, pipelined=False,
-            warmup_s=warmup_s, reduced_decode=reduced_decode,
+            warmup_s=warmup_s, reduced_decode=reduced_decode, process_every=process_every,
         )  # fmt: skip
         print(sequential, flush=True)
         runs.append(sequential)
@@ -207,18 +228,22 @@ def run(
 
 
 def markdown(result: dict[str, Any]) -> str:
-    """The runs as a markdown table."""
+    """The runs as a markdown table, the precision and the policy."""
     lines = [
-        "| rate | mode | clouds in /s | processed /s | drop rate | p50 ms | p99 ms | degraded "
-        "| RSS growth % |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| rate | mode | clouds in /s | processed /s | drop rate | unplanned drops | p50 ms "
+        "| p99 ms | degraded | RSS growth % |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result["runs"]:
         lines.append(
             f"| {r['rate']}x | {r['mode']} | {r['clouds_received_hz']} | {r['processed_hz']} | "
-            f"{r['drop_rate']} | {r['latency_p50_ms']} | {r['latency_p99_ms']} | "
-            f"{r['degraded']} | {r['rss_growth_pct']} |"
+            f"{r['drop_rate']} | {r.get('unplanned_drop_rate', '')} | {r['latency_p50_ms']} | "
+            f"{r['latency_p99_ms']} | {r['degraded']} | {r['rss_growth_pct']} |"
         )
+    lines.append(
+        f"\ndecoder + head: {result.get('precision', 'float32')}; model run on one cloud in "
+        f"{result.get('process_every', 1)}"
+    )
     if "pipelined_speedup" in result:
         lines.append(f"\npipelined / sequential throughput: {result['pipelined_speedup']}x")
     return "\n".join(lines)

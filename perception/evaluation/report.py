@@ -96,6 +96,9 @@ class ReportData:
     run_info: dict[str, str] = field(default_factory=dict)  # shown as a key/value table
     score_threshold: float = 0.3  # predictions drawn in the pictures score at least this
     note: str | None = None  # shown under the headline metrics: what a reader must know
+    # a distilled camera student: its BEV maps beside its teacher's (one sample), or why not
+    distill_picture: bytes | None = None
+    distill_note: str | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -591,6 +594,24 @@ def _pictures_sections(data: ReportData) -> str:
     return "\n".join(bev + cams)
 
 
+def _distill_section(data: ReportData) -> str:
+    """The student's BEV maps beside the teacher's; nothing for a model without a teacher."""
+    if data.distill_picture is None and data.distill_note is None:
+        return ""
+    parts = ["<h2 id=\"distillation\">Distillation: the student's BEV beside its teacher's</h2>"]
+    if data.distill_picture is not None:
+        caption = (
+            "One sample. Per distilled map: the student's map through its adapter, the LiDAR "
+            "teacher's map (each cell's RMS over channels, one colour scale for both), their "
+            "squared difference and the loss's cell weights; then both heatmaps."
+        )
+        parts.append(f'<p class="note">{html.escape(caption)}</p>')
+        parts.append(f"<figure>{_img(data.distill_picture, 'student vs teacher BEV')}</figure>")
+    else:
+        parts.append(f'<p class="note">{html.escape(data.distill_note or "")}</p>')
+    return "\n".join(parts)
+
+
 def _latency_section(data: ReportData) -> str:
     parts = ['<h2 id="latency">Latency per stage</h2>']
     if not data.latency:
@@ -771,6 +792,7 @@ def render_report(data: ReportData) -> str:
         _pr_section(data),
         _distance_section(data),
         _pictures_sections(data),
+        _distill_section(data),
         _latency_section(data),
         _robustness_section(data),
         '<h2 id="run">Run</h2>',

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -269,6 +269,28 @@ def _pictures(
     return out
 
 
+def _distill_picture(
+    model: nn.Module, config: ExperimentConfig, dataset
+) -> tuple[bytes | None, str | None]:
+    """A distilled camera student's BEV maps beside its teacher's (`train.teacher`) for the
+    split's first sample: (PNG, None), (None, why not drawn), or (None, None) for a model that
+    is not a distilled student. Never fatal: the report says what went wrong."""
+    teacher = config.train.teacher
+    if getattr(model, "distiller", None) is None or not teacher or len(dataset) == 0:
+        return None, None
+    from ..datasets.collate import collate_samples
+    from ..models.distill import load_teacher
+    from ..visualization.distill import distill_figure_png
+
+    try:
+        load_teacher(model, teacher)
+        device = next(model.parameters()).device
+        batch = collate_samples([dataset[0]]).to(device)
+        return distill_figure_png(model, batch), None
+    except Exception as exc:  # the picture is an extra: the metrics stand without it
+        return None, f"not drawn: {exc}"
+
+
 def evaluate_checkpoint(
     config: ExperimentConfig,
     checkpoint: str | Path,
@@ -285,8 +307,11 @@ def evaluate_checkpoint(
     picture_score_threshold: float = 0.3,
     range_bands: Sequence[tuple[float, float]] | None = DEFAULT_RANGE_BANDS,
     command: str = "",
+    prepare: Callable[[torch.nn.Module], None] | None = None,
 ) -> EvalOutcome:
     """Runs the whole test (module docstring). `split` defaults to `data.val_split`.
+    `prepare` is called on the loaded model before inference (tools/test.py's `--precision`
+    sets its decode backend there); the report names the model's `precision`.
 
     Raises `CheckpointNotFoundError` (a `FileNotFoundError` too) for a missing checkpoint,
     `CheckpointError` for one that does not fit the config's model, `SplitError` for an unknown split, `ValueError` for an unknown
@@ -303,6 +328,8 @@ def evaluate_checkpoint(
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     tokens = split_sample_tokens(config.data.root, config.data.version, split)  # SplitError
     model, info = load_model(checkpoint, config, device=device)
+    if prepare is not None:
+        prepare(model)
     dataset = build_dataset(config, split, train=False)
     main = distributed.is_main_process()
 
@@ -369,6 +396,7 @@ def evaluate_checkpoint(
     run_info = {
         "checkpoint": str(info.path),
         "step": "unknown" if info.step is None else str(info.step),
+        "decoder + head": getattr(model, "precision", "float32"),
         "data": f"{config.data.root} ({config.data.version}, split {split}, {len(tokens)} samples)",
         "sensors dropped": ", ".join(result.drop_sensors) or "none",
         "device": f"{device} x {result.world_size} process(es)",
@@ -382,6 +410,7 @@ def evaluate_checkpoint(
     if metrics is not None and (out_dir / "metrics_details.json").is_file():
         details = json.loads((out_dir / "metrics_details.json").read_text())
     pictures = _pictures(config, split, result.detections(), num_pictures, picture_score_threshold)
+    distill_png, distill_note = _distill_picture(model, config, dataset)
     report = ReportData(
         title=f"{config.name}: {split}",
         metrics=metrics,
@@ -395,6 +424,8 @@ def evaluate_checkpoint(
         run_info=run_info,
         score_threshold=picture_score_threshold,
         note=note,
+        distill_picture=distill_png,
+        distill_note=distill_note,
     )
     report_path = write_report(out_dir / REPORT_FILE, report)
     return EvalOutcome(metrics, error, results_path, report_path, out_dir, note)

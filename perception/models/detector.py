@@ -19,6 +19,7 @@ the model benchmark and the ONNX export all call them, so what is trained is wha
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Protocol
 
@@ -63,6 +64,11 @@ class BEVFusion(nn.Module):
         distiller: a camera student's distillation (`perception.models.distill`): in training,
             with a teacher attached, `forward` adds its `distill/...` losses.
 
+    `decode_backend` (default None) replaces stage 3 (`decode`) in eval mode by another
+    implementation of the same map -> `TaskOutput`s function: the node's and the test tool's
+    INT8 decoder-head graph (`perception.deploy.quantize.DecoderHeadGraph`); its `precision`
+    names it. Training with one set is refused (a graph has no gradient).
+
     `camera_enabled` (default True) False skips a fused model's camera branch: the fuser sees
     the camera as missing from every sample, and a fuser that starts with zero camera weights
     (`ConvFuser(zero_init=...)`) then computes exactly the LiDAR-only model. The trainer's
@@ -104,6 +110,13 @@ class BEVFusion(nn.Module):
         if distiller is not None and camera is None:
             raise ValueError("a distiller trains a camera branch: the model has none")
         self.distiller = distiller
+        self.decode_backend: Callable[[torch.Tensor], list[TaskOutput]] | None = None
+
+    @property
+    def precision(self) -> str:
+        """What runs stage 3: "float32" (this module) or the decode backend's precision."""
+        backend = self.decode_backend
+        return "float32" if backend is None else getattr(backend, "precision", "other")
 
     @property
     def modalities(self) -> tuple[str, ...]:
@@ -179,7 +192,14 @@ class BEVFusion(nn.Module):
 
     def decode(self, fused: torch.Tensor) -> list[TaskOutput]:
         """Stage 3: BEV decoder and detection head on the fused map: the head's per-task maps
-        (the ONNX export's decoder-head graph is this call)."""
+        (the ONNX export's decoder-head graph is this call; `decode_backend` replaces it)."""
+        if self.decode_backend is not None:
+            if self.training:
+                raise RuntimeError(
+                    f"a {self.precision} decode backend is set: it has no gradient; train "
+                    "without it (model.decode_backend = None)"
+                )
+            return self.decode_backend(fused)
         return self.head(self.decoder(fused))
 
     def detect(self, outputs: list[TaskOutput], batch: Batch) -> list[Detections]:

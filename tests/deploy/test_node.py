@@ -288,6 +288,29 @@ def test_a_broken_image_is_rejected_at_arrival_and_costs_no_cloud(model, config,
     assert node.stats.resets == {}
 
 
+def test_process_every_runs_one_cloud_in_n_and_counts_the_others(model, config, messages):
+    """`process_every=2` (a 20 Hz LiDAR at 10 Hz): the first cloud and every second one after
+    it run the model; the others are counted as dropped by policy, and still reach the model
+    as the next processed cloud's earlier sweeps (its points equal those of the every-cloud
+    run)."""
+    head, _ = _until_cloud(messages, 6)
+    clouds = [_stamp(cdr, m) for t, m, cdr in head if t == LIDAR]
+    every, half = [], []
+    node = _node(model, config, process=None)
+    node.on_result = every.append
+    _step(node, head)
+    node = _node(model, config, process=None, process_every=2)
+    node.on_result = half.append
+    _step(node, head)
+    assert [j.stamp_ns for j in half] == clouds[0::2]
+    assert node.stats.processed == 3 and node.stats.dropped == {"policy": 3}
+    by_stamp = {j.stamp_ns: j for j in every}
+    for job in half:
+        assert torch.equal(job.batch.points, by_stamp[job.stamp_ns].batch.points)
+    with pytest.raises(ValueError, match="process_every must be >= 1"):
+        NodeOptions(process_every=0)
+
+
 def test_images_decoded_ahead_in_parallel_equal_decoding_in_turn(model, config, messages):
     """The receive thread hands each batch's images to `decode_workers` threads before handling
     the batch in order: the same frames, the same rejections as decoding each in turn."""

@@ -25,6 +25,22 @@ def test_usage_errors_exit_with_2(tmp_path):
     assert "needs --bag" in err.getvalue() and "bag not found" in err.getvalue()
 
 
+def test_int8_without_its_graph_is_refused_before_the_node_starts(tiny_world, tmp_path, capsys):
+    """`--precision int8` with no quantized graph beside the checkpoint: exit 2, the message
+    names the missing file and how to make it; never a float model labelled INT8."""
+    config, work = save_micro_checkpoint(node_raw(tiny_world), tmp_path / "ckpt")
+    bag = tmp_path / "bag"
+    bag.mkdir()
+    code = run_cli(["--config", str(config), "--checkpoint", str(work), "--transport",
+                    "inprocess", "--bag", str(bag), "--precision", "int8"])  # fmt: skip
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"{work / 'onnx' / 'bev_decoder_head_int8.onnx'}: not found" in err
+    assert "tools/quantize.py" in err
+    assert run_cli(["--config", str(config), "--process-every", "0"]) == 2
+    assert "--process-every must be >= 1" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_inprocess_run_records_and_summarizes(tiny_world, tmp_path):
     config, work = save_micro_checkpoint(node_raw(tiny_world), tmp_path / "ckpt")

@@ -35,6 +35,16 @@ def test_quantize_writes_int8_graph_and_report(indexed_world_copy, tmp_path):
     assert (onnx_dir / int8["file"]).is_file() and int8["size_bytes"] < report["float_size_bytes"]
     assert 0 < max(int8["relative_error"].values()) < 0.5
     assert "tools/quantize.py" in report["command"]
+    # the weights it was made from: the node refuses the graph beside other weights
+    from perception.checkpoint import resolve_checkpoint, weights_sha256
+
+    sha = weights_sha256(resolve_checkpoint(work))
+    assert report["model_sha256"] == sha
+    assert json.loads((onnx_dir / "export.json").read_text())["model_sha256"] == sha
+    exported = json.loads((onnx_dir / "export.json").read_text())
+    exported["model_sha256"] = "f" * 64  # an export of other weights in the folder
+    (onnx_dir / "export.json").write_text(json.dumps(exported))
+    assert quantize_cli(argv) == 2
 
 
 def test_missing_export_is_a_usage_error(tmp_path, capsys):

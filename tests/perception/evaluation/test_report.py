@@ -330,3 +330,35 @@ def test_report_of_a_trained_checkpoint_shows_how_it_was_trained(indexed_world_c
     training = page[page.index('<h2 id="training">') : page.index('<h2 id="config">')]
     assert "2 of 2 planned" in training and "<td>car</td>" in training
     assert training.count(PNG_URI) == 1
+
+
+def test_report_of_a_distilled_student_shows_it_beside_its_teacher(indexed_world_copy, tmp_path):
+    """tools/test.py's report of a camera student whose config names a teacher draws the
+    student's BEV maps beside the teacher's; a teacher that cannot load leaves a note (the
+    metrics stand)."""
+    from perception.checkpoint import save_checkpoint
+    from perception.config import parse_config
+    from perception.evaluation.runner import evaluate_checkpoint
+    from perception.models.builder import build_model
+    from tests.perception.evaluation.test_inference import micro_raw
+    from tests.perception.models.test_distill import DISTILL
+
+    root = indexed_world_copy("distill_report", max_sweeps=1, max_clip_frames=2)
+    torch.manual_seed(0)
+    teacher_config = parse_config(micro_raw(root), ["model.camera=null"])
+    teacher = save_checkpoint(tmp_path / "teacher", step=1, model=build_model(teacher_config),
+                              config=teacher_config)  # fmt: skip
+    config = parse_config(micro_raw(root), [*DISTILL, f"train.teacher={teacher}"])
+    save_checkpoint(tmp_path / "work", step=1, model=build_model(config), config=config)
+    outcome = evaluate_checkpoint(config, tmp_path / "work", split="mini_val",
+                                  out_dir=tmp_path / "out", progress=False, num_pictures=0)  # fmt: skip
+    page = outcome.report_path.read_text()
+    section = page[page.index('<h2 id="distillation">') : page.index('<h2 id="latency">')]
+    assert section.count(PNG_URI) == 1
+    missing = config.model_copy(
+        update={"train": config.train.model_copy(update={"teacher": str(tmp_path / "none")})}
+    )
+    outcome = evaluate_checkpoint(missing, tmp_path / "work", split="mini_val",
+                                  out_dir=tmp_path / "out2", progress=False, num_pictures=0)  # fmt: skip
+    page = outcome.report_path.read_text()
+    assert "not drawn: train.teacher: cannot load the teacher" in page
