@@ -205,8 +205,20 @@ def build_bev_pool_plan(
     if impl == "auto":  # (under torch.compile: torch's sorts, which it can trace)
         impl = "numba" if numba_ok and not torch.compiler.is_compiling() else "torch"
     record(trace, "build_bev_pool_plan", impl)
-    if impl == "numba":
-        return _build_plan_numba(coords, batch_size, grid)
+    build = _plan_indices_numba if impl == "numba" else _plan_indices_torch
+    return BEVPoolPlan(
+        batch_size=batch_size,
+        grid=grid,
+        num_points=coords.reshape(-1, 4).shape[0],
+        frustum_shape=tuple(coords.shape[:-1]) if coords.dim() == 5 else None,  # type: ignore[arg-type]
+        **build(coords, batch_size, grid),
+    )
+
+
+def _plan_indices_torch(
+    coords: torch.Tensor, batch_size: int, grid: tuple[int, int, int]
+) -> dict[str, torch.Tensor]:
+    """The plan's index tensors (`BEVPoolPlan`'s fields by name) by torch's sorts."""
     frustum_shape = tuple(coords.shape[:-1]) if coords.dim() == 5 else None
     flat = coords.reshape(-1, 4)
     n = flat.shape[0]
@@ -242,17 +254,8 @@ def build_bev_pool_plan(
             "pixel_pair_offsets": _offsets(torch.bincount(pair_pixel, minlength=num_pixels), itype),
             "pixel_pair_cell": pair_cell.index_select(0, pair_by_pixel).to(itype),
         }
-    return BEVPoolPlan(
-        batch_size=batch_size,
-        grid=grid,
-        num_points=n,
-        frustum_shape=frustum_shape,  # type: ignore[arg-type]
-        cell_offsets=cell_offsets,
-        point_index=point_index,
-        point_rows=point_rows,
-        point_cell=point_cell,
-        **extra,
-    )
+    return dict(cell_offsets=cell_offsets, point_index=point_index, point_rows=point_rows,
+                point_cell=point_cell, **extra)  # fmt: skip
 
 
 def _plan_kernels() -> ModuleType | None:
@@ -264,10 +267,10 @@ def _plan_kernels() -> ModuleType | None:
     return _bev_plan_numba
 
 
-def _build_plan_numba(
+def _plan_indices_numba(
     coords: torch.Tensor, batch_size: int, grid: tuple[int, int, int]
-) -> BEVPoolPlan:
-    """:func:`build_bev_pool_plan` by counting sorts (:mod:`._bev_plan_numba`)."""
+) -> dict[str, torch.Tensor]:
+    """The plan's index tensors by counting sorts (:mod:`._bev_plan_numba`)."""
     kernels = _plan_kernels()
     frustum_shape = tuple(coords.shape[:-1]) if coords.dim() == 5 else None
     flat = coords.reshape(-1, 4).contiguous()
@@ -295,17 +298,8 @@ def _build_plan_numba(
                  "pixel_pair_offsets", "pixel_pair_cell")  # fmt: skip
         arrays = kernels.frustum_pairs(cell.numpy(), point_index.numpy(), num_cells, ncam, d, h, w)
         extra = {k: torch.from_numpy(a).to(itype) for k, a in zip(names, arrays)}
-    return BEVPoolPlan(
-        batch_size=batch_size,
-        grid=grid,
-        num_points=n,
-        frustum_shape=frustum_shape,  # type: ignore[arg-type]
-        cell_offsets=cell_offsets,
-        point_index=point_index,
-        point_rows=point_rows,
-        point_cell=point_cell,
-        **extra,
-    )
+    return dict(cell_offsets=cell_offsets, point_index=point_index, point_rows=point_rows,
+                point_cell=point_cell, **extra)  # fmt: skip
 
 
 class BEVPoolPlanCache:
