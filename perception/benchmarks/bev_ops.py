@@ -6,10 +6,9 @@ Every group times its rows in one run on the same inputs:
   feature pixels (~2M frustum points), 80 channels, a 1 x 360 x 360 grid of 0.3 m over
   +-54 m, from synthetic camera poses. Rows: the LSS cumsum trick (baseline), ``index_add_``,
   ours with a cached plan, and the memory floor (one read of the ``[N, 80]`` features).
-* ``bev_pool_plan_build_frustum`` / ``..._scattered``: the pool without a cached plan (in
-  training each sample's augmentation moves the frustum): plan build (numba's counting sorts,
-  torch's sorts) + pool against ``index_add_``, on the frustum geometry and on as many points
-  in uniformly scattered cells; the plan build alone beside it.
+* ``bev_pool_plan_build_frustum`` / ``..._scattered`` / ``bev_pool_depth_plan_build``: the
+  pool without a cached plan (in training each sample's augmentation moves the frustum): plan
+  build + pool against ``index_add_`` (see :func:`_plan_build_rows`).
 * ``bev_pool_fused_fwd`` / ``bev_pool_fused_fwd_bwd``: from ``depth`` and ``context``: the
   cumsum trick on materialized ``depth x context`` features (baseline) vs
   :func:`bev_pool_depth`.
@@ -173,7 +172,7 @@ def _bev_pool_rows(quick: bool, device: str) -> list[BenchRow]:
         )
     }
     rows = compare("bev_pool", shape, "cumsum trick (LSS)", timings, notes)
-    rows += _plan_build_rows(feats, coords, grid, shape, slow, fast)
+    rows += _plan_build_rows(feats, coords, grid, shape, slow, fast, depth, context)
 
     def cumsum_from_depth() -> torch.Tensor:
         lifted = (depth_g[:, :, None] * context_g[:, None]).permute(0, 1, 3, 4, 2)
@@ -204,13 +203,28 @@ def _bev_pool_rows(quick: bool, device: str) -> list[BenchRow]:
 
 
 def _plan_build_rows(
-    feats: torch.Tensor, coords: torch.Tensor, grid, shape: str, slow: dict, fast: dict
+    feats: torch.Tensor,
+    coords: torch.Tensor,
+    grid,
+    shape: str,
+    slow: dict,
+    fast: dict,
+    depth: torch.Tensor,
+    context: torch.Tensor,
 ) -> list[BenchRow]:
     """The pool without a cached plan (training: every sample's augmentation moves the
-    frustum): plan build + pool against ``index_add_``, on the frustum geometry (the full
-    frustum plan, as the view transform builds it) and on as many points in uniformly
-    scattered cells; the plan by numba's counting sorts and by torch's sorts."""
-    n = feats.shape[0]
+    frustum).
+
+    * ``bev_pool_plan_build_frustum`` / ``_scattered``: plan build + :func:`bev_pool` against
+      ``index_add_``, on the frustum's cells and on as many points in uniformly scattered
+      cells; the plan (its point-by-cell part, what :func:`bev_pool` reads) by numba's counting
+      sorts and by torch's sorts, and the pool by its default path (numba's point-order
+      scatter) and torch's CSR product (a gather in cell order).
+    * ``bev_pool_depth_plan_build``: the view transform's step: the whole frustum plan (with
+      its (cell, pixel) pairs) + the fused :func:`bev_pool_depth` against materializing
+      ``depth x context`` and ``index_add_``.
+    """
+    n, c = feats.shape
     flat = coords.reshape(-1, 4)
     g = torch.Generator().manual_seed(1)
     _, x_, y_ = grid
@@ -218,29 +232,47 @@ def _plan_build_rows(
         [torch.zeros(n, dtype=torch.int64), torch.zeros(n, dtype=torch.int64),
          torch.randint(0, x_, (n,), generator=g), torch.randint(0, y_, (n,), generator=g)], 1
     ).to(coords.device)  # fmt: skip
+    cpu = coords.device.type == "cpu"
+    plan_impls = ["numba", "torch"] if cpu else ["torch"]
     rows: list[BenchRow] = []
-    for group, geometry, flat_geometry in (
-        ("bev_pool_plan_build_frustum", coords, flat),
-        ("bev_pool_plan_build_scattered", scattered, scattered),
+    for group, geometry in (
+        ("bev_pool_plan_build_frustum", flat),
+        ("bev_pool_plan_build_scattered", scattered),
     ):
-        impls = ["numba", "torch"] if geometry.device.type == "cpu" else ["torch"]
         timings = {
-            "index_add_": time_ms(
-                partial(bev_pool_index_add, feats, flat_geometry, 1, grid), **slow
-            )
+            "index_add_": time_ms(partial(bev_pool_index_add, feats, geometry, 1, grid), **slow)
         }
-        for impl in impls:
+        for impl in plan_impls:
             build = partial(build_bev_pool_plan, geometry, 1, grid, impl=impl)
             timings[f"ours, plan build ({impl}) + pool"] = time_ms(
                 partial(_pool_with_new_plan, feats, build, grid), **fast
             )
             timings[f"plan build alone ({impl})"] = time_ms(build, **fast)
+        if cpu:
+            build = partial(build_bev_pool_plan, geometry, 1, grid)
+            timings["ours, plan build + pool (torch CSR)"] = time_ms(
+                partial(_pool_with_new_plan, feats, build, grid, impl="torch"), **fast
+            )
         rows += compare(group, shape, "index_add_", timings)
+
+    def materialized() -> torch.Tensor:
+        lifted = (depth[:, :, None] * context[:, None]).permute(0, 1, 3, 4, 2)
+        return bev_pool_index_add(lifted.reshape(n, c), flat, 1, grid)
+
+    with torch.no_grad():
+        timings = {"depth x context + index_add_": time_ms(materialized, **slow)}
+        for impl in plan_impls:
+            build = partial(build_bev_pool_plan, coords, 1, grid, impl=impl)
+            timings[f"ours, frustum plan build ({impl}) + bev_pool_depth"] = time_ms(
+                lambda build=build: bev_pool_depth(depth, context, build()), **fast
+            )
+            timings[f"frustum plan build alone ({impl})"] = time_ms(build, **fast)
+    rows += compare("bev_pool_depth_plan_build", shape, "depth x context + index_add_", timings)
     return rows
 
 
-def _pool_with_new_plan(feats: torch.Tensor, build, grid) -> torch.Tensor:
-    return bev_pool(feats, None, 1, grid, plan=build())
+def _pool_with_new_plan(feats: torch.Tensor, build, grid, impl: str = "auto") -> torch.Tensor:
+    return bev_pool(feats, None, 1, grid, plan=build(), impl=impl)
 
 
 def _voxelize_rows(quick: bool, device: str) -> list[BenchRow]:

@@ -43,7 +43,7 @@ def test_ops_benchmark_quick(tmp_path):
     assert {row["group"] for row in rows} >= {
         "sparse_conv", "point_to_voxel", "point_to_voxel_fwd_bwd", "voxel_to_point",
         "voxel_to_point_fwd_bwd", "bev_pool", "voxelize", "bev_pool_plan_build_frustum",
-        "bev_pool_plan_build_scattered",
+        "bev_pool_plan_build_scattered", "bev_pool_depth_plan_build",
     }  # fmt: skip
     assert any(row["ratio"] is not None for row in rows)
 
