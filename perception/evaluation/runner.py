@@ -30,6 +30,7 @@ import yaml
 from torch import nn
 
 from .. import distributed
+from ..checkpoint import CheckpointError, read_config
 from ..config import ExperimentConfig
 from ..models.loading import load_model
 from .inference import DROP_CAMERAS, DROP_HALF_BEAMS, DROP_LIDAR, InferenceResult, run_inference
@@ -270,13 +271,21 @@ def _pictures(
 
 
 def _distill_picture(
-    model: nn.Module, config: ExperimentConfig, dataset
+    model: nn.Module, config: ExperimentConfig, dataset, checkpoint: Path
 ) -> tuple[bytes | None, str | None]:
-    """A distilled camera student's BEV maps beside its teacher's (`train.teacher`) for the
-    split's first sample: (PNG, None), (None, why not drawn), or (None, None) for a model that
-    is not a distilled student. Never fatal: the report says what went wrong."""
+    """A distilled camera student's BEV maps beside its teacher's (`train.teacher` of the test
+    config, else of the config the checkpoint was trained with) for the split's first sample:
+    (PNG, None), (None, why not drawn), or (None, None) for a model that is not a distilled
+    student. Never fatal: the report says what went wrong."""
+    if getattr(model, "distiller", None) is None or len(dataset) == 0:
+        return None, None
     teacher = config.train.teacher
-    if getattr(model, "distiller", None) is None or not teacher or len(dataset) == 0:
+    if not teacher:
+        try:
+            teacher = read_config(checkpoint).train.teacher
+        except CheckpointError:
+            teacher = None
+    if not teacher:
         return None, None
     from ..datasets.collate import collate_samples
     from ..models.distill import load_teacher
@@ -410,7 +419,7 @@ def evaluate_checkpoint(
     if metrics is not None and (out_dir / "metrics_details.json").is_file():
         details = json.loads((out_dir / "metrics_details.json").read_text())
     pictures = _pictures(config, split, result.detections(), num_pictures, picture_score_threshold)
-    distill_png, distill_note = _distill_picture(model, config, dataset)
+    distill_png, distill_note = _distill_picture(model, config, dataset, info.path)
     report = ReportData(
         title=f"{config.name}: {split}",
         metrics=metrics,

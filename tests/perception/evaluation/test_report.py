@@ -333,9 +333,9 @@ def test_report_of_a_trained_checkpoint_shows_how_it_was_trained(indexed_world_c
 
 
 def test_report_of_a_distilled_student_shows_it_beside_its_teacher(indexed_world_copy, tmp_path):
-    """tools/test.py's report of a camera student whose config names a teacher draws the
-    student's BEV maps beside the teacher's; a teacher that cannot load leaves a note (the
-    metrics stand)."""
+    """tools/test.py's report of a camera student trained with a teacher (named by the test
+    config, else by the checkpoint's) draws the student's BEV maps beside the teacher's; a
+    teacher that cannot load leaves a note (the metrics stand)."""
     from perception.checkpoint import save_checkpoint
     from perception.config import parse_config
     from perception.evaluation.runner import evaluate_checkpoint
@@ -350,7 +350,10 @@ def test_report_of_a_distilled_student_shows_it_beside_its_teacher(indexed_world
                               config=teacher_config)  # fmt: skip
     config = parse_config(micro_raw(root), [*DISTILL, f"train.teacher={teacher}"])
     save_checkpoint(tmp_path / "work", step=1, model=build_model(config), config=config)
-    outcome = evaluate_checkpoint(config, tmp_path / "work", split="mini_val",
+    # tested with the experiment's config (no teacher named): the checkpoint's config names it
+    test_config = parse_config(micro_raw(root), list(DISTILL))
+    assert test_config.train.teacher is None
+    outcome = evaluate_checkpoint(test_config, tmp_path / "work", split="mini_val",
                                   out_dir=tmp_path / "out", progress=False, num_pictures=0)  # fmt: skip
     page = outcome.report_path.read_text()
     section = page[page.index('<h2 id="distillation">') : page.index('<h2 id="latency">')]
