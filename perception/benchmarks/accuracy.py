@@ -314,12 +314,14 @@ def pairs(results: dict[str, dict[str, Any]]) -> str:
             d, p = runs.get(student), runs.get(plain)
             if d is None or p is None:
                 continue
-            distill_ahead.append(d["mAP"] > p["mAP"])
+            # ahead as the table shows it (3 decimals): a 4th-decimal difference is a tie
+            ahead = round(d["mAP"], 3) > round(p["mAP"], 3)
+            distill_ahead.append(ahead)
             distill.append(
                 f"| {name} | {_cpu(result)} | {d.get('threads') or '?'} | {frames} "
                 f"| {d.get('teacher') or '?'} | {d['steps']} / {p['steps']} | {d['mAP']:.3f} "
                 f"| {p['mAP']:.3f} | {d['NDS']:.3f} | {p['NDS']:.3f} "
-                f"| {'yes' if d['mAP'] > p['mAP'] else 'no'} |"
+                f"| {'yes' if ahead else 'no'} |"
             )
     timed = [ahead for equal_time, ahead in fused_pairs if equal_time]
     lines = [
