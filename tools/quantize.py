@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="also write a mixed-precision graph keeping this many most sensitive layers float",
     )
+    parser.add_argument(
+        "--sensitivity-samples",
+        type=int,
+        default=32,
+        help="calibration samples for each layer's one-layer-INT8 graph of the sensitivity "
+        "ranking (the first N of --samples; the final graphs use all of them)",
+    )
     return parser
 
 
@@ -132,7 +139,9 @@ def main(argv: list[str] | None = None) -> int:
         }
         if args.keep_float > 0:
             print("per-layer sensitivity (one layer INT8 at a time) ...", flush=True)
-            ranking = sensitivity(fp32, calibration, held_out)
+            subset = calibration[: max(1, args.sensitivity_samples)]
+            ranking = sensitivity(fp32, subset, held_out)
+            report["sensitivity_samples"] = len(subset)
             keep = most_sensitive(ranking, args.keep_float)
             mixed = quantize_graph(
                 fp32, export_dir / GRAPH_FILES["mixed"], calibration, exclude=keep
