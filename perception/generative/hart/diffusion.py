@@ -367,8 +367,19 @@ class ResidualDiffusionHead(nn.Module):
             raise ValueError(f"t: shape {tuple(t.shape)} != ({N},)")
         if cond.shape != (N, self.cond_dim):
             raise ValueError(f"cond: shape {tuple(cond.shape)} != ({N}, {self.cond_dim})")
-        t_freq = timestep_embedding(t, self.frequency_dim).to(cond.dtype)  # [N, F]
-        c = self.time_embed(t_freq) + self.cond_embed(cond)  # [N, W]
+        return self._eps(x_t, t, self.cond_embed(cond))
+
+    def _time_embedding(self, t: Tensor, dtype: torch.dtype) -> Tensor:
+        """`time_embed(sinusoid(t))` [N, W], computed once per distinct timestep (a sampling
+        step has one for every row) and gathered back to the rows."""
+        distinct, rows = torch.unique(t, return_inverse=True)  # [U], [N]
+        t_freq = timestep_embedding(distinct, self.frequency_dim).to(dtype)  # [U, F]
+        return self.time_embed(t_freq)[rows]  # [N, W]
+
+    def _eps(self, x_t: Tensor, t: Tensor, cond_embedding: Tensor) -> Tensor:
+        """forward's body with `cond_embed(cond)` [N, W] given (the sampler computes it once
+        for all steps)."""
+        c = self._time_embedding(t, cond_embedding.dtype) + cond_embedding  # [N, W]
         h = self.input_proj(x_t)  # [N, W]
         for block in self.blocks:
             h = block(h, c)  # [N, W]
@@ -417,18 +428,22 @@ class ResidualDiffusionHead(nn.Module):
         dtype; no gradient.
         """
         N = cond.shape[0]
+        if cond.dim() != 2 or cond.shape[1] != self.cond_dim:
+            raise ValueError(f"cond: shape {tuple(cond.shape)} != (N, {self.cond_dim})")
         sampler = DDIMSampler(self.schedule, steps=steps, eta=eta, spacing=spacing)
+        # the condition's embedding does not change over the steps: computed once here
         if uncond is None:
+            cond_embedding = self.cond_embed(cond)  # [N, W]
 
             def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-                return self(x_t, t, cond)
+                return self._eps(x_t, t, cond_embedding)
         else:
             if uncond.shape != cond.shape:
                 raise ValueError(f"uncond: shape {tuple(uncond.shape)} != {tuple(cond.shape)}")
-            both = torch.cat([cond, uncond], dim=0)  # [2N, C]
+            both = self.cond_embed(torch.cat([cond, uncond], dim=0))  # [2N, W]
 
             def model_fn(x_t: Tensor, t: Tensor) -> Tensor:
-                eps = self(torch.cat([x_t, x_t]), torch.cat([t, t]), both)  # [2N, D]
+                eps = self._eps(torch.cat([x_t, x_t]), torch.cat([t, t]), both)  # [2N, D]
                 eps_c, eps_u = eps[:N], eps[N:]
                 return eps_u + guidance * (eps_c - eps_u)
 
