@@ -53,12 +53,21 @@ from ..structures import CAMERA_NAMES, Batch, Boxes3D, Detections
 from .submission import MAX_BOXES_PER_SAMPLE, SubmissionWriter
 
 # Per-sample stages, in the order a report lists them.
-STAGES: tuple[str, ...] = ("camera", "lidar", "fuse_decoder", "head_decode", "total", "data")
+STAGES: tuple[str, ...] = (
+    "camera",
+    "lidar",
+    "fuse_decoder",
+    "head_decode",
+    "fuse_decoder_head",
+    "total",
+    "data",
+)
 STAGE_TITLES: dict[str, str] = {
     "camera": "camera branch",
     "lidar": "LiDAR branch (incl. voxelization)",
     "fuse_decoder": "fuser + BEV decoder",
     "head_decode": "head + decode + NMS",
+    "fuse_decoder_head": "fuser + decoder-head graph + decode + NMS (decode backend)",
     "total": "model total",
     "data": "data loading (not in total)",
 }
@@ -182,16 +191,20 @@ class StageTimer:
         end = self._now()
         m = self._marks
 
-        def span(a: str, b: str) -> float:
-            return m[b] - m[a] if a in m and b in m else 0.0
-
-        times = {
-            "camera": span("camera_start", "camera_end"),
-            "lidar": span("lidar_start", "lidar_end"),
-            "fuse_decoder": span("fuser_start", "decoder_end"),
-            "head_decode": end - m["head_start"] if "head_start" in m else 0.0,
-            "total": end - start,
+        # a stage whose marks did not fire is left out (n/a), not timed as 0: a model without
+        # a camera has no camera stage, and with a decode backend (an INT8 graph of the
+        # decoder and head) the decoder and head are one call, timed as fuse_decoder_head
+        ends = {
+            "camera": ("camera_start", "camera_end"),
+            "lidar": ("lidar_start", "lidar_end"),
+            "fuse_decoder": ("fuser_start", "decoder_end"),
         }
+        times = {stage: m[b] - m[a] for stage, (a, b) in ends.items() if a in m and b in m}
+        if "head_start" in m:
+            times["head_decode"] = end - m["head_start"]
+        elif "fuser_start" in m:
+            times["fuse_decoder_head"] = end - m["fuser_start"]
+        times["total"] = end - start
         return detections, times
 
 
