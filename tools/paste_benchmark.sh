@@ -17,6 +17,14 @@
 #   VARIANTS="none lidar multimodal"
 #                   the LiDAR-only model runs no "multimodal": without a camera branch the
 #                   dataset loads no images and the paste is the LiDAR-only one (same run twice)
+#                   Generated objects (issue #25/#26): "generated" pastes from a bank whose
+#                   rare-class objects are all generated, "generated_real" from one holding
+#                   the real ones too (tools/create_data.py generated [--with-real]); the banks
+#                   are built here, into OUT/banks/<model>/<variant>, from
+#   LIDAR_GENERATOR   a LiDAR generator's work dir (both models), and
+#   CAMERA_GENERATOR  a camera generator's work dir (the fused model: its paste is multimodal,
+#                   generated crops with generated points, the same conditions)
+#   PER_OBJECT (default 4) generated objects per real one, GENERATED_SEED (default 0)
 #   STEPS           steps of every run (default per model, the same for its three variants:
 #                   fused 1200, lidar 1400 at 2 threads; from the accuracy benchmark's paces,
 #                   0.87-0.94 / 0.7-0.8 s a step, plus the paste's ~0.1-0.13 s a sample in the
@@ -55,8 +63,25 @@ for model in "${MODELS[@]}"; do  # checked before any world is generated
 done
 for variant in $VARIANTS; do
     case "$variant" in none|lidar|multimodal) ;;
-        *) echo "unknown variant $variant (none, lidar or multimodal)" >&2; exit 2 ;; esac
+        generated|generated_real)
+            [ -n "${LIDAR_GENERATOR:-}" ] || {
+                echo "variant $variant needs LIDAR_GENERATOR (a LiDAR generator's work dir)" >&2
+                exit 2; }
+            for model in "${MODELS[@]}"; do
+                [ "$model" = fused ] && [ -z "${CAMERA_GENERATOR:-}" ] && {
+                    echo "variant $variant of the fused model needs CAMERA_GENERATOR (its" \
+                         "paste is multimodal: generated crops with generated points)" >&2
+                    exit 2; }
+            done
+            for dir in "${LIDAR_GENERATOR:-}" "${CAMERA_GENERATOR:-}"; do
+                [ -z "$dir" ] || [ -f "$dir/config.yaml" ] || {
+                    echo "$dir/config.yaml: not found (not a generator's work dir)" >&2; exit 2; }
+            done ;;
+        *) echo "unknown variant $variant (none, lidar, multimodal, generated or" \
+                "generated_real)" >&2; exit 2 ;; esac
 done
+PER_OBJECT=${PER_OBJECT:-4}
+GENERATED_SEED=${GENERATED_SEED:-0}
 for kv in ${PASTE_CLASSES//,/ }; do
     [[ "$kv" =~ ^[a-z_]+=[0-9]+$ ]] || { echo "PASTE_CLASSES: $kv is not CLASS=COUNT" >&2; exit 2; }
 done
@@ -91,9 +116,29 @@ TRAIN_WORLD=(--set data.root="$TRAIN_ROOT" --set data.version=v1.0-trainval
              --set data.train_split=train --set data.val_split=val)
 TEST_WORLD=(--set data.root="$HELDOUT_ROOT" --set data.version=v1.0-trainval)
 PASTE_SET=(--set data.paste.enabled=true --set data.paste.bank="$BANK")
+CLASS_SET=()
+GENERATED_CLASSES=()
 for kv in ${PASTE_CLASSES//,/ }; do
-    PASTE_SET+=(--set "data.paste.classes.${kv%%=*}.count=${kv#*=}")
+    CLASS_SET+=(--set "data.paste.classes.${kv%%=*}.count=${kv#*=}")
+    GENERATED_CLASSES+=("${kv%%=*}")
 done
+PASTE_SET+=("${CLASS_SET[@]}")
+GENERATED_CLASSES=$(IFS=,; echo "${GENERATED_CLASSES[*]}")
+
+generated_bank() {  # MODEL VARIANT -> the bank's folder (built once, then reused)
+    local model=$1 variant=$2 out="$OUT/banks/$1/$2"
+    local cmd=($PY tools/create_data.py generated --bank "$BANK" --out "$out"
+               --classes "$GENERATED_CLASSES" --lidar-generator "$LIDAR_GENERATOR"
+               --per-object "$PER_OBJECT" --seed "$GENERATED_SEED" --no-progress)
+    [ "$model" = fused ] && cmd+=(--camera-generator "$CAMERA_GENERATOR")
+    [ "$variant" = generated_real ] && cmd+=(--with-real)
+    if [ ! -f "$out/bank.json" ]; then
+        echo "== $out: OMP_NUM_THREADS=$THREADS ${cmd[*]}" >&2
+        rm -rf "$out"
+        OMP_NUM_THREADS=$THREADS "${cmd[@]}" >&2
+    fi
+    echo "$out"
+}
 COMMIT=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 
 for model in "${MODELS[@]}"; do
@@ -117,6 +162,13 @@ for model in "${MODELS[@]}"; do
                     continue
                 fi
                 paste=("${PASTE_SET[@]}" --set data.paste.cameras=true) ;;
+            generated|generated_real)
+                cameras=false
+                [ "$model" = fused ] && cameras=true
+                bank=$(generated_bank "$model" "$variant")
+                paste=(--set data.paste.enabled=true --set data.paste.bank="$bank"
+                       --set data.paste.source=generated "${CLASS_SET[@]}"
+                       --set data.paste.cameras=$cameras) ;;
             *) echo "unknown variant $variant (none, lidar or multimodal)" >&2; exit 2 ;;
         esac
         for seed in $SEEDS; do

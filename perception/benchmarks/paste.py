@@ -28,6 +28,9 @@ PASTE_VARIANTS: dict[str, str] = {
     "none": "no paste",
     "lidar": "LiDAR-only paste (`data.paste.cameras=false`)",
     "multimodal": "multimodal paste (LiDAR + cameras)",
+    "generated": "generated objects only (`data.paste.source=generated`; LiDAR model: points, "
+    "fused: points + crops)",
+    "generated_real": "real + generated objects (`create_data.py generated --with-real`)",
 }
 RARE_CLASSES = ("bicycle", "construction_vehicle")
 

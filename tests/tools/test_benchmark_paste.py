@@ -87,6 +87,17 @@ def test_paste_without_runs_or_with_a_foreign_record_is_one_line(tmp_path, capsy
     [
         (["bogus"], {}, "unknown model bogus (fused or lidar)"),
         ([], {"VARIANTS": "none gan"}, "unknown variant gan"),
+        (["lidar"], {"VARIANTS": "generated"}, "variant generated needs LIDAR_GENERATOR"),
+        (
+            ["fused"],
+            {"VARIANTS": "generated_real", "LIDAR_GENERATOR": "."},
+            "variant generated_real of the fused model needs CAMERA_GENERATOR",
+        ),
+        (
+            ["lidar"],
+            {"VARIANTS": "generated", "LIDAR_GENERATOR": "/nowhere/gen"},
+            "/nowhere/gen/config.yaml: not found (not a generator's work dir)",
+        ),
         ([], {"PASTE_CLASSES": "bicycle:2"}, "PASTE_CLASSES: bicycle:2 is not CLASS=COUNT"),
     ],
 )
