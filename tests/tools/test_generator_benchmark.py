@@ -227,6 +227,27 @@ def test_the_tool_checks_every_target_on_the_collected_figures(tmp_path):
     assert len(result["commands"]) == 12  # 6 runs x (train + eval)
 
 
+def test_a_kid_at_the_noise_floor_is_unresolved_not_a_reduction(tmp_path):
+    """A KID without the head <= 0 (the unbiased estimate cannot tell it from real): the ratio
+    1 - on/off is undefined, the target says so; FID beside it is reported, not judged."""
+    root = tmp_path / "runs" / "camera" / "hart"
+    for seed, (on, off) in {0: (0.0016, -0.0001), 1: (0.001, -0.0003), 2: (0.0, -0.0002)}.items():
+        arms = _hart_arms(on, off)
+        arms["no_residual"]["generation"]["generated"]["fid"] = 0.66
+        arms["residual_steps=8"]["generation"]["generated"]["fid"] = 0.68
+        _write(root / f"seed{seed}" / "eval.json", "hart", arms)
+    result = bench.collect_generator(tmp_path / "runs", command="c")
+    res = result["figures"]["camera"]["residual"]
+    assert res["kid_reduction"] is None and all(s["kid_reduction"] is None for s in res["per_seed"])
+    assert res["fid_reduction"] == pytest.approx(1 - 0.68 / 0.66)
+    assert res["fid_off"]["mean"] == pytest.approx(0.66) and res["fid_on"]["n"] == 3
+    value, status = _status(tool.generator_targets(result["figures"]["camera"]),
+                            "residual head: generation KID")  # fmt: skip
+    assert value is None and status.startswith("unresolved: KID without the head <= 0")
+    md = bench.generator_markdown(_judged(result))
+    assert "| FID on | FID off |" in md and "unresolved" in md
+
+
 def test_generator_markdown_states_the_checks(tmp_path):
     result = bench.collect_generator(_generator_runs(tmp_path / "runs"))
     assert "| target |" not in bench.generator_markdown(result)  # figures only, no verdicts
