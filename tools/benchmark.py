@@ -415,6 +415,14 @@ def run_generators(args: argparse.Namespace) -> int:
     print(markdown(result))
     out = args.out or f"benchmarks/results/{args.command}_cpu.json"
     print(f"wrote {generator.write(result, out, markdown)}")
+    if args.command == "gan":  # the KID-vs-step picture beside the result
+        from perception.visualization.training_curves import save_kid_curves
+
+        picture = args.plot or str(Path(out).with_suffix(".kid.png"))
+        try:
+            print(f"wrote {save_kid_curves(result['runs'], picture)}")
+        except ValueError as exc:
+            print(f"benchmark gan: no picture: {exc}", file=sys.stderr)
     return 0
 
 
@@ -497,6 +505,11 @@ def main(argv: list[str] | None = None) -> int:
     gen.add_argument("--runs", default="outputs/generator", help="its OUT_DIR")
     gan = sub.add_parser("gan", help="collect tools/gan_benchmark.sh's runs")
     gan.add_argument("--runs", default="outputs/gan", help="its OUT_DIR")
+    gan.add_argument(
+        "--plot",
+        default=None,
+        help="PNG of KID against training step per run (default: beside --out, .kid.png)",
+    )
     for p in (ops, jpeg, synth, model, node, acc, paste, gen, gan):
         p.add_argument("--out", help="write rows as JSON here (and a .md beside it)")
     pairs = sub.add_parser(

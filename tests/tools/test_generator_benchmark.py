@@ -391,6 +391,11 @@ def test_benchmark_cli_writes_json_and_markdown(tmp_path, capsys):
     assert benchmark_main(["gan", "--runs", str(_gan_runs(tmp_path / "g")), "--out",
                            str(gan_out)]) == 0  # fmt: skip
     assert json.loads(gan_out.read_text())["figures"][0]["num_real"] == "100"
+    picture = gan_out.with_suffix(".kid.png")  # KID against step, one panel per N
+    from PIL import Image
+
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.width > 2 * image.height  # two panels side by side
     assert benchmark_main(["gan", "--runs", str(tmp_path / "empty")]) == 2
     assert "no finished run" in capsys.readouterr().err
 
