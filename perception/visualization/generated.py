@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .figures import save_png
+
 __all__ = ["signal_to_image", "save_signal_grid"]
 
 BACKGROUND = np.array([236, 236, 236], np.float32)  # where the alpha says "not the object"
@@ -77,9 +79,4 @@ def save_signal_grid(
             ax.set_title(titles[i], fontsize=5, pad=2)
     if suptitle:
         fig.suptitle(suptitle, fontsize=8)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=150)

@@ -8,6 +8,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from .figures import save_png
+
 __all__ = ["save_kid_curves"]
 
 MODE_COLOURS = {"none": "#d62728", "both": "#1f77b4", "reals_only": "#7f7f7f"}
@@ -53,9 +55,4 @@ def save_kid_curves(runs: Sequence[Mapping[str, Any]], path: str | Path) -> Path
         ax.grid(alpha=0.3)
         ax.legend(title="augment", fontsize=8)
     axes[0][0].set_ylabel("KID (training subset)")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
-    return path
+    return save_png(fig, path, dpi=90)
