@@ -13,8 +13,8 @@ counted in the report).
 
 The features are the crop classifier WORK/classifier.safetensors (or --classifier PATH): score
 every generator you compare with the same classifier file (its path and sha256 are in the
-report). Written: per sampling arm (one per --steps value of the residual head, plus the
-discrete-only arm with --no-residual) generated-vs-real FID / KID / precision / recall with the
+report). Written: per sampling arm (one per --steps value of the residual head and
+--residual-temperatures value, plus the discrete-only arm with --no-residual) generated-vs-real FID / KID / precision / recall with the
 real-vs-real noise floor at equal set sizes and the condition fidelity; the tokenizer's
 reconstruction, hybrid vs discrete-only (and a second, hybrid=False tokenizer with
 --discrete-tokenizer); with --throughput images per second at batch 1 and 64 on --threads
@@ -42,6 +42,16 @@ def _positive_ints(text: str) -> list[int]:
     return values
 
 
+def _temperatures(text: str) -> list[float]:
+    try:
+        values = [float(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated numbers") from None
+    if not values or not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected numbers in [0, 1]")
+    return values
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -62,6 +72,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--steps",
         type=_positive_ints,
         help="residual head DDIM steps, comma-separated: one arm each (default: the config's)",
+    )
+    parser.add_argument(
+        "--residual-temperatures",
+        type=_temperatures,
+        help="std of the residual head's starting noise, comma-separated in [0, 1]: one arm "
+        "each per --steps value (default: the config's sampling.residual_temperature)",
     )
     parser.add_argument(
         "--no-residual",
@@ -408,11 +424,16 @@ def _arms(args: argparse.Namespace, loaded) -> dict[str, dict]:
     arms: dict[str, dict] = {}
     if loaded.model.residual_head is not None:
         for steps in args.steps or [s.residual_steps]:
-            arms[f"residual_steps={steps}"] = {
-                **base,
-                "residual_steps": steps,
-                "use_residual": True,
-            }
+            for temperature in args.residual_temperatures or [s.residual_temperature]:
+                name = f"residual_steps={steps}"
+                if temperature != s.residual_temperature:
+                    name += f",residual_temperature={temperature:g}"
+                arms[name] = {
+                    **base,
+                    "residual_steps": steps,
+                    "residual_temperature": temperature,
+                    "use_residual": True,
+                }
     if args.no_residual or loaded.model.residual_head is None:
         arms["no_residual"] = {**base, "residual_steps": s.residual_steps, "use_residual": False}
     return arms

@@ -140,6 +140,13 @@ class SamplingConfig(StrictModel):
     top_p: float = Field(0.0, ge=0, le=1, description="0: no nucleus truncation")
     temperature: float = Field(1.0, gt=0)
     residual_steps: PositiveInt = Field(8, description="DDIM steps of the residual head")
+    residual_temperature: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="std of the residual head's starting noise (1: the trained distribution; "
+        "< 1 trades variety for fidelity, 0: one deterministic residual per code map)",
+    )
 
 
 class GeneratorTrainConfig(StrictModel):

@@ -44,6 +44,11 @@ def test_cheap_errors_answer_before_loading_anything(tmp_path, capsys):
     with pytest.raises(SystemExit) as exc:
         eval_generator([str(tmp_path), "--held-out-bank", str(tmp_path), "--steps", "8,x"])
     assert exc.value.code == 2
+    with pytest.raises(SystemExit) as exc:
+        eval_generator([str(tmp_path), "--held-out-bank", str(tmp_path),
+                        "--residual-temperatures", "0.5,2"])  # fmt: skip
+    assert exc.value.code == 2
+    assert "expected numbers in [0, 1]" in capsys.readouterr().err
 
 
 @pytest.mark.slow
@@ -56,7 +61,8 @@ def test_measures_a_tiny_generator_against_an_evaluation_bank(banks, tmp_path, c
     capsys.readouterr()
     out = tmp_path / "eval.json"
     args = [str(work), "--held-out-bank", str(held_out), "--no-progress", "--out", str(out)]
-    assert eval_generator([*args, "--steps", "2,3", "--no-residual", "--throughput",
+    assert eval_generator([*args, "--steps", "2,3", "--residual-temperatures", "1,0",
+                           "--no-residual", "--throughput",
                            "--throughput-batch-sizes", "1,4", "--repeats", "1", "--threads", "1",
                            "--cas", "--cas-n", "16", "--cas-steps", "2",
                            "--rare-classes", "pedestrian", "--few", "2"]) == 0  # fmt: skip
@@ -67,7 +73,12 @@ def test_measures_a_tiny_generator_against_an_evaluation_bank(banks, tmp_path, c
     assert report["classifier"]["path"] == str(work / "classifier.safetensors")
     assert len(report["classifier"]["sha256"]) == 64
     assert report["held_out"]["version"] == "v1.0-mini" and report["held_out"]["num_signals"] > 8
-    assert set(report["arms"]) == {"residual_steps=2", "residual_steps=3", "no_residual"}
+    assert set(report["arms"]) == {
+        "residual_steps=2", "residual_steps=3", "no_residual",
+        "residual_steps=2,residual_temperature=0", "residual_steps=3,residual_temperature=0",
+    }  # fmt: skip
+    cold = report["arms"]["residual_steps=2,residual_temperature=0"]["sampling"]
+    assert cold["residual_temperature"] == 0.0 and cold["use_residual"] is True
     for arm in report["arms"].values():
         generation = arm["generation"]
         assert {"generated", "generated_half", "noise_floor", "condition_fidelity"} <= set(

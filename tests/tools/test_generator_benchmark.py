@@ -235,7 +235,8 @@ def test_a_kid_at_the_noise_floor_is_unresolved_not_a_reduction(tmp_path):
         arms = _hart_arms(on, off)
         arms["no_residual"]["generation"]["generated"]["fid"] = 0.66
         arms["residual_steps=8"]["generation"]["generated"]["fid"] = 0.68
-        _write(root / f"seed{seed}" / "eval.json", "hart", arms)
+        extra = {"reconstruction": _recon(0.007, -0.0007, 0.0124, -0.0006)} if seed == 0 else {}
+        _write(root / f"seed{seed}" / "eval.json", "hart", arms, **extra)
     result = bench.collect_generator(tmp_path / "runs", command="c")
     res = result["figures"]["camera"]["residual"]
     assert res["kid_reduction"] is None and all(s["kid_reduction"] is None for s in res["per_seed"])
@@ -243,7 +244,14 @@ def test_a_kid_at_the_noise_floor_is_unresolved_not_a_reduction(tmp_path):
     assert res["fid_off"]["mean"] == pytest.approx(0.66) and res["fid_on"]["n"] == 3
     value, status = _status(tool.generator_targets(result["figures"]["camera"]),
                             "residual head: generation KID")  # fmt: skip
-    assert value is None and status.startswith("unresolved: KID without the head <= 0")
+    assert value is None and status.startswith("unresolved: the base arm's KID <= 0")
+    tokenizer = result["figures"]["camera"]["tokenizer"]
+    assert tokenizer["kid_reduction"] is None and tokenizer["mse_ratio"] == pytest.approx(
+        0.007 / 0.0124
+    )
+    value, status = _status(tool.generator_targets(result["figures"]["camera"]),
+                            "hybrid tokenizer reconstruction KID")  # fmt: skip
+    assert value is None and status.startswith("unresolved")
     md = bench.generator_markdown(_judged(result))
     assert "| FID on | FID off |" in md and "unresolved" in md
 

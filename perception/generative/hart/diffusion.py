@@ -245,9 +245,12 @@ def ddim_sample(
     generator: torch.Generator | None = None,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    noise_scale: float = 1.0,
 ) -> Tensor:
-    """Sample x0 of `shape = (N, ...)`: x ~ N(0, I) from `generator` (on `device`), then one
-    `sampler.step` per timestep, calling `model_fn(x [N, ...], t [N] long)` each time.
+    """Sample x0 of `shape = (N, ...)`: x ~ N(0, noise_scale^2 I) from `generator` (on
+    `device`), then one `sampler.step` per timestep, calling `model_fn(x [N, ...], t [N] long)`
+    each time. `noise_scale` < 1 is a sampling temperature (MAR's, on the starting noise: with
+    eta = 0 the only randomness); 0 starts every row from the origin.
 
     Gradients flow through `model_fn` unless the caller wraps this in `torch.no_grad()`.
     Returns x0 [N, ...] of `dtype` on `device`.
@@ -255,7 +258,11 @@ def ddim_sample(
     shape = tuple(int(s) for s in shape)
     if len(shape) < 1:
         raise ValueError(f"shape: {shape} has no batch dimension")
+    if not (math.isfinite(noise_scale) and noise_scale >= 0):
+        raise ValueError(f"noise_scale: {noise_scale!r} is not a finite number >= 0")
     x = torch.randn(shape, generator=generator, dtype=dtype, device=device)  # [N, ...]
+    if noise_scale != 1.0:
+        x = x * noise_scale
     for i, t in enumerate(sampler.timesteps.tolist()):
         t_batch = torch.full((shape[0],), t, dtype=torch.long, device=x.device)  # [N]
         eps = model_fn(x, t_batch)  # [N, ...]
@@ -418,9 +425,11 @@ class ResidualDiffusionHead(nn.Module):
         generator: torch.Generator | None = None,
         uncond: Tensor | None = None,
         guidance: float = 1.0,
+        temperature: float = 1.0,
     ) -> Tensor:
         """Sample one token per row of cond [N, cond_dim] with DDIM in `steps` steps (`eta`,
-        `spacing` as DDIMSampler).
+        `spacing` as DDIMSampler), starting from noise of std `temperature` (`ddim_sample`'s
+        `noise_scale`).
 
         Classifier-free guidance when `uncond` [N, cond_dim] (the null condition's vector) is
         given: `eps = eps(uncond) + guidance * (eps(cond) - eps(uncond))`; guidance 1 is the
@@ -454,4 +463,5 @@ class ResidualDiffusionHead(nn.Module):
             generator=generator,
             dtype=cond.dtype,
             device=cond.device,
+            noise_scale=temperature,
         )

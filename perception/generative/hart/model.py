@@ -215,6 +215,7 @@ def sample(
     top_k: int = 0,
     top_p: float = 0.0,
     residual_steps: int = 8,
+    residual_temperature: float = 1.0,
     use_residual: bool = True,
     generator: torch.Generator | None = None,
 ) -> GeneratedSignal:
@@ -256,7 +257,9 @@ def sample(
     latent = f_hat
     if use_residual and model.residual_head is not None:
         head_cond = model.head_condition(hidden[:B], indices[-1])  # [B*G*G, W]
-        tokens = model.residual_head.sample(head_cond, steps=residual_steps, generator=generator)
+        tokens = model.residual_head.sample(
+            head_cond, steps=residual_steps, temperature=residual_temperature, generator=generator
+        )
         residual = tokens.reshape(B, G * G, D).transpose(1, 2).reshape(B, D, G, G)
         residual = residual * model.residual_scale
         latent = f_hat + residual

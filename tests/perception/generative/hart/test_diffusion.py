@@ -192,6 +192,35 @@ def test_ddim_on_gaussian_data_is_the_closed_form_affine_map(steps, spacing):
         assert torch.all((b - MU).abs() <= tolerance * SIGMA), b - MU
 
 
+@pytest.mark.parametrize("scale", [0.0, 0.5])
+def test_noise_scale_is_the_start_noise_std_on_the_closed_form(scale):
+    """A temperature scales the start noise: on Gaussian data the sampler's affine map A z + B
+    then gives A * scale * z + B (scale 0: B for every row, whatever the generator)."""
+    s = NoiseSchedule()
+    sampler = DDIMSampler(s, steps=8)
+    x = ddim_sample(_gaussian_eps(s, MU, SIGMA), (64, 3), sampler, generator=_gen(0),
+                    dtype=torch.float64, noise_scale=scale)  # fmt: skip
+    z = torch.randn(64, 3, generator=_gen(0), dtype=torch.float64)
+    maps = [_ddim_affine_map(sampler, float(m), float(sd)) for m, sd in zip(MU, SIGMA)]
+    a = torch.tensor([m[0] for m in maps], dtype=torch.float64)
+    b = torch.tensor([m[1] for m in maps], dtype=torch.float64)
+    torch.testing.assert_close(x, a * scale * z + b, rtol=1e-9, atol=1e-9)
+    with pytest.raises(ValueError, match="noise_scale"):
+        ddim_sample(_gaussian_eps(s, MU, SIGMA), (2, 3), sampler, noise_scale=-1.0)
+
+
+def test_head_temperature_zero_is_deterministic():
+    torch.manual_seed(0)
+    head = ResidualDiffusionHead(token_dim=3, cond_dim=5, width=32, depth=1)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    cond = torch.randn(8, 5, generator=_gen(0))
+    cold = [head.sample(cond, temperature=0.0, generator=_gen(g)) for g in (1, 2)]
+    torch.testing.assert_close(cold[0], cold[1], rtol=0, atol=0)
+    warm = [head.sample(cond, temperature=1.0, generator=_gen(g)) for g in (1, 2)]
+    assert not torch.allclose(warm[0], warm[1])
+
+
 @pytest.mark.parametrize("spacing", ["leading", "trailing"])
 @pytest.mark.parametrize(("steps", "eta"), [(1, 0.0), (8, 0.0), (8, 1.0), (200, 0.0)])
 def test_point_mass_is_recovered_from_any_noise(steps, eta, spacing):
