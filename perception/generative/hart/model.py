@@ -232,6 +232,10 @@ def sample(
     B = len(conditions)
     device = model.residual_scale.device
     generator = generator_on(generator, device)
+    # the head draws its noise from a stream of its own, seeded by one draw made whether or
+    # not the head runs: sampling with and without the head (or at two head settings) from one
+    # seed gives the same tokens, so their comparison is paired (common random numbers)
+    head_seed = int(torch.randint(0, 2**62, (), generator=generator, device=device))
     conditions = conditions.to(device)
     both = model.condition.with_null(conditions)  # [2B, cond_dim]: conditional, then null rows
     cache = model.transformer.new_cache()
@@ -258,7 +262,10 @@ def sample(
     if use_residual and model.residual_head is not None:
         head_cond = model.head_condition(hidden[:B], indices[-1])  # [B*G*G, W]
         tokens = model.residual_head.sample(
-            head_cond, steps=residual_steps, temperature=residual_temperature, generator=generator
+            head_cond,
+            steps=residual_steps,
+            temperature=residual_temperature,
+            generator=torch.Generator(device=device).manual_seed(head_seed),
         )
         residual = tokens.reshape(B, G * G, D).transpose(1, 2).reshape(B, D, G, G)
         residual = residual * model.residual_scale

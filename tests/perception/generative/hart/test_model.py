@@ -60,7 +60,9 @@ def test_training_loss_reaches_every_trainable_part(model):
 
 def _uncached_indices(model, conds, *, guidance, generator):
     """Reference: at each scale, run the whole (uncached) forward on the prefix sampled so far
-    (later scales' inputs zero: the block-causal mask hides them) and sample that scale."""
+    (later scales' inputs zero: the block-causal mask hides them) and sample that scale.
+    `sample` first draws the residual head's seed (one int64), so the reference does too."""
+    torch.randint(0, 2**62, (), generator=generator)
     q = model.quantizer
     scales = q.scales
     B = len(conds)
@@ -111,6 +113,24 @@ def test_the_residual_head_adds_a_continuous_latent_only_when_asked(model):
     for a, b in zip(plain.indices, hybrid.indices, strict=True):
         assert torch.equal(a, b)  # the head draws after the discrete tokens
     assert plain.signals.shape == hybrid.signals.shape == (2, 4, 16, 16)
+
+
+def test_arms_with_and_without_the_head_share_their_tokens_over_batches(model):
+    """One generator through several batches (as an evaluation samples): the head's noise comes
+    from a stream of its own, so each batch's tokens are the same with the head on, off, or at
+    another temperature: the arms' comparison is paired."""
+    conds = _conditions(2)
+    runs = {}
+    for name, kw in {"off": {"use_residual": False}, "on": {"use_residual": True},
+                     "cold": {"use_residual": True, "residual_temperature": 0.0}}.items():  # fmt: skip
+        generator = torch.Generator().manual_seed(3)
+        runs[name] = [sample(model, conds, generator=generator, **kw) for _ in range(3)]
+    for batch in range(3):
+        for other in ("on", "cold"):
+            for a, b in zip(runs["off"][batch].indices, runs[other][batch].indices, strict=True):
+                assert torch.equal(a, b), (batch, other)
+    assert not torch.equal(runs["on"][0].residual, runs["cold"][0].residual)
+    assert not torch.equal(runs["off"][0].indices[-1], runs["off"][1].indices[-1])  # streams move
 
 
 def test_sample_logits_truncation_keeps_only_allowed_tokens():
