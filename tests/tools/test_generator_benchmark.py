@@ -280,9 +280,14 @@ def test_no_matched_point_and_another_classifier_are_said(tmp_path):
     assert cam["throughput"]["matched"]["64"]["kid_limit"] == pytest.approx(0.011)
     value, status = _status(cam["targets"], "throughput >= 3x the diffusion baseline at "
                                             "matched KID (within 10%), batch 64")  # fmt: skip
-    assert (value, status) == (None, "no matched point")
+    # every baseline arm is worse than HART: the speed-up against the best of them (50 steps,
+    # 40 img/s at batch 64; HART 100) bounds the matched one from below
+    assert value == pytest.approx(2.5) and status.startswith("not met (lower bound")
     text = bench.generator_markdown(result)
-    assert "no baseline arm with KID <= 0.0110" in text
+    assert (
+        "no baseline arm with KID <= 0.0110 (at least 2.50x: vs the best-KID arm ddim_steps=50"
+        in text
+    )
     assert "**Warning: the runs were scored by 2 different classifiers" in text
 
 
@@ -440,5 +445,6 @@ def test_generator_benchmark_runs_end_to_end_tiny(tiny_train_bank, tiny_val_bank
     cam = result["figures"]["camera"]
     assert cam["same_classifier"] and len(cam["classifier_sha256"]) == 1
     assert cam["tokenizer"] is not None and cam["throughput"]["rows"]
-    assert {t["status"] for t in tool.generator_targets(cam)} <= {
-        "met", "not met", "not measured", "no matched point"}  # fmt: skip
+    statuses = {t["status"] for t in tool.generator_targets(cam)}
+    known = ("met", "not met", "not measured", "no matched point", "unresolved")
+    assert all(s.startswith(known) for s in statuses), statuses
