@@ -22,6 +22,16 @@ def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _random_head(depth: int = 1) -> ResidualDiffusionHead:
+    """A small head with every parameter non-zero (seed 0), so the output depends on every path
+    (a fresh head's zero-initialised output layer would predict eps = 0 whatever the input)."""
+    torch.manual_seed(0)
+    head = ResidualDiffusionHead(token_dim=3, cond_dim=5, width=32, depth=depth)
+    for p in head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    return head
+
+
 def _gaussian_eps(schedule: NoiseSchedule, mu: torch.Tensor, sigma: torch.Tensor):
     """The optimal eps for x0 ~ N(mu, diag(sigma^2)): E[eps | x_t] =
     sqrt(1 - ab) (x_t - sqrt(ab) mu) / (ab sigma^2 + 1 - ab). mu, sigma: [D]."""
@@ -210,10 +220,7 @@ def test_noise_scale_is_the_start_noise_std_on_the_closed_form(scale):
 
 
 def test_head_temperature_zero_is_deterministic():
-    torch.manual_seed(0)
-    head = ResidualDiffusionHead(token_dim=3, cond_dim=5, width=32, depth=1)
-    for p in head.parameters():
-        torch.nn.init.normal_(p, std=0.1)
+    head = _random_head()
     cond = torch.randn(8, 5, generator=_gen(0))
     cold = [head.sample(cond, temperature=0.0, generator=_gen(g)) for g in (1, 2)]
     torch.testing.assert_close(cold[0], cold[1], rtol=0, atol=0)
@@ -316,10 +323,7 @@ def test_head_overfits_a_two_class_toy():
 
 
 def test_head_sampling_is_deterministic_under_a_generator():
-    torch.manual_seed(0)
-    head = ResidualDiffusionHead(token_dim=3, cond_dim=5, width=32, depth=1)
-    for p in head.parameters():  # non-zero everywhere so the output depends on every path
-        torch.nn.init.normal_(p, std=0.1)
+    head = _random_head()
     cond = torch.randn(16, 5, generator=_gen(0))
     for eta in (0.0, 1.0):
         a = head.sample(cond, steps=4, eta=eta, generator=_gen(3))
@@ -334,10 +338,7 @@ def test_head_sampling_is_deterministic_under_a_generator():
 def test_head_sample_equals_ddim_over_forward():
     """sample() embeds the condition once and the timestep once per step: the same numbers as
     the plain DDIM loop over forward(x_t, t, cond) with per-row embeddings."""
-    torch.manual_seed(0)
-    head = ResidualDiffusionHead(token_dim=3, cond_dim=5, width=32, depth=2)
-    for p in head.parameters():
-        torch.nn.init.normal_(p, std=0.1)
+    head = _random_head(depth=2)
     cond = torch.randn(16, 5, generator=_gen(0))
     for eta in (0.0, 1.0):
         sampler = DDIMSampler(head.schedule, steps=5, eta=eta)
@@ -352,10 +353,7 @@ def test_head_sample_equals_ddim_over_forward():
 
 
 def test_head_guidance_one_is_conditional_and_zero_is_unconditional():
-    torch.manual_seed(0)
-    head = ResidualDiffusionHead(token_dim=3, cond_dim=5, width=32, depth=1)
-    for p in head.parameters():
-        torch.nn.init.normal_(p, std=0.1)
+    head = _random_head()
     cond = torch.randn(8, 5, generator=_gen(0))
     null = torch.randn(1, 5, generator=_gen(1)).expand(8, 5)
     plain = head.sample(cond, generator=_gen(2))
