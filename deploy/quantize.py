@@ -19,11 +19,15 @@ model that is INT8 in name only.
 The node and the test tool run a quantized graph in place of the model's decoder and head
 (`--precision int8|mixed`): `load_decoder_head_graph` checks that the graph was quantized from
 the very weights the model holds (``quantize.json``'s ``model_sha256``) and fits the model's
-fused map, and `BEVFusion.decode_backend` then calls it (`DecoderHeadGraph`).
+fused map, and `BEVFusion.decode_backend` then calls it (`DecoderHeadGraph`). `--precision bf16`
+needs no graph: the model's own decoder and head under bfloat16 autocast (`Bfloat16DecoderHead`),
+refused where the device has no bfloat16 kernels (`bfloat16_unsupported`), never a float model
+labelled bf16.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import tempfile
@@ -40,7 +44,8 @@ from perception.structures import Batch
 QUANTIZED_OPS = ("Conv", "MatMul", "Gemm")  # what static quantization turns into INT8 kernels
 
 GRAPH_FILES = {"int8": "bev_decoder_head_int8.onnx", "mixed": "bev_decoder_head_mixed.onnx"}
-PRECISIONS = ("float32", *GRAPH_FILES)  # the decoder + head: the model itself, or a graph
+# the decoder + head: the model itself, the model under bfloat16 autocast, or a graph
+PRECISIONS = ("float32", "bf16", *GRAPH_FILES)
 REPORT_FILE = "quantize.json"  # tools/quantize.py's report beside the graphs
 
 Feeds = Mapping[str, np.ndarray]
@@ -266,6 +271,50 @@ class DecoderHeadGraph:
         return head_outputs_from_arrays(named, self.num_tasks)
 
 
+def bfloat16_unsupported(device: torch.device) -> str | None:
+    """Why `device` cannot run the bfloat16 decoder + head, or None when it can: on the CPU
+    PyTorch's own rule for oneDNN's bfloat16 kernels (AVX-512 BW/VL/DQ on x86, or an Arm CPU
+    with bf16), on CUDA `torch.cuda.is_bf16_supported`."""
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return None
+        return f"{torch.cuda.get_device_name(device)} has no bfloat16 support"
+    if device.type != "cpu":
+        return f"bfloat16 autocast is run on the CPU or CUDA, not on {device.type}"
+    if not torch.backends.mkldnn.is_available():
+        return "this PyTorch build has no oneDNN (mkldnn), which runs bfloat16 on the CPU"
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "this CPU has no bfloat16 kernels in oneDNN (they need AVX-512 BW/VL/DQ or Arm bf16)"
+    return None
+
+
+class Bfloat16DecoderHead:
+    """`--precision bf16`: the model's own BEV decoder and head (the same modules, not a copy)
+    under bfloat16 autocast, as `BEVFusion.decode`: `fused [B, C, X, Y] -> list[TaskOutput]`,
+    the maps returned in float32 (box decoding and NMS run as for every precision)."""
+
+    precision = "bf16"
+
+    def __init__(self, decoder: torch.nn.Module, head: torch.nn.Module):
+        self.decoder = decoder
+        self.head = head
+
+    def __call__(self, fused: torch.Tensor) -> list:
+        with torch.autocast(fused.device.type, dtype=torch.bfloat16):
+            outputs = self.head(self.decoder(fused))
+        return [
+            dataclasses.replace(
+                output,
+                **{
+                    field.name: value.float()
+                    for field in dataclasses.fields(output)
+                    if isinstance(value := getattr(output, field.name), torch.Tensor)
+                },
+            )
+            for output in outputs
+        ]
+
+
 def load_decoder_head_graph(
     onnx_dir: str | Path,
     precision: str,
@@ -350,14 +399,25 @@ def use_precision(
     checkpoint: str | Path | None,
     onnx_dir: str | Path | None = None,
     threads: int = 1,
-) -> DecoderHeadGraph | None:
-    """Sets `model.decode_backend` to its `precision` decoder-head graph (`--precision` of the
-    node, the test tool and the node benchmark: one rule); float32 leaves the model as it is
-    (None). `onnx_dir` defaults to CHECKPOINT/onnx. A quantized precision without a checkpoint
-    (a randomly initialized model) is refused: a graph belongs to one set of weights."""
+) -> DecoderHeadGraph | Bfloat16DecoderHead | None:
+    """Sets `model.decode_backend` to what runs its decoder and head at `precision`
+    (`--precision` of the node, the test tool and the node benchmark: one rule): float32
+    leaves the model as it is (None); bf16 is the model's decoder and head under bfloat16
+    autocast (refused, naming why, where the model's device has no bfloat16 kernels); int8 and
+    mixed are the quantized decoder-head graphs. `onnx_dir` defaults to CHECKPOINT/onnx. A
+    quantized precision without a checkpoint (a randomly initialized model) is refused: a graph
+    belongs to one set of weights."""
     if precision == "float32":
         model.decode_backend = None
         return None
+    if precision == "bf16":
+        device = next(model.parameters()).device
+        reason = bfloat16_unsupported(device)
+        if reason is not None:
+            raise QuantizationError(f"--precision bf16: {reason}; run --precision float32")
+        backend = Bfloat16DecoderHead(model.decoder, model.head)
+        model.decode_backend = backend
+        return backend
     if checkpoint is None:
         raise QuantizationError(
             f"--precision {precision} needs the checkpoint its graph was made from"

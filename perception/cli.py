@@ -49,19 +49,20 @@ def dataroot_problem(root: str | Path, version: str) -> str | None:
     return None
 
 
-PRECISION_CHOICES = ("float32", "int8", "mixed")  # = perception.deploy.quantize.PRECISIONS
+PRECISION_CHOICES = ("float32", "bf16", "int8", "mixed")  # = perception.deploy.quantize.PRECISIONS
 
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
-    """`--precision` (what runs the decoder and head: the model in float32, or its INT8 /
-    mixed-precision graph from tools/quantize.py) and `--onnx-dir` (where those graphs are;
+    """`--precision` (what runs the decoder and head: the model in float32 or under bfloat16
+    autocast, or its INT8 / mixed-precision graph from tools/quantize.py) and `--onnx-dir` (where those graphs are;
     default: CHECKPOINT/onnx)."""
     parser.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
         default="float32",
-        help="decoder + head: the model (float32) or its quantized ONNX graph on onnxruntime "
-        "(tools/export.py, then tools/quantize.py; mixed: --keep-float N)",
+        help="decoder + head: the model (float32), the model under bfloat16 autocast (bf16: "
+        "where the CPU or GPU has bfloat16 kernels) or its quantized ONNX graph on onnxruntime "
+        "(int8, mixed: tools/export.py, then tools/quantize.py; mixed: --keep-float N)",
     )
     parser.add_argument(
         "--onnx-dir",

@@ -22,7 +22,8 @@ serves them live instead (or too): open Foxglove, "Open connection", `ws://127.0
 `--precision int8` (or `mixed`) runs the decoder and head as the checkpoint's quantized ONNX
 graph on onnxruntime (`tools/export.py --checkpoint W --out W/onnx`, then `tools/quantize.py
 W/onnx --checkpoint W`); the graph must come from the same weights (`quantize.json`), else the
-node refuses to start. The diagnostics name the precision.
+node refuses to start. `--precision bf16` runs them under bfloat16 autocast (refused where the
+CPU has no bfloat16 kernels). The diagnostics name the precision.
 """
 
 from __future__ import annotations

@@ -21,7 +21,8 @@ stderr), and exits 0; usage errors exit 2, a checkpoint or data that fails mid-r
 
 --precision int8 (or mixed) scores the model with its decoder and head run as the
 checkpoint's quantized ONNX graph (tools/export.py, then tools/quantize.py; --onnx-dir, default
-CHECKPOINT/onnx): the accuracy of the INT8 node. The report names the precision.
+CHECKPOINT/onnx): the accuracy of the INT8 node; --precision bf16 runs them under bfloat16
+autocast (refused where the CPU has no bfloat16 kernels). The report names the precision.
 """
 
 from __future__ import annotations
