@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from perception.cli import add_precision_options, usage_error
+from perception.cli import PRECISION_CHOICES, add_precision_options, usage_error
 
 if TYPE_CHECKING:  # the benchmark modules import torch: only after the arguments are parsed
     from perception.benchmarks.common import BenchRow
@@ -287,9 +287,23 @@ def run_model(args: argparse.Namespace) -> list[BenchRow]:
 
     for config in args.config:  # every config checked before the first is timed
         load_config(config)  # ConfigError
+    graphs = sorted(set(args.precision) - {"float32", "bf16"})
+    if graphs and args.checkpoint is None:
+        from perception.deploy.quantize import QuantizationError
+
+        raise QuantizationError(
+            f"--precision {' '.join(graphs)} needs --checkpoint (the graph's weights)"
+        )
     rows: list[BenchRow] = []
     for config in args.config:
-        rows += model.run(config, root=args.root, repeat=args.repeat, device=args.device)
+        rows += model.run(
+            config,
+            root=args.root,
+            repeat=args.repeat,
+            device=args.device,
+            checkpoint=args.checkpoint,
+            precisions=tuple(args.precision),
+        )
     return rows
 
 
@@ -484,6 +498,16 @@ def main(argv: list[str] | None = None) -> int:
     model.add_argument("--root", help="dataroot for a real sample (default: the config's)")
     model.add_argument("--repeat", type=int, default=3)
     model.add_argument("--device", default="cpu", help="cpu or cuda (times synchronize)")
+    model.add_argument(
+        "--checkpoint", help="the model's weights (default: random); int8 / mixed need it"
+    )
+    model.add_argument(
+        "--precision",
+        nargs="+",
+        default=["float32"],
+        choices=PRECISION_CHOICES,
+        help="also time the decoder + head and the whole model at these (against float32)",
+    )
     node = sub.add_parser("node", help="the real-time node under bag replay (1x, 2x, 5x)")
     node.add_argument("--bag", required=True, help="rosbag2 (tools/nusc_to_bag.py)")
     node.add_argument("--config", required=True)
@@ -562,14 +586,16 @@ def main(argv: list[str] | None = None) -> int:
         return run_paste(args)
     if args.command in ("generator", "gan"):
         return run_generators(args)
+    from perception.checkpoint import CheckpointError
     from perception.config import ConfigError
+    from perception.deploy.quantize import QuantizationError
 
     device = getattr(args, "device", "cpu")
     print(f"machine: {machine_description(device)}", flush=True)
     runners = {"ops": run_ops, "jpeg": run_jpeg, "synth": run_synth, "model": run_model}
     try:
         rows = runners[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, CheckpointError, QuantizationError) as exc:
         return usage_error(exc)
     print(markdown_table(rows))
     if args.out:

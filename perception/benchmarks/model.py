@@ -1,5 +1,7 @@
 """Per-stage latency, parameters and MACs of a detector built from a config, and the per-frame
-cost of streaming TSM against clip mode.
+cost of streaming TSM against clip mode; with `precisions`, the decoder + head and the whole
+model at each `--precision` (bf16, int8, mixed: `perception.deploy.quantize.use_precision`)
+against the float32 model of the same run.
 
 Inputs: a real sample of the config's dataset when its index exists (LiDAR structure matters
 for the sparse branch), else a fixed random batch of the config's shapes (`random_batch`).
@@ -34,6 +36,37 @@ def _inputs(config: ExperimentConfig, root: str | None) -> tuple[Batch, str]:
     return random_batch(config, batch_size=1, points_per_sample=30000), "random batch, 30k points"
 
 
+def _precision_rows(
+    model, config, fused, batch, timings, precisions, checkpoint, group, shape, time_ms, repeat
+) -> list[BenchRow]:
+    """The decoder + head and the whole model at each of `precisions` but float32, each against
+    the float32 row of this run (`ratio` above 1: faster); the model is left in float32."""
+    from ..deploy.quantize import use_precision
+
+    rows = []
+    try:
+        for precision in precisions:
+            if precision == "float32":
+                continue
+            use_precision(model, config, precision, checkpoint=checkpoint, threads=1)
+            with torch.no_grad():
+                for stage, call in (
+                    ("decoder + head", lambda: model.decode(fused)),
+                    ("whole model", lambda: model(batch)),
+                ):
+                    ms = time_ms(call, repeat=repeat)
+                    rows.append(
+                        BenchRow(
+                            group=group, name=f"{stage} ({precision})", shape=shape, ms=ms,
+                            baseline=stage, ratio=timings[stage] / ms,
+                            note=f"decoder + head: {model.precision}",
+                        )
+                    )  # fmt: skip
+    finally:
+        use_precision(model, config, "float32", checkpoint=None)
+    return rows
+
+
 def _macs(module: torch.nn.Module, *args) -> float:
     """Multiply-accumulates (FLOPs / 2) counted by torch's flop counter (dense aten ops only)."""
     with FlopCounterMode(display=False) as counter, torch.no_grad():
@@ -46,11 +79,25 @@ def _params(module: torch.nn.Module | None) -> int:
 
 
 def run(
-    config_path: str, *, root: str | None = None, repeat: int = 3, device: str = "cpu"
+    config_path: str,
+    *,
+    root: str | None = None,
+    repeat: int = 3,
+    device: str = "cpu",
+    checkpoint: str | None = None,
+    precisions: tuple[str, ...] = (),
 ) -> list[BenchRow]:
+    """The rows of one config's model: random weights (seeded), or `checkpoint`'s (which the
+    quantized precisions need: their graphs belong to its weights)."""
     config = load_config(config_path)
     torch.manual_seed(0)
-    model = build_model(config).eval().to(device)
+    if checkpoint is None:
+        model = build_model(config).eval().to(device)
+    else:
+        from ..models.loading import load_model
+
+        model, _ = load_model(checkpoint, config)
+        model = model.eval().to(device)
     batch, source = _inputs(config, root)
     batch = batch.to(device)
     name = Path(config_path).stem
@@ -92,6 +139,7 @@ def run(
         timings["BEV decoder"] = time_ms(lambda: model.decoder(fused), repeat=repeat)
         decoded = model.decoder(fused)
         timings["head"] = time_ms(lambda: model.head(decoded), repeat=repeat)
+        timings["decoder + head"] = time_ms(lambda: model.decode(fused), repeat=repeat)
         outputs = model.decode(fused)
         timings["decode + NMS"] = time_ms(lambda: model.detect(outputs, batch), repeat=repeat)
         timings["whole model"] = time_ms(lambda: model(batch), repeat=repeat)
@@ -106,6 +154,9 @@ def run(
         )
         for stage, ms in timings.items()
     ]
+    rows += _precision_rows(
+        model, config, fused, batch, timings, precisions, checkpoint, group, shape, time_ms, repeat
+    )
     # parameters and MACs
     parts = {
         "camera": model.camera,

@@ -35,6 +35,29 @@ def test_model_benchmark_writes_rows(tmp_path):
     assert file_hash(save_config(config, tmp_path / "config.yaml")) == report["config_hash"]
 
 
+def test_model_benchmark_times_each_precision_against_float32(tmp_path, capsys):
+    from perception.deploy.quantize import bfloat16_unsupported
+
+    if (reason := bfloat16_unsupported(__import__("torch").device("cpu"))) is not None:
+        pytest.skip(f"no bfloat16 on this CPU: {reason}")
+    out = tmp_path / "model.json"
+    code = benchmark(["model", "--config", "configs/bevfusion_tiny_lidar.yaml", "--root",
+                      str(tmp_path / "no-data"), "--repeat", "1", "--precision", "float32",
+                      "bf16", "--out", str(out)])  # fmt: skip
+    assert code == 0
+    rows = {row["name"]: row for row in json.loads(out.read_text())["rows"]}
+    for stage in ("decoder + head", "whole model"):
+        row = rows[f"{stage} (bf16)"]
+        assert row["baseline"] == stage and row["ratio"] == pytest.approx(
+            rows[stage]["ms"] / row["ms"]
+        )
+        assert row["note"] == "decoder + head: bf16"
+    assert "decoder + head (float32)" not in rows  # float32 is the baseline row itself
+    argv = ["model", "--config", "configs/bevfusion_tiny_lidar.yaml", "--precision", "int8"]
+    assert benchmark(argv) == 2
+    assert "--precision int8 needs --checkpoint" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_ops_benchmark_quick(tmp_path):
     out = tmp_path / "ops.json"
