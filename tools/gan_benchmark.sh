@@ -21,6 +21,7 @@
 # Environment:
 #   SEEDS="0 1"  N100_SEEDS="0 1 2"  N_VALUES="100 500 2000 all"  MODES="none both reals_only"
 #   STEPS (train.steps, default the config's 5000), KID_EVERY (default the config's 500),
+#   BATCH_SIZE (train.batch_size, default the config's 64),
 #   CLASSIFIER_STEPS (the shared classifier's, default the config's 500)
 #   TRAIN_BANK (default DATA/synth-train-rare-bank-train), HELDOUT_BANK (default
 #   DATA/synth-heldout-bank-val): build them with tools/generator_benchmark.sh or
@@ -78,6 +79,7 @@ base_cmd=($PY tools/train_generator.py configs/generative/gan_camera.yaml --no-p
 [ "$TINY" = 1 ] && base_cmd+=("${GAN_TINY[@]}")
 [ -n "${STEPS:-}" ] && base_cmd+=(--set train.steps="$STEPS")
 [ -n "${KID_EVERY:-}" ] && base_cmd+=(--set train.kid_every="$KID_EVERY")
+[ -n "${BATCH_SIZE:-}" ] && base_cmd+=(--set train.batch_size="$BATCH_SIZE")
 [ -n "${CLASSIFIER_STEPS:-}" ] && base_cmd+=(--set train.classifier_steps="$CLASSIFIER_STEPS")
 [ -n "${DEVICE:-}" ] && base_cmd+=(--set train.device="$DEVICE")
 n_eval=()

@@ -48,7 +48,9 @@ def _precision_rows(
         for precision in precisions:
             if precision == "float32":
                 continue
-            use_precision(model, config, precision, checkpoint=checkpoint, threads=1)
+            use_precision(
+                model, config, precision, checkpoint=checkpoint, threads=torch.get_num_threads()
+            )
             with torch.no_grad():
                 for stage, call in (
                     ("decoder + head", lambda: model.decode(fused)),
