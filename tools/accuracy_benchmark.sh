@@ -33,6 +33,11 @@
 # trains from scratch, and the pretraining's minutes are not part of the budget (as an
 # ImageNet- or nuImages-pretrained backbone's are not). FREEZE_ENCODER=1 (with PRETRAINED) also
 # keeps that encoder frozen (train.freeze_prefixes): no backward through it, a cheaper step.
+# TEACHER_INIT=1 (with TEACHER) starts a distilled student's fuser, BEV decoder and head from
+# the teacher's weights (train.init_from=TEACHER, init_prefixes [fuser., decoder., head.]; as
+# CMKD's student starts its BEV backbone and head from its LiDAR teacher): the camera branch
+# then learns to produce the BEV map the teacher's head already reads. Not with PRETRAINED
+# (one train.init_from per run).
 # Then `python tools/benchmark.py accuracy --runs OUT` collects every finished variant into
 # benchmarks/results/accuracy_cpu.json (+ .md) and checks the targets on those numbers.
 set -euo pipefail
@@ -52,6 +57,11 @@ LIDAR_FIRST=()
 EXTRA_SET=()
 for kv in ${SET:-}; do EXTRA_SET+=(--set "$kv"); done
 INIT_SET=()
+if [ "${TEACHER_INIT:-0}" = 1 ]; then
+    [ -n "${TEACHER:-}" ] || { echo "TEACHER_INIT=1 needs TEACHER=DIR (a LiDAR-only run)" >&2; exit 2; }
+    [ -z "${PRETRAINED:-}" ] || {
+        echo "TEACHER_INIT=1 and PRETRAINED both set train.init_from: use one" >&2; exit 2; }
+fi
 [ -n "${PRETRAINED:-}" ] && INIT_SET=(--set train.init_from="$PRETRAINED"
                                       --set "train.init_prefixes=[camera.encoder.]")
 if [ -n "${FREEZE_ENCODER:-}" ]; then
@@ -114,7 +124,11 @@ for variant in "${VARIANTS[@]}"; do
     [ "$variant" != lidar ] && init=("${INIT_SET[@]}")
     work="$OUT/$variant"
     teach=()
-    [[ "$variant" == *_distill ]] && teach=(--set train.teacher="$TEACHER")
+    if [[ "$variant" == *_distill ]]; then
+        teach=(--set train.teacher="$TEACHER")
+        [ "${TEACHER_INIT:-0}" = 1 ] && teach+=(--set train.init_from="$TEACHER"
+                                                --set "train.init_prefixes=[fuser.,decoder.,head.]")
+    fi
     train=($PY tools/train.py "$config" --work-dir "$work" --no-progress "${TRAIN_WORLD[@]}"
            "${extra[@]}" "${EXTRA_SET[@]}" --set train.max_steps="$steps" --set train.batch_size="$BATCH"
            "${SEED_SET[@]}" "${BUDGET_SET[@]}" "${init[@]}" "${teach[@]}")

@@ -30,6 +30,7 @@ VARIANTS: dict[str, str] = {
 TP_ERRORS = ("trans_err", "scale_err", "orient_err", "vel_err", "attr_err")
 # the world tools/accuracy_benchmark.sh trains on by default (30 scenes, seed 1)
 DEFAULT_TRAIN_WORLD = "synth-train"
+CAMERA_ENCODER = "camera.encoder."  # PRETRAINED's init prefix (the only one before TEACHER_INIT)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -97,8 +98,11 @@ def read_run(work: Path) -> dict[str, Any]:
         "lidar_depth_prior": float(camera.get("lidar_depth_prior") or 0.0),
         # LiDAR points painted with the pixel colours (fused only; absent: before the option)
         "paint_points": bool(model.get("paint_points", False)),
-        # the run whose weights started the camera encoder (None: from scratch)
+        # the run whose weights started part of the model (None: from scratch): the camera
+        # encoder (PRETRAINED) or a distilled student's fuser, decoder and head (TEACHER_INIT)
         "camera_init_from": (config.get("train") or {}).get("init_from"),
+        # the weights it started (train.init_prefixes; [] = all; absent: camera.encoder.)
+        "init_prefixes": list((config.get("train") or {}).get("init_prefixes") or []),
         # weights not trained (train.freeze_prefixes; [] when absent)
         "frozen": list((config.get("train") or {}).get("freeze_prefixes") or []),
         # the world it trained on (None: runs from before the trainer saved its config)
@@ -136,7 +140,13 @@ def _label(run: dict[str, Any]) -> str:
     if run.get("perspective_loss_weight"):
         label += f", perspective supervision (weight {run['perspective_loss_weight']:g})"
     if run.get("camera_init_from"):
-        label += f", camera encoder pretrained (`{Path(run['camera_init_from']).name}`)"
+        name = Path(run["camera_init_from"]).name
+        prefixes = run.get("init_prefixes") or [CAMERA_ENCODER]
+        if prefixes == [CAMERA_ENCODER]:
+            label += f", camera encoder pretrained (`{name}`)"
+        else:
+            parts = ", ".join(p.rstrip(".") for p in prefixes)
+            label += f", {parts} started from `{name}`"
     if run.get("frozen"):
         label += ", frozen: " + ", ".join(f"`{prefix}`" for prefix in run["frozen"])
     world = run.get("train_world")
@@ -230,6 +240,7 @@ _OVERRIDES = {
     "lidar_depth_prior": ("model.camera.lidar_depth_prior", float),
     "paint_points": ("model.paint_points", lambda v: v.lower() == "true"),
     "camera_init_from": ("train.init_from", str),
+    "init_prefixes": ("train.init_prefixes", lambda v: [p for p in v.strip("[]").split(",") if p]),
     "train_world": ("data.root", str),
 }
 

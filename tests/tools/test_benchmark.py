@@ -150,6 +150,16 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
         ", flat-ground depth prior, perspective supervision (weight 1), camera encoder "
         "pretrained (`camera_pretrain`), frozen: `camera.encoder.` |" in table
     )
+    # a student started from its teacher's fuser, decoder and head (TEACHER_INIT) says so
+    (runs / "camera_t1" / "config.yaml").write_text(
+        "train:\n  init_from: outputs/distill/lidar\n"
+        "  init_prefixes: [fuser., decoder., head.]\n"
+    )
+    assert benchmark(["accuracy", "--runs", str(runs), "--out", str(out)]) == 0
+    table = out.with_suffix(".md").read_text()
+    assert ", fuser, decoder, head started from `lidar` |" in table
+    assert "camera encoder pretrained" not in table
+    assert json.loads(out.read_text())["runs"][3]["init_prefixes"] == ["fuser.", "decoder.", "head."]
     # a run on another training world (TRAIN_SCENES) names it; the default world does not
     (runs / "fused" / "config.yaml").write_text("data:\n  root: data/synth-train-s100\n")
     (runs / "lidar" / "config.yaml").write_text("data:\n  root: data/synth-train\n")
