@@ -159,7 +159,11 @@ def test_accuracy_collects_runs_and_judges_targets(tmp_path):
     table = out.with_suffix(".md").read_text()
     assert ", fuser, decoder, head started from `lidar` |" in table
     assert "camera encoder pretrained" not in table
-    assert json.loads(out.read_text())["runs"][3]["init_prefixes"] == ["fuser.", "decoder.", "head."]
+    assert json.loads(out.read_text())["runs"][3]["init_prefixes"] == [
+        "fuser.",
+        "decoder.",
+        "head.",
+    ]
     # a run on another training world (TRAIN_SCENES) names it; the default world does not
     (runs / "fused" / "config.yaml").write_text("data:\n  root: data/synth-train-s100\n")
     (runs / "lidar" / "config.yaml").write_text("data:\n  root: data/synth-train\n")
