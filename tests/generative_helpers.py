@@ -20,3 +20,13 @@ TINY_HART = (
 
 # With TINY_HART: the LiDAR generator, on a 16 x 16 x 4 box-frame occupancy grid.
 TINY_HART_LIDAR = ("--set", "data.modality=lidar", "--set", "data.lidar_grid=[16,16,4]")
+
+# For configs/generative/gan_camera.yaml: a GAN of 16 x 16 crops, 8-wide networks, two steps
+# of batch 4, a checkpoint and a KID at step 2 (its own classifier, two steps).
+TINY_GAN = (
+    "--set", "data.image_size=16", "--set", "model.z_dim=8", "--set", "model.g_width=8",
+    "--set", "model.d_width=8", "--set", "model.cond_dim=16", "--set", "train.steps=2",
+    "--set", "train.batch_size=4", "--set", "train.log_every=1",
+    "--set", "train.checkpoint_every=2", "--set", "train.kid_every=2",
+    "--set", "train.classifier_steps=2",
+)  # fmt: skip

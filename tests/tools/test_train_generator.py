@@ -9,7 +9,7 @@ import shutil
 
 import pytest
 
-from tests.generative_helpers import TINY_HART, TINY_HART_LIDAR
+from tests.generative_helpers import TINY_GAN, TINY_HART, TINY_HART_LIDAR
 from tools.sample_generator import main as sample_generator
 from tools.train_generator import main as train_generator
 
@@ -91,13 +91,7 @@ def test_sampling_refuses_a_class_it_never_saw(bank, tmp_path, capsys):
 
 def test_the_gan_trains_and_samples_through_the_same_tools(bank, tmp_path):
     work = tmp_path / "gan"
-    tiny = [
-        "--set", f"data.bank={bank}", "--set", "data.image_size=16", "--set", "model.z_dim=8",
-        "--set", "model.g_width=8", "--set", "model.d_width=8", "--set", "model.cond_dim=16",
-        "--set", "train.steps=2", "--set", "train.batch_size=4", "--set", "train.log_every=1",
-        "--set", "train.checkpoint_every=2", "--set", "train.kid_every=2",
-        "--set", "train.classifier_steps=2",
-    ]  # fmt: skip
+    tiny = ["--set", f"data.bank={bank}", *TINY_GAN]
     config = "configs/generative/gan_camera.yaml"
     assert train_generator([config, "--work-dir", str(work), "--no-progress", *tiny]) == 0
     out = tmp_path / "gan.png"

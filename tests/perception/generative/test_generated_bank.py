@@ -27,7 +27,7 @@ from perception.generative.generated_bank import (
     signal_to_crop,
     write_generated_bank,
 )
-from tests.generative_helpers import TINY_HART, TINY_HART_LIDAR
+from tests.generative_helpers import TINY_GAN, TINY_HART, TINY_HART_LIDAR
 from tools.train_generator import main as train_generator
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -137,6 +137,32 @@ def test_generated_objects_keep_the_real_geometry_and_replace_the_signals(genera
             changed_crops += not _same(gv.crop, rv.crop)
     assert changed_points == len(bank)
     assert changed_crops == sum(len(o.views) for o in bank)
+
+
+def test_the_gan_is_a_camera_generator_of_the_bank_like_any_other(bank, tmp_path):
+    """Issue #26's paste source: a GAN work dir generates the cameras of a bank (the LiDAR
+    stays real), crops of each view's crop box, its provenance saying `gan`."""
+    work = tmp_path / "gan"
+    config = "configs/generative/gan_camera.yaml"
+    args = [config, "--work-dir", str(work), "--no-progress", "--set", f"data.bank={bank}"]
+    assert train_generator([*args, *TINY_GAN]) == 0
+    real = ObjectBank.open(bank)
+    objects = generate_objects(
+        real, camera_generator=work, classes=["car"], per_object=1, seed=0, progress=False
+    )
+    assert objects.settings["signals"] == {"lidar": "real", "camera": "generated"}
+    assert objects.settings["generators"]["camera"]["kind"] == "gan"
+    cars = real.filter(classes=["car"])
+    assert objects.skipped == {} and len(objects) == len(cars) > 0
+    views = changed = 0
+    for g, r in zip(objects, cars, strict=True):
+        assert _same(g.points, r.points) and _same(g.box_lidar, r.box_lidar)
+        for gv, rv in zip(g.views, r.views, strict=True):
+            u0, v0, u1, v1 = gv.crop_box
+            assert gv.crop_box == rv.crop_box and gv.crop.shape == (v1 - v0, u1 - u0, 3)
+            views += 1
+            changed += not _same(gv.crop, rv.crop)
+    assert views > 0 and changed == views
 
 
 @pytest.mark.slow
