@@ -10,7 +10,10 @@ features (coordinates are not differentiated).
 
 Paths (``impl=``, the vocabulary of :mod:`perception.ops._impl`) differ in the weighted
 scatter-add that both transforms need (the mean's sums; the interpolation's gradient):
-``"numba"`` (CPU, float32/float64: one parallel pass, :func:`.sparse._numba.weighted_scatter_add`),
+``"numba"`` (CPU, float32/float64: one parallel pass, :func:`.sparse._numba.weighted_scatter_add`;
+the points' rows and weights too come from one parallel pass over a "columns" coordinate index,
+:func:`.sparse._numba.trilinear_columns` and ``point_rows_columns``, instead of torch arithmetic
+and a lookup),
 ``"triton"`` (CUDA: a CSR product after a stable sort of the targets,
 :func:`._triton.scatter_add_rows`), ``"torch"`` (one ``index_add_`` per column, any device),
 ``"reference"`` (the brute-force loops at the end of this module) and ``"auto"``: numba where it
@@ -109,6 +112,18 @@ def _check_points(point_feats: torch.Tensor, point_coords: torch.Tensor) -> None
         raise ValueError("point_coords must be non-negative")
 
 
+def _fused(path: str, index, point_coords: torch.Tensor) -> bool:
+    """Whether the numba path finds the points' rows in one fused pass over a "columns" index
+    (:meth:`.sparse.kernel_map.CoordIndex.trilinear`, ``.point_rows``) instead of the torch
+    arithmetic and a lookup."""
+    return (
+        path == "numba"
+        and index.layout == "columns"
+        and point_coords.dtype in (torch.float32, torch.float64)
+        and point_coords.device.type == "cpu"
+    )
+
+
 def _voxel_of(point_coords: torch.Tensor, stride: Triple) -> torch.Tensor:
     """``[N, 4]`` float -> ``[N, 4]`` int64 voxel coordinates at ``stride``."""
     s = torch.tensor(stride, dtype=point_coords.dtype, device=point_coords.device)
@@ -164,10 +179,13 @@ def point_to_voxel(
     path = record(trace, "point_to_voxel", _choose_impl("point_to_voxel", point_feats, impl))
     if isinstance(target, SparseTensor):
         stride = target.stride
-        voxels = _voxel_of(point_coords, stride)
-        zero = torch.zeros(1, dtype=torch.int64, device=voxels.device)
         index = target.cache.index(target.coord_id)
-        rows = index.lookup(voxels, zero, zero, zero).squeeze(1)  # [N], M where missing
+        if _fused(path, index, point_coords):  # one pass
+            rows = index.point_rows(point_coords)  # [N], M where missing
+        else:
+            voxels = _voxel_of(point_coords, stride)
+            zero = torch.zeros(1, dtype=torch.int64, device=voxels.device)
+            rows = index.lookup(voxels, zero, zero, zero).squeeze(1)  # [N], M where missing
         num_voxels = len(target)
     else:
         stride = as_triple(target, "stride")
@@ -277,12 +295,16 @@ def voxel_to_point(
     c = x.feats.shape[1]
     if n == 0:
         return x.feats.new_zeros(0, c)
-    corner, weights = _corner_weights(point_coords, x.stride)
-    offs = [torch.tensor([0, s], dtype=torch.int64, device=corner.device) for s in x.stride]
-    rows = x.cache.index(x.coord_id).lookup(corner, *offs)  # [N, 8], M where missing
-    weights = torch.where(rows < len(x), weights.to(x.feats.dtype), 0.0)
-    total = weights.sum(1, keepdim=True)
-    weights = weights / torch.where(total > 0, total, 1.0)
+    index = x.cache.index(x.coord_id)
+    if _fused(path, index, point_coords):  # corners, lookup, weights: one pass
+        rows, weights = index.trilinear(point_coords, x.feats.dtype)
+    else:
+        corner, weights = _corner_weights(point_coords, x.stride)
+        offs = [torch.tensor([0, s], dtype=torch.int64, device=corner.device) for s in x.stride]
+        rows = index.lookup(corner, *offs)  # [N, 8], M where missing
+        weights = torch.where(rows < len(x), weights.to(x.feats.dtype), 0.0)
+        total = weights.sum(1, keepdim=True)
+        weights = weights / torch.where(total > 0, total, 1.0)
     src = torch.cat([x.feats, x.feats.new_zeros(1, c)])
     return _WeightedGather.apply(src, rows, weights, path)
 

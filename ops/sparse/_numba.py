@@ -199,6 +199,149 @@ def lookup_columns(
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _column_row(
+    b, x, y, z, stride, lo, ext, batches, occupied, word_prefix, col_mask, col_start, row_table
+):
+    """Row of the site ``(b, x, y, z)`` (stride-1 units) in a column index, or -1."""
+    if b < 0 or b >= batches:
+        return -1
+    gx = _grid(x, stride[0], lo[0], ext[0])
+    gy = _grid(y, stride[1], lo[1], ext[1])
+    gz = _grid(z, stride[2], lo[2], ext[2])
+    if gx < 0 or gy < 0 or gz < 0:
+        return -1
+    col = _column_id(occupied, word_prefix, (b * ext[0] + gx) * ext[1] + gy)
+    if col < 0:
+        return -1
+    present, rank = _rank_in_column(col_mask, col, gz)
+    if not present:
+        return -1
+    return np.int64(row_table[np.int64(col_start[col]) + rank])
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def trilinear_columns(
+    points,
+    consts,
+    stride,
+    lo,
+    ext,
+    batches,
+    occupied,
+    word_prefix,
+    col_mask,
+    col_start,
+    row_table,
+    missing,
+    rows,
+    weights,
+):
+    """Trilinear corners of every point in a column index (:func:`build_columns`), in one pass:
+    the fused form of ``point_voxel._corner_weights``, the index lookup and the renormalization.
+
+    Point ``j`` at ``p`` (stride-1 units) lies between the centres of the 8 voxels with lower
+    corner ``(floor(p / s - 1/2) + d) * s``, ``d`` in ``{0, 1}^3`` (x slowest); the weight of a
+    corner is the product of ``1 - f`` or ``f`` per axis (``f`` the fraction past the lower
+    centre), computed in the points' dtype as the torch path does; corners not in the set get
+    row ``missing`` and weight 0, the rest are divided by their sum (all missing: all 0).
+
+    Args:
+        points: ``[N, 4]`` float ``(batch, x, y, z)``; consts: ``[2]`` of the points' dtype,
+            ``(0.5, 1.0)`` (so that the arithmetic stays in that dtype).
+        stride, lo, ext: ``[3]`` int64 of the indexed set; batches: its batch count.
+        occupied .. row_table: the index's tables; missing: the row of absent corners.
+        rows: ``[N, 8]`` int64, weights ``[N, 8]`` float, written.
+    """
+    half = consts[0]
+    one = consts[1]
+    sx, sy, sz = stride[0], stride[1], stride[2]
+    fx, fy, fz = points.dtype.type(sx), points.dtype.type(sy), points.dtype.type(sz)
+    for j in prange(points.shape[0]):
+        b = np.int64(points[j, 0])
+        ux = points[j, 1] / fx - half
+        uy = points[j, 2] / fy - half
+        uz = points[j, 3] / fz - half
+        bx, by, bz = np.floor(ux), np.floor(uy), np.floor(uz)
+        tx, ty, tz = ux - bx, uy - by, uz - bz
+        cx, cy, cz = np.int64(bx) * sx, np.int64(by) * sy, np.int64(bz) * sz
+        total = weights.dtype.type(0.0)
+        for k in range(8):
+            rows[j, k] = missing
+            weights[j, k] = 0.0
+        if b < 0 or b >= batches:
+            continue
+        gz0 = _grid(cz, sz, lo[2], ext[2])
+        gz1 = _grid(cz + sz, sz, lo[2], ext[2])
+        for dx in range(2):
+            gx = _grid(cx + dx * sx, sx, lo[0], ext[0])
+            if gx < 0:
+                continue
+            wx = tx if dx else one - tx
+            for dy in range(2):
+                gy = _grid(cy + dy * sy, sy, lo[1], ext[1])
+                if gy < 0:
+                    continue
+                col = _column_id(occupied, word_prefix, (b * ext[0] + gx) * ext[1] + gy)
+                if col < 0:
+                    continue
+                start = np.int64(col_start[col])
+                wxy = wx * (ty if dy else one - ty)
+                for dz in range(2):
+                    gz = gz1 if dz else gz0
+                    if gz < 0:
+                        continue
+                    present, rank = _rank_in_column(col_mask, col, gz)
+                    if not present:
+                        continue
+                    k = (dx * 2 + dy) * 2 + dz
+                    w = weights.dtype.type(wxy * (tz if dz else one - tz))
+                    rows[j, k] = row_table[start + rank]
+                    weights[j, k] = w
+                    total += w
+        if total > 0:
+            for k in range(8):
+                weights[j, k] = weights[j, k] / total
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def point_rows_columns(
+    points,
+    stride,
+    lo,
+    ext,
+    batches,
+    occupied,
+    word_prefix,
+    col_mask,
+    col_start,
+    row_table,
+    missing,
+    rows,
+):
+    """Row of the voxel each point falls in (``floor(p / s) * s`` per axis, in the points'
+    dtype), ``missing`` where that voxel is not in the set; ``rows [N]`` int64, written."""
+    sx, sy, sz = stride[0], stride[1], stride[2]
+    fx, fy, fz = points.dtype.type(sx), points.dtype.type(sy), points.dtype.type(sz)
+    for j in prange(points.shape[0]):
+        r = _column_row(
+            np.int64(points[j, 0]),
+            np.int64(np.floor(points[j, 1] / fx)) * sx,
+            np.int64(np.floor(points[j, 2] / fy)) * sy,
+            np.int64(np.floor(points[j, 3] / fz)) * sz,
+            stride,
+            lo,
+            ext,
+            batches,
+            occupied,
+            word_prefix,
+            col_mask,
+            col_start,
+            row_table,
+        )
+        rows[j] = missing if r < 0 else r
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _output_cell(g, k, ksize, dilation, stride):
     """Output grid index reading input grid index ``g`` at kernel position ``k`` (one axis),
     or -1 when there is none (``g - offset`` negative or not a multiple of the stride)."""

@@ -332,6 +332,53 @@ class CoordIndex:
             out[start:end] = self._lookup_chunk(base[start:end], x_offs, y_offs, z_offs).t()
         return out
 
+    def trilinear(
+        self, points: torch.Tensor, dtype: torch.dtype
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rows ``[N, 8]`` int64 and renormalized weights ``[N, 8]`` (``dtype``) of the
+        trilinear corners of ``points [N, 4]`` float (stride-1 units) in one numba pass
+        (:func:`._numba.trilinear_columns`; the convention of :mod:`..point_voxel`). "columns"
+        layout only."""
+        kernels = self._columns_kernels("trilinear")
+        n = points.shape[0]
+        rows = torch.empty((n, 8), dtype=torch.int64)
+        weights = torch.empty((n, 8), dtype=dtype)
+        if n:
+            pts = points.detach().contiguous().numpy()
+            consts = np.array([0.5, 1.0], dtype=pts.dtype)
+            kernels.trilinear_columns(
+                pts, consts, *self._columns_args(), self.num_rows, rows.numpy(), weights.numpy()
+            )
+        return rows, weights
+
+    def point_rows(self, points: torch.Tensor) -> torch.Tensor:
+        """``[N]`` int64 row of the voxel ``floor(p / stride) * stride`` each point of ``points
+        [N, 4]`` float (stride-1 units) falls in, ``num_rows`` where absent, in one numba pass
+        (:func:`._numba.point_rows_columns`). "columns" layout only."""
+        kernels = self._columns_kernels("point_rows")
+        rows = torch.empty(points.shape[0], dtype=torch.int64)
+        if points.shape[0]:
+            kernels.point_rows_columns(
+                points.detach().contiguous().numpy(), *self._columns_args(), self.num_rows,
+                rows.numpy(),
+            )  # fmt: skip
+        return rows
+
+    def _columns_kernels(self, name: str) -> ModuleType:
+        if self.layout != "columns":
+            raise ValueError(f"CoordIndex.{name} needs the 'columns' layout, not {self.layout!r}")
+        return numba_kernels(self.device)
+
+    def _columns_args(self) -> tuple:
+        """The geometry and tables of a "columns" index, as its kernels take them."""
+        if self.num_rows == 0:  # no tables: every site is absent
+            empty = np.zeros(1, dtype=np.uint64)
+            tables = (empty, np.zeros(1, np.int32), np.zeros((1, 1), np.uint64),
+                      np.zeros(2, np.int32), np.zeros(1, np.int32))  # fmt: skip
+            return (*(np.asarray(v, dtype=np.int64) for v in (self.stride, self.lo, self.ext)),
+                    0, *tables)  # fmt: skip
+        return (*self._geometry, self.batches, *self._tables)
+
     chunk_rows = 8192
     chunk_rows_gpu = 1 << 18
 

@@ -201,3 +201,82 @@ def test_empty_and_bad_inputs():
         point_to_voxel(torch.zeros(3, 3), torch.zeros(2, 4), 1)
     with pytest.raises(ValueError, match="non-negative"):
         point_to_voxel(torch.zeros(1, 3), torch.tensor([[0.0, -1.0, 0.0, 0.0]]), 1)
+
+
+def _lidar_like(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float32 points in stride-1 voxel units over a 64 x 64 x 20 grid, two samples, a quarter
+    of them on exact voxel and centre boundaries (where floor and the weights are decided)."""
+    g = torch.Generator().manual_seed(seed)
+    xyz = torch.rand(n, 3, generator=g) * torch.tensor([64.0, 64.0, 20.0])
+    edge = torch.rand(n, generator=g) < 0.25
+    xyz[edge] = torch.round(xyz[edge] * 2) / 2  # integers and half integers
+    b = torch.randint(0, 2, (n, 1), generator=g).float()
+    return torch.cat([b, xyz], 1), torch.randn(n, 5, generator=g)
+
+
+@pytest.mark.skipif(
+    point_voxel_module.numba_kernels(torch.device("cpu")) is None, reason="needs numba"
+)
+@pytest.mark.parametrize("stride", [(1, 1, 1), (2, 2, 2), (4, 4, 8), (8, 8, 8)])
+def test_fused_numba_rows_equal_the_torch_arithmetic(stride, monkeypatch):
+    """The numba path's one-pass rows and weights (`CoordIndex.trilinear`, `.point_rows`) give
+    the torch path's results on float32 LiDAR-like points, boundaries included: the same rows,
+    weights within float32 rounding, and the fused kernels are what ran."""
+    points, feats = _lidar_like(4000, seed=sum(stride))
+    kernel_map = importlib.import_module("perception.ops.sparse.kernel_map")
+    ran = []
+    for name in ("trilinear", "point_rows"):
+        method = getattr(kernel_map.CoordIndex, name)
+        monkeypatch.setattr(
+            kernel_map.CoordIndex, name,
+            lambda self, *a, _m=method, _n=name: ran.append(_n) or _m(self, *a),
+        )  # fmt: skip
+    vox = point_to_voxel(feats, points, stride, impl="torch")  # the voxels the points make
+    sparse = vox.replace_feats(vox.feats[:, :3])
+    # Every other voxel only, so that corners and points miss the set too.
+    target = SparseTensor(sparse.feats[::2].contiguous(), sparse.coords[::2].contiguous(), stride)
+    fast, slow = (voxel_to_point(target, points, impl=i) for i in ("numba", "torch"))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    fast, slow = (point_to_voxel(feats, points, target, impl=i).feats for i in ("numba", "torch"))
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    index = target.cache.index(target.coord_id)
+    assert index.layout == "columns" and ran == ["trilinear", "point_rows"]
+    rows, weights = index.trilinear(points, torch.float32)
+    corner, w = point_voxel_module._corner_weights(points, stride)
+    offs = [torch.tensor([0, s]) for s in stride]
+    want_rows = index.lookup(corner, *offs)
+    assert torch.equal(rows, want_rows)
+    w = torch.where(want_rows < len(target), w, 0.0)
+    w = w / torch.where(w.sum(1, keepdim=True) > 0, w.sum(1, keepdim=True), 1.0)
+    torch.testing.assert_close(weights, w, rtol=0, atol=2e-7)
+    voxel = point_voxel_module._voxel_of(points, stride)
+    zero = torch.zeros(1, dtype=torch.int64)
+    assert torch.equal(index.point_rows(points), index.lookup(voxel, zero, zero, zero)[:, 0])
+    assert (rows == len(target)).any() and (rows < len(target)).any()  # both cases occur
+
+
+@pytest.mark.skipif(
+    point_voxel_module.numba_kernels(torch.device("cpu")) is None, reason="needs numba"
+)
+def test_fused_numba_rows_of_an_empty_set_and_of_other_batches():
+    """An empty set: every corner missing (weights 0); points of a batch the set lacks: the
+    same; no points: empty results."""
+    kernel_map = importlib.import_module("perception.ops.sparse.kernel_map")
+    empty = kernel_map.CoordIndex(torch.zeros(0, 4, dtype=torch.int32), (2, 2, 2), "columns")
+    points = torch.tensor([[0.0, 1.0, 1.0, 1.0], [5.0, 2.5, 3.0, 1.0]])
+    rows, weights = empty.trilinear(points, torch.float64)
+    assert torch.equal(rows, torch.zeros(2, 8, dtype=torch.int64)) and not weights.any()
+    assert weights.dtype == torch.float64
+    assert torch.equal(empty.point_rows(points), torch.zeros(2, dtype=torch.int64))
+    one = kernel_map.CoordIndex(
+        torch.tensor([[0, 0, 0, 0]], dtype=torch.int32), (2, 2, 2), "columns"
+    )
+    rows, weights = one.trilinear(points, torch.float32)
+    assert rows[0].tolist().count(0) == 1 and weights[0].sum() == 1.0  # the one voxel, alone
+    assert torch.equal(rows[1], torch.ones(8, dtype=torch.int64)) and not weights[1].any()
+    assert one.point_rows(points).tolist() == [0, 1]
+    assert one.trilinear(points[:0], torch.float32)[0].shape == (0, 8)
+    with pytest.raises(ValueError, match="'columns' layout, not 'sorted'"):
+        kernel_map.CoordIndex(torch.tensor([[0, 0, 0, 0]]), (1, 1, 1), "sorted").trilinear(
+            points, torch.float32
+        )
