@@ -1,7 +1,8 @@
 """Per-stage latency, parameters and MACs of a detector built from a config, and the per-frame
 cost of streaming TSM against clip mode; with `precisions`, the decoder + head and the whole
 model at each `--precision` (bf16, int8, mixed: `perception.deploy.quantize.use_precision`)
-against the float32 model of the same run.
+against the float32 model of the same run; and the branches and the whole model with every
+BatchNorm folded into the layer before it (`perception.deploy.fold`) against the same run's.
 
 Inputs: a real sample of the config's dataset when its index exists (LiDAR structure matters
 for the sparse branch), else a fixed random batch of the config's shapes (`random_batch`).
@@ -9,6 +10,7 @@ for the sparse branch), else a fixed random batch of the config's shapes (`rando
 
 from __future__ import annotations
 
+import copy
 import functools
 from pathlib import Path
 
@@ -66,6 +68,32 @@ def _precision_rows(
                     )  # fmt: skip
     finally:
         use_precision(model, config, "float32", checkpoint=None)
+    return rows
+
+
+def _folded_rows(model, batch, timings, group, shape, time_ms, repeat) -> list[BenchRow]:
+    """The branches and the whole model of a copy with its BatchNorms folded into the layers
+    before them (`perception.deploy.fold`), each against the same stage of this run."""
+    from ..deploy.fold import fold_batchnorm
+
+    folded = copy.deepcopy(model)
+    count = fold_batchnorm(folded)
+    calls = {"whole model": lambda: folded(batch)}
+    if folded.camera is not None:
+        calls["camera stage"] = lambda: folded.encode_camera(batch)
+    if folded.lidar is not None:
+        calls["lidar (voxelize + SPVConv)"] = lambda: folded.encode_lidar(batch)
+    rows = []
+    with torch.no_grad():
+        for stage, call in calls.items():
+            ms = time_ms(call, repeat=repeat)
+            rows.append(
+                BenchRow(
+                    group=group, name=f"{stage}, BatchNorm folded", shape=shape, ms=ms,
+                    baseline=stage, ratio=timings[stage] / ms,
+                    note=f"{count} BatchNorms folded into the layer before them",
+                )
+            )  # fmt: skip
     return rows
 
 
@@ -159,6 +187,7 @@ def run(
     rows += _precision_rows(
         model, config, fused, batch, timings, precisions, checkpoint, group, shape, time_ms, repeat
     )
+    rows += _folded_rows(model, batch, timings, group, shape, time_ms, repeat)
     # parameters and MACs
     parts = {
         "camera": model.camera,

@@ -22,6 +22,12 @@ def test_model_benchmark_writes_rows(tmp_path):
     names = [row["name"] for row in report["rows"]]
     assert "whole model" in names and "lidar (voxelize + SPVConv)" in names
     assert all(row["ms"] >= 0 for row in report["rows"])
+    folded = {row["name"]: row for row in report["rows"] if "BatchNorm folded" in row["name"]}
+    assert set(folded) == {"whole model, BatchNorm folded",
+                           "lidar (voxelize + SPVConv), BatchNorm folded"}  # fmt: skip
+    row = folded["whole model, BatchNorm folded"]
+    assert row["baseline"] == "whole model" and row["ratio"] is not None
+    assert row["note"].split()[0].isdigit() and int(row["note"].split()[0]) > 0
     assert out.with_suffix(".md").read_text().startswith(report["date"])
     assert list(report)[:5] == RESULT_KEYS and report["command"].startswith(
         "python tools/benchmark.py model"

@@ -94,6 +94,8 @@ class ConvNormAct(nn.Module):
     `[N, in_channels, H, W]` -> `[N, out_channels, ceil(H / stride), ceil(W / stride)]`.
     """
 
+    bn_pairs = (("conv", "norm"),)  # forward applies norm right after conv (deploy/fold.py)
+
     def __init__(
         self,
         *,

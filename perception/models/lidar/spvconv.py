@@ -52,6 +52,8 @@ class SparseConvBlock(nn.Sequential):
 class SparseResidualBlock(nn.Module):
     """Two submanifold conv3-BN with an identity shortcut, then ReLU (ResNet basic block)."""
 
+    bn_pairs = (("conv1", "bn1"), ("conv2", "bn2"))  # each BN right after its conv (deploy/fold.py)
+
     def __init__(self, channels: int, *, deterministic: bool = False) -> None:
         super().__init__()
         self.conv1 = Conv3d(channels, channels, 3, deterministic=deterministic)
