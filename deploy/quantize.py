@@ -399,6 +399,7 @@ def use_precision(
     checkpoint: str | Path | None,
     onnx_dir: str | Path | None = None,
     threads: int = 1,
+    fold_bn: bool = False,
 ) -> DecoderHeadGraph | Bfloat16DecoderHead | None:
     """Sets `model.decode_backend` to what runs its decoder and head at `precision`
     (`--precision` of the node, the test tool and the node benchmark: one rule): float32
@@ -406,7 +407,13 @@ def use_precision(
     autocast (refused, naming why, where the model's device has no bfloat16 kernels); int8 and
     mixed are the quantized decoder-head graphs. `onnx_dir` defaults to CHECKPOINT/onnx. A
     quantized precision without a checkpoint (a randomly initialized model) is refused: a graph
-    belongs to one set of weights."""
+    belongs to one set of weights. `fold_bn` (`--fold-bn`) first folds every BatchNorm into the
+    layer before it (`perception.deploy.fold`; in place and for good: an inference-only model;
+    `model.folded_batchnorms` counts them)."""
+    if fold_bn:
+        from .fold import fold_batchnorm
+
+        model.folded_batchnorms = fold_batchnorm(model)
     if precision == "float32":
         model.decode_backend = None
         return None

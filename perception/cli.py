@@ -54,8 +54,8 @@ PRECISION_CHOICES = ("float32", "bf16", "int8", "mixed")  # = perception.deploy.
 
 def add_precision_options(parser: argparse.ArgumentParser) -> None:
     """`--precision` (what runs the decoder and head: the model in float32 or under bfloat16
-    autocast, or its INT8 / mixed-precision graph from tools/quantize.py) and `--onnx-dir` (where those graphs are;
-    default: CHECKPOINT/onnx)."""
+    autocast, or its INT8 / mixed-precision graph from tools/quantize.py), `--onnx-dir` (where those graphs are;
+    default: CHECKPOINT/onnx) and `--fold-bn` (BatchNorms folded into the layers before them)."""
     parser.add_argument(
         "--precision",
         choices=PRECISION_CHOICES,
@@ -67,4 +67,10 @@ def add_precision_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--onnx-dir",
         help="folder of the quantized graphs and quantize.json (default: CHECKPOINT/onnx)",
+    )
+    parser.add_argument(
+        "--fold-bn",
+        action="store_true",
+        help="fold every BatchNorm into the conv or linear layer before it (inference only; "
+        "the same outputs up to float rounding: perception/deploy/fold.py)",
     )

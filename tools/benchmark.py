@@ -362,6 +362,7 @@ def run_node(args: argparse.Namespace) -> int:
             process_every=args.process_every,
             precision=args.precision,
             onnx_dir=args.onnx_dir,
+            fold_bn=args.fold_bn,
         )
     except (QuantizationError, CheckpointError) as exc:
         return usage_error(exc)

@@ -147,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             checkpoint=args.checkpoint,
             onnx_dir=args.onnx_dir,
             threads=args.threads or 1,
+            fold_bn=args.fold_bn,
         )
     except (CheckpointError, FileNotFoundError, QuantizationError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -215,7 +216,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"node: {config.name}, {options.temporal} TSM, "
         f"{'pipelined' if options.pipelined else 'sequential'}, transport {args.transport}, "
-        f"decoder + head {model.precision}",
+        f"decoder + head {model.precision}"
+        + (f", {model.folded_batchnorms} BatchNorms folded" if args.fold_bn else ""),
         flush=True,
     )
     with node:

@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
                     checkpoint=args.checkpoint,
                     onnx_dir=args.onnx_dir,
                     threads=torch.get_num_threads(),
+                    fold_bn=args.fold_bn,
                 ),
                 command=shlex.join(
                     ["tools/test.py", *(argv if argv is not None else sys.argv[1:])]

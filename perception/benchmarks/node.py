@@ -144,13 +144,14 @@ def run(
     process_every: int = 1,
     precision: str = "float32",
     onnx_dir: str | Path | None = None,
+    fold_bn: bool = False,
 ) -> dict[str, Any]:
     """Pipelined runs at each of `rates`, then a sequential run at `sequential_rate` (a
     saturated input, so processed/s is the throughput) for the speedup, and with
     `foxglove_rate` a pipelined run at that rate serving the live view (its cost: compare
     with the same rate's run without it). `process_every` N runs the model on one cloud in N
     (the node's policy); `precision` runs the decoder + head as the checkpoint's quantized
-    graph (`perception.deploy.quantize.use_precision`). Torch's threads are the caller's
+    graph (`perception.deploy.quantize.use_precision`; `fold_bn`: BatchNorms folded). Torch's threads are the caller's
     (`perception.runtime.set_cpu_threads`)."""
     from perception.config import load_config
     from perception.deploy.node import load_node_model
@@ -162,8 +163,9 @@ def run(
     config = load_config(config_path)
     model = load_node_model(config, checkpoint)
     use_precision(
-        model, config, precision, checkpoint=checkpoint, onnx_dir=onnx_dir, threads=threads
-    )
+        model, config, precision, checkpoint=checkpoint, onnx_dir=onnx_dir, threads=threads,
+        fold_bn=fold_bn,
+    )  # fmt: skip
     runs = []
     for rate in rates:
         runs.append(
@@ -206,6 +208,7 @@ def run(
         "config": str(config_path),
         "checkpoint": str(checkpoint) if checkpoint else "random init",
         "precision": model.precision,
+        "folded_batchnorms": getattr(model, "folded_batchnorms", 0),
         "process_every": process_every,
         "duration_s": duration_s,
         "runs": runs,
@@ -243,7 +246,9 @@ def markdown(result: dict[str, Any]) -> str:
     lines.append(
         f"\ndecoder + head: {result.get('precision', 'float32')}; model run on one cloud in "
         f"{result.get('process_every', 1)}"
-    )
+        + (f"; {result['folded_batchnorms']} BatchNorms folded"
+           if result.get("folded_batchnorms") else "")
+    )  # fmt: skip
     if "pipelined_speedup" in result:
         lines.append(f"\npipelined / sequential throughput: {result['pipelined_speedup']}x")
     return "\n".join(lines)

@@ -144,6 +144,33 @@ def test_the_command_lines_offer_every_precision():
     assert PRECISION_CHOICES == PRECISIONS  # the CLIs' list (no torch import) is the rule's
 
 
+def test_fold_bn_keeps_the_maps_at_float32_and_beside_an_int8_graph(quantized):
+    """`--fold-bn` (the same rule in the node, the test tool and the node benchmark): the
+    folded model's maps are the model's up to float rounding, and an INT8 graph still loads
+    (it is checked against the checkpoint's weights, not the folded ones)."""
+    import argparse
+
+    from perception.cli import add_precision_options
+
+    raw, work, _ = quantized
+    config, plain = _model(raw, work)
+    _, folded = _model(raw, work)
+    use_precision(folded, config, "float32", checkpoint=work, fold_bn=True)
+    assert folded.folded_batchnorms > 20 and folded.precision == "float32"
+    batch = _batch(config)
+    with torch.no_grad():
+        want, got = plain.stage_features(batch), folded.stage_features(batch)
+    for name in ("lidar_bev", "decoded"):
+        a, b = getattr(want, name), getattr(got, name)
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4 * float(a.abs().max()))
+    _, int8 = _model(raw, work)
+    use_precision(int8, config, "int8", checkpoint=work, fold_bn=True)
+    assert int8.precision == "int8" and int8.folded_batchnorms == folded.folded_batchnorms
+    parser = argparse.ArgumentParser()
+    add_precision_options(parser)
+    assert parser.parse_args(["--fold-bn"]).fold_bn and not parser.parse_args([]).fold_bn
+
+
 def test_missing_graphs_and_missing_checkpoint_are_refused(quantized, tmp_path):
     raw, work, _ = quantized
     config, model = _model(raw, work)
