@@ -8,9 +8,9 @@ python tools/benchmark.py synth --scenes 10 --samples-per-scene 10 [--out F]
 python tools/benchmark.py node --bag B --config C [--checkpoint K] [--rates 1 2 5] [--duration 60]
 python tools/benchmark.py accuracy --runs outputs/accuracy [--out benchmarks/results/accuracy_cpu.json]
     (collects what tools/accuracy_benchmark.sh trained and tested; judges the targets below)
-python tools/benchmark.py paste --runs outputs/paste [--out benchmarks/results/paste_cpu.json]
+python tools/benchmark.py paste --runs outputs/paste [OUT2 ...] [--out benchmarks/results/paste_cpu.json]
     (collects tools/paste_benchmark.sh's runs: rare-class AP and mAP per model x paste variant
-    x seed, mean and spread over the seeds)
+    x seed, mean and spread over the seeds; generated-object runs per generator kind)
 python tools/benchmark.py generator --runs outputs/generator [--out benchmarks/results/generator_cpu.json]
     (collects tools/generator_benchmark.sh's runs: HART vs its ablations and the diffusion
     baseline; judges issue #25's targets below)
@@ -537,7 +537,10 @@ def main(argv: list[str] | None = None) -> int:
     acc.add_argument("--runs", default="outputs/accuracy", help="its OUT_DIR")
     acc.add_argument("--conditions", default="", help="how the runs were made, in words")
     paste = sub.add_parser("paste", help="collect tools/paste_benchmark.sh's runs")
-    paste.add_argument("--runs", default="outputs/paste", help="its OUT_DIR")
+    paste.add_argument(
+        "--runs", nargs="+", default=["outputs/paste"],
+        help="its OUT_DIR(s): e.g. the real-bank runs and each generator's generated runs",
+    )  # fmt: skip
     gen = sub.add_parser("generator", help="collect tools/generator_benchmark.sh's runs")
     gen.add_argument("--runs", default="outputs/generator", help="its OUT_DIR")
     gan = sub.add_parser("gan", help="collect tools/gan_benchmark.sh's runs")

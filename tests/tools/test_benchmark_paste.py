@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import yaml
 
 from tools.benchmark import main as benchmark
 
@@ -68,6 +69,42 @@ def test_paste_collects_runs_with_the_spread_over_seeds(tmp_path, capsys):
     )
     assert "60 of 80" in table and "--set seed=1" in table
     assert "wrote" in capsys.readouterr().out
+
+
+def _generated(work, bank, camera_kind):
+    """Makes a faked run one that pasted generated objects from `bank` (camera: camera_kind)."""
+    bank.mkdir(parents=True, exist_ok=True)
+    generators = {"lidar": {"kind": "hart", "path": "g/l"}, "camera": {"kind": camera_kind}}
+    (bank / "bank.json").write_text(json.dumps({"generation": {"generators": generators}}))
+    paste = {"enabled": True, "source": "generated", "bank": str(bank), "cameras": True}
+    (work / "config.yaml").write_text(yaml.safe_dump({"data": {"paste": paste}}))
+
+
+def test_paste_tells_generated_runs_apart_by_generator_across_run_dirs(tmp_path, capsys):
+    real, hart, gan = tmp_path / "real", tmp_path / "hart", tmp_path / "gan"
+    _fake_run(real, "fused", "multimodal", 0, bicycle=0.3, cv=0.4, mAP=0.5, pasted=60)
+    work = _fake_run(hart, "fused", "generated", 0, bicycle=0.1, cv=0.2, mAP=0.4, pasted=50)
+    _generated(work, hart / "banks" / "g", "hart")
+    work = _fake_run(gan, "fused", "generated", 0, bicycle=0.2, cv=0.1, mAP=0.45, pasted=55)
+    _generated(work, gan / "banks" / "g", "gan")
+    out = tmp_path / "paste.json"
+    runs = [str(real), str(hart), str(gan)]
+    assert benchmark(["paste", "--runs", *runs, "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = [(r["paste"], r["generators"], r["bicycle"]["mean"]) for r in result["summary"]]
+    assert rows == [
+        ("multimodal", None, pytest.approx(0.3)),
+        ("generated", {"camera": "gan", "lidar": "hart"}, pytest.approx(0.2)),
+        ("generated", {"camera": "hart", "lidar": "hart"}, pytest.approx(0.1)),
+    ]
+    table = out.with_suffix(".md").read_text()
+    assert "| generated (camera gan, lidar hart) | 0 | 0.200 |" in table
+    # a generated run whose bank is gone: one line naming the bank and the run's config
+    (hart / "banks" / "g" / "bank.json").unlink()
+    capsys.readouterr()
+    assert benchmark(["paste", "--runs", *runs, "--out", str(tmp_path / "p.json")]) == 2
+    err = capsys.readouterr().err
+    assert "banks/g/bank.json (data.paste.bank of" in err and "seed0/config.yaml" in err
 
 
 def test_paste_without_runs_or_with_a_foreign_record_is_one_line(tmp_path, capsys):
