@@ -38,13 +38,32 @@ def _inputs(config: ExperimentConfig, root: str | None) -> tuple[Batch, str]:
     return random_batch(config, batch_size=1, points_per_sample=30000), "random batch, 30k points"
 
 
+def _timed_against(
+    calls: dict, label: str, note: str, timings, group, shape, time_ms, repeat
+) -> list[BenchRow]:
+    """One row per `calls` stage -> call, named `stage + label`, against the float32 row of the
+    same stage in this run (`ratio` above 1: faster)."""
+    rows = []
+    with torch.no_grad():
+        for stage, call in calls.items():
+            ms = time_ms(call, repeat=repeat)
+            rows.append(
+                BenchRow(
+                    group=group, name=f"{stage}{label}", shape=shape, ms=ms, baseline=stage,
+                    ratio=timings[stage] / ms, note=note,
+                )
+            )  # fmt: skip
+    return rows
+
+
 def _precision_rows(
     model, config, fused, batch, timings, precisions, checkpoint, group, shape, time_ms, repeat
 ) -> list[BenchRow]:
     """The decoder + head and the whole model at each of `precisions` but float32, each against
-    the float32 row of this run (`ratio` above 1: faster); the model is left in float32."""
+    the float32 row of this run; the model is left in float32."""
     from ..deploy.quantize import use_precision
 
+    calls = {"decoder + head": lambda: model.decode(fused), "whole model": lambda: model(batch)}
     rows = []
     try:
         for precision in precisions:
@@ -53,19 +72,9 @@ def _precision_rows(
             use_precision(
                 model, config, precision, checkpoint=checkpoint, threads=torch.get_num_threads()
             )
-            with torch.no_grad():
-                for stage, call in (
-                    ("decoder + head", lambda: model.decode(fused)),
-                    ("whole model", lambda: model(batch)),
-                ):
-                    ms = time_ms(call, repeat=repeat)
-                    rows.append(
-                        BenchRow(
-                            group=group, name=f"{stage} ({precision})", shape=shape, ms=ms,
-                            baseline=stage, ratio=timings[stage] / ms,
-                            note=f"decoder + head: {model.precision}",
-                        )
-                    )  # fmt: skip
+            note = f"decoder + head: {model.precision}"
+            args = (timings, group, shape, time_ms, repeat)
+            rows += _timed_against(calls, f" ({precision})", note, *args)
     finally:
         use_precision(model, config, "float32", checkpoint=None)
     return rows
@@ -83,18 +92,8 @@ def _folded_rows(model, batch, timings, group, shape, time_ms, repeat) -> list[B
         calls["camera stage"] = lambda: folded.encode_camera(batch)
     if folded.lidar is not None:
         calls["lidar (voxelize + SPVConv)"] = lambda: folded.encode_lidar(batch)
-    rows = []
-    with torch.no_grad():
-        for stage, call in calls.items():
-            ms = time_ms(call, repeat=repeat)
-            rows.append(
-                BenchRow(
-                    group=group, name=f"{stage}, BatchNorm folded", shape=shape, ms=ms,
-                    baseline=stage, ratio=timings[stage] / ms,
-                    note=f"{count} BatchNorms folded into the layer before them",
-                )
-            )  # fmt: skip
-    return rows
+    note = f"{count} BatchNorms folded into the layer before them"
+    return _timed_against(calls, ", BatchNorm folded", note, timings, group, shape, time_ms, repeat)
 
 
 def _macs(module: torch.nn.Module, *args) -> float:
